@@ -1,0 +1,68 @@
+// Aggregates of one layer's attention, accumulated block by block over query rows so that a
+// full [B, H, Tq, Tk] map never has to exist for the per-position quantities.
+#pragma once
+#include <attnscope/spec.h>
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace attnscope {
+
+/// What the recorder knows about the batch being run.
+struct RunContext {
+  /// [B, T] bool, true = real token (from attention_mask); queries and keys share it.
+  torch::Tensor valid;
+  /// True when some position is padding (enables the masked code paths).
+  bool has_padding = false;
+  /// Causal model: query i sees keys j <= i (+ Tk - Tq offset). Encoders: every valid key.
+  bool causal = true;
+};
+
+/// Number of queries that can see each key position: [B, Tk] fp32.
+/// Query i (at absolute position i + Tk - Tq) sees key j when both are valid and, if causal,
+/// j <= i + Tk - Tq. This is the divisor of the "received mean".
+torch::Tensor visible_query_count(const torch::Tensor& valid_q, const torch::Tensor& valid_k,
+                                  bool causal);
+
+/// Accumulates what the spec asks of one layer.
+class LayerAccumulator {
+ public:
+  /// `heads` = query heads of the layer; Tq/Tk = query/key lengths of its attention.
+  LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64_t batch, int64_t heads,
+                   int64_t tq, int64_t tk, const torch::Device& device);
+
+  /// Heads each block must contain, in order; empty = all heads.
+  const std::vector<int64_t>& block_heads() const { return block_heads_; }
+  /// True when nothing is asked of this layer (the recorder then skips it).
+  bool idle() const { return idle_; }
+
+  /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, Tk])` fp32,
+  /// Hb = all heads or block_heads().
+  void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx);
+
+  /// Final tensors of this layer, keyed by capture name without the layer dimension
+  /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).
+  std::map<std::string, torch::Tensor> finish(const RunContext& ctx);
+
+  int64_t heads() const { return heads_; }
+
+ private:
+  const CaptureSpec& spec_;
+  int64_t layer_, batch_, heads_, tq_, tk_;
+  bool aggregates_ = false, layer_map_ = false, idle_ = true;
+  std::vector<int64_t> block_heads_;
+  std::vector<int64_t> map_heads_;      // heads whose full map is kept
+  std::vector<int64_t> from_rows_;      // resolved query rows for "from"
+  torch::Tensor recv_sum_, recv_max_;   // [B, H, Tk]
+  torch::Tensor from_;                  // [B, H, n, Tk]
+  torch::Tensor entropy_, sink_rows_;   // [B, H, Tq]
+  torch::Tensor layer_map_t_;           // [B, Tq, Tk]
+  std::map<int64_t, torch::Tensor> head_maps_;  // head -> [B, Tq, Tk]
+
+  int64_t block_index(int64_t head) const;
+};
+
+}  // namespace attnscope

@@ -1,0 +1,29 @@
+// The capture operators, registered with TORCH_LIBRARY as attnscope::capture and
+// attnscope::capture_sdpa. Each returns its first input unchanged so that a graph using the
+// result keeps the call; alias analysis is CONSERVATIVE so no pass moves or removes it.
+// With no active Recorder they are pass-throughs: an exported model runs anywhere the
+// library is loaded.
+#pragma once
+#include <torch/torch.h>
+
+#include <optional>
+
+namespace attnscope {
+
+/// Schema: attnscope::capture(Tensor probs, int layer) -> Tensor
+/// `probs (Tensor[B, H, Tq, Tk])` (or `[B*H, Tq, Tk]`) softmax-materialised attention.
+torch::Tensor capture(const torch::Tensor& probs, int64_t layer);
+
+/// Schema: attnscope::capture_sdpa(Tensor q, Tensor k, Tensor? mask, bool is_causal,
+///                                 float? scale, int layer) -> Tensor   (returns q)
+/// Placed on the query input of scaled_dot_product_attention; the recorder recomputes the
+/// probabilities it needs from q `[B, Hq, Tq, D]` and k `[B, Hkv, Tk, D]`.
+torch::Tensor capture_sdpa(const torch::Tensor& q, const torch::Tensor& k,
+                           const std::optional<torch::Tensor>& mask, bool is_causal,
+                           std::optional<double> scale, int64_t layer);
+
+/// Qualified operator names, for the graph pass and for checking archives.
+constexpr const char* kCaptureOp = "attnscope::capture";
+constexpr const char* kCaptureSdpaOp = "attnscope::capture_sdpa";
+
+}  // namespace attnscope

@@ -1,0 +1,180 @@
+#include <attnscope/instrument.h>
+
+#include <attnscope/capture_ops.h>
+
+#include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/inliner.h>
+
+#include <functional>
+#include <set>
+
+namespace attnscope {
+
+using torch::jit::Node;
+using torch::jit::Value;
+using c10::Symbol;
+
+namespace {
+
+Symbol sym(const char* s) { return Symbol::fromQualString(s); }
+
+// Ops that carry attention scores/probabilities unchanged in meaning: scaling, masking,
+// casts, reshapes, dropout.
+const std::set<Symbol>& passthrough() {
+  static const std::set<Symbol> s = [] {
+    std::set<Symbol> r;
+    for (const char* n :
+         {"aten::mul", "aten::mul_", "aten::div", "aten::div_", "aten::add", "aten::add_",
+          "aten::sub", "aten::sub_", "aten::masked_fill", "aten::masked_fill_", "aten::where",
+          "aten::to", "aten::type_as", "aten::_to_copy", "aten::view", "aten::reshape",
+          "aten::view_as", "aten::reshape_as", "aten::contiguous", "aten::dropout",
+          "aten::dropout_", "aten::feature_dropout", "aten::clamp", "aten::detach",
+          "aten::expand", "aten::expand_as", "aten::unsqueeze", "aten::squeeze", "aten::float",
+          "aten::half", "aten::bfloat16", "aten::tanh", "aten::neg", "prim::ListConstruct"})
+      r.insert(sym(n));
+    return r;
+  }();
+  return s;
+}
+
+bool is_product(Node* n) {
+  static const std::set<Symbol> s = {sym("aten::matmul"), sym("aten::bmm"),
+                                     sym("aten::baddbmm"), sym("aten::einsum")};
+  return s.count(n->kind()) > 0;
+}
+
+bool is_tensorish(Value* v) {
+  auto k = v->type()->kind();
+  return k == c10::TypeKind::TensorType || k == c10::TypeKind::ListType;
+}
+
+// q·kᵀ upstream of the softmax input?
+bool fed_by_product(Value* v, int depth) {
+  if (depth > 12) return false;
+  Node* n = v->node();
+  if (is_product(n)) return true;
+  if (!passthrough().count(n->kind())) return false;
+  for (Value* in : n->inputs())
+    if (is_tensorish(in) && fed_by_product(in, depth + 1)) return true;
+  return false;
+}
+
+// Probabilities flowing into a product with V downstream?
+bool feeds_product(Value* v, int depth) {
+  if (depth > 12) return false;
+  for (const auto& use : v->uses()) {
+    Node* u = use.user;
+    if (is_product(u)) return true;
+    if (passthrough().count(u->kind()))
+      for (Value* out : u->outputs())
+        if (feeds_product(out, depth + 1)) return true;
+  }
+  return false;
+}
+
+bool softmax_on_last_dim(Node* n) {
+  auto dim = torch::jit::toIValue(n->input(1));
+  if (!dim || !dim->isInt()) return false;
+  int64_t d = dim->toInt();
+  if (d == -1) return true;
+  if (auto tt = n->input(0)->type()->cast<c10::TensorType>())
+    if (auto rank = tt->dim()) return d == static_cast<int64_t>(*rank) - 1;
+  return false;
+}
+
+std::string module_path(Node* n) {
+  std::string path;
+  if (auto cs = n->callstack()) {
+    for (const auto& entry : (*cs)->vec()) {
+      const auto& info = std::get<2>(entry);
+      if (!info) continue;
+      const std::string& name = info->instance_name();
+      if (name.empty() || name == "self") continue;
+      path += (path.empty() ? "" : ".") + name;
+    }
+  }
+  if (path.empty() && n->scope() && !n->scope()->isBlank()) path = n->scope()->namesFromRoot();
+  return path;
+}
+
+struct Found {
+  Node* node;
+  bool sdpa;
+  bool in_block;
+};
+
+void collect(torch::jit::Block* b, bool in_block, std::vector<Found>& out) {
+  static const Symbol softmax = sym("aten::softmax"), softmax_ = sym("aten::_softmax"),
+                      sdpa = sym("aten::scaled_dot_product_attention");
+  for (Node* n : b->nodes()) {
+    if (n->kind() == sdpa) {
+      out.push_back({n, true, in_block});
+    } else if ((n->kind() == softmax || n->kind() == softmax_) && softmax_on_last_dim(n) &&
+               fed_by_product(n->input(0), 0) && feeds_product(n->output(), 0)) {
+      out.push_back({n, false, in_block});
+    }
+    for (torch::jit::Block* sub : n->blocks()) collect(sub, true, out);
+  }
+}
+
+std::shared_ptr<torch::jit::Graph> forward_graph(const torch::jit::Module& m) {
+  TORCH_CHECK(m.find_method("forward").has_value(),
+              "the TorchScript module has no forward method");
+  return m.get_method("forward").graph();
+}
+
+}  // namespace
+
+int64_t count_capture_ops(const torch::jit::Module& module) {
+  auto g = forward_graph(module)->copy();
+  torch::jit::Inline(*g);
+  int64_t n = 0;
+  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp);
+  std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* blk) {
+    for (Node* node : blk->nodes()) {
+      if (node->kind() == a || node->kind() == b) ++n;
+      for (auto* sub : node->blocks()) walk(sub);
+    }
+  };
+  walk(g->block());
+  return n;
+}
+
+Instrumented instrument(const torch::jit::Module& module) {
+  forward_graph(module);  // clear error before cloning
+  Instrumented r{module.clone(/*inplace=*/true), {}};
+  auto graph = r.module.get_method("forward").graph();
+  torch::jit::Inline(*graph);
+
+  std::vector<Found> found;
+  collect(graph->block(), false, found);
+  TORCH_CHECK(!found.empty(), "no attention site found in forward: searched for "
+              "aten::softmax/aten::_softmax over the last dim fed by a q·kᵀ product "
+              "(matmul/bmm/baddbmm/einsum, through scaling, masks, casts and views) and feeding "
+              "a product with V, and for aten::scaled_dot_product_attention");
+
+  const Symbol cap = sym(kCaptureOp), cap_sdpa = sym(kCaptureSdpaOp);
+  for (size_t i = 0; i < found.size(); ++i) {
+    Node* n = found[i].node;
+    const int64_t id = static_cast<int64_t>(i);
+    r.sites.push_back({id, found[i].sdpa ? "sdpa" : "softmax", module_path(n), found[i].in_block});
+    torch::jit::WithCurrentScope scope(*graph, n->scope());
+    if (found[i].sdpa) {
+      // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)
+      TORCH_CHECK(n->inputs().size() >= 6, "unexpected scaled_dot_product_attention schema with ",
+                  n->inputs().size(), " inputs");
+      torch::jit::WithInsertPoint guard(n);
+      Value* scale = n->inputs().size() > 6 ? n->input(6) : graph->insertConstant(c10::IValue());
+      Value* q = graph->insert(cap_sdpa, {n->input(0), n->input(1), n->input(3), n->input(5),
+                                          scale, id});
+      n->replaceInput(0, q);
+    } else {
+      torch::jit::WithInsertPoint guard(n->next());
+      Value* p = graph->insert(cap, {n->output(), id});
+      n->output()->replaceAllUsesAfterNodeWith(p->node(), p);
+    }
+  }
+  return r;
+}
+
+}  // namespace attnscope

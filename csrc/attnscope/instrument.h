@@ -1,0 +1,40 @@
+// Graph instrumentation: LibTorch offers no forward hooks on a loaded TorchScript module, so
+// attnscope rewrites the forward graph of a weight-sharing clone and inserts the capture
+// operators at every attention site it recognises.
+#pragma once
+#include <torch/script.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attnscope {
+
+/// One attention site found in the inlined forward graph.
+struct AttentionSite {
+  /// Site id in graph order; the op carries it and the recorder maps execution order to layers.
+  int64_t id = 0;
+  /// "softmax" (materialised probabilities) or "sdpa" (scaled_dot_product_attention).
+  std::string kind;
+  /// Module path from the inlined call stack, e.g. "model.layers.3.self_attn"; "" if unknown.
+  std::string path;
+  /// True when the site sits inside an if/loop block (it may run 0 or several times).
+  bool in_block = false;
+};
+
+/// A weight-sharing clone of a module with capture operators inserted.
+struct Instrumented {
+  torch::jit::Module module;
+  std::vector<AttentionSite> sites;
+};
+
+/// Clones `module` with clone(true) (parameters shared, types and methods copied), inlines
+/// forward, inserts attnscope::capture after each attention softmax (last dim, fed by a q·kᵀ
+/// product, feeding a product with V) and attnscope::capture_sdpa on the query of each
+/// aten::scaled_dot_product_attention. Throws when no site is found. `module` is unchanged.
+Instrumented instrument(const torch::jit::Module& module);
+
+/// Capture operators already in `module.forward` (counted on an inlined copy of the graph).
+int64_t count_capture_ops(const torch::jit::Module& module);
+
+}  // namespace attnscope

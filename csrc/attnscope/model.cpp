@@ -1,0 +1,267 @@
+#include <attnscope/model.h>
+
+#include <attnscope/entropy.h>
+#include <attnscope/json.h>
+#include <attnscope/recorder.h>
+
+#include <torch/cuda.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace attnscope {
+
+torch::Device resolve_device(const std::string& device) {
+  if (device == "auto") return torch::cuda::is_available() ? torch::Device("cuda:0") : torch::kCPU;
+  if (device == "cpu") return torch::kCPU;
+  if (device.rfind("cuda", 0) == 0) {
+    TORCH_CHECK(torch::cuda::is_available(), "device '", device, "' requested but CUDA is not "
+                "available (no GPU, or a CPU-only PyTorch); use 'cpu' or 'auto'");
+    torch::Device d(device);  // throws on malformed strings
+    TORCH_CHECK(!d.has_index() || d.index() < static_cast<int64_t>(torch::cuda::device_count()),
+                "device '", device, "' out of range: ", torch::cuda::device_count(),
+                " CUDA device(s) visible");
+    return d;
+  }
+  TORCH_CHECK(false, "unknown device '", device, "': expected 'cpu', 'cuda', 'cuda:N' or 'auto'");
+}
+
+namespace {
+
+void read_info(const std::string& text, ModelInfo& info) {
+  json::Value v = json::parse(text, "attnscope.json");
+  TORCH_CHECK(v.is_object(), "attnscope.json: expected a JSON object");
+  info.n_layers = v.get_int("num_layers", -1);
+  info.n_heads = v.get_int("num_heads", -1);
+  info.n_kv_heads = v.get_int("num_kv_heads", info.n_heads);
+  info.head_dim = v.get_int("head_dim", -1);
+  info.vocab_size = v.get_int("vocab_size", -1);
+  info.bos_id = v.get_int("bos_token_id", -1);
+  info.family = v.get_string("family", "");
+  info.tokenizer_kind = v.get_string("tokenizer", "");
+  info.causal = v.get_bool("causal", true);
+}
+
+bool file_exists(const std::string& p) { return std::ifstream(p).good(); }
+
+}  // namespace
+
+Model Model::load(const std::string& path, const std::string& device) {
+  TORCH_CHECK(file_exists(path), "model file not found: '", path, "'");
+  torch::Device dev = resolve_device(device);
+  torch::jit::ExtraFilesMap extra{{"attnscope.json", ""}, {"tokenizer.json", ""}};
+  torch::jit::Module m;
+  try {
+    m = torch::jit::load(path, dev, extra);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "'", path, "' is not a loadable TorchScript archive (expected a file "
+                "written by torch.jit.save): ", e.what_without_backtrace());
+  }
+  m.eval();
+  ModelInfo info;
+  if (!extra["attnscope.json"].empty()) read_info(extra["attnscope.json"], info);
+  Model model = from_module(std::move(m), dev, info);
+  model.source_ = path;
+  if (!extra["tokenizer.json"].empty()) {
+    model.tokenizer_json_ = extra["tokenizer.json"];
+    model.vocab_ = Vocab::from_tokenizer_json(model.tokenizer_json_);
+  }
+  return model;
+}
+
+Model Model::from_module(torch::jit::Module module, const torch::Device& device, ModelInfo info) {
+  Model model(std::move(module), device);
+  model.info_ = std::move(info);
+  model.prepare();
+  return model;
+}
+
+void Model::prepare() {
+  auto fwd = module_.find_method("forward");
+  TORCH_CHECK(fwd.has_value(), "the TorchScript module has no forward method");
+  const auto& args = fwd->function().getSchema().arguments();  // args[0] is self
+  size_t required = 0;
+  for (size_t i = 1; i < args.size(); ++i)
+    if (!args[i].default_value()) ++required;
+  const size_t n = args.size() - 1;
+  std::ostringstream sig;
+  for (size_t i = 1; i < args.size(); ++i) sig << (i > 1 ? ", " : "") << args[i].name();
+  TORCH_CHECK(n >= 1 && required <= 2, "wrong forward signature forward(", sig.str(),
+              "): attnscope calls forward(input_ids [B, T] int64) or "
+              "forward(input_ids, attention_mask [B, T])");
+  takes_mask_ = n >= 2;
+
+  if (count_capture_ops(module_) == 0) {
+    Instrumented ins = instrument(module_);
+    module_ = std::move(ins.module);
+    sites_ = std::move(ins.sites);
+    instrumented_ = true;
+    bool branches = false;
+    for (const auto& s : sites_) branches |= s.in_block;
+    if (info_.n_layers < 0 && !branches) {
+      info_.n_layers = static_cast<int64_t>(sites_.size());
+      info_.inferred.push_back("num_layers (attention sites in the graph)");
+    }
+  }
+}
+
+Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
+                 const torch::Tensor& attention_mask) {
+  TORCH_CHECK(input_ids.defined(), "input_ids is undefined");
+  TORCH_CHECK(!input_ids.is_floating_point() && !input_ids.is_complex() &&
+                  input_ids.scalar_type() != torch::kBool,
+              "input_ids must be integer token ids, got dtype ", input_ids.scalar_type());
+  TORCH_CHECK(input_ids.dim() == 1 || input_ids.dim() == 2, "input_ids must be [T] or [B, T], got ",
+              input_ids.sizes());
+  auto ids = (input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids).to(torch::kLong).cpu();
+  const int64_t batch = ids.size(0), len = ids.size(1);
+  TORCH_CHECK(batch > 0 && len > 0, "empty sequence: input_ids has shape ", input_ids.sizes(),
+              "; at least one token is needed");
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0, "token id ", lo, " at position ", ids.argmin().item<int64_t>() % len,
+              " is negative: ids must be in [0, vocab_size)");
+  if (info_.vocab_size > 0)
+    TORCH_CHECK(hi < info_.vocab_size, "token id ", hi, " at position ",
+                ids.argmax().item<int64_t>() % len, " out of range: vocabulary has ",
+                info_.vocab_size, " entries");
+  torch::Tensor mask;
+  if (attention_mask.defined()) {
+    auto am = attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask;
+    TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(),
+                " does not match input_ids ", ids.sizes());
+    mask = am.to(torch::kLong).cpu();
+    TORCH_CHECK(((mask == 0) | (mask == 1)).all().item<bool>(),
+                "attention_mask must hold only 0 (padding) and 1 (token)");
+    TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
+                "attention_mask has a row with no tokens: every sequence needs at least one");
+  } else {
+    mask = torch::ones_like(ids);
+  }
+  spec.validate(info_.n_layers, info_.n_heads, len);
+
+  RunContext ctx;
+  ctx.valid = mask.to(torch::kBool).to(device_);
+  ctx.has_padding = !mask.all().item<bool>();
+  ctx.causal = info_.causal;
+  Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
+  std::vector<torch::jit::IValue> inputs{ids.to(device_)};
+  if (takes_mask_) inputs.emplace_back(mask.to(device_));
+  TORCH_CHECK(takes_mask_ || !ctx.has_padding, "attention_mask has padding but the model's "
+              "forward takes no attention_mask argument");
+  c10::IValue out;
+  {
+    torch::NoGradGuard no_grad;
+    RecorderScope scope(&rec);
+    out = module_.forward(inputs);
+  }
+  torch::Tensor logits;
+  if (out.isTensor()) logits = out.toTensor();
+  else if (out.isTuple() && !out.toTupleRef().elements().empty() &&
+           out.toTupleRef().elements()[0].isTensor())
+    logits = out.toTupleRef().elements()[0].toTensor();
+  else if (out.isList() && !out.toListRef().empty() && out.toListRef()[0].isTensor())
+    logits = out.toListRef()[0].toTensor();
+  else if (out.isGenericDict()) {
+    auto d = out.toGenericDict();
+    auto it = d.find(c10::IValue(std::string("logits")));
+    if (it == d.end() && d.size() > 0) it = d.begin();
+    if (it != d.end() && it->value().isTensor()) logits = it->value().toTensor();
+  }
+  TORCH_CHECK(logits.defined(), "forward returned ", out.tagKind(), "; expected logits [B, T, V] "
+              "or a tuple/list/dict whose first element is the logits");
+  TORCH_CHECK(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == len,
+              "forward returned logits of shape ", logits.sizes(), "; expected [", batch, ", ",
+              len, ", V]");
+  if (info_.vocab_size < 0) {
+    info_.vocab_size = logits.size(2);
+    info_.inferred.push_back("vocab_size (logits)");
+  }
+  TORCH_CHECK(hi < logits.size(2), "token id ", hi, " out of range: vocabulary has ",
+              logits.size(2), " entries");
+
+  RecordResult res = rec.finish();
+  Trace t;
+  t.spec = spec;
+  t.input_ids = ids;
+  t.attention_mask = mask;
+  t.entropy = predictive_entropy(logits, spec.temperature);
+  if (spec.top_k > 0) {
+    auto tk = top_k_predictions(logits, std::min<int64_t>(spec.top_k, logits.size(2)), spec.temperature);
+    t.topk_probs = tk.first;
+    t.topk_ids = tk.second;
+  }
+  t.captures = std::move(res.captures);
+
+  // Facts learnt from the run fill what the archive did not say.
+  if (res.layers_run > 0) {
+    if (info_.n_layers < 0) {
+      info_.n_layers = res.layers_run;
+      info_.inferred.push_back("num_layers (attention layers that ran)");
+    }
+    int64_t h = -1, kv = -1;
+    for (int64_t x : res.heads) if (x > 0) { h = x; break; }
+    for (int64_t x : res.kv_heads) if (x > 0) { kv = x; break; }
+    if (info_.n_heads < 0 && h > 0) {
+      info_.n_heads = h;
+      info_.inferred.push_back("num_heads (captured shapes)");
+    }
+    if (info_.n_kv_heads < 0 && (kv > 0 || info_.n_heads > 0)) {
+      info_.n_kv_heads = kv > 0 ? kv : info_.n_heads;
+      info_.inferred.push_back(kv > 0 ? "num_kv_heads (k at SDPA sites)"
+                                      : "num_kv_heads (assumed = num_heads)");
+    }
+  }
+  t.n_layers = res.layers_run;
+  t.n_heads = info_.n_heads;
+  t.n_kv_heads = info_.n_kv_heads;
+  if (t.n_heads > 0 && t.n_kv_heads > 0 && t.n_heads % t.n_kv_heads == 0)
+    t.kv_head_of = torch::arange(t.n_heads, torch::kLong).div(t.n_heads / t.n_kv_heads, "floor");
+  idle_sites_.clear();
+  std::set<int64_t> ran(res.site_of_layer.begin(), res.site_of_layer.end());
+  for (const auto& s : sites_)
+    if (!ran.count(s.id)) idle_sites_.push_back(s.id);
+  for (int64_t site : res.site_of_layer)
+    t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
+  if (!vocab_.empty()) {
+    auto acc = ids.accessor<int64_t, 2>();
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t i = 0; i < len; ++i) t.tokens.push_back(vocab_.token(acc[b][i]));
+  }
+  if (spec.to_cpu) {
+    t.entropy = t.entropy.cpu();
+    if (t.topk_probs.defined()) { t.topk_probs = t.topk_probs.cpu(); t.topk_ids = t.topk_ids.cpu(); }
+    for (auto& kv : t.captures) kv.second = kv.second.cpu();
+  }
+  return t;
+}
+
+std::string Model::describe() const {
+  std::ostringstream o;
+  auto num = [](int64_t v) { return v < 0 ? std::string("unknown") : std::to_string(v); };
+  o << "attnscope model" << (source_.empty() ? "" : " '" + source_ + "'") << " on " << device_ << "\n"
+    << "  family: " << (info_.family.empty() ? "unknown" : info_.family)
+    << ", causal: " << (info_.causal ? "yes" : "no") << "\n"
+    << "  layers: " << num(info_.n_layers) << ", heads: " << num(info_.n_heads)
+    << ", kv heads: " << num(info_.n_kv_heads) << ", head dim: " << num(info_.head_dim)
+    << ", vocab: " << num(info_.vocab_size) << "\n"
+    << "  tokenizer: " << (vocab_.empty() ? "none in archive" : std::to_string(vocab_.size()) + " tokens") << "\n";
+  if (!info_.inferred.empty()) {
+    o << "  inferred (no attnscope.json entry):";
+    for (const auto& s : info_.inferred) o << " " << s << ";";
+    o << "\n";
+  }
+  if (instrumented_) {
+    o << "  capture: graph-instrumented, " << sites_.size() << " attention site(s)\n";
+    for (const auto& s : sites_)
+      o << "    site " << s.id << ": " << s.kind << (s.path.empty() ? "" : " at " + s.path)
+        << (s.in_block ? " (inside a branch/loop)" : "") << "\n";
+    for (int64_t id : idle_sites_)
+      o << "    site " << id << " did not run in the last forward (branch not taken); not counted as a layer\n";
+  } else {
+    o << "  capture: operators exported in the archive\n";
+  }
+  return o.str();
+}
+
+}  // namespace attnscope

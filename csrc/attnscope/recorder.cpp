@@ -1,0 +1,186 @@
+#include <attnscope/recorder.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <set>
+
+namespace attnscope {
+
+namespace {
+thread_local Recorder* g_active = nullptr;
+}
+
+Recorder* Recorder::active() { return g_active; }
+
+RecorderScope::RecorderScope(Recorder* r) : prev_(g_active) { g_active = r; }
+RecorderScope::~RecorderScope() { g_active = prev_; }
+
+Recorder::Recorder(const CaptureSpec& spec, RunContext ctx, bool layer_from_order)
+    : spec_(spec), ctx_(std::move(ctx)), layer_from_order_(layer_from_order) {}
+
+int64_t Recorder::resolve_layer(int64_t op_layer) {
+  int64_t layer;
+  if (layer_from_order_) {
+    layer = result_.layers_run;
+    result_.site_of_layer.push_back(op_layer);
+  } else {
+    TORCH_CHECK(op_layer >= 0, "capture operator called with layer ", op_layer,
+                ": expected a layer index >= 0");
+    TORCH_CHECK(op_layer >= static_cast<int64_t>(result_.heads.size()) ||
+                    result_.heads[op_layer] < 0,
+                "layer ", op_layer, " was captured twice in one forward: each attention "
+                "site needs its own layer index");
+    layer = op_layer;
+  }
+  if (static_cast<int64_t>(result_.heads.size()) <= layer) {
+    result_.heads.resize(layer + 1, -1);
+    result_.kv_heads.resize(layer + 1, -1);
+    if (!layer_from_order_) result_.site_of_layer.resize(layer + 1, -1);
+  }
+  result_.layers_run = std::max<int64_t>(result_.layers_run, layer + 1);
+  return layer;
+}
+
+LayerAccumulator* Recorder::accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
+                                        const torch::Device& device) {
+  result_.heads[layer] = heads;
+  auto acc = std::make_unique<LayerAccumulator>(spec_, layer, ctx_.valid.size(0), heads, tq,
+                                                tk, device);
+  if (acc->idle()) return nullptr;
+  return (acc_[layer] = std::move(acc)).get();
+}
+
+int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk) const {
+  return std::max<int64_t>(1, spec_.chunk_elements / std::max<int64_t>(1, batch * heads * tk));
+}
+
+void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
+  const int64_t layer = resolve_layer(op_layer);
+  const int64_t batch = ctx_.valid.size(0);
+  torch::Tensor probs = probs_in;
+  if (probs.dim() == 3) {  // bmm style: [B*H, Tq, Tk]
+    TORCH_CHECK(probs.size(0) % batch == 0, "capture: attention of shape ", probs.sizes(),
+                " at layer ", layer, " does not split into batch ", batch, " x heads");
+    probs = probs.view({batch, probs.size(0) / batch, probs.size(1), probs.size(2)});
+  }
+  TORCH_CHECK(probs.dim() == 4 && probs.size(0) == batch, "capture: expected attention "
+              "probabilities [B, H, Tq, Tk] with B = ", batch, " at layer ", layer, ", got ",
+              probs_in.sizes());
+  const int64_t heads = probs.size(1), tq = probs.size(2), tk = probs.size(3);
+  TORCH_CHECK(tk <= ctx_.valid.size(1) && tq <= tk, "capture: attention ", probs.sizes(),
+              " at layer ", layer, " does not match the ", ctx_.valid.size(1), " input tokens");
+  LayerAccumulator* acc = accumulator(layer, heads, tq, tk, probs.device());
+  if (!acc) return;
+  torch::Tensor sel = probs;
+  if (!acc->block_heads().empty())
+    sel = probs.index_select(1, torch::tensor(acc->block_heads(), torch::kLong).to(probs.device()));
+  const int64_t step = chunk_rows(batch, sel.size(1), tk);
+  torch::NoGradGuard no_grad;
+  for (int64_t r0 = 0; r0 < tq; r0 += step) {
+    const int64_t rows = std::min(step, tq - r0);
+    acc->add_block(sel.narrow(2, r0, rows).to(torch::kFloat), r0, ctx_);
+  }
+}
+
+void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
+                       const std::optional<torch::Tensor>& mask, bool is_causal,
+                       std::optional<double> scale, int64_t op_layer) {
+  const int64_t layer = resolve_layer(op_layer);
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "capture_sdpa: expected q [B, H, Tq, D] and k "
+              "[B, Hkv, Tk, D] at layer ", layer, ", got q ", q.sizes(), " and k ", k.sizes());
+  const int64_t batch = q.size(0), hq = q.size(1), tq = q.size(2), dim = q.size(3);
+  const int64_t hkv = k.size(1), tk = k.size(2);
+  TORCH_CHECK(batch == ctx_.valid.size(0) && k.size(0) == batch, "capture_sdpa: batch of q ",
+              q.sizes(), " / k ", k.sizes(), " at layer ", layer, " differs from the input batch ",
+              ctx_.valid.size(0));
+  TORCH_CHECK(hkv > 0 && hq % hkv == 0, "capture_sdpa: ", hq, " query heads are not a "
+              "multiple of ", hkv, " key heads at layer ", layer);
+  TORCH_CHECK(k.size(3) == dim, "capture_sdpa: q head dim ", dim, " != k head dim ", k.size(3));
+  TORCH_CHECK(tk <= ctx_.valid.size(1) && tq <= tk, "capture_sdpa: q ", q.sizes(), " / k ",
+              k.sizes(), " at layer ", layer, " do not match the ", ctx_.valid.size(1),
+              " input tokens");
+  result_.kv_heads[layer] = hkv;
+  LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device());
+  if (!acc) return;
+
+  torch::NoGradGuard no_grad;
+  const int64_t group = hq / hkv;
+  std::vector<int64_t> heads = acc->block_heads();
+  if (heads.empty())
+    for (int64_t h = 0; h < hq; ++h) heads.push_back(h);
+  std::vector<int64_t> kv_idx;
+  for (int64_t h : heads) kv_idx.push_back(h / group);  // q head h reads kv head h / group
+  auto dev = q.device();
+  auto head_t = torch::tensor(heads, torch::kLong).to(dev);
+  auto qs = (static_cast<int64_t>(heads.size()) == hq ? q : q.index_select(1, head_t)).to(torch::kFloat);
+  auto ks = k.index_select(1, torch::tensor(kv_idx, torch::kLong).to(dev)).to(torch::kFloat);
+  auto kt = ks.transpose(-1, -2);
+  const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(dim));
+
+  torch::Tensor m;
+  if (mask.has_value() && mask->defined()) {
+    m = *mask;
+    while (m.dim() < 4) m = m.unsqueeze(0);
+    if (m.size(1) > 1 && static_cast<int64_t>(heads.size()) != hq) m = m.index_select(1, head_t);
+  }
+  const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t r0 = 0; r0 < tq; r0 += step) {
+    const int64_t rows = std::min(step, tq - r0);
+    auto scores = torch::matmul(qs.narrow(2, r0, rows), kt).mul_(s);  // [B, Hs, rows, Tk]
+    if (m.defined()) {
+      auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
+      if (mc.scalar_type() == torch::kBool) scores.masked_fill_(mc.logical_not(), neg_inf);
+      else scores.add_(mc.to(torch::kFloat));
+    }
+    if (is_causal)  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
+      scores.masked_fill_(torch::ones({rows, tk}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1),
+                          neg_inf);
+    auto probs = scores.softmax(-1);
+    probs.nan_to_num_(0.0);  // fully masked rows (padding queries) give 0/0
+    acc->add_block(probs, r0, ctx_);
+  }
+}
+
+RecordResult Recorder::finish() {
+  const int64_t n = result_.layers_run;
+  auto need = [&](int64_t l, const char* what) {
+    TORCH_CHECK(l < n, what, ": layer ", l, " out of range: model has ", n,
+                " attention layers (0..", n - 1, ")");
+  };
+  for (const auto& lh : spec_.heads) need(lh.first, "heads");
+  for (int64_t l : spec_.layer_maps) need(l, "layer_maps");
+  for (int64_t l : spec_.layers) need(l, "layers");
+
+  std::map<std::string, std::vector<torch::Tensor>> stacked;
+  std::vector<int64_t> agg_layers;
+  if (spec_.wants_aggregates()) {
+    if (spec_.layers.empty())
+      for (int64_t l = 0; l < n; ++l) agg_layers.push_back(l);
+    else
+      agg_layers = spec_.layers;
+  }
+  std::set<int64_t> agg_set(agg_layers.begin(), agg_layers.end());
+  std::map<int64_t, std::map<std::string, torch::Tensor>> per_layer;
+  for (auto& kv : acc_) per_layer[kv.first] = kv.second->finish(ctx_);
+  for (auto& kv : per_layer)
+    for (auto& nt : kv.second)
+      if (nt.first.find('/') != std::string::npos) result_.captures[nt.first] = nt.second;
+  for (int64_t l : agg_layers) {
+    auto it = per_layer.find(l);
+    TORCH_CHECK(it != per_layer.end(), "layers: layer ", l, " ran no capture");
+    for (auto& nt : it->second)
+      if (nt.first.find('/') == std::string::npos) stacked[nt.first].push_back(nt.second);
+  }
+  for (auto& kv : stacked) {
+    // Layers may differ in head count only in exotic models; stacking then fails loudly.
+    result_.captures[kv.first] = torch::stack(kv.second);
+  }
+  if (!agg_layers.empty())
+    result_.captures["aggregate_layers"] = torch::tensor(agg_layers, torch::kLong);
+  acc_.clear();
+  return result_;
+}
+
+}  // namespace attnscope

@@ -1,0 +1,76 @@
+// Recorder: receives attention from the capture operators while Model::run executes the
+// forward, and keeps only what the CaptureSpec asks for. One recorder is active per thread.
+#pragma once
+#include <attnscope/aggregates.h>
+#include <attnscope/spec.h>
+
+#include <torch/torch.h>
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace attnscope {
+
+/// What one forward with capture produced.
+struct RecordResult {
+  /// Captured tensors by name; per-layer aggregates are stacked over `aggregate_layers`.
+  std::map<std::string, torch::Tensor> captures;
+  /// Attention layers that ran, in execution order.
+  int64_t layers_run = 0;
+  /// Query heads per layer that ran (-1 if never seen).
+  std::vector<int64_t> heads;
+  /// KV heads per layer: known at SDPA sites from k's shape, -1 at softmax sites.
+  std::vector<int64_t> kv_heads;
+  /// Graph site id of each layer (instrumented models), -1 when the op carried the layer.
+  std::vector<int64_t> site_of_layer;
+};
+
+class Recorder {
+ public:
+  /// `layer_from_order`: number layers by execution order (graph-instrumented models, where the
+  /// op's integer is a site id); otherwise the op's integer is the layer index.
+  Recorder(const CaptureSpec& spec, RunContext ctx, bool layer_from_order);
+
+  /// The recorder of the current thread, or nullptr (the operators then pass through).
+  static Recorder* active();
+
+  /// `probs (Tensor[B, H, Tq, Tk])` or `(Tensor[B*H, Tq, Tk])`: materialised softmax output.
+  void on_probs(const torch::Tensor& probs, int64_t layer);
+  /// SDPA site: recomputes softmax(q kᵀ·scale + mask) in fp32 for the heads and rows needed.
+  /// `q (Tensor[B, Hq, Tq, D])`, `k (Tensor[B, Hkv, Tk, D])`, Hq a multiple of Hkv (GQA).
+  void on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
+               const std::optional<torch::Tensor>& mask, bool is_causal,
+               std::optional<double> scale, int64_t layer);
+
+  /// Stacks per-layer results; checks that every requested layer ran.
+  RecordResult finish();
+
+ private:
+  int64_t resolve_layer(int64_t op_layer);
+  LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
+                                const torch::Device& device);
+  int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk) const;
+
+  CaptureSpec spec_;
+  RunContext ctx_;
+  bool layer_from_order_;
+  RecordResult result_;
+  std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
+};
+
+/// Makes `r` the active recorder of this thread for the scope's lifetime.
+class RecorderScope {
+ public:
+  explicit RecorderScope(Recorder* r);
+  ~RecorderScope();
+  RecorderScope(const RecorderScope&) = delete;
+  RecorderScope& operator=(const RecorderScope&) = delete;
+
+ private:
+  Recorder* prev_;
+};
+
+}  // namespace attnscope

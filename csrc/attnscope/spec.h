@@ -1,0 +1,55 @@
+// CaptureSpec: what a run keeps. The recorder computes exactly this while the model runs
+// and discards every attention block once its contribution is taken.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace attnscope {
+
+struct CaptureSpec {
+  /// (layer, head) pairs whose full map is kept: "head_map/L{l}H{h}" [B, Tq, Tk].
+  std::vector<std::pair<int64_t, int64_t>> heads;
+  /// Layers whose head-mean map is kept: "layer_map/L{l}" [B, Tq, Tk].
+  std::vector<int64_t> layer_maps;
+  /// Head shown in layer_maps instead of the mean over heads; -1 = mean.
+  int64_t layer_map_head = -1;
+
+  /// Layers for the per-position aggregates below (order kept); empty = every layer.
+  std::vector<int64_t> layers;
+  /// "received_mean" / "received_max" [L, B, H, Tk]: attention each key position receives,
+  /// mean (sum / number of queries that can see it) and max over those queries.
+  bool received = false;
+  /// Query positions (negative counts from the end) whose rows are kept: "from" [L, B, H, n, Tk].
+  std::vector<int64_t> from_tokens;
+  /// "attn_entropy" [L, B, H, Tq]: entropy (nats) of each attention row.
+  bool attn_entropy = false;
+  /// k > 0 keeps "sink_mass_rows" [L, B, H, Tq] (attention to the first k keys per query)
+  /// and "sink_mass" [L, B, H] (its mean over valid queries).
+  int64_t sink_tokens = 0;
+
+  /// Top-k next-token predictions per position (0 = none).
+  int64_t top_k = 5;
+  /// Softmax temperature for predictive entropy and top-k.
+  double temperature = 1.0;
+  /// Move every captured tensor to the CPU at the end of the run.
+  bool to_cpu = true;
+  /// Upper bound on the elements of one recomputed attention block [B, H_sel, chunk, Tk].
+  int64_t chunk_elements = int64_t(1) << 24;
+
+  /// Every aggregate for every layer (received, entropy, sink mass of the first token).
+  static CaptureSpec all_aggregates();
+  /// True when any per-layer attention quantity is requested.
+  bool wants_attention() const;
+  /// True when `layer` is among the aggregate layers.
+  bool aggregates_layer(int64_t layer) const;
+  bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || !from_tokens.empty(); }
+
+  std::string to_json() const;
+  static CaptureSpec from_json(const std::string& text);
+  /// Checks the spec against a model's size; n_layers/n_heads < 0 = unknown (checked after the run).
+  void validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) const;
+};
+
+}  // namespace attnscope

@@ -1,0 +1,50 @@
+// Trace: everything one Model::run produced. Saved as the zip archive that Python's
+// torch.load reads (weights_only=True works): a dict of tensors, ints and strings.
+#pragma once
+#include <attnscope/spec.h>
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace attnscope {
+
+struct Trace {
+  /// Token ids `[B, T]` int64.
+  torch::Tensor input_ids;
+  /// `[B, T]` int64, 1 = real token, 0 = padding.
+  torch::Tensor attention_mask;
+  /// Predictive entropy `[B, T]` fp32, nats; entry i is that of the distribution predicting
+  /// token i+1 (the last position predicts a token beyond the input).
+  torch::Tensor entropy;
+  /// Top-k next-token predictions `[B, T, k]`: probabilities fp32, ids int64 (undefined if k=0).
+  torch::Tensor topk_probs, topk_ids;
+  /// Captured attention quantities by name (see README "Capture names"): per-layer aggregates
+  /// stacked as `[L, B, H, ...]` over `captures["aggregate_layers"]`, maps `[B, Tq, Tk]`.
+  std::map<std::string, torch::Tensor> captures;
+  /// The spec that made this trace.
+  CaptureSpec spec;
+  /// Attention layers that ran, query heads and KV heads per layer (-1 = unknown).
+  int64_t n_layers = -1, n_heads = -1, n_kv_heads = -1;
+  /// `[H]` int64: the KV head each query head reads (grouped-query attention).
+  torch::Tensor kv_head_of;
+  /// Module path of each layer's attention site ("" where the graph had none).
+  std::vector<std::string> layer_paths;
+  /// Raw token strings `B*T`, row-major like input_ids (empty if the model has no vocabulary).
+  std::vector<std::string> tokens;
+
+  bool has(const std::string& name) const { return captures.count(name) > 0; }
+  /// Captured tensor `name`; the error lists what the trace holds and how to capture it.
+  const torch::Tensor& get(const std::string& name) const;
+  /// Names of the captured tensors.
+  std::vector<std::string> names() const;
+
+  /// Writes the trace to `path` (torch.save-compatible zip).
+  void save(const std::string& path) const;
+  /// Reads a trace written by save() or by attnscope's Python side.
+  static Trace load(const std::string& path);
+};
+
+}  // namespace attnscope
