@@ -6,6 +6,7 @@
 #include <torch/csrc/jit/passes/inliner.h>
 
 #include <functional>
+#include <unordered_map>
 #include <set>
 
 namespace attnscope {
@@ -82,19 +83,39 @@ bool softmax_on_last_dim(Node* n) {
   return false;
 }
 
-std::string module_path(Node* n) {
-  std::string path;
+// Full dotted names of submodules by class type, for types that occur once (traced modules
+// get one mangled type per instance, so this names e.g. "model.layers.3.self_attn").
+using TypeNames = std::unordered_map<c10::ClassTypePtr, std::string>;
+
+TypeNames unique_type_names(const torch::jit::Module& m) {
+  TypeNames names;
+  std::unordered_map<c10::ClassTypePtr, int> count;
+  for (const auto& nm : m.named_modules()) {
+    auto t = nm.value.type();
+    if (++count[t] == 1) names[t] = nm.name;
+  }
+  for (const auto& c : count)
+    if (c.second > 1) names.erase(c.first);
+  return names;
+}
+
+std::string module_path(Node* n, const TypeNames& names) {
+  std::string joined, full;
   if (auto cs = n->callstack()) {
     for (const auto& entry : (*cs)->vec()) {
       const auto& info = std::get<2>(entry);
       if (!info) continue;
+      auto it = names.find(info->class_type());
+      if (it != names.end()) full = it->second;
       const std::string& name = info->instance_name();
       if (name.empty() || name == "self") continue;
-      path += (path.empty() ? "" : ".") + name;
+      // Module containers (ModuleList) are not calls, so instance names alone skip them.
+      joined += (joined.empty() ? "" : ".") + name;
     }
   }
-  if (path.empty() && n->scope() && !n->scope()->isBlank()) path = n->scope()->namesFromRoot();
-  return path;
+  if (!full.empty()) return full;
+  if (joined.empty() && n->scope() && !n->scope()->isBlank()) joined = n->scope()->namesFromRoot();
+  return joined;
 }
 
 struct Found {
@@ -140,6 +161,29 @@ int64_t count_capture_ops(const torch::jit::Module& module) {
   return n;
 }
 
+int64_t embedding_rows(const torch::jit::Module& module) {
+  auto g = forward_graph(module)->copy();
+  torch::jit::Inline(*g);
+  if (g->inputs().size() < 2) return -1;
+  Value* ids = g->inputs()[1];
+  const Symbol emb = sym("aten::embedding"), getattr = sym("prim::GetAttr");
+  for (Node* n : g->nodes()) {
+    if (n->kind() != emb || n->input(1) != ids) continue;
+    // Resolve the weight's GetAttr chain back to `self`.
+    std::vector<std::string> path;
+    Value* v = n->input(0);
+    while (v->node()->kind() == getattr) {
+      path.push_back(v->node()->s(c10::attr::name));
+      v = v->node()->input(0);
+    }
+    if (v != g->inputs()[0]) return -1;
+    c10::IValue cur = module._ivalue();
+    for (auto it = path.rbegin(); it != path.rend(); ++it) cur = cur.toObject()->getAttr(*it);
+    if (cur.isTensor() && cur.toTensor().dim() == 2) return cur.toTensor().size(0);
+  }
+  return -1;
+}
+
 Instrumented instrument(const torch::jit::Module& module) {
   forward_graph(module);  // clear error before cloning
   Instrumented r{module.clone(/*inplace=*/true), {}};
@@ -154,10 +198,11 @@ Instrumented instrument(const torch::jit::Module& module) {
               "a product with V, and for aten::scaled_dot_product_attention");
 
   const Symbol cap = sym(kCaptureOp), cap_sdpa = sym(kCaptureSdpaOp);
+  const TypeNames names = unique_type_names(r.module);
   for (size_t i = 0; i < found.size(); ++i) {
     Node* n = found[i].node;
     const int64_t id = static_cast<int64_t>(i);
-    r.sites.push_back({id, found[i].sdpa ? "sdpa" : "softmax", module_path(n), found[i].in_block});
+    r.sites.push_back({id, found[i].sdpa ? "sdpa" : "softmax", module_path(n, names), found[i].in_block});
     torch::jit::WithCurrentScope scope(*graph, n->scope());
     if (found[i].sdpa) {
       // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)

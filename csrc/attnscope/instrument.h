@@ -34,6 +34,10 @@ struct Instrumented {
 /// aten::scaled_dot_product_attention. Throws when no site is found. `module` is unchanged.
 Instrumented instrument(const torch::jit::Module& module);
 
+/// Rows of the embedding table indexed directly by forward's first input (the vocabulary
+/// size), or -1 when no such aten::embedding is found.
+int64_t embedding_rows(const torch::jit::Module& module);
+
 /// Capture operators already in `module.forward` (counted on an inlined copy of the graph).
 int64_t count_capture_ops(const torch::jit::Module& module);
 

@@ -92,6 +92,10 @@ void Model::prepare() {
               "forward(input_ids, attention_mask [B, T])");
   takes_mask_ = n >= 2;
 
+  if (info_.vocab_size < 0) {
+    info_.vocab_size = embedding_rows(module_);
+    if (info_.vocab_size > 0) info_.inferred.push_back("vocab_size (embedding table)");
+  }
   if (count_capture_ops(module_) == 0) {
     Instrumented ins = instrument(module_);
     module_ = std::move(ins.module);
@@ -150,10 +154,19 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   TORCH_CHECK(takes_mask_ || !ctx.has_padding, "attention_mask has padding but the model's "
               "forward takes no attention_mask argument");
   c10::IValue out;
-  {
+  try {
     torch::NoGradGuard no_grad;
     RecorderScope scope(&rec);
     out = module_.forward(inputs);
+  } catch (const std::exception& e) {
+    // The interpreter wraps errors (ours from the capture ops included) in a TorchScript
+    // traceback; lead with the final error line so the cause is read first.
+    std::string msg = e.what();
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    std::string last = msg.substr(msg.rfind('\n') == std::string::npos ? 0 : msg.rfind('\n') + 1);
+    const std::string prefix = "RuntimeError: ";
+    if (last.rfind(prefix, 0) == 0) last = last.substr(prefix.size());
+    TORCH_CHECK(false, last, "\n(raised in the model's forward; TorchScript traceback:\n", msg, ")");
   }
   torch::Tensor logits;
   if (out.isTensor()) logits = out.toTensor();

@@ -147,7 +147,7 @@ RecordResult Recorder::finish() {
   const int64_t n = result_.layers_run;
   auto need = [&](int64_t l, const char* what) {
     TORCH_CHECK(l < n, what, ": layer ", l, " out of range: model has ", n,
-                " attention layers (0..", n - 1, ")");
+                " layers (0..", n - 1, ") with attention");
   };
   for (const auto& lh : spec_.heads) need(lh.first, "heads");
   for (int64_t l : spec_.layer_maps) need(l, "layer_maps");

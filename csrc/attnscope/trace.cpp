@@ -1,9 +1,8 @@
 #include <attnscope/trace.h>
 
-#include <torch/serialize.h>
+#include <attnscope/json.h>
+#include <attnscope/safetensors.h>
 
-#include <fstream>
-#include <iterator>
 #include <sstream>
 
 namespace attnscope {
@@ -11,6 +10,19 @@ namespace attnscope {
 namespace {
 constexpr const char* kFormat = "attnscope-trace";
 constexpr int64_t kVersion = 1;
+const std::string kCapturePrefix = "captures/";
+
+std::string string_array(const std::vector<std::string>& v) {
+  std::string s = "[";
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + json::quote(v[i]);
+  return s + "]";
+}
+
+std::vector<std::string> parse_string_array(const std::string& text, const char* what) {
+  std::vector<std::string> out;
+  for (const auto& e : json::parse(text, what).arr) out.push_back(e.str);
+  return out;
+}
 }  // namespace
 
 const torch::Tensor& Trace::get(const std::string& name) const {
@@ -30,11 +42,9 @@ std::vector<std::string> Trace::names() const {
 }
 
 void Trace::save(const std::string& path) const {
-  c10::impl::GenericDict d(c10::StringType::get(), c10::AnyType::get());
-  d.insert(std::string("format"), std::string(kFormat));
-  d.insert(std::string("version"), kVersion);
-  auto put = [&](const char* k, const torch::Tensor& t) {
-    if (t.defined()) d.insert(std::string(k), t.cpu());
+  SafetensorsFile f;
+  auto put = [&](const std::string& k, const torch::Tensor& t) {
+    if (t.defined()) f.tensors[k] = t;
   };
   put("input_ids", input_ids);
   put("attention_mask", attention_mask);
@@ -42,59 +52,54 @@ void Trace::save(const std::string& path) const {
   put("topk_probs", topk_probs);
   put("topk_ids", topk_ids);
   put("kv_head_of", kv_head_of);
-  c10::Dict<std::string, torch::Tensor> caps;
-  for (const auto& kv : captures) caps.insert(kv.first, kv.second.cpu());
-  d.insert(std::string("captures"), caps);
-  d.insert(std::string("spec"), spec.to_json());
-  d.insert(std::string("n_layers"), n_layers);
-  d.insert(std::string("n_heads"), n_heads);
-  d.insert(std::string("n_kv_heads"), n_kv_heads);
-  d.insert(std::string("layer_paths"), c10::List<std::string>(layer_paths));
-  d.insert(std::string("tokens"), c10::List<std::string>(tokens));
-  auto bytes = torch::pickle_save(c10::IValue(d));
-  std::ofstream f(path, std::ios::binary);
-  TORCH_CHECK(f.good(), "cannot write trace file '", path, "'");
-  f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  TORCH_CHECK(f.good(), "writing trace file '", path, "' failed");
+  for (const auto& kv : captures) put(kCapturePrefix + kv.first, kv.second);
+  f.metadata = {{"format", kFormat},
+                {"version", std::to_string(kVersion)},
+                {"spec", spec.to_json()},
+                {"n_layers", std::to_string(n_layers)},
+                {"n_heads", std::to_string(n_heads)},
+                {"n_kv_heads", std::to_string(n_kv_heads)},
+                {"layer_paths", string_array(layer_paths)},
+                {"tokens", string_array(tokens)}};
+  write_safetensors(path, f);
 }
 
 Trace Trace::load(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  TORCH_CHECK(f.good(), "trace file not found: '", path, "'");
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  c10::IValue v;
+  SafetensorsFile f;
   try {
-    v = torch::pickle_load(bytes);
+    f = read_safetensors(path);
   } catch (const c10::Error& e) {
-    TORCH_CHECK(false, "'", path, "' is not an attnscope trace (torch.save zip): ",
-                e.what_without_backtrace());
+    std::string m = e.what_without_backtrace();
+    TORCH_CHECK(m.rfind("file not found", 0) != 0, "trace file not found: '", path, "'");
+    TORCH_CHECK(false, "'", path, "' is not an attnscope trace: ", m);
   }
-  TORCH_CHECK(v.isGenericDict(), "'", path, "' is not an attnscope trace: top level is not a dict");
-  auto d = v.toGenericDict();
-  auto get = [&](const char* k) -> c10::IValue {
-    auto it = d.find(c10::IValue(std::string(k)));
-    return it == d.end() ? c10::IValue() : it->value();
+  auto meta = [&](const char* k) {
+    auto it = f.metadata.find(k);
+    return it == f.metadata.end() ? std::string() : it->second;
   };
-  TORCH_CHECK(get("format").isString() && get("format").toStringRef() == kFormat, "'", path,
-              "' is not an attnscope trace: missing format tag '", kFormat, "'");
-  TORCH_CHECK(get("version").toInt() <= kVersion, "trace '", path, "' has format version ",
-              get("version").toInt(), "; this attnscope reads up to ", kVersion);
+  TORCH_CHECK(meta("format") == kFormat, "'", path, "' is not an attnscope trace: missing format tag '",
+              kFormat, "'");
+  TORCH_CHECK(std::stoll(meta("version")) <= kVersion, "trace '", path, "' has format version ",
+              meta("version"), "; this attnscope reads up to ", kVersion);
   Trace t;
-  auto tensor = [&](const char* k) { auto x = get(k); return x.isTensor() ? x.toTensor() : torch::Tensor(); };
+  auto tensor = [&](const char* k) {
+    auto it = f.tensors.find(k);
+    return it == f.tensors.end() ? torch::Tensor() : it->second;
+  };
   t.input_ids = tensor("input_ids");
   t.attention_mask = tensor("attention_mask");
   t.entropy = tensor("entropy");
   t.topk_probs = tensor("topk_probs");
   t.topk_ids = tensor("topk_ids");
   t.kv_head_of = tensor("kv_head_of");
-  for (const auto& kv : get("captures").toGenericDict())
-    t.captures[kv.key().toStringRef()] = kv.value().toTensor();
-  t.spec = CaptureSpec::from_json(get("spec").toStringRef());
-  t.n_layers = get("n_layers").toInt();
-  t.n_heads = get("n_heads").toInt();
-  t.n_kv_heads = get("n_kv_heads").toInt();
-  for (const auto& s : get("layer_paths").toListRef()) t.layer_paths.push_back(s.toStringRef());
-  for (const auto& s : get("tokens").toListRef()) t.tokens.push_back(s.toStringRef());
+  for (const auto& kv : f.tensors)
+    if (kv.first.rfind(kCapturePrefix, 0) == 0) t.captures[kv.first.substr(kCapturePrefix.size())] = kv.second;
+  t.spec = CaptureSpec::from_json(meta("spec"));
+  t.n_layers = std::stoll(meta("n_layers"));
+  t.n_heads = std::stoll(meta("n_heads"));
+  t.n_kv_heads = std::stoll(meta("n_kv_heads"));
+  t.layer_paths = parse_string_array(meta("layer_paths"), "trace layer_paths");
+  t.tokens = parse_string_array(meta("tokens"), "trace tokens");
   return t;
 }
 

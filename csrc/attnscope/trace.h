@@ -1,5 +1,5 @@
-// Trace: everything one Model::run produced. Saved as the zip archive that Python's
-// torch.load reads (weights_only=True works): a dict of tensors, ints and strings.
+// Trace: everything one Model::run produced. Saved as safetensors (see save()); Python
+// reads it with `safetensors` alone: tensors by name, facts as metadata strings.
 #pragma once
 #include <attnscope/spec.h>
 
@@ -41,7 +41,9 @@ struct Trace {
   /// Names of the captured tensors.
   std::vector<std::string> names() const;
 
-  /// Writes the trace to `path` (torch.save-compatible zip).
+  /// Writes `path` as safetensors: tensors input_ids, attention_mask, entropy, topk_probs,
+  /// topk_ids, kv_head_of and "captures/<name>"; metadata format="attnscope-trace", version,
+  /// spec (JSON), n_layers, n_heads, n_kv_heads, layer_paths and tokens (JSON string arrays).
   void save(const std::string& path) const;
   /// Reads a trace written by save() or by attnscope's Python side.
   static Trace load(const std::string& path);

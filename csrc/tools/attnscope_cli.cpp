@@ -14,7 +14,7 @@ namespace {
 const char* kHelp = R"(usage: attnscope-cli --model PATH (--ids 1,2,3 | --ids-file FILE) [options]
 
 Runs a TorchScript causal LM with attention capture and writes an attnscope trace
-(a torch.save-compatible zip that Python reads with torch.load).
+(safetensors: Python reads it with the safetensors package alone).
 
 input
   --model PATH         TorchScript archive (torch.jit.save); capture operators are inserted

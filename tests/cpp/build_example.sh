@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs attnscope from the build tree, then builds examples/cpp against the installed
+# CMake package (find_package(attnscope)) and runs it on a fixture model.
+set -euo pipefail
+build=$1 src=$2 torch_dir=$3 model=$4
+prefix=$build/_install
+cmake --install "$build" --prefix "$prefix" >/dev/null
+cmake -S "$src/examples/cpp" -B "$build/_example" \
+  -DCMAKE_PREFIX_PATH="$prefix;$torch_dir" >/dev/null
+cmake --build "$build/_example" >/dev/null
+"$build/_example/attnscope_example" "$model"

@@ -1,0 +1,152 @@
+// Aggregates against formulas written out with loops in double precision on the reference
+// probabilities (a padded batch of 2), and invariance to the chunk size.
+#include "helpers.h"
+
+#include <attnscope/aggregates.h>
+#include <attnscope/entropy.h>
+
+#include <cmath>
+
+using attnscope::CaptureSpec;
+using attnscope::Model;
+
+namespace {
+
+struct Expected {
+  torch::Tensor recv_mean, recv_max, entropy, sink_rows, sink_mean;
+};
+
+// Reference aggregates of one layer: P [B, H, T, T], valid [B, T].
+Expected expected(const torch::Tensor& P_, const torch::Tensor& valid_, int64_t sink_k) {
+  auto P = P_.to(torch::kDouble).contiguous();
+  auto valid = valid_.to(torch::kBool);
+  const int64_t B = P.size(0), H = P.size(1), T = P.size(2);
+  const double nan = std::nan("");
+  Expected e;
+  e.recv_mean = torch::full({B, H, T}, nan, torch::kDouble);
+  e.recv_max = torch::full({B, H, T}, nan, torch::kDouble);
+  e.entropy = torch::full({B, H, T}, nan, torch::kDouble);
+  e.sink_rows = torch::full({B, H, T}, nan, torch::kDouble);
+  e.sink_mean = torch::zeros({B, H}, torch::kDouble);
+  auto p = P.accessor<double, 4>();
+  auto v = valid.accessor<bool, 2>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h) {
+      int64_t nq = 0;
+      double sink_sum = 0;
+      for (int64_t i = 0; i < T; ++i) {
+        if (!v[b][i]) continue;
+        double ent = 0, sink = 0;
+        for (int64_t j = 0; j < T; ++j) {
+          if (p[b][h][i][j] > 0) ent -= p[b][h][i][j] * std::log(p[b][h][i][j]);
+          if (j < sink_k) sink += p[b][h][i][j];
+        }
+        e.entropy[b][h][i] = ent;
+        e.sink_rows[b][h][i] = sink;
+        sink_sum += sink;
+        ++nq;
+      }
+      e.sink_mean[b][h] = sink_sum / nq;
+      for (int64_t j = 0; j < T; ++j) {
+        if (!v[b][j]) continue;
+        double sum = 0, mx = 0;
+        int64_t n = 0;
+        for (int64_t i = j; i < T; ++i)  // causal: queries at or after j see key j
+          if (v[b][i]) {
+            sum += p[b][h][i][j];
+            mx = std::max(mx, p[b][h][i][j]);
+            ++n;
+          }
+        e.recv_mean[b][h][j] = sum / n;
+        e.recv_max[b][h][j] = mx;
+      }
+    }
+  return e;
+}
+
+bool close_nan(const torch::Tensor& a, const torch::Tensor& b, double tol) {
+  auto x = a.to(torch::kDouble), y = b.to(torch::kDouble);
+  if (!x.isnan().equal(y.isnan())) return false;
+  return (x.nan_to_num(0) - y.nan_to_num(0)).abs().max().item<double>() < tol;
+}
+
+void check_aggregates(const std::string& name, int64_t chunk_elements) {
+  CATCH_INFO("fixture " << name << ", chunk_elements " << chunk_elements);
+  auto ref = test::load_ref(name);
+  auto model = Model::load(test::fixture(name + ".pt"), "cpu");
+  CaptureSpec spec = CaptureSpec::all_aggregates();
+  spec.sink_tokens = 2;
+  spec.from_tokens = {-1, 4};
+  spec.layers = {2, 0};  // order kept in the stacked result
+  spec.layer_maps = {1};
+  spec.chunk_elements = chunk_elements;
+  auto t = model.run(ref.ids, spec, ref.mask);
+  CATCH_CHECK(t.get("aggregate_layers").equal(torch::tensor({2, 0}, torch::kLong)));
+  for (int64_t k = 0; k < 2; ++k) {
+    const int64_t l = spec.layers[k];
+    CATCH_INFO("layer " << l);
+    auto e = expected(ref.probs[l], ref.mask, 2);
+    CATCH_CHECK(close_nan(t.get("received_mean")[k], e.recv_mean, 1e-6));
+    CATCH_CHECK(close_nan(t.get("received_max")[k], e.recv_max, 1e-6));
+    CATCH_CHECK(close_nan(t.get("attn_entropy")[k], e.entropy, 1e-5));
+    CATCH_CHECK(close_nan(t.get("sink_mass_rows")[k], e.sink_rows, 1e-6));
+    CATCH_CHECK(close_nan(t.get("sink_mass")[k], e.sink_mean, 1e-6));
+    auto from = t.get("from")[k];  // [B, H, 2, T]
+    CATCH_CHECK(test::max_abs(from.select(2, 0), ref.probs[l].select(2, -1)) < 1e-6);
+    CATCH_CHECK(test::max_abs(from.select(2, 1), ref.probs[l].select(2, 4)) < 1e-6);
+  }
+  CATCH_CHECK(test::max_abs(t.get("layer_map/L1"), ref.probs[1].mean(1)) < 1e-6);
+}
+
+}  // namespace
+
+CATCH_TEST_CASE("aggregates equal independent formulas, padded batch (softmax site)", "[aggregates]") {
+  check_aggregates("toy_hf_eager", int64_t(1) << 24);
+  check_aggregates("toy_hf_eager", 7);  // one query row per block
+}
+
+CATCH_TEST_CASE("aggregates equal independent formulas, padded batch (SDPA recompute)", "[aggregates]") {
+  check_aggregates("toy_sdpa_mask", int64_t(1) << 24);
+  check_aggregates("toy_sdpa_mask", 100);  // 2 rows per block of [2, 4, rows, 12]
+}
+
+CATCH_TEST_CASE("padded positions: NaN where undefined, excluded from means", "[aggregates]") {
+  auto ref = test::load_ref("toy_hf_eager");
+  auto model = Model::load(test::fixture("toy_hf_eager.pt"), "cpu");
+  auto t = model.run(ref.ids, CaptureSpec::all_aggregates(), ref.mask);
+  auto rm = t.get("received_mean");  // [L, B, H, T]; row 1 has 3 left-padded positions
+  CATCH_CHECK(rm.select(1, 1).narrow(2, 0, 3).isnan().all().item<bool>());
+  CATCH_CHECK_FALSE(rm.select(1, 1).narrow(2, 3, 9).isnan().any().item<bool>());
+  CATCH_CHECK_FALSE(rm.select(1, 0).isnan().any().item<bool>());
+  CATCH_CHECK(t.get("attn_entropy").select(1, 1).narrow(2, 0, 3).isnan().all().item<bool>());
+}
+
+CATCH_TEST_CASE("visible_query_count: causal and bidirectional", "[aggregates]") {
+  auto valid = torch::tensor({{0, 1, 1, 1}}, torch::kBool);
+  auto c = attnscope::visible_query_count(valid, valid, true);
+  CATCH_CHECK(c.equal(torch::tensor({{0.f, 3.f, 2.f, 1.f}})));
+  auto nc = attnscope::visible_query_count(valid, valid, false);
+  CATCH_CHECK(nc.equal(torch::tensor({{0.f, 3.f, 3.f, 3.f}})));
+}
+
+CATCH_TEST_CASE("predictive entropy and top-k equal the formulas on the reference logits", "[entropy]") {
+  auto ref = test::load_ref("toy_gpt2");
+  auto model = Model::load(test::fixture("toy_gpt2.pt"), "cpu");
+  for (double temp : {1.0, 2.5}) {
+    CATCH_INFO("temperature " << temp);
+    CaptureSpec spec;
+    spec.top_k = 3;
+    spec.temperature = temp;
+    auto t = model.run(ref.ids, spec, ref.mask);
+    auto z = ref.logits.to(torch::kDouble) / temp;
+    auto p = z.softmax(-1);
+    auto h = -(p * p.log()).sum(-1);
+    CATCH_CHECK(test::max_abs(t.entropy, h) < 1e-5);
+    auto top = p.topk(3, -1);
+    CATCH_CHECK(t.topk_ids.equal(std::get<1>(top)));
+    CATCH_CHECK(test::max_abs(t.topk_probs, std::get<0>(top)) < 1e-6);
+  }
+  // Uniform logits: entropy log V.
+  auto u = attnscope::predictive_entropy(torch::zeros({1, 2, 10}));
+  CATCH_CHECK(test::max_abs(u, torch::full({1, 2}, std::log(10.0))) < 1e-6);
+}

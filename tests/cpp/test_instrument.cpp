@@ -1,0 +1,114 @@
+// Graph instrumentation: every attention style is found, numbered by execution order, and
+// the captured maps equal the plain-PyTorch reference probabilities.
+#include "helpers.h"
+
+#include <attnscope/capture_ops.h>
+#include <attnscope/instrument.h>
+
+using attnscope::CaptureSpec;
+using attnscope::Model;
+
+namespace {
+
+CaptureSpec every_head(int64_t layers, int64_t heads) {
+  CaptureSpec s;
+  for (int64_t l = 0; l < layers; ++l)
+    for (int64_t h = 0; h < heads; ++h) s.heads.emplace_back(l, h);
+  s.top_k = 0;
+  return s;
+}
+
+void check_maps_equal_reference(const std::string& name, const char* kind, double tol) {
+  CATCH_INFO("fixture " << name);
+  auto ref = test::load_ref(name);
+  auto model = Model::load(test::fixture(name + ".pt"), "cpu");
+  const int64_t layers = static_cast<int64_t>(ref.probs.size()), heads = ref.probs[0].size(1);
+  if (std::string(kind) != "own") {
+    CATCH_REQUIRE(model.instrumented());
+    CATCH_REQUIRE(static_cast<int64_t>(model.sites().size()) == layers);  // gate softmax not counted
+    for (const auto& s : model.sites()) CATCH_CHECK(s.kind == kind);
+  } else {
+    CATCH_REQUIRE_FALSE(model.instrumented());
+  }
+  auto trace = model.run(ref.ids, every_head(layers, heads), ref.mask);
+  CATCH_CHECK(trace.n_layers == layers);
+  CATCH_CHECK(trace.n_heads == heads);
+  for (int64_t l = 0; l < layers; ++l)
+    for (int64_t h = 0; h < heads; ++h) {
+      CATCH_INFO("layer " << l << " head " << h);
+      auto got = trace.get("head_map/L" + std::to_string(l) + "H" + std::to_string(h));
+      CATCH_CHECK(test::max_abs(got, ref.probs[l].select(1, h)) < tol);
+    }
+}
+
+}  // namespace
+
+CATCH_TEST_CASE("HF-eager style: additive mask, fp32 softmax cast back", "[instrument]") {
+  check_maps_equal_reference("toy_hf_eager", "softmax", 1e-6);
+}
+CATCH_TEST_CASE("GPT-2 style: torch.where mask, division by sqrt(d)", "[instrument]") {
+  check_maps_equal_reference("toy_gpt2", "softmax", 1e-6);
+}
+CATCH_TEST_CASE("baddbmm/bmm style on [B*H, T, T]", "[instrument]") {
+  check_maps_equal_reference("toy_bmm", "softmax", 1e-6);
+}
+CATCH_TEST_CASE("einsum style", "[instrument]") {
+  check_maps_equal_reference("toy_einsum", "softmax", 1e-6);
+}
+CATCH_TEST_CASE("GQA with repeat_kv (expand + reshape), eager", "[instrument]") {
+  check_maps_equal_reference("toy_eager_gqa", "softmax", 1e-6);
+}
+CATCH_TEST_CASE("SDPA with is_causal", "[instrument]") {
+  check_maps_equal_reference("toy_sdpa_causal", "sdpa", 1e-6);
+}
+CATCH_TEST_CASE("SDPA with an explicit bool mask and explicit scale, left padding", "[instrument]") {
+  check_maps_equal_reference("toy_sdpa_mask", "sdpa", 1e-6);
+}
+CATCH_TEST_CASE("SDPA with enable_gqa: KV heads read per query head", "[instrument]") {
+  check_maps_equal_reference("toy_sdpa_gqa", "sdpa", 1e-6);
+  auto model = Model::load(test::fixture("toy_sdpa_gqa.pt"), "cpu");
+  auto ref = test::load_ref("toy_sdpa_gqa");
+  auto t = model.run(ref.ids, attnscope::CaptureSpec::all_aggregates());
+  CATCH_CHECK(t.n_kv_heads == 2);
+  CATCH_CHECK(t.kv_head_of.equal(torch::tensor({0, 0, 1, 1}, torch::kLong)));
+}
+CATCH_TEST_CASE("archive with its own capture ops is used as exported", "[instrument]") {
+  check_maps_equal_reference("toy_own_ops", "own", 1e-6);
+}
+
+CATCH_TEST_CASE("instrument() leaves the original module untouched and shares weights", "[instrument]") {
+  auto m = torch::jit::load(test::fixture("toy_hf_eager.pt"));
+  auto ins = attnscope::instrument(m);
+  CATCH_CHECK(attnscope::count_capture_ops(m) == 0);
+  CATCH_CHECK(attnscope::count_capture_ops(ins.module) == 3);
+  auto p0 = *m.parameters().begin();
+  auto p1 = *ins.module.parameters().begin();
+  CATCH_CHECK(p0.data_ptr() == p1.data_ptr());  // clone(true): no weight copy
+  // Layer numbering follows the graph/execution order, with module paths from the call stack.
+  CATCH_REQUIRE(ins.sites.size() == 3);
+  for (int i = 0; i < 3; ++i) {
+    CATCH_INFO("site " << i << " path '" << ins.sites[i].path << "'");
+    CATCH_CHECK(ins.sites[i].id == i);
+    CATCH_CHECK(ins.sites[i].path.find("blocks." + std::to_string(i)) != std::string::npos);
+    CATCH_CHECK_FALSE(ins.sites[i].in_block);
+  }
+}
+
+CATCH_TEST_CASE("scripted model with control flow: loop sites numbered by execution, dead branch reported",
+                "[instrument]") {
+  auto ref = test::load_ref("toy_scripted_branch");
+  auto model = Model::load(test::fixture("toy_scripted_branch.pt"), "cpu");
+  CATCH_REQUIRE(model.sites().size() == 2);  // one site in the loop body, one in the `if`
+  for (const auto& s : model.sites()) CATCH_CHECK(s.in_block);
+  CaptureSpec spec = every_head(2, 4);
+  auto t = model.run(ref.ids, spec);
+  CATCH_CHECK(t.n_layers == 2);  // the loop ran its site twice; the branch never ran
+  CATCH_REQUIRE(model.idle_sites().size() == 1);
+  CATCH_CHECK(model.describe().find("did not run") != std::string::npos);
+  for (int64_t l = 0; l < 2; ++l)
+    for (int64_t h = 0; h < 4; ++h)
+      CATCH_CHECK(test::max_abs(t.get("head_map/L" + std::to_string(l) + "H" + std::to_string(h)),
+                                ref.probs[l].select(1, h)) < 1e-6);
+  auto err = test::error_of([&] { model.run(ref.ids, every_head(3, 1)); });
+  CATCH_CHECK(err.find("layer 2 out of range: model has 2 layers") != std::string::npos);
+}
