@@ -67,8 +67,9 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
     if (!from_rows_.empty())
       from_ = torch::zeros({batch, heads, static_cast<int64_t>(from_rows_.size()), tk}, f32);
   }
-  if (layer_map_) layer_map_t_ = torch::empty({batch, tq, tk}, f32);
-  for (int64_t h : map_heads_) head_maps_[h] = torch::empty({batch, tq, tk}, f32);
+  // Zero-filled: blocks may skip key columns known to be zero (causal trimming).
+  if (layer_map_) layer_map_t_ = torch::zeros({batch, tq, tk}, f32);
+  for (int64_t h : map_heads_) head_maps_[h] = torch::zeros({batch, tq, tk}, f32);
 }
 
 int64_t LayerAccumulator::block_index(int64_t head) const {
@@ -78,7 +79,7 @@ int64_t LayerAccumulator::block_index(int64_t head) const {
 }
 
 void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx) {
-  const int64_t rows = probs.size(2);
+  const int64_t rows = probs.size(2), keys = probs.size(3);  // keys <= tk_: the rest are zero
   if (aggregates_) {
     if (spec_.received) {
       // Padded query rows are excluded; `where` (not a product) also drops NaN rows that
@@ -88,24 +89,32 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
         auto q_ok = ctx.valid.narrow(1, tk_ - tq_ + r0, rows).view({batch_, 1, rows, 1});
         p = torch::where(q_ok, probs, torch::zeros({}, probs.options()));
       }
-      recv_sum_.add_(p.sum(2));
-      torch::max_out(recv_max_, recv_max_, p.amax(2));
+      recv_sum_.narrow(2, 0, keys).add_(p.sum(2));
+      auto mx = recv_max_.narrow(2, 0, keys);
+      torch::max_out(mx, mx, p.amax(2));
     }
-    if (spec_.attn_entropy)
-      entropy_.narrow(2, r0, rows).copy_(torch::special_entr(probs).sum(-1));
-    if (spec_.sink_tokens > 0)
-      sink_rows_.narrow(2, r0, rows).copy_(probs.narrow(3, 0, spec_.sink_tokens).sum(-1));
+    if (spec_.attn_entropy) {
+      // -sum p log p; clamping keeps 0·log 0 = 0 on the vectorised log path.
+      auto logp = probs.clamp_min(std::numeric_limits<float>::min()).log_();
+      entropy_.narrow(2, r0, rows).copy_(logp.mul_(probs).sum(-1).neg_());
+    }
+    if (spec_.sink_tokens > 0) {
+      auto k = std::min(spec_.sink_tokens, keys);
+      sink_rows_.narrow(2, r0, rows).copy_(probs.narrow(3, 0, k).sum(-1));
+    }
     for (size_t i = 0; i < from_rows_.size(); ++i) {
       int64_t t = from_rows_[i];
-      if (t >= r0 && t < r0 + rows) from_.select(2, static_cast<int64_t>(i)).copy_(probs.select(2, t - r0));
+      if (t >= r0 && t < r0 + rows)
+        from_.select(2, static_cast<int64_t>(i)).narrow(2, 0, keys).copy_(probs.select(2, t - r0));
     }
   }
   if (layer_map_) {
-    auto rows_out = layer_map_t_.narrow(1, r0, rows);
+    auto rows_out = layer_map_t_.narrow(1, r0, rows).narrow(2, 0, keys);
     if (spec_.layer_map_head < 0) torch::mean_out(rows_out, probs, {1});
     else rows_out.copy_(probs.select(1, block_index(spec_.layer_map_head)));
   }
-  for (auto& hm : head_maps_) hm.second.narrow(1, r0, rows).copy_(probs.select(1, block_index(hm.first)));
+  for (auto& hm : head_maps_)
+    hm.second.narrow(1, r0, rows).narrow(2, 0, keys).copy_(probs.select(1, block_index(hm.first)));
 }
 
 std::map<std::string, torch::Tensor> LayerAccumulator::finish(const RunContext& ctx) {

@@ -39,8 +39,9 @@ class LayerAccumulator {
   /// True when nothing is asked of this layer (the recorder then skips it).
   bool idle() const { return idle_; }
 
-  /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, Tk])` fp32,
-  /// Hb = all heads or block_heads().
+  /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, K])` fp32,
+  /// Hb = all heads or block_heads(), K <= Tk: keys K.. of these rows are known to be zero
+  /// (causal trimming) and are skipped.
   void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx);
 
   /// Final tensors of this layer, keyed by capture name without the layer dimension

@@ -14,16 +14,24 @@ torch::Tensor scaled(const torch::Tensor& logits, double temperature, const char
 torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature) {
   torch::NoGradGuard no_grad;
   auto z = scaled(logits, temperature, "predictive_entropy");
-  // H = -sum p log p with log p from log_softmax (stable for large logits).
-  auto logp = torch::log_softmax(z, -1);
-  auto h = -(logp.exp() * logp).nan_to_num(0.0, 0.0, 0.0).sum(-1);
-  // nan_to_num above maps 0·(-inf) to 0; logits that were NaN must stay NaN.
-  auto bad = z.isnan().any(-1);
-  if (bad.any().item<bool>()) {
+  const int64_t batch = z.size(0), len = z.size(1), vocab = z.size(2);
+  auto h = torch::empty({batch, len}, z.options());
+  // H = log S - sum(e * d) / S with d = z - max z, e = exp(d), S = sum e; computed over
+  // blocks of positions so the temporaries stay small. NaN logits propagate to NaN.
+  const int64_t step = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, batch * vocab));
+  for (int64_t t0 = 0; t0 < len; t0 += step) {
+    const int64_t n = std::min(step, len - t0);
+    auto zc = z.narrow(1, t0, n);
+    auto d = zc - std::get<0>(zc.max(-1, /*keepdim=*/true));
+    d.clamp_min_(-1e30);  // -inf logits: e = 0 and e·d = 0 instead of 0·(-inf)
+    auto e = d.exp();
+    auto sum = e.sum(-1);
+    h.narrow(1, t0, n).copy_(sum.log() - torch::linalg_vecdot(e, d) / sum);
+  }
+  auto bad = h.isnan();
+  if (bad.any().item<bool>())
     TORCH_WARN("predictive_entropy: ", bad.sum().item<int64_t>(),
                " position(s) have NaN logits; their entropy is NaN");
-    h = h.masked_fill(bad, std::numeric_limits<float>::quiet_NaN());
-  }
   return h;
 }
 

@@ -51,8 +51,12 @@ LayerAccumulator* Recorder::accumulator(int64_t layer, int64_t heads, int64_t tq
   return (acc_[layer] = std::move(acc)).get();
 }
 
-int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk) const {
-  return std::max<int64_t>(1, spec_.chunk_elements / std::max<int64_t>(1, batch * heads * tk));
+int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk, bool cuda) const {
+  // On the CPU, blocks of ~1 MB keep the aggregate passes in cache and avoid page-faulting
+  // fresh large temporaries; on the GPU, bigger blocks mean fewer kernel launches.
+  constexpr int64_t kCpuBlock = int64_t(1) << 18;
+  const int64_t budget = cuda ? spec_.chunk_elements : std::min(spec_.chunk_elements, kCpuBlock);
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, batch * heads * tk));
 }
 
 void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
@@ -75,11 +79,22 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
   torch::Tensor sel = probs;
   if (!acc->block_heads().empty())
     sel = probs.index_select(1, torch::tensor(acc->block_heads(), torch::kLong).to(probs.device()));
-  const int64_t step = chunk_rows(batch, sel.size(1), tk);
+  const int64_t step = chunk_rows(batch, sel.size(1), tk, probs.is_cuda());
+  const int64_t off = tk - tq;
+  // Causal trimming: keys after the block's last query are skipped once verified to be zero
+  // (a check, not an assumption: it costs one read of the skipped part; CPU only, since the
+  // check synchronises).
+  const bool try_trim = ctx_.causal && !probs.is_cuda();
   torch::NoGradGuard no_grad;
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
-    acc->add_block(sel.narrow(2, r0, rows).to(torch::kFloat), r0, ctx_);
+    auto block = sel.narrow(2, r0, rows);
+    const int64_t keys = std::min(tk, off + r0 + rows);
+    // amax (probabilities are >= 0; NaN never equals 0) is a vectorised float reduction,
+    // several times faster than any() here.
+    if (try_trim && keys < tk && block.narrow(3, keys, tk - keys).amax().item<float>() == 0.0f)
+      block = block.narrow(3, 0, keys);
+    acc->add_block(block.to(torch::kFloat), r0, ctx_);
   }
 }
 
@@ -124,18 +139,21 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     while (m.dim() < 4) m = m.unsqueeze(0);
     if (m.size(1) > 1 && static_cast<int64_t>(heads.size()) != hq) m = m.index_select(1, head_t);
   }
-  const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk);
+  const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk, q.is_cuda());
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
-    auto scores = torch::matmul(qs.narrow(2, r0, rows), kt).mul_(s);  // [B, Hs, rows, Tk]
+    // With is_causal, keys after the block's last row get probability exactly 0: skip them.
+    const int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
+    auto scores = torch::matmul(qs.narrow(2, r0, rows), kt.narrow(3, 0, keys)).mul_(s);  // [B, Hs, rows, keys]
     if (m.defined()) {
       auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
+      if (mc.size(3) > 1) mc = mc.narrow(3, 0, keys);
       if (mc.scalar_type() == torch::kBool) scores.masked_fill_(mc.logical_not(), neg_inf);
       else scores.add_(mc.to(torch::kFloat));
     }
     if (is_causal)  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
-      scores.masked_fill_(torch::ones({rows, tk}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1),
+      scores.masked_fill_(torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1),
                           neg_inf);
     auto probs = scores.softmax(-1);
     probs.nan_to_num_(0.0);  // fully masked rows (padding queries) give 0/0

@@ -52,7 +52,7 @@ class Recorder {
   int64_t resolve_layer(int64_t op_layer);
   LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
                                 const torch::Device& device);
-  int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk) const;
+  int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk, bool cuda) const;
 
   CaptureSpec spec_;
   RunContext ctx_;

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for attnscope and builds it:
+#   .venv with the pinned Python packages (torch==2.13.0 CPU wheel, transformers==5.17.0, ...),
+#   Catch2 from Debian when its header is missing, then CMake + Ninja into build/.
+# Idempotent: a second run only rebuilds what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${ATTNSCOPE_VENV:-.venv}
+BUILD=${ATTNSCOPE_BUILD:-build}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+# Pinned: a bare `torch` would pull a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
+if ! "$PY" -c 'import torch, transformers, safetensors, tokenizers, numpy, pytest' 2>/dev/null \
+   || [ "$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" != "2.13.0" ]; then
+  "$PY" -m pip install -q --disable-pip-version-check \
+    torch==2.13.0 transformers==5.17.0 safetensors tokenizers numpy pytest
+fi
+
+if [ ! -f /usr/include/catch2/catch.hpp ] && [ -z "${ATTNSCOPE_CATCH2_DIR:-}" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq catch2 >/dev/null
+fi
+
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+  cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+    -DPython3_EXECUTABLE="$(cd "$(dirname "$PY")" && pwd)/python" \
+    ${ATTNSCOPE_CATCH2_DIR:+-DATTNSCOPE_CATCH2_DIR="$ATTNSCOPE_CATCH2_DIR"} >/dev/null
+fi
+cmake --build "$BUILD" -j "$(nproc)"
+echo "attnscope built in $BUILD (venv $VENV)"
