@@ -106,7 +106,7 @@ int main(int argc, char** argv) {
     auto f_maps = [&] { model.run(ids, maps); };
     f_plain(); f_all();  // warm up (graph executor profiling runs)
     f_plain(); f_all(); f_one(); f_none(); f_maps();
-    const int reps = T <= 512 ? 15 : 5;
+    const int reps = T <= 512 ? 40 : 5;
     // Interleaved repetitions, minimum of each: noise from other tenants only ever adds time.
     // CPU time is reported too: it does not count time the process waited for a core.
     std::vector<std::function<void()>> fns{f_plain, f_all, f_one, f_maps, f_none};
@@ -126,6 +126,13 @@ int main(int argc, char** argv) {
     std::printf("| %lld | %.1f ms wall, %.1f ms CPU | %s | %s | %s | %s |\n", (long long)T,
                 best[0].wall_ms, best[0].cpu_ms, cell(1).c_str(), cell(2).c_str(), cell(3).c_str(),
                 cell(4).c_str());
+    auto kept = [&](const attnscope::CaptureSpec& sp) {
+      double b = 0;
+      for (const auto& kv : model.run(ids, sp).captures) b += kv.second.nbytes();
+      return b / (1 << 20);
+    };
+    std::printf("| MiB kept in the trace, T=%lld | - | %.2f | %.2f | %.2f | %.2f |\n", (long long)T,
+                kept(all), kept(one_head), kept(maps), kept(none));
     std::printf("| peak MiB above baseline, T=%lld | %.0f | %.0f | %.0f | %.0f | %.0f |\n", (long long)T,
                 peak_mib(f_plain), peak_mib(f_all), peak_mib(f_one), peak_mib(f_maps), peak_mib(f_none));
   }

@@ -5,6 +5,16 @@
 
 namespace attnscope {
 
+torch::Tensor Workspace::get(int slot, torch::IntArrayRef sizes, const torch::Device& device) {
+  if (static_cast<int>(buf_.size()) <= slot) buf_.resize(slot + 1);
+  int64_t n = 1;
+  for (int64_t d : sizes) n *= d;
+  auto& b = buf_[slot];
+  if (!b.defined() || b.numel() < n || b.device() != device)
+    b = torch::empty({n}, torch::dtype(torch::kFloat).device(device));
+  return b.narrow(0, 0, n).view(sizes);
+}
+
 torch::Tensor visible_query_count(const torch::Tensor& valid_q, const torch::Tensor& valid_k,
                                   bool causal) {
   auto q = valid_q.to(torch::kFloat);  // [B, Tq]
@@ -78,7 +88,8 @@ int64_t LayerAccumulator::block_index(int64_t head) const {
   return static_cast<int64_t>(it - block_heads_.begin());
 }
 
-void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx) {
+void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx,
+                                 Workspace& ws) {
   const int64_t rows = probs.size(2), keys = probs.size(3);  // keys <= tk_: the rest are zero
   if (aggregates_) {
     if (spec_.received) {
@@ -87,7 +98,8 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
       torch::Tensor p = probs;
       if (ctx.has_padding) {
         auto q_ok = ctx.valid.narrow(1, tk_ - tq_ + r0, rows).view({batch_, 1, rows, 1});
-        p = torch::where(q_ok, probs, torch::zeros({}, probs.options()));
+        p = ws.get(0, probs.sizes(), probs.device());
+        torch::where_out(p, q_ok, probs, torch::zeros({}, probs.options()));
       }
       recv_sum_.narrow(2, 0, keys).add_(p.sum(2));
       auto mx = recv_max_.narrow(2, 0, keys);
@@ -95,8 +107,12 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
     }
     if (spec_.attn_entropy) {
       // -sum p log p; clamping keeps 0·log 0 = 0 on the vectorised log path.
-      auto logp = probs.clamp_min(std::numeric_limits<float>::min()).log_();
-      entropy_.narrow(2, r0, rows).copy_(logp.mul_(probs).sum(-1).neg_());
+      auto plogp = ws.get(0, probs.sizes(), probs.device());
+      torch::clamp_min_out(plogp, probs, std::numeric_limits<float>::min());
+      plogp.log_().mul_(probs);
+      auto out = entropy_.narrow(2, r0, rows);
+      torch::sum_out(out, plogp, {-1});
+      out.neg_();
     }
     if (spec_.sink_tokens > 0) {
       auto k = std::min(spec_.sink_tokens, keys);

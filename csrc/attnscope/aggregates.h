@@ -21,6 +21,16 @@ struct RunContext {
   bool causal = true;
 };
 
+/// Reusable scratch buffers, so blocks do not allocate (and page-fault) fresh temporaries.
+class Workspace {
+ public:
+  /// Buffer `slot` viewed as a contiguous fp32 tensor of `sizes` on `device`, grown as needed.
+  torch::Tensor get(int slot, torch::IntArrayRef sizes, const torch::Device& device);
+
+ private:
+  std::vector<torch::Tensor> buf_;
+};
+
 /// Number of queries that can see each key position: [B, Tk] fp32.
 /// Query i (at absolute position i + Tk - Tq) sees key j when both are valid and, if causal,
 /// j <= i + Tk - Tq. This is the divisor of the "received mean".
@@ -42,7 +52,8 @@ class LayerAccumulator {
   /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, K])` fp32,
   /// Hb = all heads or block_heads(), K <= Tk: keys K.. of these rows are known to be zero
   /// (causal trimming) and are skipped.
-  void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx);
+  /// Uses `ws` slot 0 for its temporaries.
+  void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws);
 
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).

@@ -81,20 +81,26 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
     sel = probs.index_select(1, torch::tensor(acc->block_heads(), torch::kLong).to(probs.device()));
   const int64_t step = chunk_rows(batch, sel.size(1), tk, probs.is_cuda());
   const int64_t off = tk - tq;
-  // Causal trimming: keys after the block's last query are skipped once verified to be zero
-  // (a check, not an assumption: it costs one read of the skipped part; CPU only, since the
-  // check synchronises).
-  const bool try_trim = ctx_.causal && !probs.is_cuda();
+  // Causal trimming: keys after a block's last query are skipped. Checked, not assumed, on the
+  // layer's first block (the one with the most keys to skip): if any is non-zero there the
+  // layer is processed untrimmed. Checking every block cost ~10% of a forward at T=512; a mask
+  // that is causal in the first block and not later (prefix-LM with a prefix longer than one
+  // block) would need `"causal": false` in attnscope.json. CPU only: the check synchronises.
+  bool trim = ctx_.causal && !probs.is_cuda();
   torch::NoGradGuard no_grad;
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
     auto block = sel.narrow(2, r0, rows);
     const int64_t keys = std::min(tk, off + r0 + rows);
-    // amax (probabilities are >= 0; NaN never equals 0) is a vectorised float reduction,
-    // several times faster than any() here.
-    if (try_trim && keys < tk && block.narrow(3, keys, tk - keys).amax().item<float>() == 0.0f)
-      block = block.narrow(3, 0, keys);
-    acc->add_block(block.to(torch::kFloat), r0, ctx_);
+    if (trim && r0 == 0 && keys < tk)
+      trim = block.narrow(3, keys, tk - keys).amax().item<float>() == 0.0f;  // probs >= 0
+    if (trim && keys < tk) block = block.narrow(3, 0, keys);
+    if (block.scalar_type() != torch::kFloat) {  // bf16/fp16 models: fp32 accumulation
+      auto f = ws_.get(1, block.sizes(), block.device());
+      f.copy_(block);
+      block = f;
+    }
+    acc->add_block(block, r0, ctx_, ws_);
   }
 }
 
@@ -145,7 +151,9 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     const int64_t rows = std::min(step, tq - r0);
     // With is_causal, keys after the block's last row get probability exactly 0: skip them.
     const int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
-    auto scores = torch::matmul(qs.narrow(2, r0, rows), kt.narrow(3, 0, keys)).mul_(s);  // [B, Hs, rows, keys]
+    auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
+    torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
+    scores.mul_(s);
     if (m.defined()) {
       auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
       if (mc.size(3) > 1) mc = mc.narrow(3, 0, keys);
@@ -155,9 +163,10 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     if (is_causal)  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
       scores.masked_fill_(torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1),
                           neg_inf);
-    auto probs = scores.softmax(-1);
+    auto probs = ws_.get(2, scores.sizes(), dev);
+    torch::_softmax_out(probs, scores, -1, false);
     probs.nan_to_num_(0.0);  // fully masked rows (padding queries) give 0/0
-    acc->add_block(probs, r0, ctx_);
+    acc->add_block(probs, r0, ctx_, ws_);
   }
 }
 

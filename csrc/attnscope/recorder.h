@@ -59,6 +59,7 @@ class Recorder {
   bool layer_from_order_;
   RecordResult result_;
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
+  Workspace ws_;  // slot 0: aggregate temporaries; 1, 2: SDPA scores and probabilities
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.

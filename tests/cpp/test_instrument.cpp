@@ -18,7 +18,8 @@ CaptureSpec every_head(int64_t layers, int64_t heads) {
   return s;
 }
 
-void check_maps_equal_reference(const std::string& name, const char* kind, double tol) {
+void check_maps_equal_reference(const std::string& name, const char* kind, double tol,
+                                int64_t chunk_elements = int64_t(1) << 24) {
   CATCH_INFO("fixture " << name);
   auto ref = test::load_ref(name);
   auto model = Model::load(test::fixture(name + ".pt"), "cpu");
@@ -30,7 +31,9 @@ void check_maps_equal_reference(const std::string& name, const char* kind, doubl
   } else {
     CATCH_REQUIRE_FALSE(model.instrumented());
   }
-  auto trace = model.run(ref.ids, every_head(layers, heads), ref.mask);
+  CaptureSpec spec = every_head(layers, heads);
+  spec.chunk_elements = chunk_elements;
+  auto trace = model.run(ref.ids, spec, ref.mask);
   CATCH_CHECK(trace.n_layers == layers);
   CATCH_CHECK(trace.n_heads == heads);
   for (int64_t l = 0; l < layers; ++l)
@@ -71,6 +74,12 @@ CATCH_TEST_CASE("SDPA with enable_gqa: KV heads read per query head", "[instrume
   auto t = model.run(ref.ids, attnscope::CaptureSpec::all_aggregates());
   CATCH_CHECK(t.n_kv_heads == 2);
   CATCH_CHECK(t.kv_head_of.equal(torch::tensor({0, 0, 1, 1}, torch::kLong)));
+}
+CATCH_TEST_CASE("bidirectional attention without metadata: causal trimming is checked, not assumed",
+                "[instrument]") {
+  check_maps_equal_reference("toy_bidirectional", "softmax", 1e-6);
+  check_maps_equal_reference("toy_bidirectional", "softmax", 1e-6, 2 * 4 * 12 * 3);  // 3-row blocks
+  check_maps_equal_reference("toy_hf_eager", "softmax", 1e-6, 2 * 4 * 12 * 3);       // trimmed
 }
 CATCH_TEST_CASE("archive with its own capture ops is used as exported", "[instrument]") {
   check_maps_equal_reference("toy_own_ops", "own", 1e-6);
