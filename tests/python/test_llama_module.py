@@ -1,0 +1,96 @@
+"""attnscope.models.LlamaForCausalLM against transformers (same random weights), and its
+TorchScript export run through the C++ core (attnscope-cli) against transformers' own eager
+output_attentions."""
+import json
+import os
+import subprocess
+
+import pytest
+import torch
+from conftest import BUILD
+
+transformers = pytest.importorskip("transformers")
+from safetensors import safe_open  # noqa: E402
+
+from attnscope.models import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+CONFIGS = {
+    "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM,
+              dict(num_key_value_heads=2, rope_theta=10000.0)),
+    "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(num_key_value_heads=1)),
+    "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM,
+                dict(num_key_value_heads=2, sliding_window=4)),
+}
+
+
+def pair(family, attention):
+    cfg_cls, model_cls, extra = CONFIGS[family]
+    cfg = cfg_cls(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=64, tie_word_embeddings=False, **extra)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    ref = model_cls(cfg).eval()
+    ours = LlamaForCausalLM(LlamaConfig.from_hf(cfg.to_dict()), attention=attention).eval()
+    ours.load_hf_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def inputs():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 96, (2, 10), generator=g)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, :3] = 0
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", sorted(CONFIGS))
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_logits_match_transformers(family, attention):
+    ref, ours = pair(family, attention)
+    ids, mask = inputs()
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask).logits
+        got = ours(ids, mask)
+    valid = mask.bool()
+    assert (got[valid] - want[valid]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_export_captured_by_core_equals_transformers_attentions(tmp_path, attention):
+    cli = os.path.join(BUILD, "attnscope-cli")
+    if not os.path.exists(cli):
+        pytest.skip(f"{cli} not built")
+    ref, ours = pair("llama", attention)
+    ids = torch.randint(0, 96, (1, 12), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.trace(ours, (ids, mask)), str(path),
+                   _extra_files={"attnscope.json": json.dumps({"num_layers": 2, "num_heads": 4,
+                                                               "num_kv_heads": 2, "vocab_size": 96})})
+    heads = ",".join(f"{l}:{h}" for l in range(2) for h in range(4))
+    out = tmp_path / "t.safetensors"
+    subprocess.run([cli, "--model", str(path), "--ids", ",".join(map(str, ids[0].tolist())),
+                    "--heads", heads, "--out", str(out), "--device", "cpu"], check=True,
+                   capture_output=True)
+    with safe_open(str(out), framework="pt") as f:
+        for l in range(2):
+            for h in range(4):
+                got = f.get_tensor(f"captures/head_map/L{l}H{h}")[0]
+                assert (got - want[l][0, h]).abs().max() < 1e-5, (l, h)
+
+
+def test_config_refusals():
+    with pytest.raises(ValueError, match="model_type 'gpt2' is not a Llama-family model"):
+        LlamaConfig.from_hf({"model_type": "gpt2"})
+    base = dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8,
+                num_hidden_layers=1, num_attention_heads=2)
+    with pytest.raises(ValueError, match="rope type 'yarn' unsupported"):
+        LlamaConfig.from_hf({**base, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
+    with pytest.raises(ValueError, match="hidden_act 'gelu' unsupported"):
+        LlamaConfig.from_hf({**base, "hidden_act": "gelu"})
+    with pytest.raises(ValueError, match="num_heads=3 is not a multiple of num_kv_heads=2"):
+        LlamaConfig(vocab_size=8, hidden_size=6, intermediate_size=8, num_layers=1, num_heads=3, num_kv_heads=2)
+    with pytest.raises(ValueError, match="attention='flash'"):
+        LlamaForCausalLM(LlamaConfig.from_hf(base), attention="flash")
