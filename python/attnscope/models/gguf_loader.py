@@ -1,0 +1,115 @@
+"""Llama-architecture GGUF files (llama.cpp) -> LlamaConfig, transformers-named state dict,
+tokenizer. Dequantisation is done by the `gguf` package."""
+import numpy as np
+import torch
+
+# GGML quantisation types this loader is tested with (others may dequantise but are refused).
+SUPPORTED_QUANTS = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q6_K")
+
+_LAYER_NAMES = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+
+
+def _reader(path):
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError("reading GGUF needs the `gguf` package: pip install gguf") from e
+    try:
+        return gguf, gguf.GGUFReader(str(path))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+
+
+def _field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def unpermute_rotary(w, n_head):
+    """Undoes llama.cpp's converter, which reorders Q/K rows per head from the Hugging Face
+    rotate-half layout to interleaved pairs. w [n_head * head_dim, in]."""
+    out = w.shape[0]
+    return w.reshape(n_head, out // n_head // 2, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def read_gguf(path):
+    """Returns (config_dict in transformers' config.json form, state_dict with transformers'
+    LlamaForCausalLM names as fp32 tensors, tokenizer_meta dict)."""
+    gguf, r = _reader(path)
+    arch = _field(r, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path}: GGUF architecture {arch!r} unsupported: expected 'llama' "
+                         "(Llama, SmolLM2, Mistral-as-llama)")
+    a = "llama."
+    n_head = int(_field(r, a + "attention.head_count"))
+    n_kv = int(_field(r, a + "attention.head_count_kv", n_head))
+    hidden = int(_field(r, a + "embedding_length"))
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    config = {
+        "model_type": "llama",
+        "vocab_size": int(_field(r, a + "vocab_size", len(tokens) if tokens else 0)),
+        "hidden_size": hidden,
+        "intermediate_size": int(_field(r, a + "feed_forward_length")),
+        "num_hidden_layers": int(_field(r, a + "block_count")),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": int(_field(r, a + "rope.dimension_count", hidden // n_head)),
+        "rms_norm_eps": float(_field(r, a + "attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(_field(r, a + "rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(_field(r, a + "context_length", 2048)),
+        "bos_token_id": _field(r, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(r, "tokenizer.ggml.eos_token_id"),
+        "hidden_act": "silu",
+    }
+    if _field(r, a + "rope.scaling.type") not in (None, "none"):
+        raise ValueError(f"{path}: rope scaling {_field(r, a + 'rope.scaling.type')!r} unsupported")
+    sd = {}
+    for t in r.tensors:
+        qname = t.tensor_type.name
+        if qname not in SUPPORTED_QUANTS:
+            raise ValueError(f"{path}: tensor {t.name} has quantization {qname}, unsupported: "
+                             f"expected one of {', '.join(SUPPORTED_QUANTS)}")
+        w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        w = torch.from_numpy(w.copy()).reshape([int(d) for d in reversed(t.shape)])
+        if t.name == "token_embd.weight":
+            name = "model.embed_tokens.weight"
+        elif t.name == "output_norm.weight":
+            name = "model.norm.weight"
+        elif t.name == "output.weight":
+            name = "lm_head.weight"
+        elif t.name.startswith("blk."):
+            _, i, rest = t.name.split(".", 2)
+            if rest not in _LAYER_NAMES:
+                raise ValueError(f"{path}: unexpected tensor {t.name}")
+            name = f"model.layers.{i}.{_LAYER_NAMES[rest]}"
+            if rest == "attn_q.weight":
+                w = unpermute_rotary(w, n_head)
+            elif rest == "attn_k.weight":
+                w = unpermute_rotary(w, n_kv)
+        else:
+            continue  # rope_freqs and the like are recomputed
+        sd[name] = w
+    config["tie_word_embeddings"] = "lm_head.weight" not in sd
+    tok = {
+        "model": _field(r, "tokenizer.ggml.model"),
+        "tokens": tokens,
+        "merges": _field(r, "tokenizer.ggml.merges"),
+        "token_type": _field(r, "tokenizer.ggml.token_type"),
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+        "add_space_prefix": bool(_field(r, "tokenizer.ggml.add_space_prefix", False)),
+        "chat_template": _field(r, "tokenizer.chat_template"),
+    }
+    return config, sd, tok
