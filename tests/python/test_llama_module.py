@@ -94,3 +94,30 @@ def test_config_refusals():
         LlamaConfig(vocab_size=8, hidden_size=6, intermediate_size=8, num_layers=1, num_heads=3, num_kv_heads=2)
     with pytest.raises(ValueError, match="attention='flash'"):
         LlamaForCausalLM(LlamaConfig.from_hf(base), attention="flash")
+
+
+def test_hf_checkpoint_folder(tmp_path):
+    from attnscope.models import load_hf_folder
+
+    ref, _ = pair("qwen2", "eager")
+    ref.save_pretrained(tmp_path)
+    model, tok = load_hf_folder(str(tmp_path), attention="sdpa")
+    assert tok is None
+    ids, mask = inputs()
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask).logits
+        got = model(ids, mask)
+    valid = mask.bool()
+    assert (got[valid] - want[valid]).abs().max() < 1e-4
+
+
+def test_hf_checkpoint_folder_errors(tmp_path):
+    from attnscope.models import load_hf_folder
+
+    with pytest.raises(FileNotFoundError, match="checkpoint folder not found"):
+        load_hf_folder(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="missing config.json"):
+        load_hf_folder(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"no \*.safetensors weights"):
+        load_hf_folder(str(tmp_path))

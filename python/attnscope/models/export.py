@@ -112,3 +112,30 @@ def load_gguf(path, attention="sdpa", progress=False):
     bar and bar.update(1)
     bar and bar.close()
     return model, tokenizer_from_gguf(tok_meta)
+
+
+def load_hf_folder(path, attention="sdpa"):
+    """(LlamaForCausalLM, tokenizers.Tokenizer or None) from a Hugging Face checkpoint folder:
+    config.json + *.safetensors (+ tokenizer.json). Llama, Qwen2 and Mistral configs."""
+    from safetensors.torch import load_file
+
+    from .tokenizer import tokenizer_from_file
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"checkpoint folder not found: {path!r}")
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path}: missing config.json (expected a Hugging Face checkpoint folder)")
+    shards = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    if not shards:
+        raise FileNotFoundError(f"{path}: no *.safetensors weights (pytorch_model.bin is not read: "
+                                "convert with save_pretrained(safe_serialization=True))")
+    with open(cfg_path) as f:
+        config = json.load(f)
+    sd = {}
+    for s in shards:
+        sd.update(load_file(os.path.join(path, s)))
+    model = LlamaForCausalLM(LlamaConfig.from_hf(config), attention=attention)
+    model.load_hf_state_dict({k: v.float() for k, v in sd.items()}).eval()
+    tok_path = os.path.join(path, "tokenizer.json")
+    return model, (tokenizer_from_file(tok_path) if os.path.isfile(tok_path) else None)
