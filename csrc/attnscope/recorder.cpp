@@ -128,14 +128,23 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   torch::NoGradGuard no_grad;
   const int64_t group = hq / hkv;
   std::vector<int64_t> heads = acc->block_heads();
-  if (heads.empty())
+  const bool all_heads = heads.empty();
+  if (all_heads)
     for (int64_t h = 0; h < hq; ++h) heads.push_back(h);
-  std::vector<int64_t> kv_idx;
-  for (int64_t h : heads) kv_idx.push_back(h / group);  // q head h reads kv head h / group
   auto dev = q.device();
-  auto head_t = torch::tensor(heads, torch::kLong).to(dev);
-  auto qs = (static_cast<int64_t>(heads.size()) == hq ? q : q.index_select(1, head_t)).to(torch::kFloat);
-  auto ks = k.index_select(1, torch::tensor(kv_idx, torch::kLong).to(dev)).to(torch::kFloat);
+  // q head h reads kv head h / group. All heads: repeat_interleave, no index tensor to ship to
+  // the device; a subset (full maps of a few heads) indexes q and k.
+  torch::Tensor qs, ks, head_t;
+  if (all_heads) {
+    qs = q.to(torch::kFloat);
+    ks = (group == 1 ? k : k.repeat_interleave(group, 1)).to(torch::kFloat);
+  } else {
+    std::vector<int64_t> kv_idx;
+    for (int64_t h : heads) kv_idx.push_back(h / group);
+    head_t = torch::tensor(heads, torch::kLong).to(dev);
+    qs = q.index_select(1, head_t).to(torch::kFloat);
+    ks = k.index_select(1, torch::tensor(kv_idx, torch::kLong).to(dev)).to(torch::kFloat);
+  }
   auto kt = ks.transpose(-1, -2);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(dim));
 
@@ -143,7 +152,7 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   if (mask.has_value() && mask->defined()) {
     m = *mask;
     while (m.dim() < 4) m = m.unsqueeze(0);
-    if (m.size(1) > 1 && static_cast<int64_t>(heads.size()) != hq) m = m.index_select(1, head_t);
+    if (m.size(1) > 1 && !all_heads) m = m.index_select(1, head_t);
   }
   const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk, q.is_cuda());
   const float neg_inf = -std::numeric_limits<float>::infinity();
