@@ -121,3 +121,36 @@ def test_hf_checkpoint_folder_errors(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"no \*.safetensors weights"):
         load_hf_folder(str(tmp_path))
+
+
+def _tiny_gguf(path, arch="llama", qtype=None):
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(8)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    if qtype is None:
+        w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    else:  # raw bytes of a quantisation the loader does not accept
+        _, type_size = gguf.GGML_QUANT_SIZES[qtype]
+        w.add_tensor("token_embd.weight", np.zeros((16, type_size), dtype=np.uint8), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_gguf_refusals(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from attnscope.models import load_gguf
+
+    _tiny_gguf(tmp_path / "gpt2.gguf", arch="gpt2")
+    with pytest.raises(ValueError, match="GGUF architecture 'gpt2' unsupported: expected 'llama'"):
+        load_gguf(str(tmp_path / "gpt2.gguf"))
+    _tiny_gguf(tmp_path / "q2k.gguf", qtype=gguf.GGMLQuantizationType.Q2_K)
+    with pytest.raises(ValueError, match="token_embd.weight has quantization Q2_K, unsupported"):
+        load_gguf(str(tmp_path / "q2k.gguf"))
