@@ -59,8 +59,6 @@ class LayerAccumulator {
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).
   std::map<std::string, torch::Tensor> finish(const RunContext& ctx);
 
-  int64_t heads() const { return heads_; }
-
  private:
   const CaptureSpec& spec_;
   int64_t layer_, batch_, heads_, tq_, tk_;

@@ -17,10 +17,6 @@ CaptureSpec CaptureSpec::all_aggregates() {
   return s;
 }
 
-bool CaptureSpec::wants_attention() const {
-  return !heads.empty() || !layer_maps.empty() || wants_aggregates();
-}
-
 bool CaptureSpec::aggregates_layer(int64_t layer) const {
   if (!wants_aggregates()) return false;
   return layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end();

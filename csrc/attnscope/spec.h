@@ -40,8 +40,6 @@ struct CaptureSpec {
 
   /// Every aggregate for every layer (received, entropy, sink mass of the first token).
   static CaptureSpec all_aggregates();
-  /// True when any per-layer attention quantity is requested.
-  bool wants_attention() const;
   /// True when `layer` is among the aggregate layers.
   bool aggregates_layer(int64_t layer) const;
   bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || !from_tokens.empty(); }
