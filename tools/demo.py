@@ -9,23 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "python"))
 from safetensors import safe_open  # noqa: E402
-from tokenizers import Tokenizer  # noqa: E402
 
-from attnscope.models import default_model_path  # noqa: E402
+from attnscope.models import archive_tokenizer, default_model_path  # noqa: E402
 
 PROMPT = ("<|im_start|>user\nWhy do large language models put so much attention on the first "
           "token of a sentence?<|im_end|>\n<|im_start|>assistant\nThe first token acts as")
-
-
-def archive_tokenizer(path):
-    with zipfile.ZipFile(path) as z:
-        name = next(n for n in z.namelist() if n.endswith("extra/tokenizer.json"))
-        return Tokenizer.from_str(z.read(name).decode())
 
 
 def main():

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import torch  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
-from attnscope.models import default_model_path  # noqa: E402
+from attnscope.models import archive_tokenizer, default_model_path, read_extra_file  # noqa: E402
 
 CORPUS_DIR = "/usr/share/games/fortunes"
 CORPUS_FILES = ("fortunes", "literature", "riddles")
@@ -165,12 +165,8 @@ def main():
     a = ap.parse_args()
     build = os.environ.get("ATTNSCOPE_BUILD", os.path.join(ROOT, "build"))
     model = default_model_path()
-    import zipfile
-
-    from tokenizers import Tokenizer
-    with zipfile.ZipFile(model) as z:
-        tok = Tokenizer.from_str(z.read(next(n for n in z.namelist() if n.endswith("extra/tokenizer.json"))).decode())
-        meta = json.loads(z.read(next(n for n in z.namelist() if n.endswith("extra/attnscope.json"))))
+    tok = archive_tokenizer(model)
+    meta = json.loads(read_extra_file(model, "attnscope.json"))
     seqs = windows(tok, a.num, a.length)
     card = measure(model, seqs, build)
     # Same text behind the chat template's first special token: where does the sink form?

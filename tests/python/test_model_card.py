@@ -46,13 +46,10 @@ def test_measure_runs_on_a_few_sequences():
         pytest.skip("attnscope-cli not built")
     if not os.path.isdir(model_card.CORPUS_DIR):
         pytest.skip("fortunes-min not installed")
-    from attnscope.models import default_model_path
-    from tokenizers import Tokenizer
-    import zipfile
+    from attnscope.models import archive_tokenizer, default_model_path
 
     path = default_model_path()
-    with zipfile.ZipFile(path) as z:
-        tok = Tokenizer.from_str(z.read(next(n for n in z.namelist() if n.endswith("extra/tokenizer.json"))).decode())
+    tok = archive_tokenizer(path)
     seqs = model_card.windows(tok, 3, 16)
     assert [len(s) for s in seqs] == [16, 16, 16]
     c = model_card.measure(path, seqs, BUILD)

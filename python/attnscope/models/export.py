@@ -71,19 +71,37 @@ def default_gguf():
     return path
 
 
-def _cached_ok(path, checksum):
-    """The archive is an intact zip (every member's CRC checked) whose attnscope.json names the
-    installed GGUF's checksum and this format version."""
+def read_extra_file(path, name, *, verify=False):
+    """Text of the extra file `name` (e.g. "tokenizer.json") of a torch.jit.save archive, read
+    from the zip without loading the model (which would need the capture ops). `verify`
+    checks every member's CRC first. Raises ValueError when the archive or the file is bad."""
     import zipfile
     try:
         with zipfile.ZipFile(path) as z:
-            if z.testzip() is not None:
-                return False
-            name = next(n for n in z.namelist() if n.endswith("extra/attnscope.json"))
-            meta = json.loads(z.read(name))
-        return meta.get("sha256") == checksum and meta.get("format_version") == FORMAT_VERSION
-    except (zipfile.BadZipFile, StopIteration, ValueError, OSError):  # damaged: rebuild
+            if verify and z.testzip() is not None:
+                raise ValueError(f"{path}: damaged archive (CRC mismatch)")
+            member = next((n for n in z.namelist() if n.endswith("extra/" + name)), None)
+            if member is None:
+                raise ValueError(f"{path}: no extra file {name!r} in the archive")
+            return z.read(member).decode()
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{path}: not a TorchScript archive ({e})") from e
+
+
+def archive_tokenizer(path):
+    """The tokenizers.Tokenizer stored in an exported archive's tokenizer.json."""
+    from tokenizers import Tokenizer
+    return Tokenizer.from_str(read_extra_file(path, "tokenizer.json"))
+
+
+def _cached_ok(path, checksum):
+    """The archive is an intact zip whose attnscope.json names the installed GGUF's checksum
+    and this format version."""
+    try:
+        meta = json.loads(read_extra_file(path, "attnscope.json", verify=True))
+    except ValueError:  # damaged or foreign archive (json errors are ValueErrors too): rebuild
         return False
+    return meta.get("sha256") == checksum and meta.get("format_version") == FORMAT_VERSION
 
 
 def default_model_path(attention="sdpa", rebuild=False):
