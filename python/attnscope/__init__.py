@@ -1,9 +1,10 @@
 """attnscope: attention capture for TorchScript language models.
 
-The C++ core does the capture; this package holds the model definitions, loaders and export
-that produce TorchScript archives carrying attnscope's capture operators.
+`load()` gives a Model (the C++ core, with the archive's tokenizer); `Model.run()` gives a
+Trace. `attnscope.models` holds the Llama-family module, the loaders and the export.
 """
 from ._lib import library_path, load_library
+from .api import Model, Trace, load, readable
 
 __version__ = "0.1.0"
-__all__ = ["library_path", "load_library", "__version__"]
+__all__ = ["Model", "Trace", "load", "readable", "library_path", "load_library", "__version__"]

@@ -25,9 +25,17 @@ def library_path():
 
 
 def load_library():
-    """Registers attnscope::capture and attnscope::capture_sdpa with torch.ops (idempotent)."""
+    """Registers attnscope::capture and attnscope::capture_sdpa with torch.ops (idempotent):
+    $ATTNSCOPE_LIB when set, else the compiled module attnscope._core (which links the core)."""
     global _loaded
     if _loaded is None:
+        if not os.environ.get("ATTNSCOPE_LIB"):
+            try:
+                from . import _core
+                _loaded = _core.__file__
+                return _loaded
+            except ImportError:
+                pass
         path = library_path()
         torch.ops.load_library(path)
         _loaded = path

@@ -1,0 +1,67 @@
+// attnscope._core: binds the C++ core for the Python package. Binds, nothing else.
+#include <attnscope/model.h>
+
+#include <torch/extension.h>
+
+namespace py = pybind11;
+using attnscope::CaptureSpec;
+using attnscope::Model;
+using attnscope::Trace;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "attnscope C++ core (private; use the attnscope package)";
+
+  py::class_<CaptureSpec>(m, "CaptureSpec", "What a run keeps (see csrc/attnscope/spec.h)")
+      .def(py::init<>())
+      .def_readwrite("heads", &CaptureSpec::heads)
+      .def_readwrite("layer_maps", &CaptureSpec::layer_maps)
+      .def_readwrite("layer_map_head", &CaptureSpec::layer_map_head)
+      .def_readwrite("layers", &CaptureSpec::layers)
+      .def_readwrite("received", &CaptureSpec::received)
+      .def_readwrite("from_tokens", &CaptureSpec::from_tokens)
+      .def_readwrite("attn_entropy", &CaptureSpec::attn_entropy)
+      .def_readwrite("sink_tokens", &CaptureSpec::sink_tokens)
+      .def_readwrite("top_k", &CaptureSpec::top_k)
+      .def_readwrite("temperature", &CaptureSpec::temperature)
+      .def_readwrite("to_cpu", &CaptureSpec::to_cpu)
+      .def_readwrite("chunk_elements", &CaptureSpec::chunk_elements)
+      .def("to_json", &CaptureSpec::to_json, "the spec as JSON")
+      .def_static("from_json", &CaptureSpec::from_json, py::arg("text"), "spec from JSON");
+
+  py::class_<Trace>(m, "Trace", "Everything one run produced (see csrc/attnscope/trace.h)")
+      .def_readonly("input_ids", &Trace::input_ids)
+      .def_readonly("attention_mask", &Trace::attention_mask)
+      .def_readonly("entropy", &Trace::entropy)
+      .def_readonly("topk_probs", &Trace::topk_probs)
+      .def_readonly("topk_ids", &Trace::topk_ids)
+      .def_readonly("captures", &Trace::captures)
+      .def_readonly("spec", &Trace::spec)
+      .def_readonly("n_layers", &Trace::n_layers)
+      .def_readonly("n_heads", &Trace::n_heads)
+      .def_readonly("n_kv_heads", &Trace::n_kv_heads)
+      .def_readonly("kv_head_of", &Trace::kv_head_of)
+      .def_readonly("layer_paths", &Trace::layer_paths)
+      .def_readonly("tokens", &Trace::tokens)
+      .def("save", &Trace::save, py::arg("path"), "write as safetensors")
+      .def_static("load", &Trace::load, py::arg("path"), "read a trace file");
+
+  py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
+      .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",
+                  "load a TorchScript archive")
+      .def("run",
+           [](Model& self, const torch::Tensor& ids, const CaptureSpec& spec,
+              const std::optional<torch::Tensor>& mask) {
+             return self.run(ids, spec, mask.value_or(torch::Tensor()));
+           },
+           py::arg("input_ids"), py::arg("spec"), py::arg("attention_mask") = py::none(),
+           "forward with capture", py::call_guard<py::gil_scoped_release>())
+      .def("describe", &Model::describe, "summary text")
+      .def_property_readonly("n_layers", [](const Model& x) { return x.info().n_layers; })
+      .def_property_readonly("n_heads", [](const Model& x) { return x.info().n_heads; })
+      .def_property_readonly("n_kv_heads", [](const Model& x) { return x.info().n_kv_heads; })
+      .def_property_readonly("vocab_size", [](const Model& x) { return x.info().vocab_size; })
+      .def_property_readonly("family", [](const Model& x) { return x.info().family; })
+      .def_property_readonly("device", [](const Model& x) { return x.device().str(); })
+      .def_property_readonly("instrumented", &Model::instrumented)
+      .def_property_readonly("tokenizer_json", &Model::tokenizer_json);
+}

@@ -1,0 +1,74 @@
+"""attnscope.load / Model.run / Trace over the compiled core (attnscope._core)."""
+import os
+
+import pytest
+import torch
+from conftest import BUILD
+
+import attnscope
+import attnscope.models
+from attnscope import readable
+
+FIX = os.path.join(BUILD, "fixtures")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    path = os.path.join(FIX, "toy_hf_eager.pt")  # 3 layers, 4 heads, vocab 64, has tokenizer.json
+    if not os.path.exists(path):
+        pytest.skip("fixtures not built (ctest runs make_fixtures first)")
+    return attnscope.load(path, device="cpu")
+
+
+def test_run_ids_and_captures(toy):
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+    t = toy.run(ids, capture={"heads": [(2, 1)], "received": True, "layer_maps": [0], "top_k": 2})
+    assert (t.n_layers, t.n_heads) == (3, 4)
+    assert t.get("head_map/L2H1").shape == (1, 5, 5)
+    assert t.get("received_mean").shape == (3, 1, 4, 5)
+    assert t.topk_ids.shape == (1, 5, 2)
+    assert t.labels[0][0] == "café␣😀" and t.labels[0][1] == "␣hello"  # ids 1 and 5 of the toy vocab
+    assert t.spec["heads"] == [[2, 1]]
+    with pytest.raises(ValueError, match=r"trace has no capture 'layer_map/L1'"):
+        t.get("layer_map/L1")
+
+
+def test_trace_round_trip(toy, tmp_path):
+    t = toy.run([1, 2, 3, 4], capture="all")
+    t.save(tmp_path / "t.safetensors")
+    u = attnscope.Trace.load(tmp_path / "t.safetensors")
+    assert torch.equal(u.entropy, t.entropy)
+    assert sorted(u.captures) == sorted(t.captures)
+    assert u.tokens == t.tokens
+
+
+def test_errors(toy):
+    with pytest.raises(ValueError, match="capture: unknown field 'bogus'"):
+        toy.run([1, 2], capture={"bogus": 1})
+    with pytest.raises(ValueError, match="expected 'all', a dict"):
+        toy.run([1, 2], capture=3)
+    with pytest.raises(RuntimeError, match="layer 7 out of range: model has 3 layers"):
+        toy.run([1, 2], capture={"heads": [(7, 0)]})
+    with pytest.raises(ValueError, match="empty text"):
+        toy.run("")
+    with pytest.raises(RuntimeError, match="model file not found"):
+        attnscope.load("/nonexistent.pt", device="cpu")
+
+
+def test_readable_labels():
+    assert readable("\u0120hello") == "␣hello"
+    assert readable("a\nb\tc\x01") == "a↵b⇥c\\x01"
+    assert readable("") == "∅"
+
+
+def test_default_model_load_and_run():
+    try:
+        attnscope.models.default_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    m = attnscope.load()
+    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.vocab_size) == (30, 9, 3, 49152)
+    t = m.run("The cat sat on the mat.", capture={"heads": [(14, 0)], "attn_entropy": True})
+    assert t.labels[0][:3] == ["The", "␣cat", "␣sat"]
+    rows = t.get("head_map/L14H0")[0].sum(-1)
+    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
