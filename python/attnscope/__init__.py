@@ -5,6 +5,10 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 """
 from ._lib import library_path, load_library
 from .api import Model, Trace, load, readable
+from .plotting import (high_entropy_positions, visualize_attention, visualize_attention_layers,
+                       visualize_attention_patterns)
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Trace", "load", "readable", "library_path", "load_library", "__version__"]
+__all__ = ["Model", "Trace", "load", "readable", "visualize_attention",
+           "visualize_attention_patterns", "visualize_attention_layers", "high_entropy_positions",
+           "library_path", "load_library", "__version__"]

@@ -1,0 +1,281 @@
+"""The three figure functions. Data come from a Trace (computed by the C++ core); this module
+only selects, validates and draws.
+
+High-entropy tokens: the predictive entropy at position i is the entropy of the distribution
+that predicts token i+1 (nats). Positions above `entropy_threshold` (or above the
+`entropy_quantile` of the sequence's entropies) get yellow crosshairs on heatmaps and yellow
+edges on bars.
+"""
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib import colors as mcolors
+from matplotlib.lines import Line2D
+
+HIGH_ENTROPY_COLOR = "#ffd700"
+PATTERN_TYPES = ("mean", "max", "specific_token")
+
+
+# ---------------------------------------------------------------- data selection + validation
+def _check_layer(trace, layer):
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.n_layers:
+        raise ValueError(f"layer {layer!r} out of range: the trace has {trace.n_layers} layers "
+                         f"(0..{trace.n_layers - 1})")
+
+
+def _check_head(trace, head):
+    if not isinstance(head, (int, np.integer)) or not 0 <= head < trace.n_heads:
+        raise ValueError(f"head {head!r} out of range: the trace has {trace.n_heads} heads "
+                         f"(0..{trace.n_heads - 1})")
+
+
+def _pairs(trace, layers_heads):
+    pairs = list(layers_heads)
+    if not pairs:
+        raise ValueError("layers_heads is empty: give at least one (layer, head) pair")
+    for p in pairs:
+        if len(p) != 2:
+            raise ValueError(f"layers_heads entry {p!r} is not a (layer, head) pair")
+        _check_layer(trace, p[0])
+        _check_head(trace, p[1])
+    return pairs
+
+
+def _capture(trace, name, hint):
+    if name not in trace.captures:
+        raise ValueError(f"the trace has no {name!r}: run with capture={hint}")
+    return trace.captures[name]
+
+
+def _head_map(trace, layer, head, batch):
+    return _capture(trace, f"head_map/L{layer}H{head}", f"{{'heads': [({layer}, {head})]}}")[batch]
+
+
+def _layer_map(trace, layer, head, batch):
+    if head is None:
+        return _capture(trace, f"layer_map/L{layer}", f"{{'layer_maps': [{layer}]}}")[batch]
+    name = f"head_map/L{layer}H{head}"
+    if name in trace.captures:
+        return trace.captures[name][batch]
+    if f"layer_map/L{layer}" in trace.captures and trace.spec.get("layer_map_head") == head:
+        return trace.captures[f"layer_map/L{layer}"][batch]
+    raise ValueError(f"the trace has no map of layer {layer} head {head}: run with "
+                     f"capture={{'heads': [({layer}, {head})]}}")
+
+
+def _aggregate(trace, name, layer, head, batch):
+    t = _capture(trace, name, "'all'")
+    layers = trace.captures["aggregate_layers"].tolist()
+    if layer not in layers:
+        raise ValueError(f"layer {layer} has no aggregates in this trace (it has {layers}): "
+                         f"run with capture={{'received': True}} and layers including {layer}")
+    return t[layers.index(layer), batch, head]
+
+
+def _valid(trace, batch):
+    return trace.attention_mask[batch].bool().numpy()
+
+
+def high_entropy_positions(trace, *, batch=0, entropy_threshold=0.672, entropy_quantile=None):
+    """Positions (in the sequence, padding excluded) whose predictive entropy exceeds the fixed
+    threshold (nats) or the given quantile of this sequence's entropies. `False` for both: none."""
+    if entropy_threshold is False and entropy_quantile in (None, False):
+        return np.array([], dtype=int)
+    ent = trace.entropy[batch].numpy().astype(float)
+    ok = _valid(trace, batch) & np.isfinite(ent)
+    if entropy_quantile not in (None, False):
+        if not 0 < entropy_quantile < 1:
+            raise ValueError(f"entropy_quantile {entropy_quantile!r} must be in (0, 1)")
+        cut = float(np.quantile(ent[ok], entropy_quantile))
+    else:
+        cut = float(entropy_threshold)
+    return np.nonzero(ok & (ent > cut))[0]
+
+
+def _entropy_label(entropy_threshold, entropy_quantile):
+    what = (f"> {entropy_quantile:.0%} quantile" if entropy_quantile not in (None, False)
+            else f"> {entropy_threshold} nats")
+    return f"high predictive entropy ({what}; at i it predicts token i+1)"
+
+
+def _labels(trace, batch):
+    return list(trace.labels[batch])
+
+
+def _ticks(ax, labels, axis, max_labels):
+    n = len(labels)
+    step = max(1, math.ceil(n / max_labels)) if max_labels else n + 1
+    idx = list(range(0, n, step)) if max_labels else []
+    if axis in ("x", "both"):
+        ax.set_xticks(idx)
+        ax.set_xticklabels([labels[i] for i in idx], rotation=90, fontsize=7)
+    if axis in ("y", "both"):
+        ax.set_yticks(idx)
+        ax.set_yticklabels([labels[i] for i in idx], fontsize=7)
+
+
+def _norm(scale, vmin, vmax, gamma):
+    if scale == "linear":
+        return mcolors.Normalize(vmin=vmin, vmax=vmax)
+    if scale == "log":
+        return mcolors.LogNorm(vmin=max(vmin, 1e-6), vmax=vmax)
+    if scale == "power":
+        return mcolors.PowerNorm(gamma=gamma, vmin=vmin, vmax=vmax)
+    raise ValueError(f"scale {scale!r}: expected 'linear', 'log' or 'power'")
+
+
+def _prepare(m, mask_first):
+    a = m.numpy().astype(float) if hasattr(m, "numpy") else np.array(m, dtype=float)
+    if mask_first:  # hide the sink column so the rest gets the colour range
+        a[:, 0] = np.nan
+    return a
+
+
+def _crosshairs(ax, positions):
+    for p in positions:
+        ax.axhline(p, color=HIGH_ENTROPY_COLOR, lw=0.5, alpha=0.6)
+        ax.axvline(p, color=HIGH_ENTROPY_COLOR, lw=0.5, alpha=0.6)
+
+
+def _grid(n, ncols, panel):
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _legend(fig, positions, label):
+    if len(positions):
+        fig.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2, label=label)],
+                   loc="outside lower center", fontsize=8, frameon=False)
+
+
+# ---------------------------------------------------------------- the three figures
+def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
+                        scale="linear", gamma=0.5, mask_first=False, entropy_threshold=0.672,
+                        entropy_quantile=None, max_labels=40, ncols=None, panel=4.0):
+    """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
+    both axes (thinned to `max_labels`), title "Layer L Head H", a colorbar each.
+
+    Needs the full maps `head_map/L{l}H{h}` (capture={'heads': [...]}): `Tensor[B, T, T]`.
+    High-entropy positions (entropy at i predicts token i+1) get yellow crosshairs.
+    Returns the Figure."""
+    pairs = _pairs(trace, layers_heads)
+    labels = _labels(trace, batch)
+    hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
+                                entropy_quantile=entropy_quantile)
+    fig, axes = _grid(len(pairs), ncols, panel)
+    for ax, (l, h) in zip(axes, pairs):
+        a = _prepare(_head_map(trace, l, h, batch), mask_first)
+        lo = np.nanmin(a) if vmin is None else vmin
+        up = np.nanmax(a) if vmax is None else vmax
+        im = ax.imshow(a, cmap=cmap, norm=_norm(scale, lo, up, gamma), interpolation="nearest")
+        _crosshairs(ax, hi)
+        ax.set_title(f"Layer {l} Head {h}")
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+        _ticks(ax, labels, "both", max_labels)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+    return fig
+
+
+def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
+                                 batch=0, top_k=3, entropy_threshold=0.672, entropy_quantile=None,
+                                 max_labels=60, ncols=None, panel=4.0):
+    """Bar chart per (layer, head) over key positions, x labels = tokens.
+
+    pattern_type "mean"/"max": attention each position receives, averaged / maximised over the
+    queries that can see it (captures received_mean/received_max, capture="all");
+    "specific_token": attention FROM position `token_idx` (negative counts from the end; from
+    the head's full map, or a `from_tokens` capture). The top_k bars are outlined in red and
+    labelled; high-entropy positions get yellow edges. Returns the Figure."""
+    if pattern_type not in PATTERN_TYPES:
+        raise ValueError(f"pattern_type {pattern_type!r}: expected one of {PATTERN_TYPES}")
+    pairs = _pairs(trace, layers_heads)
+    T = trace.input_ids.shape[1]
+    if pattern_type == "specific_token":
+        if token_idx is None or not isinstance(token_idx, (int, np.integer)) or not -T <= token_idx < T:
+            raise ValueError(f"token_idx {token_idx!r} out of range: expected an int in -{T}..{T - 1}")
+        token_idx = int(token_idx) % T
+    labels = _labels(trace, batch)
+    hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
+                                entropy_quantile=entropy_quantile)
+    fig, axes = _grid(len(pairs), ncols, panel)
+    for ax, (l, h) in zip(axes, pairs):
+        values = _pattern(trace, l, h, pattern_type, token_idx, batch)
+        v = np.nan_to_num(values, nan=0.0)
+        bars = ax.bar(np.arange(T), v, color="#4c72b0", width=0.8)
+        for p in hi:
+            bars[p].set_edgecolor(HIGH_ENTROPY_COLOR)
+            bars[p].set_linewidth(2)
+        for p in np.argsort(-v)[:top_k]:
+            bars[p].set_edgecolor("#c44e52")
+            bars[p].set_linewidth(2)
+            ax.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
+        name = {"mean": "Mean", "max": "Max"}.get(pattern_type, f"From {token_idx}")
+        ax.set_title(f"L{l}H{h} {name}")
+        ax.set_xlabel("key position")
+        ax.set_ylabel("attention")
+        _ticks(ax, labels, "x", max_labels)
+    _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+    return fig
+
+
+def _pattern(trace, l, h, pattern_type, token_idx, batch):
+    if pattern_type == "mean":
+        return _aggregate(trace, "received_mean", l, h, batch).numpy()
+    if pattern_type == "max":
+        return _aggregate(trace, "received_max", l, h, batch).numpy()
+    name = f"head_map/L{l}H{h}"
+    if name in trace.captures:
+        return trace.captures[name][batch, token_idx].numpy()
+    if "from" in trace.captures:
+        pos = [p % trace.input_ids.shape[1] for p in trace.spec.get("from_tokens", [])]
+        if token_idx in pos:
+            return _aggregate(trace, "from", l, h, batch)[pos.index(token_idx)].numpy()
+    raise ValueError(f"the trace has no attention from token {token_idx} at layer {l} head {h}: "
+                     f"run with capture={{'from_tokens': [{token_idx}]}} or {{'heads': [({l}, {h})]}}")
+
+
+def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
+                               vmin=None, vmax=None, scale="linear", gamma=0.5, mask_first=False,
+                               entropy_threshold=0.672, entropy_quantile=None, paper=True,
+                               label_limit=16, ncols=None, panel=2.6):
+    """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
+    head_idx is None (capture={'layer_maps': [...]}), else that head; ONE shared colorbar (same
+    vmin/vmax on every panel), RdBu_r by default; titles "L{l} Avg" / "L{l} H{h}". The paper
+    preset drops token labels when the sequence is longer than `label_limit`. Returns the Figure."""
+    layers = list(layer_indices)
+    if not layers:
+        raise ValueError("layer_indices is empty: give at least one layer")
+    for l in layers:
+        _check_layer(trace, l)
+    if head_idx is not None:
+        _check_head(trace, head_idx)
+    maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first) for l in layers]
+    lo = min(np.nanmin(m) for m in maps) if vmin is None else vmin
+    up = max(np.nanmax(m) for m in maps) if vmax is None else vmax
+    norm = _norm(scale, lo, up, gamma)
+    labels = _labels(trace, batch)
+    show_labels = not paper or len(labels) <= label_limit
+    hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
+                                entropy_quantile=entropy_quantile)
+    with plt.rc_context({"font.size": 9} if paper else {}):
+        fig, axes = _grid(len(layers), ncols, panel)
+        for ax, l, m in zip(axes, layers, maps):
+            im = ax.imshow(m, cmap=cmap, norm=norm, interpolation="nearest")
+            _crosshairs(ax, hi)
+            ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}")
+            if show_labels:
+                _ticks(ax, labels, "both", label_limit)
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
+        _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+    return fig
