@@ -1,0 +1,53 @@
+"""The attnscope command line: demo, plot, run (exit codes, files written, messages)."""
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import BUILD, ROOT
+
+ENV = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), MPLBACKEND="Agg")
+TOY = os.path.join(BUILD, "fixtures", "toy_hf_eager.pt")
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "attnscope", *args], env=ENV, capture_output=True, text=True)
+
+
+def test_help():
+    r = cli("--help")
+    assert r.returncode == 0 and "demo" in r.stdout and "plot" in r.stdout
+    for sub in ("demo", "plot", "run"):
+        assert cli(sub, "--help").returncode == 0
+
+
+def test_demo_default_model(tmp_path):
+    r = cli("demo", "--out", str(tmp_path), "--dpi", "60")
+    assert r.returncode == 0, r.stderr
+    for f in ("attention_heads.png", "attention_patterns.png", "attention_layers.png"):
+        assert (tmp_path / f).stat().st_size > 10_000, f
+    assert "| position | token | next token | entropy (nats) |" in r.stdout
+    assert (tmp_path / "high_entropy_tokens.md").exists() and (tmp_path / "trace.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind,extra", [("heads", ["--layers-heads", "0:1,2:3"]),
+                                        ("patterns", ["--layers-heads", "1:0", "--pattern", "max"]),
+                                        ("layers", ["--layers", "0,1,2"])])
+def test_plot_kinds(tmp_path, kind, extra):
+    if not os.path.exists(TOY):
+        pytest.skip("fixtures not built")
+    out = tmp_path / f"{kind}.svg"
+    r = cli("plot", "--model", TOY, "--device", "cpu", "--text", "t2 t3 t4", "--kind", kind, *extra, "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.stat().st_size > 1000
+
+
+def test_run_and_errors(tmp_path):
+    if not os.path.exists(TOY):
+        pytest.skip("fixtures not built")
+    r = cli("run", "--model", TOY, "--device", "cpu", "--text", "t2 t3", "--layers-heads", "0:0", "--save", str(tmp_path / "t.st"))
+    assert r.returncode == 0 and "head_map/L0H0" in r.stdout
+    r = cli("plot", "--model", TOY, "--device", "cpu", "--text", "t2", "--kind", "heads", "--layers-heads", "9:0", "--out", str(tmp_path / "x.png"))
+    assert r.returncode == 1 and "layer 9 out of range" in r.stderr
+    r = cli("plot", "--model", TOY, "--text", "t2", "--kind", "heads", "--layers-heads", "a:b", "--out", "x.png")
+    assert r.returncode != 0 and "is not a list of LAYER:HEAD pairs" in r.stderr
