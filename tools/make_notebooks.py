@@ -1,0 +1,77 @@
+"""Writes notebooks/*.ipynb (without outputs) from the cell sources below; the tests execute them."""
+import os
+
+import nbformat as nbf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROMPT = ('"<|im_start|>user\\nWhy do large language models put so much attention on the first "\n'
+          '          "token of a sentence?<|im_end|>\\n<|im_start|>assistant\\nThe first token acts as"')
+
+NOTEBOOKS = {
+    "01_quickstart.ipynb": [
+        ("md", "# attnscope quickstart\nLoad the default model (SmolLM2-135M-Instruct), run a prompt with "
+               "attention capture, draw the three figures."),
+        ("code", "import attnscope\nmodel = attnscope.load()          # converted once, then cached\n"
+                 "print(model.describe())"),
+        ("code", f"text = ({PROMPT})\n"
+                 "trace = model.run(text, capture={\"heads\": [(0, 0), (14, 0), (29, 8)],\n"
+                 "                                 \"layer_maps\": [0, 1, 2, 9, 14, 18, 23, 29],\n"
+                 "                                 \"received\": True, \"attn_entropy\": True, \"sink_tokens\": 1})\n"
+                 "print(len(trace.labels[0]), 'tokens:', ' '.join(trace.labels[0]))"),
+        ("code", "fig = attnscope.visualize_attention(trace, [(0, 0), (14, 0), (29, 8)])"),
+        ("code", "fig = attnscope.visualize_attention_patterns(trace, [(0, 0), (14, 0), (29, 0)], pattern_type=\"mean\")"),
+        ("code", "fig = attnscope.visualize_attention_layers(trace, [0, 1, 2, 9, 14, 18, 23, 29])\n"
+                 "fig.savefig(\"layers.pdf\")  # paper-ready vector output"),
+    ],
+    "02_workflow.ipynb": [
+        ("md", "# Workflow: layers overview → detailed heads → important tokens"),
+        ("code", f"import attnscope\nmodel = attnscope.load()\ntext = ({PROMPT})\n"
+                 "layers = list(range(model.n_layers))\n"
+                 "trace = model.run(text, capture={\"layer_maps\": layers, \"received\": True, \"attn_entropy\": True,\n"
+                 "                                 \"sink_tokens\": 1})"),
+        ("md", "## 1. Overview: which layers are local, which have an attention sink?"),
+        ("code", "fig = attnscope.visualize_attention_layers(trace, layers[::4])\n"
+                 "sink = trace.get(\"sink_mass\")[:, 0].mean(1)      # [L]: mean attention on token 0\n"
+                 "sink_layers = [l for l in layers if sink[l] > 0.5]\n"
+                 "print(\"layers with a sink (> 0.5 of attention on the first token):\", sink_layers)"),
+        ("md", "## 2. Detailed heads of an interesting layer"),
+        ("code", "layer = sink_layers[0] if sink_layers else model.n_layers // 2\n"
+                 "heads = [(layer, h) for h in range(model.n_heads)]\n"
+                 "detail = model.run(text, capture={\"heads\": heads})\n"
+                 "fig = attnscope.visualize_attention(detail, heads[:4])"),
+        ("md", "## 3. Important tokens: attention received"),
+        ("code", "fig = attnscope.visualize_attention_patterns(trace, [(layer, h) for h in range(3)], \"mean\", top_k=3)"),
+    ],
+    "03_high_entropy_tokens.ipynb": [
+        ("md", "# High-entropy tokens\nThe predictive entropy at position i is the entropy (nats) of the "
+               "distribution that predicts token i+1. Where is the model unsure, and what do those positions attend to?"),
+        ("code", f"import attnscope\nmodel = attnscope.load()\ntext = ({PROMPT})\n"
+                 "first = model.run(text, capture={})\n"
+                 "hi = attnscope.high_entropy_positions(first, entropy_quantile=0.8)\n"
+                 "for p in hi:\n"
+                 "    print(p, first.labels[0][p], round(float(first.entropy[0, p]), 3))"),
+        ("md", "## What the uncertain positions attend to, across layers"),
+        ("code", "trace = model.run(text, capture={\"from_tokens\": [int(p) for p in hi], \"layer_maps\": [2, 14, 29]})\n"
+                 "p = int(hi[-1])\n"
+                 "fig = attnscope.visualize_attention_patterns(trace, [(2, 0), (14, 0), (29, 0)], \"specific_token\",\n"
+                 "                                             token_idx=p, entropy_quantile=0.8)"),
+        ("code", "fig = attnscope.visualize_attention_layers(trace, [2, 14, 29], entropy_quantile=0.8)"),
+    ],
+}
+
+
+def main():
+    out = os.path.join(ROOT, "notebooks")
+    os.makedirs(out, exist_ok=True)
+    for name, cells in NOTEBOOKS.items():
+        nb = nbf.v4.new_notebook()
+        nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
+                    for kind, src in cells]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbf.write(nb, os.path.join(out, name))
+    print("wrote", ", ".join(NOTEBOOKS))
+
+
+if __name__ == "__main__":
+    main()
