@@ -138,7 +138,12 @@ def _crosshairs(ax, positions):
         ax.axvline(p, color=HIGH_ENTROPY_COLOR, lw=0.5, alpha=0.6)
 
 
-def _grid(n, ncols, panel):
+def _grid(n, ncols, panel, ax=None):
+    if ax is not None:  # draw into the caller's Axes: one panel only
+        if n != 1:
+            raise ValueError(f"ax= draws one panel, but {n} were asked for: pass one (layer, head) "
+                             "or one layer, or leave ax=None for a grid")
+        return ax.figure, [ax]
     ncols = ncols or min(n, 4)
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False,
@@ -146,6 +151,14 @@ def _grid(n, ncols, panel):
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
+
+
+def _axes_legend(ax, positions, entropy_threshold, entropy_quantile):
+    if len(positions):
+        ax.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2,
+                                  label=_entropy_label(entropy_threshold, entropy_quantile))],
+                  loc="upper right", fontsize=7)
+    return ax
 
 
 def _legend(fig, positions, label):
@@ -157,43 +170,46 @@ def _legend(fig, positions, label):
 # ---------------------------------------------------------------- the three figures
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
                         scale="linear", gamma=0.5, mask_first=False, entropy_threshold=0.672,
-                        entropy_quantile=None, max_labels=40, ncols=None, panel=4.0):
+                        entropy_quantile=None, max_labels=40, ncols=None, panel=4.0, ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
     both axes (thinned to `max_labels`), title "Layer L Head H", a colorbar each.
 
     Needs the full maps `head_map/L{l}H{h}` (capture={'heads': [...]}): `Tensor[B, T, T]`.
     High-entropy positions (entropy at i predicts token i+1) get yellow crosshairs.
-    Returns the Figure."""
+    Returns the Figure, or the Axes when given `ax=` (one pair)."""
     pairs = _pairs(trace, layers_heads)
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile)
-    fig, axes = _grid(len(pairs), ncols, panel)
-    for ax, (l, h) in zip(axes, pairs):
+    fig, axes = _grid(len(pairs), ncols, panel, ax)
+    for ax_, (l, h) in zip(axes, pairs):
         a = _prepare(_head_map(trace, l, h, batch), mask_first)
         lo = np.nanmin(a) if vmin is None else vmin
         up = np.nanmax(a) if vmax is None else vmax
-        im = ax.imshow(a, cmap=cmap, norm=_norm(scale, lo, up, gamma), interpolation="nearest")
-        _crosshairs(ax, hi)
-        ax.set_title(f"Layer {l} Head {h}")
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-        _ticks(ax, labels, "both", max_labels)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        im = ax_.imshow(a, cmap=cmap, norm=_norm(scale, lo, up, gamma), interpolation="nearest")
+        _crosshairs(ax_, hi)
+        ax_.set_title(f"Layer {l} Head {h}")
+        ax_.set_xlabel("key")
+        ax_.set_ylabel("query")
+        _ticks(ax_, labels, "both", max_labels)
+        fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
+    if ax is not None:
+        return _axes_legend(axes[0], hi, entropy_threshold, entropy_quantile)
     _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
     return fig
 
 
 def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
                                  batch=0, top_k=3, entropy_threshold=0.672, entropy_quantile=None,
-                                 max_labels=60, ncols=None, panel=4.0):
+                                 max_labels=60, ncols=None, panel=4.0, ax=None):
     """Bar chart per (layer, head) over key positions, x labels = tokens.
 
     pattern_type "mean"/"max": attention each position receives, averaged / maximised over the
     queries that can see it (captures received_mean/received_max, capture="all");
     "specific_token": attention FROM position `token_idx` (negative counts from the end; from
     the head's full map, or a `from_tokens` capture). The top_k bars are outlined in red and
-    labelled; high-entropy positions get yellow edges. Returns the Figure."""
+    labelled; high-entropy positions get yellow edges. Returns the Figure, or the Axes when
+    given `ax=` (one pair)."""
     if pattern_type not in PATTERN_TYPES:
         raise ValueError(f"pattern_type {pattern_type!r}: expected one of {PATTERN_TYPES}")
     pairs = _pairs(trace, layers_heads)
@@ -205,23 +221,25 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile)
-    fig, axes = _grid(len(pairs), ncols, panel)
-    for ax, (l, h) in zip(axes, pairs):
+    fig, axes = _grid(len(pairs), ncols, panel, ax)
+    for ax_, (l, h) in zip(axes, pairs):
         values = _pattern(trace, l, h, pattern_type, token_idx, batch)
         v = np.nan_to_num(values, nan=0.0)
-        bars = ax.bar(np.arange(T), v, color="#4c72b0", width=0.8)
+        bars = ax_.bar(np.arange(T), v, color="#4c72b0", width=0.8)
         for p in hi:
             bars[p].set_edgecolor(HIGH_ENTROPY_COLOR)
             bars[p].set_linewidth(2)
         for p in np.argsort(-v)[:top_k]:
             bars[p].set_edgecolor("#c44e52")
             bars[p].set_linewidth(2)
-            ax.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
+            ax_.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
         name = {"mean": "Mean", "max": "Max"}.get(pattern_type, f"From {token_idx}")
-        ax.set_title(f"L{l}H{h} {name}")
-        ax.set_xlabel("key position")
-        ax.set_ylabel("attention")
-        _ticks(ax, labels, "x", max_labels)
+        ax_.set_title(f"L{l}H{h} {name}")
+        ax_.set_xlabel("key position")
+        ax_.set_ylabel("attention")
+        _ticks(ax_, labels, "x", max_labels)
+    if ax is not None:
+        return _axes_legend(axes[0], hi, entropy_threshold, entropy_quantile)
     _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
     return fig
 

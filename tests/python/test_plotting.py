@@ -118,3 +118,14 @@ def test_save_formats(trace, tmp_path):
 def test_errors(trace, call, message):
     with pytest.raises(ValueError, match=message):
         call(trace)
+
+
+def test_ax_returns_the_axes(trace):
+    fig, ax = plt.subplots()
+    assert visualize_attention(trace, [(0, 0)], ax=ax) is ax
+    assert ax.get_title() == "Layer 0 Head 0"
+    fig, ax = plt.subplots()
+    assert visualize_attention_patterns(trace, [(2, 3)], "mean", ax=ax) is ax
+    assert np.allclose([b.get_height() for b in ax.patches], trace.get("received_mean")[2, 0, 3].numpy())
+    with pytest.raises(ValueError, match="ax= draws one panel, but 2 were asked for"):
+        visualize_attention(trace, [(0, 0), (2, 3)], ax=ax)
