@@ -233,6 +233,7 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             bars[p].set_edgecolor("#c44e52")
             bars[p].set_linewidth(2)
             ax_.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
+        ax_.set_ylim(0, max(float(v.max()), 1e-9) * 1.15)  # room for the top-k labels
         name = {"mean": "Mean", "max": "Max"}.get(pattern_type, f"From {token_idx}")
         ax_.set_title(f"L{l}H{h} {name}")
         ax_.set_xlabel("key position")
