@@ -152,9 +152,24 @@ positions: mean {card['entropy_mean']:.3f}; 20 / 50 / 80 % quantiles {q20:.3f} /
 **{card['entropy_fraction_above_0.672'] * 100:.1f} % of tokens above 0.672 nats** (the 80th
 percentile Wang et al. 2025 found for Qwen3).
 
-The StreamingLLM Fig. 2 figure of this model belongs here once the figure functions land
-(Python package issue).
+## StreamingLLM Fig. 2 layout
+
+Head-averaged attention of layers 0, 1, 2, 9, 14, 18, 23, 29 on one chat prompt
+(`attnscope demo`'s), one shared colour scale; yellow lines: tokens above 0.672 nats.
+
+![attention per layer](model_card_layers.png)
 """
+
+
+def figure(out_dir):
+    """docs/model_card_layers.png: the StreamingLLM Fig. 2 layout on the demo prompt."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import attnscope
+    from attnscope.cli import DEMO_LAYERS, DEMO_PROMPT
+    trace = attnscope.load(device="cpu").run(DEMO_PROMPT, capture={"layer_maps": DEMO_LAYERS})
+    fig = attnscope.visualize_attention_layers(trace, DEMO_LAYERS)
+    fig.savefig(os.path.join(out_dir, "model_card_layers.png"), dpi=80)
 
 
 def main():
@@ -180,6 +195,7 @@ def main():
         json.dump(card, f, indent=1)
     with open(os.path.join(a.out, "model_card.md"), "w") as f:
         f.write(markdown(card))
+    figure(a.out)
     print(f"Sink1 {card['sink1_overall']:.1f} %, {card['entropy_fraction_above_0.672'] * 100:.1f} % "
           f"of tokens above 0.672 nats; wrote {a.out}/model_card.md")
 

@@ -34,6 +34,7 @@ def test_card_present_and_consistent(card):
     frac = card["entropy_fraction_above_0.672"]
     assert (q[0] > 0.672) <= (frac >= 0.8)
     assert "fortunes-min" in card["corpus"]
+    assert os.path.getsize(os.path.join(DOCS, "model_card_layers.png")) > 10_000  # the Fig. 2 layout
 
 
 def test_markdown_is_generated_from_json(card):
