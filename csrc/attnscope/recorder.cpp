@@ -174,7 +174,9 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
                           neg_inf);
     auto probs = ws_.get(2, scores.sizes(), dev);
     torch::_softmax_out(probs, scores, -1, false);
-    probs.nan_to_num_(0.0);  // fully masked rows (padding queries) give 0/0
+    // Only an explicit mask can hide every key of a row (padding queries: 0/0 = NaN); with
+    // is_causal alone row i always sees keys 0..i, so the extra pass is skipped.
+    if (m.defined()) probs.nan_to_num_(0.0);
     acc->add_block(probs, r0, ctx_, ws_);
   }
 }
