@@ -154,3 +154,45 @@ def test_gguf_refusals(tmp_path):
     _tiny_gguf(tmp_path / "q2k.gguf", qtype=gguf.GGMLQuantizationType.Q2_K)
     with pytest.raises(ValueError, match="token_embd.weight has quantization Q2_K, unsupported"):
         load_gguf(str(tmp_path / "q2k.gguf"))
+
+
+def test_gguf_dequantises_f32_f16_q8_0(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from attnscope.models import read_gguf
+
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((16, 32)).astype(np.float32)
+    norm = rng.standard_normal(32).astype(np.float32)
+    out = rng.standard_normal((16, 32)).astype(np.float32)
+    w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    for k, v in dict(block_count=0, embedding_length=32, feed_forward_length=8, head_count=2,
+                     head_count_kv=2).items():
+        getattr(w, f"add_{k}")(v)
+    w.add_tensor("token_embd.weight", gguf.quants.quantize(emb, gguf.GGMLQuantizationType.Q8_0),
+                 raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.add_tensor("output_norm.weight", norm)                       # F32
+    w.add_tensor("output.weight", out.astype(np.float16))          # F16
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    config, sd, _ = read_gguf(str(tmp_path / "m.gguf"))
+    assert torch.equal(sd["model.norm.weight"], torch.from_numpy(norm))
+    assert torch.equal(sd["lm_head.weight"], torch.from_numpy(out.astype(np.float16).astype(np.float32)))
+    assert (sd["model.embed_tokens.weight"] - torch.from_numpy(emb)).abs().max() < 0.02  # Q8_0 step
+    assert sd["model.embed_tokens.weight"].shape == (16, 32) and config["tie_word_embeddings"] is False
+
+
+def test_hf_checkpoint_folder_with_tokenizer(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from attnscope.models import load_hf_folder
+
+    ref, _ = pair("llama", "eager")
+    ref.save_pretrained(tmp_path)
+    Tokenizer(WordLevel({"a": 0, "b": 1}, unk_token="a")).save(str(tmp_path / "tokenizer.json"))
+    _, tok = load_hf_folder(str(tmp_path))
+    assert tok.token_to_id("b") == 1
