@@ -1,10 +1,13 @@
 // attnscope._core: binds the C++ core for the Python package. Binds, nothing else.
+#include <attnscope/dataset.h>
 #include <attnscope/model.h>
 
 #include <torch/extension.h>
 
 namespace py = pybind11;
 using attnscope::CaptureSpec;
+using attnscope::DatasetParts;
+using attnscope::DatasetStats;
 using attnscope::Model;
 using attnscope::Trace;
 
@@ -45,6 +48,44 @@ PYBIND11_MODULE(_core, m) {
       .def("save", &Trace::save, py::arg("path"), "write as safetensors")
       .def_static("load", &Trace::load, py::arg("path"), "read a trace file");
 
+  py::class_<DatasetParts>(m, "DatasetParts", "What a dataset run accumulates (see csrc/attnscope/dataset.h)")
+      .def(py::init<>())
+      .def_readwrite("layer_maps", &DatasetParts::layer_maps)
+      .def_readwrite("head_maps", &DatasetParts::head_maps)
+      .def_readwrite("received", &DatasetParts::received)
+      .def_readwrite("attn_entropy", &DatasetParts::attn_entropy);
+
+  m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
+        py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");
+
+  py::class_<DatasetStats>(m, "DatasetStats", "Running attention sums over sequences (see csrc/attnscope/dataset.h)")
+      .def(py::init<DatasetParts, double>(), py::arg("parts") = DatasetParts(), py::arg("epsilon") = 0.3)
+      .def("add", &DatasetStats::add, py::arg("trace"), "add every sequence of a trace",
+           py::call_guard<py::gil_scoped_release>())
+      .def("merge", &DatasetStats::merge, py::arg("other"), "add another dataset's sums")
+      .def("resize", &DatasetStats::resize, py::arg("length"), "grow the position axes")
+      .def_property_readonly("state", py::overload_cast<>(&DatasetStats::state),
+                             py::return_value_policy::reference_internal, "running sums by name")
+      .def_static("max_state_names", &DatasetStats::max_state_names, "sums reduced with MAX")
+      .def_property_readonly("n_sequences", &DatasetStats::n_sequences)
+      .def_property_readonly("length", &DatasetStats::length)
+      .def_property_readonly("n_layers", &DatasetStats::n_layers)
+      .def_property_readonly("n_heads", &DatasetStats::n_heads)
+      .def_property_readonly("epsilon", &DatasetStats::epsilon)
+      .def_property_readonly("parts", &DatasetStats::parts)
+      .def("layer_map", &DatasetStats::layer_map, py::arg("layer"), py::arg("head") = -1, "mean map [T, T]")
+      .def("alpha", &DatasetStats::alpha, "mean received attention [L, H, T]")
+      .def("received_max", &DatasetStats::received_max, "max received attention [L, H, T]")
+      .def("sink_rate", &DatasetStats::sink_rate, "fraction of sequences with alpha_1 > epsilon [L, H]")
+      .def("sink1_per_layer", &DatasetStats::sink1_per_layer, "Sink_1 per layer [L]")
+      .def("sink1", &DatasetStats::sink1, "Sink_1 of the model")
+      .def("attn_entropy", &DatasetStats::attn_entropy, "mean attention entropy [L, H, T]")
+      .def("head_entropy", &DatasetStats::head_entropy, "mean attention entropy per head [L, H]")
+      .def("predictive_entropy", &DatasetStats::predictive_entropy, "mean predictive entropy [T]")
+      .def("position_count", &DatasetStats::position_count, "sequences having each position [T]")
+      .def("save", &DatasetStats::save, py::arg("path"), "write as safetensors")
+      .def_static("load", &DatasetStats::load, py::arg("path"), "read a dataset file");
+
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
       .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",
                   "load a TorchScript archive")
@@ -61,6 +102,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_kv_heads", [](const Model& x) { return x.info().n_kv_heads; })
       .def_property_readonly("vocab_size", [](const Model& x) { return x.info().vocab_size; })
       .def_property_readonly("family", [](const Model& x) { return x.info().family; })
+      .def_property_readonly("bos_id", [](const Model& x) { return x.info().bos_id; })
       .def_property_readonly("device", [](const Model& x) { return x.device().str(); })
       .def_property_readonly("instrumented", &Model::instrumented)
       .def_property_readonly("tokenizer_json", &Model::tokenizer_json);

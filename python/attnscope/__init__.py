@@ -5,10 +5,12 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 """
 from ._lib import library_path, load_library
 from .api import Model, Trace, load, readable
+from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
 from .plotting import (high_entropy_positions, visualize_attention, visualize_attention_layers,
-                       visualize_attention_patterns)
+                       visualize_attention_patterns, visualize_head_summary)
 
 __version__ = "0.1.0"
 __all__ = ["Model", "Trace", "load", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "high_entropy_positions",
+           "visualize_head_summary", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
            "library_path", "load_library", "__version__"]

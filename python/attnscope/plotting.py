@@ -44,6 +44,8 @@ def _pairs(trace, layers_heads):
 
 def _capture(trace, name, hint):
     if name not in trace.captures:
+        if getattr(trace, "is_dataset", False):
+            raise ValueError(f"the dataset trace has no {name!r}: {trace.missing_hint(name)}")
         raise ValueError(f"the trace has no {name!r}: run with capture={hint}")
     return trace.captures[name]
 
@@ -60,6 +62,9 @@ def _layer_map(trace, layer, head, batch):
         return trace.captures[name][batch]
     if f"layer_map/L{layer}" in trace.captures and trace.spec.get("layer_map_head") == head:
         return trace.captures[f"layer_map/L{layer}"][batch]
+    if getattr(trace, "is_dataset", False):
+        raise ValueError(f"the dataset trace has no map of layer {layer} head {head}: "
+                         f"{trace.missing_hint('head_map')}")
     raise ValueError(f"the trace has no map of layer {layer} head {head}: run with "
                      f"capture={{'heads': [({layer}, {head})]}}")
 
@@ -297,4 +302,64 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
                 ax.set_yticks([])
         fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
         _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+        if getattr(trace, "is_dataset", False):
+            fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
     return fig
+
+
+HEAD_METRICS = ("sink", "sink_rate", "entropy")
+
+
+def visualize_head_summary(trace, metric="sink", *, cmap=None, vmin=None, vmax=None,
+                           annotate=None, ax=None):
+    """Layers x heads grid (row = layer, column = head) of one number per head, so sink heads
+    and broad heads stand out:
+      "sink":      α₁, mean attention to the first token (Gu et al.'s importance of token 1);
+                   heads with α₁ > ε are dotted. Title gives Sink₁ (share of heads with α₁ > ε,
+                   per sequence, averaged over sequences).
+      "sink_rate": fraction of sequences in which the head has α₁ > ε.
+      "entropy":   mean attention entropy of the head's rows (nats).
+    `trace`: a DatasetTrace (aggregate_dataset) or a Trace captured with "all" (its sequences
+    are the dataset). Values are printed in the cells when `annotate` (default: <= 400 cells).
+    Returns the Axes."""
+    if metric not in HEAD_METRICS:
+        raise ValueError(f"metric {metric!r}: expected one of {HEAD_METRICS}")
+    if not getattr(trace, "is_dataset", False):
+        from .dataset import DatasetTrace
+        trace = DatasetTrace.from_traces([trace])
+    need = "attn_entropy" if metric == "entropy" else "received"
+    if not getattr(trace.stats.parts, need):
+        raise ValueError(f"metric {metric!r} needs the {need!r} part: {trace.missing_hint(need if need != 'received' else 'received_mean')}")
+    if metric == "entropy":
+        values, label = trace.head_entropy.numpy(), "attention entropy (nats)"
+        title = f"Attention entropy per head (mean {values.mean():.2f} nats)"
+        cmap = cmap or "viridis"
+    else:
+        alpha1 = trace.alpha[..., 0].numpy()
+        values = alpha1 if metric == "sink" else trace.sink_rate.numpy()
+        label = "α₁ (attention to first token)" if metric == "sink" else f"share of sequences with α₁ > {trace.epsilon:g}"
+        title = f"Sink₁ = {trace.sink1:.1%} of heads (ε = {trace.epsilon:g})"
+        cmap = cmap or "Reds"
+        vmin = 0.0 if vmin is None else vmin
+        vmax = 1.0 if vmax is None else vmax
+    L, H = values.shape
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(3.0, 0.45 * H + 2), max(3.0, 0.22 * L + 1.2)),
+                             constrained_layout=True)
+    im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    if metric == "sink":
+        ys, xs = np.nonzero(values > trace.epsilon)
+        # in the cell's corner, clear of the printed value
+        ax.scatter(xs - 0.32, ys - 0.25, s=5, c="black", marker="o", label=f"α₁ > {trace.epsilon:g}")
+    if annotate if annotate is not None else L * H <= 400:
+        for (y, x), v in np.ndenumerate(values):
+            ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=5,
+                    color="white" if im.norm(v) > 0.6 else "black")
+    ax.set_title(f"{title}\n{trace.n_sequences} sequences of {trace.length} tokens", fontsize=9)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_xticks(range(H))
+    ax.set_yticks(range(L))
+    ax.tick_params(labelsize=6)
+    ax.figure.colorbar(im, ax=ax, label=label)
+    return ax

@@ -1,0 +1,308 @@
+#include <attnscope/dataset.h>
+
+#include <attnscope/safetensors.h>
+
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+namespace attnscope {
+
+namespace {
+constexpr const char* kFormat = "attnscope-dataset";
+constexpr int64_t kVersion = 1;
+
+/// Position axes (trailing) of each state tensor; resize() pads them.
+int position_dims(const std::string& name) {
+  if (name == "layer_map_sum" || name == "head_map_sum") return 2;
+  if (name == "n_sequences" || name == "sink_hits") return 0;
+  return 1;
+}
+
+torch::Tensor pad_positions(const torch::Tensor& t, int dims, int64_t length) {
+  if (dims == 0 || t.size(-1) >= length) return t;
+  int64_t extra = length - t.size(-1);
+  std::vector<int64_t> pad(dims == 2 ? 4 : 2, 0);
+  pad[1] = extra;
+  if (dims == 2) pad[3] = extra;
+  return torch::constant_pad_nd(t, pad, 0);
+}
+
+std::string parts_string(const DatasetParts& p) {
+  std::string s;
+  auto add = [&](bool on, const char* n) { if (on) s += (s.empty() ? "" : ",") + std::string(n); };
+  add(p.layer_maps, "layer_maps");
+  add(p.head_maps, "head_maps");
+  add(p.received, "received");
+  add(p.attn_entropy, "attn_entropy");
+  return s;
+}
+
+DatasetParts parse_parts(const std::string& s) {
+  DatasetParts p{false, false, false, false};
+  size_t a = 0;
+  while (a <= s.size()) {
+    size_t b = s.find(',', a);
+    if (b == std::string::npos) b = s.size();
+    std::string w = s.substr(a, b - a);
+    if (w == "layer_maps") p.layer_maps = true;
+    else if (w == "head_maps") p.head_maps = true;
+    else if (w == "received") p.received = true;
+    else if (w == "attn_entropy") p.attn_entropy = true;
+    else TORCH_CHECK(w.empty(), "dataset file: unknown part '", w, "' in metadata 'parts'");
+    a = b + 1;
+  }
+  return p;
+}
+
+std::string exact(double x) {
+  std::ostringstream o;
+  o.precision(17);
+  o << x;
+  return o.str();
+}
+
+bool same_parts(const DatasetParts& a, const DatasetParts& b) {
+  return parts_string(a) == parts_string(b);
+}
+}  // namespace
+
+CaptureSpec dataset_capture_spec(const DatasetParts& parts, int64_t n_layers, int64_t n_heads) {
+  TORCH_CHECK(n_layers > 0 && n_heads > 0, "dataset_capture_spec: the model's layers (", n_layers,
+              ") and heads (", n_heads, ") must be known");
+  CaptureSpec s;
+  s.top_k = 0;
+  s.to_cpu = false;  // sums stay on the model's device; only results are moved
+  if (parts.layer_maps)
+    for (int64_t l = 0; l < n_layers; ++l) s.layer_maps.push_back(l);
+  if (parts.head_maps)
+    for (int64_t l = 0; l < n_layers; ++l)
+      for (int64_t h = 0; h < n_heads; ++h) s.heads.emplace_back(l, h);
+  s.received = parts.received;
+  s.attn_entropy = parts.attn_entropy;
+  return s;
+}
+
+DatasetStats::DatasetStats(DatasetParts parts, double epsilon) : parts_(parts), epsilon_(epsilon) {
+  TORCH_CHECK(parts.layer_maps || parts.head_maps || parts.received || parts.attn_entropy,
+              "DatasetStats: every part is off; enable at least one of layer_maps, head_maps, "
+              "received, attn_entropy");
+  TORCH_CHECK(epsilon >= 0 && epsilon < 1, "epsilon ", epsilon, " out of range: expected [0, 1)");
+}
+
+std::vector<std::string> DatasetStats::max_state_names() { return {"received_max"}; }
+
+int64_t DatasetStats::n_sequences() const {
+  auto it = state_.find("n_sequences");
+  return it == state_.end() ? 0 : static_cast<int64_t>(it->second.item<double>());
+}
+
+void DatasetStats::init(const Trace& t) {
+  TORCH_CHECK(t.n_layers > 0 && t.n_heads > 0, "DatasetStats.add: the trace does not know its "
+              "layers/heads (n_layers=", t.n_layers, ", n_heads=", t.n_heads, ")");
+  n_layers_ = t.n_layers;
+  n_heads_ = t.n_heads;
+  auto o = torch::TensorOptions().dtype(torch::kDouble).device(t.input_ids.device());
+  const int64_t L = n_layers_, H = n_heads_, T = 0;
+  state_["n_sequences"] = torch::zeros({1}, o);
+  state_["position_count"] = torch::zeros({T}, o);
+  state_["pred_entropy_sum"] = torch::zeros({T}, o);
+  if (parts_.layer_maps) state_["layer_map_sum"] = torch::zeros({L, T, T}, o);
+  if (parts_.head_maps) state_["head_map_sum"] = torch::zeros({L, H, T, T}, o);
+  if (parts_.received) {
+    state_["received_sum"] = torch::zeros({L, H, T}, o);
+    state_["received_max"] = torch::zeros({L, H, T}, o);
+    state_["sink_hits"] = torch::zeros({L, H}, o);
+  }
+  if (parts_.attn_entropy) state_["entropy_sum"] = torch::zeros({L, H, T}, o);
+}
+
+void DatasetStats::resize(int64_t length) {
+  if (length <= length_) return;
+  for (auto& kv : state_) kv.second = pad_positions(kv.second, position_dims(kv.first), length);
+  length_ = length;
+}
+
+void DatasetStats::add(const Trace& t) {
+  TORCH_CHECK(t.input_ids.defined() && t.input_ids.dim() == 2, "DatasetStats.add: the trace has "
+              "no [B, T] input_ids");
+  if (n_layers_ < 0) init(t);
+  TORCH_CHECK(t.n_layers == n_layers_ && t.n_heads == n_heads_, "DatasetStats.add: trace has ",
+              t.n_layers, " layers x ", t.n_heads, " heads, the dataset ", n_layers_, " x ", n_heads_);
+  const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = n_layers_;
+  auto dev = state_.at("n_sequences").device();
+  auto valid = (t.attention_mask.defined() ? t.attention_mask : torch::ones_like(t.input_ids))
+                   .to(dev).to(torch::kBool);
+  // Positions are only comparable across sequences when every sequence starts at 0.
+  auto later_real = valid.narrow(1, 1, T - 1).logical_and(valid.narrow(1, 0, T - 1).logical_not());
+  TORCH_CHECK(T > 0 && valid.select(1, 0).all().item<bool>() && !later_real.any().item<bool>(),
+              "DatasetStats.add: sequences must be right-padded (attention_mask 1..1 0..0) and "
+              "non-empty; got a mask with padding before a real token");
+  resize(T);
+  auto vd = valid.to(torch::kDouble);                                   // [B, T]
+  auto narrow_t = [&](torch::Tensor& s, int dims) {
+    auto v = s;
+    for (int d = 0; d < dims; ++d) v = v.narrow(s.dim() - 1 - d, 0, T);
+    return v;
+  };
+  state_["n_sequences"].add_(B);
+  narrow_t(state_["position_count"], 1).add_(vd.sum(0));
+  if (t.entropy.defined())
+    narrow_t(state_["pred_entropy_sum"], 1)
+        .add_(torch::where(valid, t.entropy.to(dev).to(torch::kDouble), 0.0).sum(0));
+
+  auto layers = t.captures.count("aggregate_layers") ? t.captures.at("aggregate_layers") : torch::Tensor();
+  if (parts_.received || parts_.attn_entropy) {
+    TORCH_CHECK(layers.defined() && layers.numel() == L &&
+                    layers.cpu().equal(torch::arange(L, torch::kLong)),
+                "DatasetStats.add: the trace must hold aggregates of every layer 0..", L - 1,
+                " (CaptureSpec.layers empty = all); see dataset_capture_spec()");
+  }
+  auto vk = valid.view({1, B, 1, T});
+  if (parts_.received) {
+    auto recv = t.get("received_mean").to(dev).to(torch::kDouble);    // [L, B, H, T]
+    auto recv_ok = torch::where(vk, recv, 0.0);
+    narrow_t(state_["received_sum"], 1).add_(recv_ok.sum(1));
+    auto mx = narrow_t(state_["received_max"], 1);
+    auto rmax = torch::where(vk, t.get("received_max").to(dev).to(torch::kDouble), 0.0).amax(1);
+    torch::max_out(mx, mx, rmax);
+    // α₁ of each sequence: attention the first token receives, mean over the queries.
+    state_["sink_hits"].add_((recv.select(3, 0) > epsilon_).to(torch::kDouble).sum(1));
+  }
+  if (parts_.attn_entropy) {
+    auto ent = t.get("attn_entropy").to(dev).to(torch::kDouble);      // [L, B, H, T]
+    narrow_t(state_["entropy_sum"], 1).add_(torch::where(vk, ent, 0.0).sum(1));
+  }
+  auto pair = (vd.unsqueeze(2) * vd.unsqueeze(1)).unsqueeze(0);        // [1, B, T, T]
+  if (parts_.layer_maps) {
+    auto sum = narrow_t(state_["layer_map_sum"], 2);
+    for (int64_t l = 0; l < L; ++l) {
+      auto m = t.get("layer_map/L" + std::to_string(l)).to(dev).to(torch::kDouble);  // [B, T, T]
+      sum[l].add_(torch::where(pair[0] > 0, m, 0.0).sum(0));
+    }
+  }
+  if (parts_.head_maps) {
+    auto sum = narrow_t(state_["head_map_sum"], 2);
+    for (int64_t l = 0; l < L; ++l)
+      for (int64_t h = 0; h < n_heads_; ++h) {
+        auto m = t.get("head_map/L" + std::to_string(l) + "H" + std::to_string(h)).to(dev).to(torch::kDouble);
+        sum[l][h].add_(torch::where(pair[0] > 0, m, 0.0).sum(0));
+      }
+  }
+}
+
+void DatasetStats::merge(const DatasetStats& other) {
+  if (other.n_layers_ < 0) return;
+  TORCH_CHECK(same_parts(parts_, other.parts_), "DatasetStats.merge: parts differ (",
+              parts_string(parts_), " vs ", parts_string(other.parts_), ")");
+  TORCH_CHECK(epsilon_ == other.epsilon_, "DatasetStats.merge: epsilon differs (", epsilon_,
+              " vs ", other.epsilon_, ")");
+  if (n_layers_ < 0) {
+    n_layers_ = other.n_layers_;
+    n_heads_ = other.n_heads_;
+    length_ = other.length_;
+    for (const auto& kv : other.state_) state_[kv.first] = kv.second.clone();
+    return;
+  }
+  TORCH_CHECK(n_layers_ == other.n_layers_ && n_heads_ == other.n_heads_, "DatasetStats.merge: ",
+              n_layers_, " layers x ", n_heads_, " heads vs ", other.n_layers_, " x ", other.n_heads_);
+  resize(other.length_);
+  for (auto& kv : state_) {
+    auto o = pad_positions(other.state_.at(kv.first), position_dims(kv.first), length_)
+                 .to(kv.second.device());
+    if (kv.first == "received_max") torch::max_out(kv.second, kv.second, o);
+    else kv.second.add_(o);
+  }
+}
+
+const torch::Tensor& DatasetStats::need(const std::string& name, const char* part) const {
+  auto it = state_.find(name);
+  TORCH_CHECK(n_layers_ >= 0, "the dataset is empty: add at least one sequence");
+  TORCH_CHECK(it != state_.end(), "the dataset statistics have no ", part,
+              ": aggregate with that part enabled (DatasetParts.", part, ")");
+  return it->second;
+}
+
+torch::Tensor DatasetStats::position_count() const {
+  return need("position_count", "layer_maps").to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::layer_map(int64_t layer, int64_t head) const {
+  TORCH_CHECK(layer >= 0 && layer < n_layers_, "layer ", layer, " out of range: the dataset has ",
+              n_layers_, " layers");
+  TORCH_CHECK(head >= -1 && head < n_heads_, "head ", head, " out of range: the dataset has ",
+              n_heads_, " heads (-1 = mean over heads)");
+  auto pc = need("position_count", "layer_maps");
+  // With right padding a sequence has both i and j exactly when it has max(i, j).
+  auto idx = torch::arange(length_, pc.options().dtype(torch::kLong));
+  auto count = pc.index({torch::max(idx.unsqueeze(1), idx.unsqueeze(0))}).clamp_min(1);
+  auto sum = head < 0 ? need("layer_map_sum", "layer_maps")[layer]
+                      : need("head_map_sum", "head_maps")[layer][head];
+  return (sum / count).to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::alpha() const {
+  auto s = need("received_sum", "received");
+  return (s / need("position_count", "received").clamp_min(1)).to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::received_max() const {
+  return need("received_max", "received").to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::sink_rate() const {
+  auto hits = need("sink_hits", "received");
+  return (hits / std::max<int64_t>(n_sequences(), 1)).to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::sink1_per_layer() const { return sink_rate().mean(1); }
+
+double DatasetStats::sink1() const { return sink_rate().to(torch::kDouble).mean().item<double>(); }
+
+torch::Tensor DatasetStats::attn_entropy() const {
+  auto s = need("entropy_sum", "attn_entropy");
+  return (s / need("position_count", "attn_entropy").clamp_min(1)).to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::head_entropy() const {
+  auto s = need("entropy_sum", "attn_entropy").sum(-1);
+  return (s / need("position_count", "attn_entropy").sum().clamp_min(1)).to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::predictive_entropy() const {
+  auto s = need("pred_entropy_sum", "layer_maps");
+  return (s / need("position_count", "layer_maps").clamp_min(1)).to(torch::kFloat);
+}
+
+void DatasetStats::save(const std::string& path) const {
+  TORCH_CHECK(n_layers_ >= 0, "DatasetStats.save: the dataset is empty: add at least one sequence");
+  SafetensorsFile f;
+  f.tensors = state_;
+  f.metadata = {{"format", kFormat},
+                {"version", std::to_string(kVersion)},
+                {"parts", parts_string(parts_)},
+                {"epsilon", exact(epsilon_)},
+                {"n_layers", std::to_string(n_layers_)},
+                {"n_heads", std::to_string(n_heads_)},
+                {"length", std::to_string(length_)}};
+  write_safetensors(path, f);
+}
+
+DatasetStats DatasetStats::load(const std::string& path) {
+  auto f = read_safetensors(path);
+  auto meta = [&](const char* k) {
+    auto it = f.metadata.find(k);
+    TORCH_CHECK(it != f.metadata.end(), path, ": not an attnscope dataset file (no metadata '", k, "')");
+    return it->second;
+  };
+  TORCH_CHECK(meta("format") == kFormat, path, ": format is '", meta("format"), "', expected '",
+              kFormat, "' (a single-run trace loads with Trace.load)");
+  DatasetStats d(parse_parts(meta("parts")), std::stod(meta("epsilon")));
+  d.n_layers_ = std::stoll(meta("n_layers"));
+  d.n_heads_ = std::stoll(meta("n_heads"));
+  d.length_ = std::stoll(meta("length"));
+  d.state_ = f.tensors;
+  return d;
+}
+
+}  // namespace attnscope

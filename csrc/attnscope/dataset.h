@@ -1,0 +1,98 @@
+// DatasetStats: attention statistics over many sequences, kept as running sums so memory does
+// not grow with the dataset (no per-sequence map is ever kept). Traces are added one batch at
+// a time; two DatasetStats merge (sums add, maxima take the max), which is also what a
+// data-parallel all-reduce does with state().
+#pragma once
+#include <attnscope/trace.h>
+
+#include <torch/torch.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace attnscope {
+
+/// Which parts a dataset run accumulates (each needs the matching capture in every trace).
+struct DatasetParts {
+  /// Head-mean map per layer (capture layer_maps = every layer).
+  bool layer_maps = true;
+  /// Full map of every (layer, head) (capture heads = every pair): L·H·T² numbers.
+  bool head_maps = false;
+  /// Received-attention profiles, α_k and Sink hits (capture received).
+  bool received = true;
+  /// Attention entropy per head and query position (capture attn_entropy).
+  bool attn_entropy = true;
+};
+
+/// The CaptureSpec a dataset run needs for `parts` on a model with these many layers/heads.
+CaptureSpec dataset_capture_spec(const DatasetParts& parts, int64_t n_layers, int64_t n_heads);
+
+class DatasetStats {
+ public:
+  /// `epsilon`: Sink threshold on α₁ (Gu et al. use 0.3).
+  explicit DatasetStats(DatasetParts parts = {}, double epsilon = 0.3);
+
+  /// Adds every sequence of `trace` (right padding only; every layer must be captured).
+  /// Sequences longer than the current length grow the accumulators (zero-padded).
+  void add(const Trace& trace);
+  /// Adds `other`'s sums (same parts, epsilon and model shape).
+  void merge(const DatasetStats& other);
+  /// Grows the position axes to `length` (a no-op when already that long).
+  void resize(int64_t length);
+
+  /// The running sums by name (fp64, on the device of the first trace); a data-parallel run
+  /// all-reduces them in place: those in max_state_names() with MAX, the rest with SUM.
+  std::map<std::string, torch::Tensor>& state() { return state_; }
+  const std::map<std::string, torch::Tensor>& state() const { return state_; }
+  static std::vector<std::string> max_state_names();
+
+  int64_t n_sequences() const;
+  /// Longest sequence added (the position axes' size).
+  int64_t length() const { return length_; }
+  int64_t n_layers() const { return n_layers_; }
+  int64_t n_heads() const { return n_heads_; }
+  double epsilon() const { return epsilon_; }
+  const DatasetParts& parts() const { return parts_; }
+
+  // ---- results (fp32, on the device of the sums)
+  /// Mean head-mean map of `layer` (head = -1) or of one head: [T, T]; cell (i, j) averages
+  /// over the sequences that have both positions.
+  torch::Tensor layer_map(int64_t layer, int64_t head = -1) const;
+  /// α_k: mean over sequences of the attention key k receives (mean over the queries that
+  /// can see it): [L, H, T]. α[..., 0] is Gu et al.'s α₁.
+  torch::Tensor alpha() const;
+  /// Max over every query of every sequence of the attention key k receives: [L, H, T].
+  torch::Tensor received_max() const;
+  /// Fraction of sequences in which α₁ of (layer, head) exceeds epsilon: [L, H].
+  torch::Tensor sink_rate() const;
+  /// Sink₁ per layer: mean over heads of sink_rate (Gu et al.'s Sink₁^ε of a sequence,
+  /// averaged over sequences), as a fraction: [L].
+  torch::Tensor sink1_per_layer() const;
+  /// Sink₁ of the model: mean of sink1_per_layer.
+  double sink1() const;
+  /// Mean attention entropy (nats) per query position [L, H, T] and per head [L, H]
+  /// (mean over every real query row of every sequence).
+  torch::Tensor attn_entropy() const;
+  torch::Tensor head_entropy() const;
+  /// Mean predictive entropy (nats) per position [T] (the distribution predicting token i+1).
+  torch::Tensor predictive_entropy() const;
+  /// Number of sequences that have position t [T].
+  torch::Tensor position_count() const;
+
+  /// Writes the sums as safetensors (format "attnscope-dataset"): any reader can rebuild
+  /// every result from them.
+  void save(const std::string& path) const;
+  static DatasetStats load(const std::string& path);
+
+ private:
+  void init(const Trace& t);
+  const torch::Tensor& need(const std::string& name, const char* part) const;
+
+  DatasetParts parts_;
+  double epsilon_;
+  int64_t n_layers_ = -1, n_heads_ = -1, length_ = 0;
+  std::map<std::string, torch::Tensor> state_;
+};
+
+}  // namespace attnscope
