@@ -124,20 +124,41 @@ void DatasetStats::resize(int64_t length) {
 }
 
 void DatasetStats::add(const Trace& t) {
+  // Everything is checked before any sum changes: a rejected trace leaves the stats as they were.
   TORCH_CHECK(t.input_ids.defined() && t.input_ids.dim() == 2, "DatasetStats.add: the trace has "
               "no [B, T] input_ids");
-  if (n_layers_ < 0) init(t);
-  TORCH_CHECK(t.n_layers == n_layers_ && t.n_heads == n_heads_, "DatasetStats.add: trace has ",
-              t.n_layers, " layers x ", t.n_heads, " heads, the dataset ", n_layers_, " x ", n_heads_);
-  const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = n_layers_;
-  auto dev = state_.at("n_sequences").device();
+  TORCH_CHECK(t.n_layers > 0 && t.n_heads > 0, "DatasetStats.add: the trace does not know its "
+              "layers/heads (n_layers=", t.n_layers, ", n_heads=", t.n_heads, ")");
+  TORCH_CHECK(n_layers_ < 0 || (t.n_layers == n_layers_ && t.n_heads == n_heads_),
+              "DatasetStats.add: trace has ", t.n_layers, " layers x ", t.n_heads,
+              " heads, the dataset ", n_layers_, " x ", n_heads_);
+  const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = t.n_layers;
+  auto dev = n_layers_ < 0 ? t.input_ids.device() : state_.at("n_sequences").device();
   auto valid = (t.attention_mask.defined() ? t.attention_mask : torch::ones_like(t.input_ids))
                    .to(dev).to(torch::kBool);
   // Positions are only comparable across sequences when every sequence starts at 0.
-  auto later_real = valid.narrow(1, 1, T - 1).logical_and(valid.narrow(1, 0, T - 1).logical_not());
-  TORCH_CHECK(T > 0 && valid.select(1, 0).all().item<bool>() && !later_real.any().item<bool>(),
+  TORCH_CHECK(T > 0 && valid.select(1, 0).all().item<bool>() &&
+                  !valid.narrow(1, 1, T - 1).logical_and(valid.narrow(1, 0, T - 1).logical_not())
+                       .any().item<bool>(),
               "DatasetStats.add: sequences must be right-padded (attention_mask 1..1 0..0) and "
               "non-empty; got a mask with padding before a real token");
+  auto layers = t.captures.count("aggregate_layers") ? t.captures.at("aggregate_layers") : torch::Tensor();
+  if (parts_.received || parts_.attn_entropy) {
+    TORCH_CHECK(layers.defined() && layers.numel() == L &&
+                    layers.cpu().equal(torch::arange(L, torch::kLong)),
+                "DatasetStats.add: the trace must hold aggregates of every layer 0..", L - 1,
+                " (CaptureSpec.layers empty = all); see dataset_capture_spec()");
+  }
+  std::vector<std::string> needed;
+  if (parts_.received) needed = {"received_mean", "received_max"};
+  if (parts_.attn_entropy) needed.push_back("attn_entropy");
+  for (int64_t l = 0; l < L; ++l) {
+    if (parts_.layer_maps) needed.push_back("layer_map/L" + std::to_string(l));
+    for (int64_t h = 0; parts_.head_maps && h < t.n_heads; ++h)
+      needed.push_back("head_map/L" + std::to_string(l) + "H" + std::to_string(h));
+  }
+  for (const auto& n : needed) t.get(n);  // throws naming the missing capture
+  if (n_layers_ < 0) init(t);
   resize(T);
   auto vd = valid.to(torch::kDouble);                                   // [B, T]
   auto narrow_t = [&](torch::Tensor& s, int dims) {
@@ -151,13 +172,6 @@ void DatasetStats::add(const Trace& t) {
     narrow_t(state_["pred_entropy_sum"], 1)
         .add_(torch::where(valid, t.entropy.to(dev).to(torch::kDouble), 0.0).sum(0));
 
-  auto layers = t.captures.count("aggregate_layers") ? t.captures.at("aggregate_layers") : torch::Tensor();
-  if (parts_.received || parts_.attn_entropy) {
-    TORCH_CHECK(layers.defined() && layers.numel() == L &&
-                    layers.cpu().equal(torch::arange(L, torch::kLong)),
-                "DatasetStats.add: the trace must hold aggregates of every layer 0..", L - 1,
-                " (CaptureSpec.layers empty = all); see dataset_capture_spec()");
-  }
   auto vk = valid.view({1, B, 1, T});
   if (parts_.received) {
     auto recv = t.get("received_mean").to(dev).to(torch::kDouble);    // [L, B, H, T]
@@ -228,6 +242,7 @@ torch::Tensor DatasetStats::position_count() const {
 }
 
 torch::Tensor DatasetStats::layer_map(int64_t layer, int64_t head) const {
+  TORCH_CHECK(n_layers_ >= 0, "the dataset is empty: add at least one sequence");
   TORCH_CHECK(layer >= 0 && layer < n_layers_, "layer ", layer, " out of range: the dataset has ",
               n_layers_, " layers");
   TORCH_CHECK(head >= -1 && head < n_heads_, "head ", head, " out of range: the dataset has ",
