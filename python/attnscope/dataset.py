@@ -11,6 +11,7 @@ Head-mean maps are averaged cell by cell over the sequences that have both posit
 """
 import json
 import os
+import time
 from collections.abc import Mapping
 
 import torch
@@ -173,6 +174,7 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
         n_layers, n_heads = probe.n_layers, probe.n_heads
     spec = _core.dataset_capture_spec(parts, n_layers, n_heads)
     mine = seqs[rank::world]
+    start = time.perf_counter()
     bar = _progress(len(seqs), progress and rank == 0)
     for ids, mask in _batches(mine, batch_size):
         stats.add(model._core.run(ids, spec, mask))
@@ -183,7 +185,8 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
     if world > 1:
         all_reduce(stats, group)
     return DatasetTrace(stats, meta={"num": len(seqs), "length": length, "bos": bool(bos),
-                                     "world_size": world})
+                                     "world_size": world,
+                                     "elapsed_s": round(time.perf_counter() - start, 3)})
 
 
 class _Captures(Mapping):
