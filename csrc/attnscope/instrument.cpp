@@ -222,4 +222,33 @@ Instrumented instrument(const torch::jit::Module& module) {
   return r;
 }
 
+namespace {
+int64_t retarget_block(torch::jit::Block* block, const torch::Device& device) {
+  int64_t n = 0;
+  for (auto it = block->nodes().begin(); it != block->nodes().end();) {
+    torch::jit::Node* node = *it++;  // advance first: the node may be destroyed
+    for (auto* b : node->blocks()) n += retarget_block(b, device);
+    if (node->kind() != c10::prim::Constant || node->outputs().size() != 1 ||
+        node->output()->type()->kind() != c10::TypeKind::DeviceObjType)
+      continue;
+    auto value = torch::jit::toIValue(node->output());
+    if (!value || !value->isDevice() || value->toDevice() != torch::Device(torch::kCPU)) continue;
+    torch::jit::WithInsertPoint guard(node);
+    auto* replacement = node->owningGraph()->insertConstant(c10::IValue(device));
+    node->output()->replaceAllUsesWith(replacement);
+    node->destroy();
+    ++n;
+  }
+  return n;
+}
+}  // namespace
+
+int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device) {
+  if (device.is_cpu()) return 0;
+  int64_t n = 0;
+  for (const auto& m : module.modules())
+    for (const auto& method : m.get_methods()) n += retarget_block(method.graph()->block(), device);
+  return n;
+}
+
 }  // namespace attnscope

@@ -96,6 +96,13 @@ void Model::prepare() {
     info_.vocab_size = embedding_rows(module_);
     if (info_.vocab_size > 0) info_.inferred.push_back("vocab_size (embedding table)");
   }
+  if (!device_.is_cpu()) {
+    // Traced archives carry the tracing device as constants; a weight-sharing clone is
+    // retargeted so the caller's module is left as it was.
+    module_ = module_.clone(true);
+    int64_t moved = retarget_device_constants(module_, device_);
+    if (moved > 0) retargeted_ = moved;
+  }
   if (count_capture_ops(module_) == 0) {
     Instrumented ins = instrument(module_);
     module_ = std::move(ins.module);
@@ -259,6 +266,8 @@ std::string Model::describe() const {
     << ", kv heads: " << num(info_.n_kv_heads) << ", head dim: " << num(info_.head_dim)
     << ", vocab: " << num(info_.vocab_size) << "\n"
     << "  tokenizer: " << (vocab_.empty() ? "none in archive" : std::to_string(vocab_.size()) + " tokens") << "\n";
+  if (retargeted_ > 0)
+    o << "  device constants moved from cpu to " << device_ << ": " << retargeted_ << "\n";
   if (!info_.inferred.empty()) {
     o << "  inferred (no attnscope.json entry):";
     for (const auto& s : info_.inferred) o << " " << s << ";";

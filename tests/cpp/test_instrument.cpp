@@ -121,3 +121,28 @@ CATCH_TEST_CASE("scripted model with control flow: loop sites numbered by execut
   auto err = test::error_of([&] { model.run(ref.ids, every_head(3, 1)); });
   CATCH_CHECK(err.find("layer 2 out of range: model has 2 layers") != std::string::npos);
 }
+
+CATCH_TEST_CASE("device constants baked by tracing on the CPU are retargeted", "[instrument][device]") {
+  for (const char* name : {"hf_llama_sdpa.pt", "hf_gpt2_eager.pt"}) {
+    auto m = torch::jit::load(test::fixture(name));
+    auto clone = m.clone(true);
+    auto count_cpu = [](torch::jit::Module& mod) {
+      int64_t n = 0;
+      for (const auto& sub : mod.modules())
+        for (const auto& meth : sub.get_methods())
+          for (auto* node : meth.graph()->nodes())
+            if (node->kind() == c10::prim::Constant &&
+                node->output()->type()->kind() == c10::TypeKind::DeviceObjType &&
+                torch::jit::toIValue(node->output())->toDevice().is_cpu())
+              ++n;
+      return n;
+    };
+    int64_t before = count_cpu(clone);
+    CATCH_CHECK(before > 0);  // tracing recorded device="cpu"
+    // No CUDA needed: the pass rewrites constants, it allocates nothing on the device.
+    CATCH_CHECK(attnscope::retarget_device_constants(clone, torch::Device("cuda:0")) >= before);
+    CATCH_CHECK(count_cpu(clone) == 0);
+    CATCH_CHECK(count_cpu(m) == before);  // the original module keeps its graphs
+    CATCH_CHECK(attnscope::retarget_device_constants(clone, torch::kCPU) == 0);
+  }
+}
