@@ -223,16 +223,20 @@ Instrumented instrument(const torch::jit::Module& module) {
 }
 
 namespace {
-int64_t retarget_block(torch::jit::Block* block, const torch::Device& device) {
+int64_t retarget_block(torch::jit::Block* block, const torch::Device& device, bool dry_run) {
   int64_t n = 0;
   for (auto it = block->nodes().begin(); it != block->nodes().end();) {
     torch::jit::Node* node = *it++;  // advance first: the node may be destroyed
-    for (auto* b : node->blocks()) n += retarget_block(b, device);
+    for (auto* b : node->blocks()) n += retarget_block(b, device, dry_run);
     if (node->kind() != c10::prim::Constant || node->outputs().size() != 1 ||
         node->output()->type()->kind() != c10::TypeKind::DeviceObjType)
       continue;
     auto value = torch::jit::toIValue(node->output());
-    if (!value || !value->isDevice() || value->toDevice() != torch::Device(torch::kCPU)) continue;
+    if (!value || !value->isDevice() || value->toDevice() == device) continue;
+    if (dry_run) {
+      ++n;
+      continue;
+    }
     torch::jit::WithInsertPoint guard(node);
     auto* replacement = node->owningGraph()->insertConstant(c10::IValue(device));
     node->output()->replaceAllUsesWith(replacement);
@@ -243,11 +247,12 @@ int64_t retarget_block(torch::jit::Block* block, const torch::Device& device) {
 }
 }  // namespace
 
-int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device) {
-  if (device.is_cpu()) return 0;
+int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device,
+                                  bool dry_run) {
   int64_t n = 0;
   for (const auto& m : module.modules())
-    for (const auto& method : m.get_methods()) n += retarget_block(method.graph()->block(), device);
+    for (const auto& method : m.get_methods())
+      n += retarget_block(method.graph()->block(), device, dry_run);
   return n;
 }
 

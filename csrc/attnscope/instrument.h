@@ -38,11 +38,12 @@ Instrumented instrument(const torch::jit::Module& module);
 /// size), or -1 when no such aten::embedding is found.
 int64_t embedding_rows(const torch::jit::Module& module);
 
-/// Replaces the CPU device constants that tracing bakes into graphs (`torch.arange(T,
-/// device=x.device)` is recorded as device "cpu" when traced on the CPU) by `device`, in every
+/// Replaces the device constants that tracing bakes into graphs (`torch.arange(T,
+/// device=x.device)` is recorded as the tracing device, e.g. "cpu") by `device`, in every
 /// method of `module` and its submodules, so that an archive traced on one device runs on
-/// another. Returns the number of constants replaced.
-int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device);
+/// another. Returns the number of constants replaced (counted only, with `dry_run`).
+int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device,
+                                  bool dry_run = false);
 
 /// Capture operators already in `module.forward` (counted on an inlined copy of the graph).
 int64_t count_capture_ops(const torch::jit::Module& module);

@@ -96,12 +96,11 @@ void Model::prepare() {
     info_.vocab_size = embedding_rows(module_);
     if (info_.vocab_size > 0) info_.inferred.push_back("vocab_size (embedding table)");
   }
-  if (!device_.is_cpu()) {
+  if (retarget_device_constants(module_, device_, /*dry_run=*/true) > 0) {
     // Traced archives carry the tracing device as constants; a weight-sharing clone is
     // retargeted so the caller's module is left as it was.
     module_ = module_.clone(true);
-    int64_t moved = retarget_device_constants(module_, device_);
-    if (moved > 0) retargeted_ = moved;
+    retargeted_ = retarget_device_constants(module_, device_);
   }
   if (count_capture_ops(module_) == 0) {
     Instrumented ins = instrument(module_);
@@ -267,7 +266,7 @@ std::string Model::describe() const {
     << ", vocab: " << num(info_.vocab_size) << "\n"
     << "  tokenizer: " << (vocab_.empty() ? "none in archive" : std::to_string(vocab_.size()) + " tokens") << "\n";
   if (retargeted_ > 0)
-    o << "  device constants moved from cpu to " << device_ << ": " << retargeted_ << "\n";
+    o << "  device constants of the tracing device moved to " << device_ << ": " << retargeted_ << "\n";
   if (!info_.inferred.empty()) {
     o << "  inferred (no attnscope.json entry):";
     for (const auto& s : info_.inferred) o << " " << s << ";";

@@ -69,11 +69,11 @@ class Model {
   std::vector<int64_t> idle_sites_;
   bool instrumented_ = false;
   bool takes_mask_ = false;
-  /// Device constants of the graph moved from "cpu" to device_ (see retarget_device_constants).
+  /// Device constants of the graph moved to device_ (see retarget_device_constants).
   int64_t retargeted_ = 0;
 
  public:
-  /// Number of CPU device constants retargeted to the model's device when it was loaded.
+  /// Number of device constants retargeted to the model's device when it was loaded.
   int64_t retargeted_constants() const { return retargeted_; }
 };
 

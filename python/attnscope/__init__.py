@@ -10,7 +10,16 @@ from .plotting import (high_entropy_positions, visualize_attention, visualize_at
                        visualize_attention_patterns, visualize_head_summary)
 
 __version__ = "0.1.0"
+
+
+def export_hf(model, tokenizer, path, **kwargs):
+    """A transformers causal LM -> TorchScript archive with capture operators (see
+    attnscope.models.hf_export.export_hf; imports transformers on first use)."""
+    from .models.hf_export import export_hf as _export_hf
+    return _export_hf(model, tokenizer, path, **kwargs)
+
+
 __all__ = ["Model", "Trace", "load", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "high_entropy_positions",
            "visualize_head_summary", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
-           "library_path", "load_library", "__version__"]
+           "export_hf", "library_path", "load_library", "__version__"]

@@ -1,4 +1,4 @@
-"""attnscope command line: `attnscope demo | plot | run | dataset` (also `python -m attnscope`)."""
+"""attnscope command line: `attnscope demo | plot | run | dataset | export` (also `python -m attnscope`)."""
 import argparse
 import os
 import sys
@@ -99,6 +99,31 @@ def run(args):
     trace = model.run(args.text, capture=cap)
     trace.save(args.save)
     print(f"wrote {args.save}: {sorted(trace.captures)}")
+
+
+def export(args):
+    import attnscope
+    src = args.hf
+    if os.path.isfile(src) and src.endswith(".gguf"):
+        from attnscope.models import export as export_module, load_gguf
+        model, tok = load_gguf(src, attention=args.attention, progress=True)
+        export_module(model, args.out, tokenizer=tok, source=os.path.basename(src))
+        print(f"wrote {args.out} (attnscope's Llama-family module, {args.attention}) from {src}")
+        return
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"--hf {src!r}: expected a Hugging Face checkpoint folder or a .gguf file")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else (
+        "cpu" if args.device == "auto" else args.device)
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(device)
+    tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
+    r = attnscope.export_hf(model, tok, args.out, attention=args.attention, verify=not args.no_verify)
+    check = "" if r["max_abs_diff"] is None else f"; captured vs eager attentions: max diff {r['max_abs_diff']:.2g}"
+    print(f"wrote {args.out} (route: {r['route']}, {args.attention}, {args.dtype}, traced on {device}{check})")
+    if r["reason"]:
+        print(f"fallback because: {r['reason']}")
 
 
 def _distributed():
@@ -227,6 +252,13 @@ def main(argv=None):
     r.add_argument("--layer-maps", help="LAYER,... head-mean maps to keep")
     r.add_argument("--save", required=True, help="trace file (safetensors)")
     r.set_defaults(fn=run)
+    e = sub.add_parser("export", parents=[common], help="Hugging Face folder or GGUF -> TorchScript archive with capture ops")
+    e.add_argument("--hf", required=True, help="checkpoint folder (config.json + weights) or .gguf file")
+    e.add_argument("--out", required=True, help="archive to write (.pt)")
+    e.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa")
+    e.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    e.add_argument("--no-verify", action="store_true", help="skip the check against eager attentions")
+    e.set_defaults(fn=export)
     s = sub.add_parser("dataset", parents=[common], help="attention statistics over many texts "
                        "(runs data-parallel under torchrun)")
     s.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl (\"text\" field)")

@@ -143,6 +143,9 @@ CATCH_TEST_CASE("device constants baked by tracing on the CPU are retargeted", "
     CATCH_CHECK(attnscope::retarget_device_constants(clone, torch::Device("cuda:0")) >= before);
     CATCH_CHECK(count_cpu(clone) == 0);
     CATCH_CHECK(count_cpu(m) == before);  // the original module keeps its graphs
-    CATCH_CHECK(attnscope::retarget_device_constants(clone, torch::kCPU) == 0);
+    CATCH_CHECK(attnscope::retarget_device_constants(clone, torch::Device("cuda:0"), true) == 0);
+    // and back: an archive traced on a GPU runs on the CPU
+    CATCH_CHECK(attnscope::retarget_device_constants(clone, torch::kCPU) >= before);
+    CATCH_CHECK(count_cpu(clone) >= before);
   }
 }

@@ -1,0 +1,143 @@
+"""export_hf: transformers 5.17 models (random small configs) traced with attnscope's attention
+functions; captured maps equal transformers' own eager output_attentions to 1e-5 in fp32, at
+another length than the traced one and with padding; the fallback to the project's module; the
+archive's facts; `attnscope export`."""
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import ROOT
+
+import attnscope
+from attnscope.models import hf_export, read_extra_file
+
+transformers = pytest.importorskip("transformers")
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,  # noqa: E402
+                          MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+V = 64
+SMALL = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)
+FAMILIES = {
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(num_key_value_heads=2, **SMALL)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(num_key_value_heads=1, **SMALL)),       # GQA 4:1, q/k/v bias
+    "mistral": lambda: MistralForCausalLM(MistralConfig(num_key_value_heads=2, sliding_window=4, **SMALL)),
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                               bos_token_id=1, eos_token_id=2)),
+}
+
+
+def make(family):
+    torch.manual_seed(0)
+    return FAMILIES[family]().eval()
+
+
+def captured_vs_eager(model, archive, t=11):
+    """Max |captured - eager output_attentions| over layers (real query rows), at length t
+    (the export traced 16), left padding in row 0."""
+    m = attnscope.load(archive, device="cpu")
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, V, (2, t), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    L, H = m.n_layers, m.n_heads
+    trace = m.run(ids, capture={"heads": [(l, h) for l in range(L) for h in range(H)]}, attention_mask=mask)
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    model.set_attn_implementation(impl)
+    worst, maps = 0.0, []
+    for l in range(L):
+        got = torch.stack([trace.get(f"head_map/L{l}H{h}") for h in range(H)], 1)
+        maps.append(got)
+        worst = max(worst, float((got - ref[l]).abs().masked_fill(~mask.bool()[:, None, :, None], 0).max()))
+    return worst, maps
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_captured_equals_transformers_eager(tmp_path, family, attention):
+    model = make(family)
+    path = tmp_path / f"{family}.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = attnscope.export_hf(model, None, path, attention=attention, fallback=False)
+    assert r["route"] == "transformers" and r["max_abs_diff"] <= 1e-5
+    worst, maps = captured_vs_eager(model, path)
+    assert worst <= 1e-5, worst
+    if family == "mistral":  # sliding window 4: keys 4 or more behind the query get nothing
+        i, j = torch.meshgrid(torch.arange(11), torch.arange(11), indexing="ij")
+        assert maps[0][1][:, i - j >= 4].abs().max() == 0
+    meta = json.loads(read_extra_file(str(path), "attnscope.json"))
+    n_kv = {"llama": 2, "qwen2": 1, "mistral": 2, "gpt2": 4}[family]
+    assert (meta["num_layers"], meta["num_heads"], meta["num_kv_heads"], meta["head_dim"]) == (2, 4, n_kv, 8)
+    assert (meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]) == (V, 1, 2)
+    assert meta["family"] == family and meta["attention"] == attention
+    assert meta["transformers"] == transformers.__version__ and meta["torch"] == torch.__version__
+    m = attnscope.load(str(path), device="cpu")
+    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.family) == (2, 4, n_kv, family)
+    assert not m.instrumented  # the archive carries its own capture operators
+
+
+def test_tokenizer_is_stored(tmp_path):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    tok = Tokenizer(WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0"))
+    tok.pre_tokenizer = Whitespace()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
+    path = tmp_path / "m.pt"
+    attnscope.export_hf(make("llama"), fast, path)
+    m = attnscope.load(str(path), device="cpu")
+    t = m.run("w5 w9 w12")
+    assert t.input_ids.tolist() == [[5, 9, 12]] and t.labels[0] == ["w5", "w9", "w12"]
+
+
+def test_fallback_to_own_module(tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise NotImplementedError("simulated: this transformers version cannot be traced")
+    monkeypatch.setattr(hf_export, "attnscope_sdpa", broken)
+    model = make("qwen2")
+    with pytest.warns(UserWarning, match="exporting attnscope's Llama-family module"):
+        r = attnscope.export_hf(model, None, tmp_path / "q.pt")
+    assert r["route"] == "attnscope-module" and "simulated" in r["reason"]
+    assert r["max_abs_diff"] <= 1e-5
+    worst, _ = captured_vs_eager(model, tmp_path / "q.pt")
+    assert worst <= 1e-5
+    meta = json.loads(read_extra_file(str(tmp_path / "q.pt"), "attnscope.json"))
+    assert meta["route"] == "attnscope-module" and "simulated" in meta["fallback_reason"]
+    # a family the module does not cover: the error says which and what to do
+    with pytest.raises(ValueError, match=r"cannot export this gpt2 model with transformers 5\.\d+\.\d+ "
+                                         r"\(attention='sdpa'\): NotImplementedError: simulated.*"
+                                         r"attnscope's own module covers llama, qwen2, mistral"):
+        attnscope.export_hf(make("gpt2"), None, tmp_path / "g.pt")
+    with pytest.raises(ValueError, match=r"cannot export this llama model .* Retry with fallback=True"):
+        attnscope.export_hf(make("llama"), None, tmp_path / "l.pt", fallback=False)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"attention 'flash': expected one of \('sdpa', 'eager'\)"):
+        attnscope.export_hf(make("llama"), None, tmp_path / "x.pt", attention="flash")
+    with pytest.raises(ValueError, match=r"model: expected a transformers PreTrainedModel or a checkpoint folder, got Linear"):
+        attnscope.export_hf(torch.nn.Linear(2, 2), None, tmp_path / "x.pt")
+
+
+def test_cli_export_hf_folder(tmp_path):
+    model = make("qwen2")
+    model.save_pretrained(tmp_path / "ckpt")
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    r = subprocess.run([sys.executable, "-m", "attnscope", "export", "--hf", str(tmp_path / "ckpt"),
+                        "--out", str(tmp_path / "q.pt"), "--device", "cpu"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "route: transformers, sdpa, fp32, traced on cpu; captured vs eager attentions: max diff" in r.stdout
+    worst, _ = captured_vs_eager(model, tmp_path / "q.pt")
+    assert worst <= 1e-5
+    r = subprocess.run([sys.executable, "-m", "attnscope", "export", "--hf", str(tmp_path / "nope"),
+                        "--out", str(tmp_path / "n.pt")], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "expected a Hugging Face checkpoint folder or a .gguf file" in r.stderr
