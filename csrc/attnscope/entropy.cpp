@@ -3,26 +3,36 @@
 namespace attnscope {
 
 namespace {
-torch::Tensor scaled(const torch::Tensor& logits, double temperature, const char* what) {
+void check(const torch::Tensor& logits, double temperature, const char* what) {
   TORCH_CHECK(logits.dim() == 3, what, ": expected logits [B, T, V], got ", logits.sizes());
   TORCH_CHECK(temperature > 0, what, ": temperature ", temperature, " must be > 0");
-  auto z = logits.to(torch::kFloat);
+}
+
+/// fp32 copy of positions [t0, t0 + n) of the logits, divided by the temperature; logits are
+/// converted block by block so a bf16 [B, T, V] never exists as a whole in fp32.
+torch::Tensor block(const torch::Tensor& logits, int64_t t0, int64_t n, double temperature) {
+  auto z = logits.narrow(1, t0, n).to(torch::kFloat);
   return temperature == 1.0 ? z : z / temperature;
+}
+
+/// Positions per block: about 2^18 elements on the CPU (cache-sized), 2^27 on a GPU (few launches).
+int64_t positions_per_block(const torch::Tensor& logits) {
+  const int64_t budget = logits.is_cuda() ? (int64_t(1) << 27) : (int64_t(1) << 18);
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, logits.size(0) * logits.size(2)));
 }
 }  // namespace
 
 torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature) {
   torch::NoGradGuard no_grad;
-  auto z = scaled(logits, temperature, "predictive_entropy");
-  const int64_t batch = z.size(0), len = z.size(1), vocab = z.size(2);
-  auto h = torch::empty({batch, len}, z.options());
-  // H = log S - sum(e * d) / S with d = z - max z, e = exp(d), S = sum e; computed over
-  // blocks of positions so the temporaries stay small. NaN logits propagate to NaN.
-  const int64_t step = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, batch * vocab));
+  check(logits, temperature, "predictive_entropy");
+  const int64_t batch = logits.size(0), len = logits.size(1);
+  auto h = torch::empty({batch, len}, logits.options().dtype(torch::kFloat));
+  // H = log S - sum(e * d) / S with d = z - max z, e = exp(d), S = sum e. NaN logits give NaN.
+  const int64_t step = positions_per_block(logits);
   for (int64_t t0 = 0; t0 < len; t0 += step) {
     const int64_t n = std::min(step, len - t0);
-    auto zc = z.narrow(1, t0, n);
-    auto d = zc - std::get<0>(zc.max(-1, /*keepdim=*/true));
+    auto d = block(logits, t0, n, temperature);
+    d.sub_(std::get<0>(d.max(-1, /*keepdim=*/true)));
     d.clamp_min_(-1e30);  // -inf logits: e = 0 and e·d = 0 instead of 0·(-inf)
     auto e = d.exp();
     auto sum = e.sum(-1);
@@ -38,12 +48,22 @@ torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature
 std::pair<torch::Tensor, torch::Tensor> top_k_predictions(const torch::Tensor& logits, int64_t k,
                                                           double temperature) {
   torch::NoGradGuard no_grad;
-  auto z = scaled(logits, temperature, "top_k_predictions");
-  TORCH_CHECK(k >= 1 && k <= z.size(-1), "top_k_predictions: k ", k,
-              " out of range: vocabulary has ", z.size(-1), " entries");
-  auto probs = torch::softmax(z, -1);
-  auto tk = probs.topk(k, -1, /*largest=*/true, /*sorted=*/true);
-  return {std::get<0>(tk), std::get<1>(tk)};
+  check(logits, temperature, "top_k_predictions");
+  TORCH_CHECK(k >= 1 && k <= logits.size(-1), "top_k_predictions: k ", k,
+              " out of range: vocabulary has ", logits.size(-1), " entries");
+  const int64_t batch = logits.size(0), len = logits.size(1);
+  auto probs = torch::empty({batch, len, k}, logits.options().dtype(torch::kFloat));
+  auto ids = torch::empty({batch, len, k}, logits.options().dtype(torch::kLong));
+  const int64_t step = positions_per_block(logits);
+  for (int64_t t0 = 0; t0 < len; t0 += step) {
+    const int64_t n = std::min(step, len - t0);
+    auto z = block(logits, t0, n, temperature);
+    // softmax is monotonic: the top-k logits are the top-k probabilities, p = exp(z - lse)
+    auto tk = z.topk(k, -1, /*largest=*/true, /*sorted=*/true);
+    probs.narrow(1, t0, n).copy_((std::get<0>(tk) - z.logsumexp(-1, /*keepdim=*/true)).exp());
+    ids.narrow(1, t0, n).copy_(std::get<1>(tk));
+  }
+  return {probs, ids};
 }
 
 }  // namespace attnscope
