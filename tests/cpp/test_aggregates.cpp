@@ -149,4 +149,13 @@ CATCH_TEST_CASE("predictive entropy and top-k equal the formulas on the referenc
   // Uniform logits: entropy log V.
   auto u = attnscope::predictive_entropy(torch::zeros({1, 2, 10}));
   CATCH_CHECK(test::max_abs(u, torch::full({1, 2}, std::log(10.0))) < 1e-6);
+  // bf16 logits over many position blocks (2 x 2000 per position: 65 positions per block).
+  auto g = at::make_generator<at::CPUGeneratorImpl>(11);
+  auto big = (torch::randn({2, 300, 2000}, g) * 4).to(torch::kBFloat16);
+  auto zb = big.to(torch::kDouble);
+  auto pb = zb.softmax(-1);
+  CATCH_CHECK(test::max_abs(attnscope::predictive_entropy(big), -(pb * pb.log()).sum(-1)) < 1e-5);
+  auto tb = attnscope::top_k_predictions(big, 4, 1.0);
+  CATCH_CHECK(test::max_abs(tb.first, std::get<0>(pb.topk(4, -1))) < 1e-6);
+  CATCH_CHECK(tb.first.scalar_type() == torch::kFloat);
 }
