@@ -6,8 +6,19 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 from ._lib import library_path, load_library
 from .api import Model, Trace, load, readable
 from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
-from .plotting import (high_entropy_positions, visualize_attention, visualize_attention_layers,
-                       visualize_attention_patterns, visualize_head_summary)
+
+# The figure functions import matplotlib on first use, so capture-only pipelines (and GPU
+# machines without matplotlib) import attnscope without it.
+_PLOTTING = ("high_entropy_positions", "visualize_attention", "visualize_attention_layers",
+             "visualize_attention_patterns", "visualize_head_summary")
+
+
+def __getattr__(name):
+    if name in _PLOTTING:
+        from . import plotting
+        return getattr(plotting, name)
+    raise AttributeError(f"module 'attnscope' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
