@@ -27,9 +27,8 @@ torch::Device resolve_device(const std::string& device) {
   TORCH_CHECK(false, "unknown device '", device, "': expected 'cpu', 'cuda', 'cuda:N' or 'auto'");
 }
 
-namespace {
-
-void read_info(const std::string& text, ModelInfo& info) {
+ModelInfo ModelInfo::from_json(const std::string& text) {
+  ModelInfo info;
   json::Value v = json::parse(text, "attnscope.json");
   TORCH_CHECK(v.is_object(), "attnscope.json: expected a JSON object");
   info.n_layers = v.get_int("num_layers", -1);
@@ -41,7 +40,10 @@ void read_info(const std::string& text, ModelInfo& info) {
   info.family = v.get_string("family", "");
   info.tokenizer_kind = v.get_string("tokenizer", "");
   info.causal = v.get_bool("causal", true);
+  return info;
 }
+
+namespace {
 
 bool file_exists(const std::string& p) { return std::ifstream(p).good(); }
 
@@ -60,7 +62,7 @@ Model Model::load(const std::string& path, const std::string& device) {
   }
   m.eval();
   ModelInfo info;
-  if (!extra["attnscope.json"].empty()) read_info(extra["attnscope.json"], info);
+  if (!extra["attnscope.json"].empty()) info = ModelInfo::from_json(extra["attnscope.json"]);
   Model model = from_module(std::move(m), dev, info);
   model.source_ = path;
   if (!extra["tokenizer.json"].empty()) {
@@ -71,6 +73,8 @@ Model Model::load(const std::string& path, const std::string& device) {
 }
 
 Model Model::from_module(torch::jit::Module module, const torch::Device& device, ModelInfo info) {
+  module.to(device);
+  module.eval();
   Model model(std::move(module), device);
   model.info_ = std::move(info);
   model.prepare();

@@ -21,6 +21,10 @@ struct ModelInfo {
   bool causal = true;
   /// Fields that were inferred (from the graph or a run) instead of read from attnscope.json.
   std::vector<std::string> inferred;
+
+  /// Facts from attnscope.json text (num_layers, num_heads, num_kv_heads, head_dim,
+  /// vocab_size, bos_token_id, family, tokenizer, causal); absent fields stay unknown.
+  static ModelInfo from_json(const std::string& text);
 };
 
 class Model {
@@ -30,7 +34,8 @@ class Model {
   /// present. If forward carries no capture operators, a weight-sharing instrumented clone is
   /// made (see instrument()).
   static Model load(const std::string& path, const std::string& device = "auto");
-  /// Wraps an already loaded module (instrumented when it carries no capture operators).
+  /// Wraps an already loaded module (instrumented when it carries no capture operators); its
+  /// parameters are moved to `device` in place.
   static Model from_module(torch::jit::Module module, const torch::Device& device,
                            ModelInfo info = {});
 

@@ -96,6 +96,14 @@ PYBIND11_MODULE(_core, m) {
            },
            py::arg("input_ids"), py::arg("spec"), py::arg("attention_mask") = py::none(),
            "forward with capture", py::call_guard<py::gil_scoped_release>())
+      .def_static("from_module",
+                  [](const py::object& script_module, const std::string& device, const std::string& info) {
+                    return Model::from_module(py::cast<torch::jit::Module>(script_module.attr("_c")),
+                                              attnscope::resolve_device(device),
+                                              info.empty() ? attnscope::ModelInfo() : attnscope::ModelInfo::from_json(info));
+                  },
+                  py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
+                  "wrap a torch.jit ScriptModule (attnscope.json text as info)")
       .def("describe", &Model::describe, "summary text")
       .def_property_readonly("n_layers", [](const Model& x) { return x.info().n_layers; })
       .def_property_readonly("n_heads", [](const Model& x) { return x.info().n_heads; })

@@ -140,3 +140,14 @@ def load(path=None, device="auto"):
         except Exception as e:  # tokenizers raises a bare Exception
             raise ValueError(f"{path}: its tokenizer.json is not a `tokenizers` file ({e})") from None
     return Model(core, tok)
+
+
+def from_module(script_module, *, device="auto", info=None, tokenizer=None):
+    """Model from an in-memory torch.jit ScriptModule (traced or scripted; e.g. the first
+    element of attnscope.models.hf_export.trace_hf) without writing an archive; its parameters
+    are moved to `device` in place. info: attnscope.json facts as a dict; tokenizer: a
+    tokenizers.Tokenizer."""
+    if not isinstance(script_module, torch.jit.ScriptModule):
+        raise ValueError(f"script_module: expected a torch.jit.ScriptModule, got {type(script_module).__name__}")
+    core = _core.Model.from_module(script_module, device, json.dumps(info) if info else "")
+    return Model(core, tokenizer)

@@ -141,3 +141,20 @@ def test_cli_export_hf_folder(tmp_path):
     r = subprocess.run([sys.executable, "-m", "attnscope", "export", "--hf", str(tmp_path / "nope"),
                         "--out", str(tmp_path / "n.pt")], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "expected a Hugging Face checkpoint folder or a .gguf file" in r.stderr
+
+
+def test_trace_hf_runs_in_memory_sharing_weights():
+    model = make("qwen2")
+    traced, facts = hf_export.trace_hf(model, attention="sdpa")
+    shared = {p.data_ptr() for p in model.parameters()}
+    assert all(p.data_ptr() in shared for p in traced.parameters())  # no copy of the weights
+    m = attnscope.from_module(traced, device="cpu", info=facts)
+    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.family) == (2, 4, 1, "qwen2")
+    ids = torch.randint(0, V, (1, 9), generator=torch.Generator().manual_seed(2))
+    t = m.run(ids, capture={"heads": [(1, 2)]})
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        ref = model(input_ids=ids, output_attentions=True).attentions[1][0, 2]
+    assert (t.get("head_map/L1H2")[0] - ref).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="script_module: expected a torch.jit.ScriptModule, got Linear"):
+        attnscope.from_module(torch.nn.Linear(2, 2))

@@ -151,6 +151,33 @@ def _verify(model, archive, ids, mask, tol):
     return worst
 
 
+def trace_hf(model, *, attention="sdpa", example_length=16):
+    """(traced ScriptModule forward(input_ids, attention_mask) -> logits, attnscope.json facts)
+    of a transformers causal LM with attnscope's attention functions; the traced module shares
+    the model's parameters (no copy). attnscope.from_module(traced, info=facts) runs it without
+    an archive (how bench/device_check.py handles a 7B model)."""
+    import transformers
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
+    register()
+    _, facts = _facts(model)
+    facts.update(format_version=FORMAT_VERSION, causal=True, attention=attention,
+                 transformers=transformers.__version__, torch=torch.__version__, route="transformers",
+                 dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
+    device = next(model.parameters()).device
+    ids, mask = _example(facts["vocab_size"], example_length, device)
+    old_impl = model.config._attn_implementation
+    model.eval()
+    try:
+        model.set_attn_implementation(f"attnscope_{attention}")
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(_LogitsOnly(model), (ids, mask), check_trace=False)
+    finally:
+        model.set_attn_implementation(old_impl)
+    return traced, facts
+
+
 def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback=True,
               example_length=16, tol=None):
     """Traces a transformers causal LM (a PreTrainedModel, or a checkpoint folder name) to a
@@ -176,30 +203,20 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
             tokenizer = AutoTokenizer.from_pretrained(src)
     if not isinstance(model, transformers.PreTrainedModel):
         raise ValueError(f"model: expected a transformers PreTrainedModel or a checkpoint folder, got {type(model).__name__}")
-    register()
     tc, facts = _facts(model)
     family = facts["family"]
     dtype = next(model.parameters()).dtype
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
-    meta = {"format_version": FORMAT_VERSION, **facts, "causal": True,
-            "tokenizer": "tokenizer.json" if tokenizer is not None else None,
-            "attention": attention, "exported_by": "attnscope.export_hf",
-            "transformers": transformers.__version__, "torch": torch.__version__,
-            "dtype": str(dtype).replace("torch.", "")}
-    extra = {"attnscope.json": None}
+    extra = {}
     tok_json = _tokenizer_json(tokenizer)
     if tok_json is not None:
         extra["tokenizer.json"] = tok_json
-    device = next(model.parameters()).device
-    ids, mask = _example(facts["vocab_size"], example_length, device)
-    model.eval()
-    old_impl = model.config._attn_implementation
+    tok_meta = {"tokenizer": "tokenizer.json" if tok_json is not None else None,
+                "exported_by": "attnscope.export_hf"}
+    ids, mask = _example(facts["vocab_size"], example_length, next(model.parameters()).device)
     try:
-        model.set_attn_implementation(f"attnscope_{attention}")
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_LogitsOnly(model), (ids, mask), check_trace=False)
-        meta["route"] = "transformers"
+        traced, meta = trace_hf(model, attention=attention, example_length=example_length)
+        meta.update(tok_meta)
         extra["attnscope.json"] = json.dumps(meta)
         _save(traced, path, extra)
         worst = _verify(model, path, ids, mask, tol) if verify else None
@@ -214,12 +231,13 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
                    if family not in FALLBACK_FAMILIES else "Retry with fallback=True.")
                 + " Or export the model yourself so that its softmax/SDPA is visible in the graph "
                   "and load it with attnscope.load (the graph pass inserts the capture operators).") from e
-    finally:
-        model.set_attn_implementation(old_impl)
-    return _fallback(model, tc, tokenizer, path, attention, meta, extra, ids, mask, tol, verify, reason)
+    meta = {**facts, **tok_meta, "format_version": FORMAT_VERSION, "causal": True, "attention": attention,
+            "transformers": transformers.__version__, "torch": torch.__version__,
+            "dtype": str(dtype).replace("torch.", "")}
+    return _fallback(model, tc, path, attention, meta, extra, ids, mask, tol, verify, reason)
 
 
-def _fallback(model, tc, tokenizer, path, attention, meta, extra, ids, mask, tol, verify, reason):
+def _fallback(model, tc, path, attention, meta, extra, ids, mask, tol, verify, reason):
     from .llama import LlamaConfig, LlamaForCausalLM
     warnings.warn(f"export_hf: tracing the transformers model failed ({reason}); exporting "
                   f"attnscope's Llama-family module with the same weights instead")
