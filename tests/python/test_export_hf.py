@@ -36,14 +36,14 @@ def make(family):
     return FAMILIES[family]().eval()
 
 
-def captured_vs_eager(model, archive, t=11):
+def captured_vs_eager(model, archive, t=11, pad=3):
     """Max |captured - eager output_attentions| over layers (real query rows), at length t
-    (the export traced 16), left padding in row 0."""
+    (the export traced 16), left padding of `pad` tokens in row 0 (0: the exact-causal path)."""
     m = attnscope.load(archive, device="cpu")
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(0, V, (2, t), generator=g)
     mask = torch.ones_like(ids)
-    mask[0, :3] = 0
+    mask[0, :pad] = 0
     L, H = m.n_layers, m.n_heads
     trace = m.run(ids, capture={"heads": [(l, h) for l in range(L) for h in range(H)]}, attention_mask=mask)
     impl = model.config._attn_implementation
@@ -69,6 +69,8 @@ def test_captured_equals_transformers_eager(tmp_path, family, attention):
         r = attnscope.export_hf(model, None, path, attention=attention, fallback=False)
     assert r["route"] == "transformers" and r["max_abs_diff"] <= 1e-5
     worst, maps = captured_vs_eager(model, path)
+    assert worst <= 1e-5, worst
+    worst, _ = captured_vs_eager(model, path, t=13, pad=0)  # unpadded: causal SDPA, no mask
     assert worst <= 1e-5, worst
     if family == "mistral":  # sliding window 4: keys 4 or more behind the query get nothing
         i, j = torch.meshgrid(torch.arange(11), torch.arange(11), indexing="ij")
@@ -158,3 +160,15 @@ def test_trace_hf_runs_in_memory_sharing_weights():
     assert (t.get("head_map/L1H2")[0] - ref).abs().max() <= 1e-5
     with pytest.raises(ValueError, match="script_module: expected a torch.jit.ScriptModule, got Linear"):
         attnscope.from_module(torch.nn.Linear(2, 2))
+
+
+def test_exact_causal_mask_detection():
+    tril = torch.ones(5, 5, dtype=torch.bool).tril()
+    assert hf_export.exact_causal(tril.expand(2, 1, 5, 5), 5, 5)
+    padded = tril.expand(2, 1, 5, 5).clone()
+    padded[0, 0, :, 0] = False          # left padding in sequence 0
+    assert not hf_export.exact_causal(padded, 5, 5)
+    window = tril & ~torch.ones(5, 5, dtype=torch.bool).tril(-3)   # sliding window 3
+    assert not hf_export.exact_causal(window[None, None], 5, 5)
+    assert not hf_export.exact_causal(torch.ones(1, 1, 5, 5, dtype=torch.bool), 5, 5)
+    assert not hf_export.exact_causal(tril.float()[None, None], 5, 5)

@@ -11,6 +11,7 @@ flag). The traced capture is then checked against the model's eager `output_atte
 import json
 import os
 import warnings
+from typing import Optional
 
 import torch
 
@@ -37,20 +38,65 @@ def _check_kwargs(module, kwargs):
                                       "is not supported by attnscope's attention functions")
 
 
+_SDPA_CAPTURE = None
+
+
+@torch.jit.script
+def exact_causal(mask: torch.Tensor, tq: int, tk: int) -> bool:
+    """True when a bool mask [B, 1|H, T, T] (True = attend) is exactly the causal one."""
+    if mask.dtype != torch.bool or tq != tk or mask.size(-1) != tk or mask.size(-2) != tq:
+        return False
+    full = mask.size(0) * mask.size(1) * tq * (tq + 1) // 2
+    return (not bool(torch.triu(mask, 1).any())) and int(mask.sum()) == full
+
+
+def _sdpa_capture_fn():
+    """TorchScript function (scripted, so its branch survives tracing): a mask that is exactly
+    causal (what transformers builds for unpadded input while tracing) becomes is_causal=True
+    with no mask, so SDPA keeps its flash kernel and the recorder skips the upper triangle;
+    any other mask (padding, sliding window) is passed on as it is."""
+    global _SDPA_CAPTURE
+    if _SDPA_CAPTURE is None:
+        from .. import _core  # noqa: F401  (registers the capture operators)
+
+        def sdpa_capture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_rep: torch.Tensor,
+                         v_rep: torch.Tensor, mask: Optional[torch.Tensor], scale: float, layer: int,
+                         causal: bool) -> torch.Tensor:
+            exact = False
+            if mask is not None:
+                exact = exact_causal(mask, q.size(2), k.size(2))
+            if mask is None or exact:
+                is_causal = causal or exact
+                q = torch.ops.attnscope.capture_sdpa(q, k, None, is_causal, scale, layer)
+                return torch.nn.functional.scaled_dot_product_attention(
+                    q, k_rep, v_rep, attn_mask=None, dropout_p=0.0, is_causal=is_causal, scale=scale)
+            q = torch.ops.attnscope.capture_sdpa(q, k, mask, False, scale, layer)
+            return torch.nn.functional.scaled_dot_product_attention(
+                q, k_rep, v_rep, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale)
+
+        _SDPA_CAPTURE = torch.jit.script(sdpa_capture)
+    return _SDPA_CAPTURE
+
+
 def attnscope_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
                    is_causal=None, **kwargs):
-    """transformers attention function: capture_sdpa on the query, then transformers' SDPA."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """transformers attention function: capture_sdpa on the query, then SDPA (see _sdpa_capture_fn)."""
     _check_kwargs(module, kwargs)
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    # the same decision transformers' SDPA path makes, so capture and kernel agree
-    causal = bool(query.shape[2] > 1 and attention_mask is None and causal)
+    if dropout and module.training:
+        raise NotImplementedError("attention dropout in training mode: export the model in eval()")
+    groups = getattr(module, "num_key_value_groups", 1)
+    k_rep, v_rep = key, value
+    if groups > 1:  # SDPA gets repeated K/V; the recorder maps query heads to KV heads itself
+        k_rep = key.repeat_interleave(groups, dim=1)
+        v_rep = value.repeat_interleave(groups, dim=1)
+    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     mask = attention_mask
     if mask is not None and mask.shape[-1] != key.shape[2]:
         mask = mask[..., : key.shape[2]]
-    query = torch.ops.attnscope.capture_sdpa(query, key, mask, causal, scaling, _layer(module))
-    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                  scaling=scaling, is_causal=is_causal, **kwargs)
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    causal = bool(query.shape[2] > 1 and causal)
+    out = _sdpa_capture_fn()(query, key, value, k_rep, v_rep, mask, scale, _layer(module), causal)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def attnscope_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
