@@ -73,7 +73,7 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   s.top_k = v.get_int("top_k", 5);
   if (const json::Value* t = v.find("temperature")) s.temperature = t->num;
   s.to_cpu = v.get_bool("to_cpu", true);
-  s.chunk_elements = v.get_int("chunk_elements", int64_t(1) << 24);
+  s.chunk_elements = v.get_int("chunk_elements", int64_t(1) << 26);
   return s;
 }
 

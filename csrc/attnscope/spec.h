@@ -35,8 +35,9 @@ struct CaptureSpec {
   double temperature = 1.0;
   /// Move every captured tensor to the CPU at the end of the run.
   bool to_cpu = true;
-  /// Upper bound on the elements of one recomputed attention block [B, H_sel, chunk, Tk].
-  int64_t chunk_elements = int64_t(1) << 24;
+  /// Upper bound on the elements of one attention block [B, H_sel, rows, Tk] on CUDA
+  /// (256 MiB in fp32: few kernel launches at 32k tokens; the CPU caps blocks at 2^18).
+  int64_t chunk_elements = int64_t(1) << 26;
 
   /// Every aggregate for every layer (received, entropy, sink mass of the first token).
   static CaptureSpec all_aggregates();

@@ -37,7 +37,8 @@ what to capture (default: --all)
   --from P,...         attention rows FROM these query positions (negative = from the end)
   --top-k K            top-k next-token predictions (default 5)
   --temperature T      softmax temperature for entropy and top-k (default 1)
-  --chunk-elements N   max elements of one recomputed attention block (default 16777216)
+  --chunk-elements N   max elements of one recomputed attention block on CUDA (default 67108864;
+                       the CPU uses blocks of at most 262144)
 
 output
   --out FILE           trace file to write (default: no file, summary only)
