@@ -172,3 +172,21 @@ def test_exact_causal_mask_detection():
     assert not hf_export.exact_causal(window[None, None], 5, 5)
     assert not hf_export.exact_causal(torch.ones(1, 1, 5, 5, dtype=torch.bool), 5, 5)
     assert not hf_export.exact_causal(tril.float()[None, None], 5, 5)
+
+
+def test_cli_export_gguf(tmp_path):
+    from attnscope.models import default_gguf
+    try:
+        src = default_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    out = tmp_path / "smol.pt"
+    r = subprocess.run([sys.executable, "-m", "attnscope", "export", "--hf", src, "--out", str(out),
+                        "--attention", "eager"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "attnscope's Llama-family module, eager" in r.stdout
+    m = attnscope.load(str(out), device="cpu")
+    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.vocab_size) == (30, 9, 3, 49152)
+    t = m.run("Hello world", capture={"layer_maps": [0]})
+    assert t.get("layer_map/L0").shape == (1, t.input_ids.shape[1], t.input_ids.shape[1])
