@@ -72,30 +72,10 @@ def inputs(vocab, t, device, pad=0, batch=1, seed=0):
 
 
 def attention_diffs(am, model, ids, mask):
-    """Per layer: max |captured - HF eager attentions| over real query rows, and the same
-    beyond the reference's own rounding (bf16/fp16 references hold 8/11 significant bits)."""
-    L, H = am.n_layers, am.n_heads
-    trace = am.run(ids.cpu(), capture={"heads": [(l, h) for l in range(L) for h in range(H)], "top_k": 0},
-                   attention_mask=mask.cpu())
-    impl = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            ref = model(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False).attentions
-    finally:
-        model.set_attn_implementation(impl)
-    ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
-    ok = mask.cpu().bool()[:, None, :, None]
-    raw, beyond = [], []
-    for l in range(L):
-        got = torch.stack([trace.get(f"head_map/L{l}H{h}") for h in range(H)], 1).float()
-        want = ref[l].float().cpu()
-        d = (got - want).abs().masked_fill(~ok, 0)
-        raw.append(float(d.max()))
-        beyond.append(float((d - want.abs() * ulp).clamp_min(0).max()))
-    del trace, ref
+    from attnscope.models.hf_export import attention_diffs as diffs
+    out = diffs(am, model, ids, mask)
     free()
-    return raw, beyond
+    return out
 
 
 def fmt(xs):

@@ -179,22 +179,21 @@ def test_read_texts(tmp_path):
     assert attnscope.read_texts(tmp_path / "a.txt") == ["one two", "three"]
     (tmp_path / "a.jsonl").write_text('{"text": "x y"}\n"z"\n')
     assert attnscope.read_texts(tmp_path / "a.jsonl") == ["x y", "z"]
-    (tmp_path / "bad.jsonl").write_text('{"text": "x"}\n{oops\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not JSON"):
-        attnscope.read_texts(tmp_path / "bad.jsonl")
-    (tmp_path / "num.jsonl").write_text('{"body": 3}\n')
-    with pytest.raises(ValueError, match=r"num.jsonl:1: expected a JSON string or an object with a \"text\""):
-        attnscope.read_texts(tmp_path / "num.jsonl")
-    with pytest.raises(ValueError, match=r"missing.txt: cannot read it"):
-        attnscope.read_texts(tmp_path / "missing.txt")
-    (tmp_path / "bin.txt").write_bytes(b"\xff\xfe\x00\x81")
-    with pytest.raises(ValueError, match=r"bin.txt: cannot read it as UTF-8"):
-        attnscope.read_texts(tmp_path / "bin.txt")
-    (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(ValueError, match=r"empty.txt: has no texts"):
-        attnscope.read_texts(tmp_path / "empty.txt")
-    with pytest.raises(ValueError, match=r"expected a .txt .* or .jsonl file, not '.csv'"):
-        attnscope.read_texts(tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("bad.jsonl", b'{"text": "x"}\n{oops\n', r"bad.jsonl:2: not JSON"),
+    ("num.jsonl", b'{"body": 3}\n', r"num.jsonl:1: expected a JSON string or an object with a \"text\""),
+    ("missing.txt", None, r"missing.txt: cannot read it"),
+    ("bin.txt", b"\xff\xfe\x00\x81", r"bin.txt: cannot read it as UTF-8"),
+    ("empty.txt", b"\n\n", r"empty.txt: has no texts"),
+    ("x.csv", b"a\n", r"expected a .txt .* or .jsonl file, not '.csv'"),
+])
+def test_read_texts_errors(tmp_path, name, content, message):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        attnscope.read_texts(tmp_path / name)
 
 
 def test_state_names_match_core():

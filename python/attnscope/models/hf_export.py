@@ -170,13 +170,13 @@ def _example(vocab, length, device):
     return ids, mask
 
 
-def _verify(model, archive, ids, mask, tol):
-    """Max |captured - transformers eager output_attentions| over layers, valid query rows."""
-    from ..api import load
-    m = load(archive, device=str(ids.device))
-    L, H = m.n_layers, m.n_heads
-    trace = m.run(ids.cpu(), capture={"heads": [(l, h) for l in range(L) for h in range(H)], "top_k": 0},
-                  attention_mask=mask.cpu())
+def attention_diffs(am, model, ids, mask):
+    """Per layer: max |captured - transformers eager output_attentions| over real query rows
+    (lists `raw`), and the same beyond the reference's own rounding (`beyond`: bf16/fp16
+    references hold 8/11 significant bits). am: an attnscope Model of `model`; ids/mask [B, T]."""
+    L, H = am.n_layers, am.n_heads
+    trace = am.run(ids.cpu(), capture={"heads": [(l, h) for l in range(L) for h in range(H)], "top_k": 0},
+                   attention_mask=mask.cpu())
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
@@ -184,13 +184,22 @@ def _verify(model, archive, ids, mask, tol):
             ref = model(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False).attentions
     finally:
         model.set_attn_implementation(impl)
-    valid = mask.cpu().bool()
-    worst = 0.0
+    ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
+    ok = mask.cpu().bool()[:, None, :, None]
+    raw, beyond = [], []
     for l in range(L):
-        got = torch.stack([trace.get(f"head_map/L{l}H{h}") for h in range(H)], 1)  # [B, H, T, T]
-        diff = (got.float() - ref[l].float().cpu()).abs()
-        diff = diff.masked_fill(~valid[:, None, :, None], 0)
-        worst = max(worst, float(diff.max()))
+        got = torch.stack([trace.get(f"head_map/L{l}H{h}") for h in range(H)], 1).float()  # [B, H, T, T]
+        want = ref[l].float().cpu()
+        d = (got - want).abs().masked_fill(~ok, 0)
+        raw.append(float(d.max()))
+        beyond.append(float((d - want.abs() * ulp).clamp_min(0).max()))
+    return raw, beyond
+
+
+def _verify(model, archive, ids, mask, tol):
+    """Max |captured - transformers eager output_attentions| over layers, valid query rows."""
+    from ..api import load
+    worst = max(attention_diffs(load(archive, device=str(ids.device)), model, ids, mask)[0])
     if not worst <= tol:
         raise ValueError(f"captured attention differs from transformers' eager attentions by {worst:.3g} "
                          f"(> {tol:g}): this {model.config.model_type} model's attention is not reproduced")
