@@ -187,12 +187,13 @@ void DatasetStats::add(const Trace& t) {
     auto ent = t.get("attn_entropy").to(dev).to(torch::kDouble);      // [L, B, H, T]
     narrow_t(state_["entropy_sum"], 1).add_(torch::where(vk, ent, 0.0).sum(1));
   }
-  auto pair = (vd.unsqueeze(2) * vd.unsqueeze(1)).unsqueeze(0);        // [1, B, T, T]
+  // [B, T, T]: both positions real (padded rows/columns of a map are left out of the sums)
+  auto pair = valid.unsqueeze(2).logical_and(valid.unsqueeze(1));
   if (parts_.layer_maps) {
     auto sum = narrow_t(state_["layer_map_sum"], 2);
     for (int64_t l = 0; l < L; ++l) {
       auto m = t.get("layer_map/L" + std::to_string(l)).to(dev).to(torch::kDouble);  // [B, T, T]
-      sum[l].add_(torch::where(pair[0] > 0, m, 0.0).sum(0));
+      sum[l].add_(torch::where(pair, m, 0.0).sum(0));
     }
   }
   if (parts_.head_maps) {
@@ -200,7 +201,7 @@ void DatasetStats::add(const Trace& t) {
     for (int64_t l = 0; l < L; ++l)
       for (int64_t h = 0; h < n_heads_; ++h) {
         auto m = t.get("head_map/L" + std::to_string(l) + "H" + std::to_string(h)).to(dev).to(torch::kDouble);
-        sum[l][h].add_(torch::where(pair[0] > 0, m, 0.0).sum(0));
+        sum[l][h].add_(torch::where(pair, m, 0.0).sum(0));
       }
   }
 }
