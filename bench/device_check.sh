@@ -57,11 +57,11 @@ rm -f "$OUT/.tests_built"
 if [ "$TESTS" = ON ]; then
   ( cmake --build "$BUILD" -j"$(( JOBS > 4 ? JOBS / 2 : 2 ))" >"$OUT/build_tests.txt" 2>&1; echo $? > "$OUT/.tests_built" ) &
 fi
-QUICK=(); [ "${ATTNSCOPE_CHECK_QUICK:-0}" = 1 ] && QUICK=(--quick)
-[ "$TESTS" = ON ] && QUICK+=(--wait-tests)
+EXTRA=(); [ "${ATTNSCOPE_CHECK_QUICK:-0}" = 1 ] && EXTRA=(--quick)
+[ "$TESTS" = ON ] && EXTRA+=(--wait-tests)
 ATTNSCOPE_CACHE=${ATTNSCOPE_CACHE:-/tmp/attnscope_cache} PYTHONPATH=python \
   $PY bench/device_check.py --out "$OUT" --build "$BUILD" --route "$ROUTE" --build-seconds "$BUILD_S" \
-  --deadline $(( T0 + BUDGET )) "${QUICK[@]}" 2>&1 | tail -n 200 >>"$OUT/log.txt"
+  --deadline $(( T0 + BUDGET )) "${EXTRA[@]}" 2>&1 | tail -n 200 >>"$OUT/log.txt"
 wait
 log "done"
 cat "$OUT/summary.md"
