@@ -69,7 +69,9 @@ def measure(model_path, seqs, build, chunk=25):
     with tempfile.TemporaryDirectory() as tmp:
         for c in range(0, len(seqs), chunk):
             batch = seqs[c:c + chunk]
-            ids_file, out = os.path.join(tmp, "ids.txt"), os.path.join(tmp, "t.safetensors")
+            # one file per chunk, tensors copied out: safe_open memory-maps the file, and a
+            # later chunk written over it would change (or SIGBUS) tensors still in use
+            ids_file, out = os.path.join(tmp, "ids.txt"), os.path.join(tmp, f"t{c}.safetensors")
             with open(ids_file, "w") as f:
                 f.write("\n".join(" ".join(map(str, s)) for s in batch))
             layers = ",".join(str(l) for l in range(30))  # SmolLM2's 30 layers
@@ -79,8 +81,8 @@ def measure(model_path, seqs, build, chunk=25):
             with safe_open(out, framework="pt") as f:
                 n_layers = int(f.metadata()["n_layers"])
                 recv = f.get_tensor("captures/received_mean")          # [L, B, H, T]
-                alpha1.append(recv[..., 0])                             # [L, B, H]
-                ent.append(f.get_tensor("entropy").flatten())
+                alpha1.append(recv[..., 0].clone())                     # [L, B, H]
+                ent.append(f.get_tensor("entropy").flatten().clone())
                 loc = []
                 for l in range(n_layers):
                     m = f.get_tensor(f"captures/layer_map/L{l}")        # [B, T, T]
@@ -137,9 +139,9 @@ Locality = attention mass on the query's own and two previous tokens (head-mean)
 
 The same sequences with `<|im_start|>` (the chat template's first token) put in front of
 them (and their last token dropped) give **Sink₁ = {card['with_im_start']['sink1_overall']:.1f} %**
-(right-hand columns). Either way this small model's first-token importance stays well below
-ε in almost every head at this length, while above a uniform share (1/64 ≈ 0.016) in every
-layer.
+(right-hand columns). Mean attention to the first token ranges over the layers from
+{min(card['first_token_attention']):.2f} to {max(card['first_token_attention']):.2f} (a uniform share
+would be 1/{card['length']} ≈ {1 / card['length']:.3f}).
 
 | layer | mean attention to first token | Sink₁ % of heads | locality (last 3) | first token = `<|im_start|>`: mean attention to it | Sink₁ % |
 |---|---|---|---|---|---|

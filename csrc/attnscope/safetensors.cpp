@@ -2,7 +2,9 @@
 
 #include <attnscope/json.h>
 
+#include <cstdio>
 #include <cstring>
+#include <unistd.h>
 #include <fstream>
 #include <sstream>
 
@@ -46,7 +48,11 @@ void write_safetensors(const std::string& path, const SafetensorsFile& f) {
   h << "}";
   std::string header = h.str();
   header.append((8 - header.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
-  std::ofstream out(path, std::ios::binary);
+  // Written next to `path`, then renamed over it: a reader that memory-mapped the old file
+  // (safetensors' safe_open does) keeps the old contents instead of seeing them change or
+  // vanish (SIGBUS) under it, and no half-written file ever carries the final name.
+  const std::string tmp = path + ".tmp" + std::to_string(static_cast<long>(::getpid()));
+  std::ofstream out(tmp, std::ios::binary);
   TORCH_CHECK(out.good(), "cannot write '", path, "'");
   uint64_t n = header.size();
   unsigned char len[8];
@@ -55,7 +61,11 @@ void write_safetensors(const std::string& path, const SafetensorsFile& f) {
   out.write(header.data(), static_cast<std::streamsize>(header.size()));
   for (const auto& t : data)
     out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
-  TORCH_CHECK(out.good(), "writing '", path, "' failed");
+  out.close();
+  if (!out.good() || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    TORCH_CHECK(false, "writing '", path, "' failed");
+  }
 }
 
 SafetensorsFile read_safetensors(const std::string& path) {

@@ -72,3 +72,18 @@ def test_default_model_load_and_run():
     assert t.labels[0][:3] == ["The", "␣cat", "␣sat"]
     rows = t.get("head_map/L14H0")[0].sum(-1)
     assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+
+
+def test_overwriting_a_trace_keeps_memory_mapped_readers_intact(toy, tmp_path):
+    """safetensors' safe_open memory-maps the file: a save() over it must not change tensors a
+    reader still holds (tools/model_card.py once read garbage that way, or died of SIGBUS)."""
+    from safetensors import safe_open
+    path = tmp_path / "t.safetensors"
+    toy.run([1, 2, 3, 4], capture="all").save(path)
+    with safe_open(str(path), framework="pt") as f:
+        held = f.get_tensor("captures/received_mean")
+    before = held.clone()
+    toy.run([[5, 6, 7, 8, 9, 10, 11]] * 3, capture="all").save(path)  # different size and data
+    assert torch.equal(held, before)
+    assert attnscope.Trace.load(path).input_ids.shape == (3, 7)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no temporary left behind

@@ -53,8 +53,12 @@ def test_measure_runs_on_a_few_sequences():
     tok = archive_tokenizer(path)
     seqs = model_card.windows(tok, 3, 16)
     assert [len(s) for s in seqs] == [16, 16, 16]
-    c = model_card.measure(path, seqs, BUILD)
+    c = model_card.measure(path, seqs, BUILD, chunk=2)  # two CLI runs: chunks must not mix
     assert c["num_layers"] == 30 and len(c["sink1_per_layer"]) == 30
     assert 0 <= c["entropy_fraction_above_0.672"] <= 1
+    # the same numbers through the Python API (independent of the CLI and trace files)
+    import attnscope
+    d = attnscope.aggregate_dataset(attnscope.load(path, device="cpu"), seqs, length=16, num=3, progress=False)
+    assert c["first_token_attention"] == pytest.approx(d.alpha[..., 0].mean(1).tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="too few for 100000 sequences"):
         model_card.windows(tok, 100000, 16)
