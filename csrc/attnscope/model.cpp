@@ -52,7 +52,7 @@ bool file_exists(const std::string& p) { return std::ifstream(p).good(); }
 Model Model::load(const std::string& path, const std::string& device) {
   TORCH_CHECK(file_exists(path), "model file not found: '", path, "'");
   torch::Device dev = resolve_device(device);
-  torch::jit::ExtraFilesMap extra{{"attnscope.json", ""}, {"tokenizer.json", ""}};
+  torch::jit::ExtraFilesMap extra{{"attnscope.json", ""}, {"tokenizer.json", ""}, {"tokens.json", ""}};
   torch::jit::Module m;
   try {
     m = torch::jit::load(path, dev, extra);
@@ -68,6 +68,8 @@ Model Model::load(const std::string& path, const std::string& device) {
   if (!extra["tokenizer.json"].empty()) {
     model.tokenizer_json_ = extra["tokenizer.json"];
     model.vocab_ = Vocab::from_tokenizer_json(model.tokenizer_json_);
+  } else if (!extra["tokens.json"].empty()) {
+    model.vocab_ = Vocab::from_token_list(extra["tokens.json"]);
   }
   return model;
 }

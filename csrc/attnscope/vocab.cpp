@@ -32,6 +32,15 @@ Vocab Vocab::from_tokenizer_json(const std::string& text) {
   return v;
 }
 
+Vocab Vocab::from_token_list(const std::string& text) {
+  json::Value root = json::parse(text, "tokens.json");
+  TORCH_CHECK(root.is_array() && !root.arr.empty(), "tokens.json: expected a non-empty JSON array "
+              "of token strings (index = id)");
+  Vocab v;
+  for (const auto& t : root.arr) v.tokens_.push_back(t.str);
+  return v;
+}
+
 std::string Vocab::token(int64_t id) const {
   if (id >= 0 && id < size() && !tokens_[id].empty()) return tokens_[id];
   return "<" + std::to_string(id) + ">";

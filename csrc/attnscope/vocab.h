@@ -1,5 +1,5 @@
-// Token strings for labels, read from a Hugging Face tokenizer.json (Python does the
-// tokenising; C++ only needs id -> string).
+// Token strings for labels, read from a Hugging Face tokenizer.json or a tokens.json id ->
+// string list (Python does the tokenising; C++ only needs id -> string).
 #pragma once
 #include <cstdint>
 #include <string>
@@ -13,6 +13,9 @@ class Vocab {
   /// Parses tokenizer.json text: model.vocab (object token->id, or Unigram [[token, score]])
   /// plus added_tokens. Throws on malformed JSON.
   static Vocab from_tokenizer_json(const std::string& text);
+  /// Parses tokens.json text: a JSON array of token strings, index = id (what export_hf
+  /// stores for tokenizers without a tokenizer.json).
+  static Vocab from_token_list(const std::string& text);
 
   bool empty() const { return tokens_.empty(); }
   int64_t size() const { return static_cast<int64_t>(tokens_.size()); }

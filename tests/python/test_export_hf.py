@@ -190,3 +190,24 @@ def test_cli_export_gguf(tmp_path):
     assert (m.n_layers, m.n_heads, m.n_kv_heads, m.vocab_size) == (30, 9, 3, 49152)
     t = m.run("Hello world", capture={"layer_maps": [0]})
     assert t.get("layer_map/L0").shape == (1, t.input_ids.shape[1], t.input_ids.shape[1])
+
+
+def test_tokenizer_without_tokenizer_json_gives_token_strings(tmp_path):
+    class Slow:  # what a slow (pure Python) transformers tokenizer offers
+        def __len__(self):
+            return V
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"piece{i}" for i in ids]
+
+    path = tmp_path / "m.pt"
+    attnscope.export_hf(make("llama"), Slow(), path)
+    assert json.loads(read_extra_file(str(path), "tokens.json"))[:2] == ["piece0", "piece1"]
+    assert json.loads(read_extra_file(str(path), "attnscope.json"))["tokenizer"] == "tokens.json"
+    m = attnscope.load(str(path), device="cpu")
+    t = m.run([[3, 9, 12]], capture={})
+    assert t.labels[0] == ["piece3", "piece9", "piece12"]
+    with pytest.raises(ValueError, match="has no tokenizer.json: pass token ids"):
+        m.run("some text")
+    with pytest.raises(ValueError, match=r"tokenizer int: expected a transformers tokenizer or a tokenizers.Tokenizer"):
+        attnscope.export_hf(make("llama"), 3, tmp_path / "x.pt")

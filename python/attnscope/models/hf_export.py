@@ -150,16 +150,21 @@ def _facts(model):
                 "eos_token_id": getattr(tc, "eos_token_id", None), "family": tc.model_type}
 
 
-def _tokenizer_json(tokenizer):
+def _tokenizer_files(tokenizer):
+    """Extra files for the archive: tokenizer.json (fast tokenizers, tokenizers.Tokenizer), or
+    for a tokenizer without one tokens.json, the id -> token strings (labels; no text input)."""
     if tokenizer is None:
-        return None
+        return {}
     if hasattr(tokenizer, "to_str"):                      # tokenizers.Tokenizer
-        return tokenizer.to_str()
+        return {"tokenizer.json": tokenizer.to_str()}
     backend = getattr(tokenizer, "backend_tokenizer", None)  # transformers fast tokenizer
     if backend is not None:
-        return backend.to_str()
-    raise ValueError(f"tokenizer {type(tokenizer).__name__} has no tokenizer.json (a slow tokenizer): "
-                     "pass a fast tokenizer or a tokenizers.Tokenizer, or tokenizer=None and give ids")
+        return {"tokenizer.json": backend.to_str()}
+    if hasattr(tokenizer, "convert_ids_to_tokens"):       # slow tokenizer: strings only
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        return {"tokens.json": json.dumps([t if isinstance(t, str) else "" for t in tokens])}
+    raise ValueError(f"tokenizer {type(tokenizer).__name__}: expected a transformers tokenizer or a "
+                     "tokenizers.Tokenizer (or tokenizer=None)")
 
 
 def _example(vocab, length, device):
@@ -240,7 +245,8 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
 
     attention: "sdpa" (transformers' SDPA kernel, probabilities recomputed by the recorder) or
     "eager". The archive holds attnscope.json (layers, heads, KV heads, head_dim, vocab,
-    BOS/EOS, family, transformers/torch versions) and tokenizer.json when `tokenizer` is given.
+    BOS/EOS, family, transformers/torch versions) and tokenizer.json when `tokenizer` is given
+    (tokens.json, the id -> token strings, for a tokenizer that has no tokenizer.json).
     With verify=True the archive's captured maps are compared with the model's eager
     output_attentions on a padded example (tol: 1e-5 for fp32, 1e-2 for bf16/fp16). When tracing
     or the check fails and the family is one of FALLBACK_FAMILIES, the project's own
@@ -262,12 +268,8 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     family = facts["family"]
     dtype = next(model.parameters()).dtype
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
-    extra = {}
-    tok_json = _tokenizer_json(tokenizer)
-    if tok_json is not None:
-        extra["tokenizer.json"] = tok_json
-    tok_meta = {"tokenizer": "tokenizer.json" if tok_json is not None else None,
-                "exported_by": "attnscope.export_hf"}
+    extra = _tokenizer_files(tokenizer)
+    tok_meta = {"tokenizer": next(iter(extra), None), "exported_by": "attnscope.export_hf"}
     ids, mask = _example(facts["vocab_size"], example_length, next(model.parameters()).device)
     try:
         traced, meta = trace_hf(model, attention=attention, example_length=example_length)
