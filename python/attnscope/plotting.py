@@ -353,8 +353,9 @@ def visualize_head_summary(trace, metric="sink", *, cmap=None, vmin=None, vmax=N
         ax.scatter(xs - 0.32, ys - 0.25, s=5, c="black", marker="o", label=f"α₁ > {trace.epsilon:g}")
     if annotate if annotate is not None else L * H <= 400:
         for (y, x), v in np.ndenumerate(values):
+            r, g, b, _ = im.cmap(im.norm(v))  # dark text on light cells, light on dark
             ax.text(x, y, f"{v:.2f}", ha="center", va="center", fontsize=5,
-                    color="white" if im.norm(v) > 0.6 else "black")
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
     ax.set_title(f"{title}\n{trace.n_sequences} sequences of {trace.length} tokens", fontsize=9)
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
