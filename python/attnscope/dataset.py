@@ -238,7 +238,7 @@ class DatasetTrace:
     (`captures` holds mean maps [1, T, T] and profiles [L, 1, H, T]; labels are positions).
 
     Results: `alpha` [L, H, T] (α_k, mean over sequences), `sink_rate` [L, H], `sink1_per_layer`
-    [L] and `sink1` (fractions), `head_entropy` [L, H] and `attn_entropy_profile` [L, H, T]
+    [L] and `sink1` (fractions; `sink1_of_mean_alpha` thresholds the mean α₁ instead), `head_entropy` [L, H] and `attn_entropy_profile` [L, H, T]
     (nats), `predictive_entropy` [T], `n_sequences`, `length`, `epsilon`."""
 
     is_dataset = True
@@ -263,6 +263,8 @@ class DatasetTrace:
     sink_rate = property(lambda self: self.stats.sink_rate().cpu())
     sink1_per_layer = property(lambda self: self.stats.sink1_per_layer().cpu())
     sink1 = property(lambda self: self.stats.sink1())
+    # Sink₁ of the dataset-mean α₁ (threshold after averaging; docs/model_card uses this one)
+    sink1_of_mean_alpha = property(lambda self: float((self.alpha[..., 0] > self.epsilon).float().mean()))
     head_entropy = property(lambda self: self.stats.head_entropy().cpu())
     attn_entropy_profile = property(lambda self: self.stats.attn_entropy().cpu())
     predictive_entropy = property(lambda self: self.stats.predictive_entropy().cpu())
@@ -285,6 +287,7 @@ class DatasetTrace:
         p = self.stats.parts
         if p.received:
             out["sink1"] = self.sink1
+            out["sink1_of_mean_alpha"] = self.sink1_of_mean_alpha
             out["sink1_per_layer"] = self.sink1_per_layer.tolist()
             out["alpha1_per_layer"] = self.alpha[..., 0].mean(1).tolist()
         if p.attn_entropy:

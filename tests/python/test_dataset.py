@@ -120,6 +120,7 @@ def test_sink1_equals_gu_et_al_formula(tmp_path):
     sink = [(alpha[n, ..., 0] > eps).float().mean().item() for n in range(N)]
     assert 0.1 < sum(sink) / N < 0.9  # the hand-made heads are a mix
     assert abs(d.sink1 - sum(sink) / N) < 1e-6
+    assert abs(d.sink1_of_mean_alpha - (alpha[..., 0].mean(0) > eps).float().mean().item()) < 1e-6
     per_layer = (alpha[..., 0] > eps).float().mean((0, 2))
     assert (d.sink1_per_layer - per_layer).abs().max() < 1e-6
     assert (d.alpha - alpha.mean(0)).abs().max() < 1e-6
