@@ -69,8 +69,8 @@ def measure(model_path, seqs, build, chunk=25):
     with tempfile.TemporaryDirectory() as tmp:
         for c in range(0, len(seqs), chunk):
             batch = seqs[c:c + chunk]
-            # one file per chunk, tensors copied out: safe_open memory-maps the file, and a
-            # later chunk written over it would change (or SIGBUS) tensors still in use
+            # tensors are copied out: safe_open memory-maps the file, which ends with the
+            # temporary folder (saves replace files atomically, so chunks cannot mix)
             ids_file, out = os.path.join(tmp, "ids.txt"), os.path.join(tmp, f"t{c}.safetensors")
             with open(ids_file, "w") as f:
                 f.write("\n".join(" ".join(map(str, s)) for s in batch))

@@ -97,12 +97,10 @@ int64_t DatasetStats::n_sequences() const {
   return it == state_.end() ? 0 : static_cast<int64_t>(it->second.item<double>());
 }
 
-void DatasetStats::init(const Trace& t) {
-  TORCH_CHECK(t.n_layers > 0 && t.n_heads > 0, "DatasetStats.add: the trace does not know its "
-              "layers/heads (n_layers=", t.n_layers, ", n_heads=", t.n_heads, ")");
+void DatasetStats::init(const Trace& t, const torch::Device& device) {
   n_layers_ = t.n_layers;
   n_heads_ = t.n_heads;
-  auto o = torch::TensorOptions().dtype(torch::kDouble).device(t.input_ids.device());
+  auto o = torch::TensorOptions().dtype(torch::kDouble).device(device);
   const int64_t L = n_layers_, H = n_heads_, T = 0;
   state_["n_sequences"] = torch::zeros({1}, o);
   state_["position_count"] = torch::zeros({T}, o);
@@ -133,7 +131,14 @@ void DatasetStats::add(const Trace& t) {
               "DatasetStats.add: trace has ", t.n_layers, " layers x ", t.n_heads,
               " heads, the dataset ", n_layers_, " x ", n_heads_);
   const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = t.n_layers;
-  auto dev = n_layers_ < 0 ? t.input_ids.device() : state_.at("n_sequences").device();
+  torch::Device dev = torch::kCPU;  // the sums live where the captures are (CUDA with to_cpu=false)
+  if (n_layers_ >= 0) dev = state_.at("n_sequences").device();
+  else
+    for (const auto& kv : t.captures)
+      if (kv.first != "aggregate_layers") {  // (a small CPU index tensor)
+        dev = kv.second.device();
+        break;
+      }
   auto valid = (t.attention_mask.defined() ? t.attention_mask : torch::ones_like(t.input_ids))
                    .to(dev).to(torch::kBool);
   // Positions are only comparable across sequences when every sequence starts at 0.
@@ -158,7 +163,7 @@ void DatasetStats::add(const Trace& t) {
       needed.push_back("head_map/L" + std::to_string(l) + "H" + std::to_string(h));
   }
   for (const auto& n : needed) t.get(n);  // throws naming the missing capture
-  if (n_layers_ < 0) init(t);
+  if (n_layers_ < 0) init(t, dev);
   resize(T);
   auto vd = valid.to(torch::kDouble);                                   // [B, T]
   auto narrow_t = [&](torch::Tensor& s, int dims) {

@@ -86,7 +86,7 @@ class DatasetStats {
   static DatasetStats load(const std::string& path);
 
  private:
-  void init(const Trace& t);
+  void init(const Trace& t, const torch::Device& device);
   const torch::Tensor& need(const std::string& name, const char* part) const;
 
   DatasetParts parts_;
