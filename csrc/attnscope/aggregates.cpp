@@ -15,20 +15,6 @@ torch::Tensor Workspace::get(int slot, torch::IntArrayRef sizes, const torch::De
   return b.narrow(0, 0, n).view(sizes);
 }
 
-torch::Tensor visible_query_count(const torch::Tensor& valid_q, const torch::Tensor& valid_k,
-                                  bool causal) {
-  auto q = valid_q.to(torch::kFloat);  // [B, Tq]
-  auto k = valid_k.to(torch::kFloat);  // [B, Tk]
-  const int64_t tq = q.size(1), tk = k.size(1);
-  if (!causal) return k * q.sum(1, /*keepdim=*/true);
-  // Queries at absolute positions >= j see key j: a reverse cumulative sum over positions.
-  const int64_t off = tk - tq;
-  auto at_pos = torch::zeros({q.size(0), tk}, q.options());
-  at_pos.narrow(1, off, tq).copy_(q);
-  auto from_j = at_pos.flip(1).cumsum(1).flip(1);
-  return k * from_j;
-}
-
 LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64_t batch,
                                    int64_t heads, int64_t tq, int64_t tk,
                                    const torch::Device& device)
@@ -62,6 +48,7 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
     if (spec.received) {
       recv_sum_ = torch::zeros({batch, heads, tk}, f32);
       recv_max_ = torch::zeros({batch, heads, tk}, f32);
+      recv_count_ = torch::zeros({batch, heads, tk}, f32);
     }
     if (spec.attn_entropy) entropy_ = torch::empty({batch, heads, tq}, f32);
     if (spec.sink_tokens > 0) {
@@ -88,22 +75,37 @@ int64_t LayerAccumulator::block_index(int64_t head) const {
   return static_cast<int64_t>(it - block_heads_.begin());
 }
 
+void LayerAccumulator::init_sink_keys(const RunContext& ctx) {
+  // Rank keys by (padding, position): the first k of each row are its first k real tokens,
+  // wherever the padding is (left, right). Rows with fewer real keys get weight 0 for the rest.
+  const int64_t k = spec_.sink_tokens;
+  auto valid_k = ctx.valid.narrow(1, ctx.valid.size(1) - tk_, tk_);  // [B, Tk]
+  auto pos = torch::arange(tk_, torch::dtype(torch::kLong).device(valid_k.device()));
+  auto order = (valid_k.logical_not().to(torch::kLong) * tk_ + pos).argsort(/*stable=*/false, /*dim=*/1, /*descending=*/false);
+  sink_idx_ = order.narrow(1, 0, k).contiguous();
+  sink_w_ = valid_k.gather(1, sink_idx_).to(torch::kFloat);
+}
+
 void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx,
-                                 Workspace& ws) {
+                                 Workspace& ws, const torch::Tensor& visible) {
   const int64_t rows = probs.size(2), keys = probs.size(3);  // keys <= tk_: the rest are zero
+  const int64_t hb = probs.size(1);
   if (aggregates_) {
+    auto q_ok = ctx.valid.narrow(1, tk_ - tq_ + r0, rows).view({batch_, 1, rows, 1});
     if (spec_.received) {
       // Padded query rows are excluded; `where` (not a product) also drops NaN rows that
       // fully masked queries produce.
       torch::Tensor p = probs;
       if (ctx.has_padding) {
-        auto q_ok = ctx.valid.narrow(1, tk_ - tq_ + r0, rows).view({batch_, 1, rows, 1});
         p = ws.get(0, probs.sizes(), probs.device());
         torch::where_out(p, q_ok, probs, torch::zeros({}, probs.options()));
       }
       recv_sum_.narrow(2, 0, keys).add_(p.sum(2));
       auto mx = recv_max_.narrow(2, 0, keys);
       torch::max_out(mx, mx, p.amax(2));
+      // Divisor: the valid queries of this block whose mask lets them see each key.
+      auto seen = visible.defined() ? visible.logical_and(q_ok) : p.gt(0.0f);
+      recv_count_.narrow(2, 0, keys).add_(seen.sum(2, /*keepdim=*/false, torch::kFloat));
     }
     if (spec_.attn_entropy) {
       // -sum p log p; clamping keeps 0·log 0 = 0 on the vectorised log path.
@@ -115,8 +117,18 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
       out.neg_();
     }
     if (spec_.sink_tokens > 0) {
-      auto k = std::min(spec_.sink_tokens, keys);
-      sink_rows_.narrow(2, r0, rows).copy_(probs.narrow(3, 0, k).sum(-1));
+      const int64_t k = spec_.sink_tokens;
+      auto out = sink_rows_.narrow(2, r0, rows);
+      if (!ctx.has_padding) {
+        torch::sum_out(out, probs.narrow(3, 0, std::min(k, keys)), {-1});
+      } else {
+        if (!sink_idx_.defined()) init_sink_keys(ctx);
+        // Keys at or beyond `keys` were trimmed as zero: read column 0 with weight 0 instead.
+        auto inside = sink_idx_.lt(keys);
+        auto idx = torch::where(inside, sink_idx_, 0).view({batch_, 1, 1, k}).expand({batch_, hb, rows, k});
+        auto w = (sink_w_ * inside.to(torch::kFloat)).view({batch_, 1, 1, k});
+        torch::sum_out(out, probs.gather(3, idx).mul_(w), {-1});
+      }
     }
     for (size_t i = 0; i < from_rows_.size(); ++i) {
       int64_t t = from_rows_[i];
@@ -136,15 +148,15 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
 std::map<std::string, torch::Tensor> LayerAccumulator::finish(const RunContext& ctx) {
   std::map<std::string, torch::Tensor> out;
   const float nan = std::numeric_limits<float>::quiet_NaN();
-  auto valid_q = ctx.valid.narrow(1, tk_ - tq_, tq_);             // [B, Tq]
-  auto valid_k = ctx.valid.narrow(1, ctx.valid.size(1) - tk_, tk_);  // [B, Tk]
+  auto valid_q = ctx.valid.narrow(1, ctx.valid.size(1) - tq_, tq_);  // [B, Tq]
   auto q_ok = valid_q.unsqueeze(1);                                  // [B, 1, Tq]
   if (aggregates_) {
     if (spec_.received) {
-      auto count = visible_query_count(valid_q, valid_k, ctx.causal).unsqueeze(1);  // [B,1,Tk]
-      auto seen = count > 0;
-      out["received_mean"] = torch::where(seen, recv_sum_ / count.clamp_min(1), nan);
+      // A key no valid query can see (padding, or outside every window) has no mean: NaN.
+      auto seen = recv_count_ > 0;
+      out["received_mean"] = torch::where(seen, recv_sum_ / recv_count_.clamp_min(1), nan);
       out["received_max"] = torch::where(seen, recv_max_, nan);
+      out["received_count"] = recv_count_;
     }
     if (spec_.attn_entropy) out["attn_entropy"] = torch::where(q_ok, entropy_, nan);
     if (spec_.sink_tokens > 0) {
@@ -152,11 +164,20 @@ std::map<std::string, torch::Tensor> LayerAccumulator::finish(const RunContext& 
       auto n = valid_q.to(torch::kFloat).sum(1).view({batch_, 1}).clamp_min(1);
       out["sink_mass"] = torch::where(q_ok, sink_rows_, 0.0f).sum(2) / n;
     }
-    if (!from_rows_.empty()) out["from"] = from_;
+    if (!from_rows_.empty()) {
+      // A row that lands on padding is undefined.
+      auto rows = torch::tensor(from_rows_, torch::dtype(torch::kLong).device(valid_q.device()));
+      auto ok = valid_q.index_select(1, rows).view({batch_, 1, -1, 1});
+      out["from"] = torch::where(ok, from_, nan);
+    }
   }
-  if (layer_map_) out["layer_map/L" + std::to_string(layer_)] = layer_map_t_;
+  // Rows of padded queries are undefined in maps too (the model's output there is unused).
+  auto row_ok = valid_q.unsqueeze(2);  // [B, Tq, 1]
+  if (layer_map_)
+    out["layer_map/L" + std::to_string(layer_)] = ctx.has_padding ? torch::where(row_ok, layer_map_t_, nan) : layer_map_t_;
   for (auto& hm : head_maps_)
-    out["head_map/L" + std::to_string(layer_) + "H" + std::to_string(hm.first)] = hm.second;
+    out["head_map/L" + std::to_string(layer_) + "H" + std::to_string(hm.first)] =
+        ctx.has_padding ? torch::where(row_ok, hm.second, nan) : hm.second;
   return out;
 }
 

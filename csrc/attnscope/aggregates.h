@@ -31,12 +31,6 @@ class Workspace {
   std::vector<torch::Tensor> buf_;
 };
 
-/// Number of queries that can see each key position: [B, Tk] fp32.
-/// Query i (at absolute position i + Tk - Tq) sees key j when both are valid and, if causal,
-/// j <= i + Tk - Tq. This is the divisor of the "received mean".
-torch::Tensor visible_query_count(const torch::Tensor& valid_q, const torch::Tensor& valid_k,
-                                  bool causal);
-
 /// Accumulates what the spec asks of one layer.
 class LayerAccumulator {
  public:
@@ -48,12 +42,18 @@ class LayerAccumulator {
   const std::vector<int64_t>& block_heads() const { return block_heads_; }
   /// True when nothing is asked of this layer (the recorder then skips it).
   bool idle() const { return idle_; }
+  /// True when add_block uses `visible` (the received-mean divisor is asked for).
+  bool wants_visibility() const { return aggregates_ && spec_.received; }
 
   /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, K])` fp32,
   /// Hb = all heads or block_heads(), K <= Tk: keys K.. of these rows are known to be zero
   /// (causal trimming) and are skipped.
+  /// `visible (Tensor[B|1, Hb|1, R, K] bool)`: which (query, key) pairs the model's mask let
+  /// through (SDPA sites know it from the mask); undefined = the pairs with probability > 0
+  /// (softmax sites: masked keys get exactly 0). It is the divisor of "received_mean".
   /// Uses `ws` slot 0 for its temporaries.
-  void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws);
+  void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws,
+                 const torch::Tensor& visible = {});
 
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).
@@ -67,12 +67,15 @@ class LayerAccumulator {
   std::vector<int64_t> map_heads_;      // heads whose full map is kept
   std::vector<int64_t> from_rows_;      // resolved query rows for "from"
   torch::Tensor recv_sum_, recv_max_;   // [B, H, Tk]
+  torch::Tensor recv_count_;            // [B, H, Tk]: valid queries that can see each key
+  torch::Tensor sink_idx_, sink_w_;     // [B, k]: the first k real keys of each row, 1/0 weights
   torch::Tensor from_;                  // [B, H, n, Tk]
   torch::Tensor entropy_, sink_rows_;   // [B, H, Tq]
   torch::Tensor layer_map_t_;           // [B, Tq, Tk]
   std::map<int64_t, torch::Tensor> head_maps_;  // head -> [B, Tq, Tk]
 
   int64_t block_index(int64_t head) const;
+  void init_sink_keys(const RunContext& ctx);
 };
 
 }  // namespace attnscope

@@ -14,6 +14,12 @@ namespace attnscope {
 /// `probs (Tensor[B, H, Tq, Tk])` (or `[B*H, Tq, Tk]`) softmax-materialised attention.
 torch::Tensor capture(const torch::Tensor& probs, int64_t layer);
 
+/// Schema: attnscope::capture_dim(Tensor probs, int dim, int layer) -> Tensor
+/// A softmax site whose dim was given as a non-negative index in a graph without ranks (an
+/// archive reloaded by torch.jit.load): captured like capture() when `dim` is the last
+/// dimension of `probs` at run time, passed through untouched otherwise (not attention).
+torch::Tensor capture_dim(const torch::Tensor& probs, int64_t dim, int64_t layer);
+
 /// Schema: attnscope::capture_sdpa(Tensor q, Tensor k, Tensor? mask, bool is_causal,
 ///                                 float? scale, int layer) -> Tensor   (returns q)
 /// Placed on the query input of scaled_dot_product_attention; the recorder recomputes the
@@ -25,5 +31,6 @@ torch::Tensor capture_sdpa(const torch::Tensor& q, const torch::Tensor& k,
 /// Qualified operator names, for the graph pass and for checking archives.
 constexpr const char* kCaptureOp = "attnscope::capture";
 constexpr const char* kCaptureSdpaOp = "attnscope::capture_sdpa";
+constexpr const char* kCaptureDimOp = "attnscope::capture_dim";
 
 }  // namespace attnscope

@@ -73,14 +73,22 @@ bool feeds_product(Value* v, int depth) {
   return false;
 }
 
-bool softmax_on_last_dim(Node* n) {
+// Softmax dim: kLast (-1, or the last by the graph's rank), kMaybe (a non-negative index >= 2
+// in a graph without ranks, e.g. an archive reloaded by torch.jit.load: decided at run time by
+// capture_dim), kNo.
+enum class DimMatch { kNo, kLast, kMaybe };
+
+DimMatch softmax_on_last_dim(Node* n, int64_t* dim_out) {
   auto dim = torch::jit::toIValue(n->input(1));
-  if (!dim || !dim->isInt()) return false;
+  if (!dim || !dim->isInt()) return DimMatch::kNo;
   int64_t d = dim->toInt();
-  if (d == -1) return true;
+  *dim_out = d;
+  if (d == -1) return DimMatch::kLast;
   if (auto tt = n->input(0)->type()->cast<c10::TensorType>())
-    if (auto rank = tt->dim()) return d == static_cast<int64_t>(*rank) - 1;
-  return false;
+    if (auto rank = tt->dim())
+      return d == static_cast<int64_t>(*rank) - 1 ? DimMatch::kLast : DimMatch::kNo;
+  // Scores are at least [B·H, Tq, Tk]: a key dim below 2 cannot be the last one.
+  return d >= 2 ? DimMatch::kMaybe : DimMatch::kNo;
 }
 
 // Full dotted names of submodules by class type, for types that occur once (traced modules
@@ -122,17 +130,20 @@ struct Found {
   Node* node;
   bool sdpa;
   bool in_block;
+  int64_t runtime_dim;  // >= 0: softmax dim to check at run time (capture_dim); -1: none
 };
 
 void collect(torch::jit::Block* b, bool in_block, std::vector<Found>& out) {
   static const Symbol softmax = sym("aten::softmax"), softmax_ = sym("aten::_softmax"),
                       sdpa = sym("aten::scaled_dot_product_attention");
   for (Node* n : b->nodes()) {
+    int64_t d = -1;
     if (n->kind() == sdpa) {
-      out.push_back({n, true, in_block});
-    } else if ((n->kind() == softmax || n->kind() == softmax_) && softmax_on_last_dim(n) &&
-               fed_by_product(n->input(0), 0) && feeds_product(n->output(), 0)) {
-      out.push_back({n, false, in_block});
+      out.push_back({n, true, in_block, -1});
+    } else if (n->kind() == softmax || n->kind() == softmax_) {
+      DimMatch match = softmax_on_last_dim(n, &d);
+      if (match != DimMatch::kNo && fed_by_product(n->input(0), 0) && feeds_product(n->output(), 0))
+        out.push_back({n, false, in_block, match == DimMatch::kMaybe ? d : -1});
     }
     for (torch::jit::Block* sub : n->blocks()) collect(sub, true, out);
   }
@@ -150,10 +161,10 @@ int64_t count_capture_ops(const torch::jit::Module& module) {
   auto g = forward_graph(module)->copy();
   torch::jit::Inline(*g);
   int64_t n = 0;
-  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp);
+  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp), c = sym(kCaptureDimOp);
   std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* blk) {
     for (Node* node : blk->nodes()) {
-      if (node->kind() == a || node->kind() == b) ++n;
+      if (node->kind() == a || node->kind() == b || node->kind() == c) ++n;
       for (auto* sub : node->blocks()) walk(sub);
     }
   };
@@ -197,12 +208,13 @@ Instrumented instrument(const torch::jit::Module& module) {
               "(matmul/bmm/baddbmm/einsum, through scaling, masks, casts and views) and feeding "
               "a product with V, and for aten::scaled_dot_product_attention");
 
-  const Symbol cap = sym(kCaptureOp), cap_sdpa = sym(kCaptureSdpaOp);
+  const Symbol cap = sym(kCaptureOp), cap_sdpa = sym(kCaptureSdpaOp), cap_dim = sym(kCaptureDimOp);
   const TypeNames names = unique_type_names(r.module);
   for (size_t i = 0; i < found.size(); ++i) {
     Node* n = found[i].node;
     const int64_t id = static_cast<int64_t>(i);
-    r.sites.push_back({id, found[i].sdpa ? "sdpa" : "softmax", module_path(n, names), found[i].in_block});
+    r.sites.push_back({id, found[i].sdpa ? "sdpa" : "softmax", module_path(n, names), found[i].in_block,
+                       found[i].runtime_dim >= 0});
     torch::jit::WithCurrentScope scope(*graph, n->scope());
     if (found[i].sdpa) {
       // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)
@@ -215,7 +227,9 @@ Instrumented instrument(const torch::jit::Module& module) {
       n->replaceInput(0, q);
     } else {
       torch::jit::WithInsertPoint guard(n->next());
-      Value* p = graph->insert(cap, {n->output(), id});
+      Value* p = found[i].runtime_dim >= 0
+                     ? graph->insert(cap_dim, {n->output(), found[i].runtime_dim, id})
+                     : graph->insert(cap, {n->output(), id});
       n->output()->replaceAllUsesAfterNodeWith(p->node(), p);
     }
   }

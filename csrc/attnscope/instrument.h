@@ -20,6 +20,9 @@ struct AttentionSite {
   std::string path;
   /// True when the site sits inside an if/loop block (it may run 0 or several times).
   bool in_block = false;
+  /// True when whether it is attention is decided at run time (a softmax over a dim given as
+  /// a non-negative index in a graph without ranks: captured only when it is the last dim).
+  bool runtime_check = false;
 };
 
 /// A weight-sharing clone of a module with capture operators inserted.

@@ -6,7 +6,9 @@
 
 #include <torch/cuda.h>
 
+#include <algorithm>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -40,6 +42,11 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
   info.family = v.get_string("family", "");
   info.tokenizer_kind = v.get_string("tokenizer", "");
   info.causal = v.get_bool("causal", true);
+  info.causal_stated = v.find("causal") != nullptr && !v.find("causal")->is_null();
+  info.output = v.get_string("output", "logits");
+  TORCH_CHECK(info.output == "logits" || info.output == "hidden_states", "attnscope.json: output '",
+              info.output, "' unknown: expected 'logits' or 'hidden_states'");
+  info.context_length = v.get_int("context_length", -1);
   return info;
 }
 
@@ -114,11 +121,43 @@ void Model::prepare() {
     sites_ = std::move(ins.sites);
     instrumented_ = true;
     bool branches = false;
-    for (const auto& s : sites_) branches |= s.in_block;
+    for (const auto& s : sites_) branches |= s.in_block || s.runtime_check;
     if (info_.n_layers < 0 && !branches) {
       info_.n_layers = static_cast<int64_t>(sites_.size());
       info_.inferred.push_back("num_layers (attention sites in the graph)");
     }
+  }
+  if (info_.n_heads < 0 || info_.n_kv_heads < 0 || info_.n_layers < 0 || !info_.causal_stated) dry_run();
+}
+
+void Model::dry_run() {
+  const int64_t vocab = info_.vocab_size > 0 ? info_.vocab_size : 1;
+  const int64_t len = std::min<int64_t>(6, info_.context_length > 0 ? info_.context_length : 6);
+  auto ids = torch::arange(1, len + 1, torch::kLong).remainder(vocab).unsqueeze(0);
+  CaptureSpec spec;
+  spec.layer_maps = {0};
+  spec.top_k = 0;
+  Trace t;
+  const bool causal = info_.causal;
+  if (!info_.causal_stated) info_.causal = false;  // no trimming: the whole map decides
+  try {
+    t = run(ids, spec);
+  } catch (const std::exception& e) {
+    info_.causal = causal;
+    std::string msg = e.what();
+    info_.inferred.push_back("nothing from a dry run on " + std::to_string(len) +
+                             " tokens (it failed: " + msg.substr(0, msg.find('\n')) + ")");
+    return;
+  }
+  info_.causal = causal;
+  if (!info_.causal_stated) {
+    // Attention above the diagonal of layer 0 (keys after the query) means an encoder.
+    auto map = t.get("layer_map/L0")[0];
+    const int64_t tq = map.size(0), tk = map.size(1);
+    const bool above = tk > 1 && map.triu(tk - tq + 1).abs().sum().item<double>() > 0;
+    info_.causal = !above;
+    info_.inferred.push_back(above ? "causal: no (a dry run attends to later tokens)"
+                                   : "causal: yes (a dry run attends only to earlier tokens)");
   }
 }
 
@@ -151,9 +190,21 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
                 "attention_mask must hold only 0 (padding) and 1 (token)");
     TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
                 "attention_mask has a row with no tokens: every sequence needs at least one");
+    // Positions are taken from the mask (left padding) or run past the tokens (right
+    // padding); a gap inside a row is neither.
+    auto first = mask.argmax(1), count = mask.sum(1);
+    auto pos = torch::arange(len, torch::kLong).unsqueeze(0);
+    auto contiguous = (pos >= first.unsqueeze(1)).logical_and(pos < (first + count).unsqueeze(1));
+    TORCH_CHECK(mask.to(torch::kBool).equal(contiguous), "attention_mask: each row's tokens must be "
+                "one contiguous run (left or right padding); row ",
+                (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
+                " has padding between tokens");
   } else {
     mask = torch::ones_like(ids);
   }
+  TORCH_CHECK(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
+              " tokens is longer than the model's context of ", info_.context_length,
+              " tokens (attnscope.json context_length): shorten the text or split it");
   spec.validate(info_.n_layers, info_.n_heads, len);
 
   RunContext ctx;
@@ -193,27 +244,49 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     if (it == d.end() && d.size() > 0) it = d.begin();
     if (it != d.end() && it->value().isTensor()) logits = it->value().toTensor();
   }
-  TORCH_CHECK(logits.defined(), "forward returned ", out.tagKind(), "; expected logits [B, T, V] "
-              "or a tuple/list/dict whose first element is the logits");
+  const char* what = info_.output == "logits" ? "logits [B, T, V]" : "hidden states [B, T, D]";
+  TORCH_CHECK(logits.defined(), "forward returned ", out.tagKind(), "; expected ", what,
+              " or a tuple/list/dict whose first element is that");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == len,
-              "forward returned logits of shape ", logits.sizes(), "; expected [", batch, ", ",
-              len, ", V]");
-  if (info_.vocab_size < 0) {
+              "forward returned a tensor of shape ", logits.sizes(), "; expected ", what,
+              " with B = ", batch, ", T = ", len);
+  if (info_.output == "logits" && info_.vocab_size > 0 && logits.size(2) != info_.vocab_size &&
+      std::find(info_.inferred.begin(), info_.inferred.end(), "vocab_size (embedding table)") !=
+          info_.inferred.end()) {
+    // No attnscope.json, and the last dim is not the vocabulary: an encoder's hidden states.
+    info_.output = "hidden_states";
+    info_.inferred.push_back("output: hidden states (last dim " + std::to_string(logits.size(2)) +
+                             " != the " + std::to_string(info_.vocab_size) + " embedding rows)");
+  }
+  const bool has_logits = info_.output == "logits";
+  if (has_logits && info_.vocab_size < 0) {
     info_.vocab_size = logits.size(2);
     info_.inferred.push_back("vocab_size (logits)");
   }
-  TORCH_CHECK(hi < logits.size(2), "token id ", hi, " out of range: vocabulary has ",
-              logits.size(2), " entries");
+  if (has_logits)
+    TORCH_CHECK(hi < logits.size(2), "token id ", hi, " out of range: vocabulary has ",
+                logits.size(2), " entries");
 
   RecordResult res = rec.finish();
   Trace t;
   t.spec = spec;
   t.input_ids = ids;
   t.attention_mask = mask;
-  t.entropy = predictive_entropy(logits, spec.temperature);
-  if (spec.top_k > 0) {
+  const auto nan_at_pads = [&](const torch::Tensor& x) {  // [B, T, ...]: undefined at padding
+    if (!ctx.has_padding) return x;
+    auto ok = mask.to(torch::kBool).to(x.device());
+    while (ok.dim() < x.dim()) ok = ok.unsqueeze(-1);
+    return torch::where(ok, x, std::numeric_limits<float>::quiet_NaN());
+  };
+  if (has_logits) {
+    t.entropy = nan_at_pads(predictive_entropy(logits, spec.temperature));
+  } else {  // no next-token distribution: no predictive entropy
+    t.entropy = torch::full({batch, len}, std::numeric_limits<float>::quiet_NaN(),
+                            torch::dtype(torch::kFloat).device(logits.device()));
+  }
+  if (has_logits && spec.top_k > 0) {
     auto tk = top_k_predictions(logits, std::min<int64_t>(spec.top_k, logits.size(2)), spec.temperature);
-    t.topk_probs = tk.first;
+    t.topk_probs = nan_at_pads(tk.first);
     t.topk_ids = tk.second;
   }
   t.captures = std::move(res.captures);
@@ -266,7 +339,9 @@ std::string Model::describe() const {
   auto num = [](int64_t v) { return v < 0 ? std::string("unknown") : std::to_string(v); };
   o << "attnscope model" << (source_.empty() ? "" : " '" + source_ + "'") << " on " << device_ << "\n"
     << "  family: " << (info_.family.empty() ? "unknown" : info_.family)
-    << ", causal: " << (info_.causal ? "yes" : "no") << "\n"
+    << ", causal: " << (info_.causal ? "yes" : "no") << ", output: " << info_.output
+    << (info_.context_length > 0 ? ", context: " + std::to_string(info_.context_length) + " tokens" : "")
+    << "\n"
     << "  layers: " << num(info_.n_layers) << ", heads: " << num(info_.n_heads)
     << ", kv heads: " << num(info_.n_kv_heads) << ", head dim: " << num(info_.head_dim)
     << ", vocab: " << num(info_.vocab_size) << "\n"

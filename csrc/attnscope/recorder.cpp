@@ -92,8 +92,20 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
     const int64_t rows = std::min(step, tq - r0);
     auto block = sel.narrow(2, r0, rows);
     const int64_t keys = std::min(tk, off + r0 + rows);
-    if (trim && r0 == 0 && keys < tk)
-      trim = block.narrow(3, keys, tk - keys).amax().item<float>() == 0.0f;  // probs >= 0
+    if (trim && r0 == 0 && keys < tk) {
+      // Padded query rows may attend anywhere (transformers gives them a uniform row): only
+      // real queries decide whether the layer is causal.
+      auto above = block.narrow(3, keys, tk - keys);
+      if (ctx_.has_padding)
+        above = torch::where(ctx_.valid.narrow(1, off, rows).view({batch, 1, rows, 1}), above,
+                             torch::zeros({}, above.options()));
+      trim = above.amax().item<float>() == 0.0f;  // probs >= 0
+      if (!trim)
+        TORCH_WARN("layer ", layer, " attends to keys after the query (above the diagonal) although ",
+                   "the model is treated as causal (attnscope.json \"causal\": true, or a dry run at load): ",
+                   "the aggregates follow the attention as it is; an encoder's archive should say ",
+                   "\"causal\": false");
+    }
     if (trim && keys < tk) block = block.narrow(3, 0, keys);
     if (block.scalar_type() != torch::kFloat) {  // bf16/fp16 models: fp32 accumulation
       auto f = ws_.get(1, block.sizes(), block.device());
@@ -156,6 +168,18 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   }
   const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk, q.is_cuda());
   const float neg_inf = -std::numeric_limits<float>::infinity();
+  // Additive masks hide a key with -inf or the dtype's lowest value (transformers' convention);
+  // anything above half of it (ALiBi-style biases included) lets the key through.
+  double hidden_below = 0.0;
+  if (m.defined() && m.scalar_type() != torch::kBool) {
+    switch (m.scalar_type()) {
+      case torch::kHalf: hidden_below = -65504.0 / 2; break;
+      case torch::kBFloat16: hidden_below = -3.3895313892515355e38 / 2; break;
+      case torch::kDouble: hidden_below = -std::numeric_limits<double>::max() / 2; break;
+      default: hidden_below = -std::numeric_limits<float>::max() / 2.0;
+    }
+  }
+  const bool vis = acc->wants_visibility();
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
     // With is_causal, keys after the block's last row get probability exactly 0: skip them.
@@ -163,21 +187,34 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
     torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
     scores.mul_(s);
+    torch::Tensor visible;  // [B|1, H|1, rows, keys]: pairs the mask lets through
     if (m.defined()) {
       auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
       if (mc.size(3) > 1) mc = mc.narrow(3, 0, keys);
-      if (mc.scalar_type() == torch::kBool) scores.masked_fill_(mc.logical_not(), neg_inf);
-      else scores.add_(mc.to(torch::kFloat));
+      if (mc.scalar_type() == torch::kBool) {
+        scores.masked_fill_(mc.logical_not(), neg_inf);
+        if (vis) visible = mc;
+      } else {
+        scores.add_(mc.to(torch::kFloat));
+        if (vis) visible = mc.gt(hidden_below);
+      }
+      if (vis && (visible.size(2) != rows || visible.size(3) != keys))
+        visible = visible.expand({visible.size(0), visible.size(1), rows, keys});
     }
-    if (is_causal)  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
-      scores.masked_fill_(torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1),
-                          neg_inf);
+    if (is_causal) {  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
+      auto hide = torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1);
+      scores.masked_fill_(hide, neg_inf);
+      if (vis) visible = visible.defined() ? visible.logical_and(hide.logical_not())
+                                           : hide.logical_not().view({1, 1, rows, keys});
+    }
+    if (vis && !visible.defined())  // no mask at all: every key is visible
+      visible = torch::ones({1, 1, rows, keys}, torch::dtype(torch::kBool).device(dev));
     auto probs = ws_.get(2, scores.sizes(), dev);
     torch::_softmax_out(probs, scores, -1, false);
     // Only an explicit mask can hide every key of a row (padding queries: 0/0 = NaN); with
     // is_causal alone row i always sees keys 0..i, so the extra pass is skipped.
     if (m.defined()) probs.nan_to_num_(0.0);
-    acc->add_block(probs, r0, ctx_, ws_);
+    acc->add_block(probs, r0, ctx_, ws_, visible);
   }
 }
 

@@ -9,6 +9,7 @@
 
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <string>
 
 namespace test {
@@ -38,6 +39,16 @@ inline Ref load_ref(const std::string& name) {
 
 inline double max_abs(const torch::Tensor& a, const torch::Tensor& b) {
   return (a.to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+/// Max |got - want| over the rows of real queries; +inf unless the rows of padded queries are
+/// all NaN in `got` (undefined there). `got`/`want [B, Tq, ...]`, `mask [B, Tq]` 1 = token.
+inline double max_abs_rows(const torch::Tensor& got, const torch::Tensor& want, const torch::Tensor& mask) {
+  auto ok = mask.to(torch::kBool);
+  while (ok.dim() < got.dim()) ok = ok.unsqueeze(-1);
+  ok = ok.expand(got.sizes());
+  if (!got.isnan().equal(ok.logical_not())) return std::numeric_limits<double>::infinity();
+  return (got.to(torch::kDouble) - want.to(torch::kDouble)).masked_fill(ok.logical_not(), 0).abs().max().item<double>();
 }
 
 /// Message of the c10::Error thrown by `f` ("" if none).

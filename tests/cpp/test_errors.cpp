@@ -64,10 +64,10 @@ CATCH_TEST_CASE("layer/head out of range, before and after the run", "[errors]")
   s.heads = {{0, 4}};
   e = test::error_of([&] { meta.run(ref.ids, s); });
   CATCH_CHECK(has(e, "head 4 out of range: model has 4 heads (0..3)"));
-  auto nometa = Model::load(test::fixture("toy_gpt2.pt"), "cpu");  // heads unknown until it runs
+  auto nometa = Model::load(test::fixture("toy_gpt2.pt"), "cpu");  // heads from the dry run at load
   s.heads = {{1, 9}};
   e = test::error_of([&] { nometa.run(ref.ids, s, ref.mask); });
-  CATCH_CHECK(has(e, "head 9 out of range: layer 1 has 4 heads (0..3)"));
+  CATCH_CHECK(has(e, "head 9 out of range: model has 4 heads (0..3)"));
   CaptureSpec f;
   f.from_tokens = {12};
   e = test::error_of([&] { meta.run(ref.ids, f); });

@@ -23,7 +23,7 @@ CATCH_TEST_CASE("trace save/load round trip keeps every field", "[trace]") {
   auto u = Trace::load(path);
   CATCH_CHECK(u.input_ids.equal(t.input_ids));
   CATCH_CHECK(u.attention_mask.equal(t.attention_mask));
-  CATCH_CHECK(u.entropy.equal(t.entropy));
+  CATCH_CHECK(u.entropy.allclose(t.entropy, 0, 0, /*equal_nan=*/true));  // NaN at padding
   CATCH_CHECK(u.topk_ids.equal(t.topk_ids));
   CATCH_CHECK(u.names() == t.names());
   for (const auto& n : t.names()) CATCH_CHECK(u.get(n).allclose(t.get(n), 0, 0, /*equal_nan=*/true));
@@ -44,15 +44,19 @@ CATCH_TEST_CASE("metadata from attnscope.json, inferred otherwise, and said so",
   CATCH_CHECK(with.info().inferred.empty());
   auto without = Model::load(test::fixture("toy_gpt2.pt"), "cpu");
   CATCH_CHECK(without.info().n_layers == 3);  // attention sites in the graph
-  CATCH_CHECK(without.info().n_heads == -1);
+  CATCH_CHECK(without.info().n_heads == 4);   // from captured shapes of the dry run at load
+  CATCH_CHECK(without.info().causal);
   auto ref = test::load_ref("toy_gpt2");
   without.run(ref.ids, CaptureSpec::all_aggregates(), ref.mask);
-  CATCH_CHECK(without.info().n_heads == 4);  // from captured shapes
   CATCH_CHECK(without.info().vocab_size == 64);
   auto d = without.describe();
   CATCH_CHECK(d.find("inferred") != std::string::npos);
   CATCH_CHECK(d.find("num_heads (captured shapes)") != std::string::npos);
   CATCH_CHECK(d.find("site 2: softmax") != std::string::npos);
+  CATCH_CHECK(d.find("causal: yes (a dry run attends only to earlier tokens)") != std::string::npos);
+  auto enc = Model::load(test::fixture("toy_bidirectional.pt"), "cpu");
+  CATCH_CHECK_FALSE(enc.info().causal);
+  CATCH_CHECK(enc.describe().find("causal: no (a dry run attends to later tokens)") != std::string::npos);
 }
 
 CATCH_TEST_CASE("tokenizer.json id -> token strings, with \\u escapes and surrogate pairs", "[vocab]") {
