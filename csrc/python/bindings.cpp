@@ -111,6 +111,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("vocab_size", [](const Model& x) { return x.info().vocab_size; })
       .def_property_readonly("family", [](const Model& x) { return x.info().family; })
       .def_property_readonly("bos_id", [](const Model& x) { return x.info().bos_id; })
+      .def_property_readonly("causal", [](const Model& x) { return x.info().causal; })
+      .def_property_readonly("output", [](const Model& x) { return x.info().output; })
+      .def_property_readonly("context_length", [](const Model& x) { return x.info().context_length; })
       .def_property_readonly("device", [](const Model& x) { return x.device().str(); })
       .def_property_readonly("instrumented", &Model::instrumented)
       .def_property_readonly("tokenizer_json", &Model::tokenizer_json);

@@ -1,153 +1,106 @@
-"""export_hf: a transformers causal LM -> TorchScript archive with attnscope's capture operators.
+"""export_hf: a transformers model (causal LM or encoder) -> TorchScript archive for attnscope.
 
-Two attention functions are registered with transformers' attention interface:
-  "attnscope_sdpa":  capture_sdpa(q, k, mask, is_causal, scale, layer) on the query, then
-                     transformers' own SDPA path (the fast kernel keeps running);
-  "attnscope_eager": softmax(q·kᵀ·scale + mask) in fp32 -> capture(probs, layer) -> probs·v.
-Masks come from transformers' sdpa/eager mask builders, so padding and sliding windows are
-the model's own. A thin wrapper returning logits is traced (transformers 5 has no torchscript
-flag). The traced capture is then checked against the model's eager `output_attentions`.
+Routes, tried in order until one exports and passes the check:
+  "transformers":     attnscope's attention functions (hf_attention) registered with transformers'
+                      attention interface; the archive carries the capture operators.
+  "graph":            the model traced with its own attention (`attention` where the model can
+                      switch, else what it was built with); attnscope.load's graph pass finds
+                      its softmax / SDPA sites. Works for families outside the interface
+                      (GPT-J, Falcon, Bloom) and for attention the functions do not implement.
+  "attnscope-module": the project's own Llama-family module with the same weights (Llama,
+                      Qwen2, Mistral).
+A thin wrapper returning logits (or, for a model without LM head, the last hidden states) is
+traced. The check compares the archive's maps with eager `output_attentions` of a correct
+eager reference (a fresh eager copy for models that cannot switch attention: transformers
+5.17's Falcon built for SDPA adds its bool mask as numbers when asked for attentions).
 """
+import contextlib
+import copy
 import json
 import os
 import warnings
-from typing import Optional
 
 import torch
 
+from . import hf_attention
 from .export import FORMAT_VERSION
+from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
 
 ATTENTIONS = ("sdpa", "eager")
-# Families the project's own Llama-family module covers (the fallback when tracing fails).
+ROUTES = ("transformers", "graph", "attnscope-module")
+# Families the project's own Llama-family module covers (the last route).
 FALLBACK_FAMILIES = ("llama", "qwen2", "mistral")
-_UNSUPPORTED_KWARGS = ("softcap", "sinks", "s_aux", "position_bias")
 
 
-def _layer(module):
-    idx = getattr(module, "layer_idx", None)
-    if idx is None:
-        raise ValueError(f"{type(module).__name__} has no layer_idx: attnscope needs the layer index "
-                         "of each attention module")
-    return int(idx)
+class _Outputs(torch.nn.Module):
+    """forward(input_ids, attention_mask) -> logits [B, T, V], or hidden states [B, T, D]."""
 
-
-def _check_kwargs(module, kwargs):
-    for k in _UNSUPPORTED_KWARGS:
-        if kwargs.get(k) is not None:
-            raise NotImplementedError(f"{type(module).__name__} passes {k}=...: attention with {k} "
-                                      "is not supported by attnscope's attention functions")
-
-
-_SDPA_CAPTURE = None
-
-
-@torch.jit.script
-def exact_causal(mask: torch.Tensor, tq: int, tk: int) -> bool:
-    """True when a bool mask [B, 1|H, T, T] (True = attend) is exactly the causal one."""
-    if mask.dtype != torch.bool or tq != tk or mask.size(-1) != tk or mask.size(-2) != tq:
-        return False
-    full = mask.size(0) * mask.size(1) * tq * (tq + 1) // 2
-    return (not bool(torch.triu(mask, 1).any())) and int(mask.sum()) == full
-
-
-def _sdpa_capture_fn():
-    """TorchScript function (scripted, so its branch survives tracing): a mask that is exactly
-    causal (what transformers builds for unpadded input while tracing) becomes is_causal=True
-    with no mask, so SDPA keeps its flash kernel and the recorder skips the upper triangle;
-    any other mask (padding, sliding window) is passed on as it is."""
-    global _SDPA_CAPTURE
-    if _SDPA_CAPTURE is None:
-        from .. import _core  # noqa: F401  (registers the capture operators)
-
-        def sdpa_capture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_rep: torch.Tensor,
-                         v_rep: torch.Tensor, mask: Optional[torch.Tensor], scale: float, layer: int,
-                         causal: bool) -> torch.Tensor:
-            exact = False
-            if mask is not None:
-                exact = exact_causal(mask, q.size(2), k.size(2))
-            if mask is None or exact:
-                is_causal = causal or exact
-                q = torch.ops.attnscope.capture_sdpa(q, k, None, is_causal, scale, layer)
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q, k_rep, v_rep, attn_mask=None, dropout_p=0.0, is_causal=is_causal, scale=scale)
-            q = torch.ops.attnscope.capture_sdpa(q, k, mask, False, scale, layer)
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, k_rep, v_rep, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale)
-
-        _SDPA_CAPTURE = torch.jit.script(sdpa_capture)
-    return _SDPA_CAPTURE
-
-
-def attnscope_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
-                   is_causal=None, **kwargs):
-    """transformers attention function: capture_sdpa on the query, then SDPA (see _sdpa_capture_fn)."""
-    _check_kwargs(module, kwargs)
-    if dropout and module.training:
-        raise NotImplementedError("attention dropout in training mode: export the model in eval()")
-    groups = getattr(module, "num_key_value_groups", 1)
-    k_rep, v_rep = key, value
-    if groups > 1:  # SDPA gets repeated K/V; the recorder maps query heads to KV heads itself
-        k_rep = key.repeat_interleave(groups, dim=1)
-        v_rep = value.repeat_interleave(groups, dim=1)
-    scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
-    mask = attention_mask
-    if mask is not None and mask.shape[-1] != key.shape[2]:
-        mask = mask[..., : key.shape[2]]
-    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
-    causal = bool(query.shape[2] > 1 and causal)
-    out = _sdpa_capture_fn()(query, key, value, k_rep, v_rep, mask, scale, _layer(module), causal)
-    return out.transpose(1, 2).contiguous(), None
-
-
-def attnscope_eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention function: materialised softmax in fp32 -> capture -> · V."""
-    _check_kwargs(module, kwargs)
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:  # grouped-query attention: each KV head serves `groups` query heads
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    if scaling is None:
-        scaling = query.shape[-1] ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        m = attention_mask[:, :, :, : key.shape[-2]]
-        scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = torch.ops.attnscope.capture(probs, _layer(module))
-    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
-    return out, probs
-
-
-def register():
-    """Registers attnscope_sdpa / attnscope_eager (attention and mask functions) with transformers."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
-    from .. import _core  # noqa: F401  (registers the capture operators)
-    AttentionInterface.register("attnscope_sdpa", attnscope_sdpa)
-    AttentionInterface.register("attnscope_eager", attnscope_eager)
-    AttentionMaskInterface.register("attnscope_sdpa", sdpa_mask)
-    AttentionMaskInterface.register("attnscope_eager", eager_mask)
-
-
-class _LogitsOnly(torch.nn.Module):
-    def __init__(self, model):
+    def __init__(self, model, output):
         super().__init__()
-        self.model = model
+        self.model, self.output = model, output
 
     def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.logits if self.output == "logits" else out.last_hidden_state
+
+
+@contextlib.contextmanager
+def _inline_autograd_functions():
+    """While tracing, run torch.autograd.Function subclasses' forward directly, so their tensor
+    ops are recorded instead of a Python call that TorchScript cannot save (Bloom's GeLU).
+    The archive is for inference: the backward is not needed."""
+    from torch.autograd.function import Function
+
+    class _Ctx:
+        needs_input_grad = ()
+
+        def save_for_backward(self, *a):
+            pass
+
+        def mark_non_differentiable(self, *a):
+            pass
+
+        def set_materialize_grads(self, *a):
+            pass
+
+    original = Function.apply.__func__
+
+    def apply(cls, *args, **kwargs):
+        if cls.setup_context is not Function.setup_context:  # new style: forward takes no ctx
+            return cls.forward(*args, **kwargs)
+        return cls.forward(_Ctx(), *args, **kwargs)
+
+    Function.apply = classmethod(apply)
+    try:
+        yield
+    finally:
+        Function.apply = classmethod(original)
+
+
+def _text_config(model):
+    cfg = model.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _output_kind(model):
+    return "logits" if model.get_output_embeddings() is not None else "hidden_states"
 
 
 def _facts(model):
-    cfg = model.config
-    tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    tc = _text_config(model)
     heads = tc.num_attention_heads
-    kv = getattr(tc, "num_key_value_heads", None) or heads
+    kv = getattr(tc, "num_key_value_heads", None)
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
-    return tc, {"num_layers": tc.num_hidden_layers, "num_heads": heads, "num_kv_heads": kv,
-                "head_dim": head_dim, "vocab_size": tc.vocab_size,
-                "bos_token_id": getattr(tc, "bos_token_id", None),
-                "eos_token_id": getattr(tc, "eos_token_id", None), "family": tc.model_type}
+    facts = {"num_layers": tc.num_hidden_layers, "num_heads": heads, "head_dim": head_dim,
+             "vocab_size": tc.vocab_size, "bos_token_id": getattr(tc, "bos_token_id", None),
+             "eos_token_id": getattr(tc, "eos_token_id", None), "family": tc.model_type,
+             "output": _output_kind(model)}
+    if kv:  # else the KV heads are read off the graph's SDPA sites (or equal the heads)
+        facts["num_kv_heads"] = kv
+    ctx = getattr(tc, "max_position_embeddings", None)
+    if isinstance(ctx, int) and ctx > 0:
+        facts["context_length"] = ctx
+    return tc, facts
 
 
 def _tokenizer_files(tokenizer):
@@ -175,20 +128,52 @@ def _example(vocab, length, device):
     return ids, mask
 
 
+def can_switch_attention(model):
+    """True when the model follows transformers' attention interface (set_attn_implementation works)."""
+    f = getattr(model, "_can_set_attn_implementation", None)
+    return bool(f()) if f is not None else True
+
+
+@contextlib.contextmanager
+def eager_reference(model):
+    """A model computing eager attentions with the same weights: `model` itself switched to
+    eager, or a fresh eager copy when it cannot switch (its attention class is fixed at build)."""
+    if can_switch_attention(model):
+        impl = model.config._attn_implementation
+        model.set_attn_implementation("eager")
+        try:
+            yield model
+        finally:
+            model.set_attn_implementation(impl)
+        return
+    cfg = copy.deepcopy(model.config)
+    cfg._attn_implementation = "eager"
+    ref = type(model)(cfg).to(next(model.parameters()).device).eval()
+    ref.load_state_dict(model.state_dict())
+    yield ref
+
+
+def eager_attentions(model, ids, mask):
+    """Per layer eager attention weights [B, H, T, T] from a correct eager reference of `model`."""
+    with eager_reference(model) as ref, torch.no_grad():
+        return ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False).attentions
+
+
+def observed_causal(model, vocab, device):
+    """Whether the model attends only to earlier tokens, from eager attentions of an unpadded input."""
+    ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(1)).to(device)
+    att = eager_attentions(model, ids, torch.ones_like(ids))
+    return all(float(a.float().triu(1).abs().sum()) == 0.0 for a in att)
+
+
 def attention_diffs(am, model, ids, mask):
-    """Per layer: max |captured - transformers eager output_attentions| over real query rows
-    (lists `raw`), and the same beyond the reference's own rounding (`beyond`: bf16/fp16
-    references hold 8/11 significant bits). am: an attnscope Model of `model`; ids/mask [B, T]."""
+    """Per layer: max |captured - eager output_attentions| over real query rows (lists `raw`),
+    and the same beyond the reference's own rounding (`beyond`: bf16/fp16 references hold 8/11
+    significant bits). am: an attnscope Model of `model`; ids/mask [B, T]."""
     L, H = am.n_layers, am.n_heads
     trace = am.run(ids.cpu(), capture={"heads": [(l, h) for l in range(L) for h in range(H)], "top_k": 0},
                    attention_mask=mask.cpu())
-    impl = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            ref = model(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False).attentions
-    finally:
-        model.set_attn_implementation(impl)
+    ref = eager_attentions(model, ids, mask)
     ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
     ok = mask.cpu().bool()[:, None, :, None]
     raw, beyond = [], []
@@ -201,114 +186,198 @@ def attention_diffs(am, model, ids, mask):
     return raw, beyond
 
 
-def _verify(model, archive, ids, mask, tol):
-    """Max |captured - transformers eager output_attentions| over layers, valid query rows."""
-    from ..api import load
-    worst = max(attention_diffs(load(archive, device=str(ids.device)), model, ids, mask)[0])
-    if not worst <= tol:
-        raise ValueError(f"captured attention differs from transformers' eager attentions by {worst:.3g} "
-                         f"(> {tol:g}): this {model.config.model_type} model's attention is not reproduced")
-    return worst
+def describe_error(e):
+    """The whole message of `e` and of its causes, on one line: `Type: message <- Cause: message`."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        parts.append(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
+        e = e.__cause__ or e.__context__
+    return " <- ".join(parts)
 
 
-def trace_hf(model, *, attention="sdpa", example_length=16):
-    """(traced ScriptModule forward(input_ids, attention_mask) -> logits, attnscope.json facts)
-    of a transformers causal LM with attnscope's attention functions; the traced module shares
-    the model's parameters (no copy). attnscope.from_module(traced, info=facts) runs it without
-    an archive (how bench/device_check.py handles a 7B model)."""
+def _nodes(block):
+    """Every node of a graph or block, inside if/loop blocks too."""
+    for n in block.nodes():
+        yield n
+        for b in n.blocks():
+            yield from _nodes(b)
+
+
+def _python_calls(traced):
+    """Python functions a traced graph calls (TorchScript cannot save them)."""
+    return sorted({n.pyname() for n in _nodes(traced.inlined_graph) if n.kind() == "prim::PythonOp"})
+
+
+def _trace_module(module, ids, mask):
+    with torch.no_grad(), warnings.catch_warnings(), _inline_autograd_functions():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, (ids, mask), check_trace=False)
+    calls = _python_calls(traced)
+    if calls:
+        raise ValueError(f"the traced forward calls Python function(s) {', '.join(calls)}, which "
+                         "TorchScript cannot save")
+    return traced
+
+
+def _capture_ops(traced):
+    return sum(n.kind().startswith("attnscope::") for n in _nodes(traced.inlined_graph))
+
+
+def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"):
+    """(traced ScriptModule forward(input_ids, attention_mask) -> logits or hidden states,
+    attnscope.json facts) of a transformers model; the traced module shares the model's
+    parameters (no copy). route "transformers" uses attnscope's attention functions, "graph"
+    the model's own attention (attnscope.load instruments it). attnscope.from_module(traced,
+    info=facts) runs it without an archive (how bench/device_check.py handles a 7B model)."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
+    if route not in ROUTES[:2]:
+        raise ValueError(f"route {route!r}: expected 'transformers' or 'graph'")
     register()
-    _, facts = _facts(model)
-    facts.update(format_version=FORMAT_VERSION, causal=True, attention=attention,
-                 transformers=transformers.__version__, torch=torch.__version__, route="transformers",
-                 dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
+    tc, facts = _facts(model)
     device = next(model.parameters()).device
+    facts.update(format_version=FORMAT_VERSION, transformers=transformers.__version__, torch=torch.__version__,
+                 route=route, attention_requested=attention,
+                 dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
     ids, mask = _example(facts["vocab_size"], example_length, device)
+    switch = can_switch_attention(model)
+    if route == "transformers" and not switch:
+        raise ValueError(f"{type(model).__name__} does not use transformers' attention interface, so "
+                         "attnscope's attention functions cannot be plugged in")
     old_impl = model.config._attn_implementation
     model.eval()
+    hf_attention.used.clear()
     try:
-        model.set_attn_implementation(f"attnscope_{attention}")
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            traced = torch.jit.trace(_LogitsOnly(model), (ids, mask), check_trace=False)
+        if route == "transformers":
+            model.set_attn_implementation(f"attnscope_{attention}")
+        elif switch:
+            model.set_attn_implementation(attention)
+        traced = _trace_module(_Outputs(model, facts["output"]), ids, mask)
     finally:
-        model.set_attn_implementation(old_impl)
+        if switch:
+            model.set_attn_implementation(old_impl)
+    if route == "transformers":
+        if _capture_ops(traced) == 0:
+            raise ValueError("no attention call of the model went through attnscope's attention functions")
+        ran = sorted(hf_attention.used.get(f"attnscope_{attention}", {attention}))
+        facts["attention"] = " + ".join(ran)
+    else:
+        facts["attention"] = (f"{attention} (the model's own)" if switch else
+                              f"{old_impl} (the model's own: {type(model).__name__} cannot switch attention)")
     return traced, facts
+
+
+def _load_any(src):
+    """(model, tokenizer) from a checkpoint folder: a causal LM class when config.architectures
+    names one, else the base model (encoders such as BERT / MiniLM)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    cfg = AutoConfig.from_pretrained(src)
+    archs = getattr(cfg, "architectures", None) or []
+    causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or not archs
+    model = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(src)
+    tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
+    return model, tok
 
 
 def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback=True,
               example_length=16, tol=None):
-    """Traces a transformers causal LM (a PreTrainedModel, or a checkpoint folder name) to a
-    TorchScript archive at `path` with capture operators at every attention site.
+    """Exports a transformers model (a PreTrainedModel, or a checkpoint folder) to a TorchScript
+    archive at `path` that attnscope.load captures exactly.
 
-    attention: "sdpa" (transformers' SDPA kernel, probabilities recomputed by the recorder) or
-    "eager". The archive holds attnscope.json (layers, heads, KV heads, head_dim, vocab,
-    BOS/EOS, family, transformers/torch versions) and tokenizer.json when `tokenizer` is given
+    attention: "sdpa" (fast kernel, probabilities recomputed by the recorder) or "eager".
+    Routes (module docstring): "transformers" first; with fallback=True, "graph" and then, for
+    FALLBACK_FAMILIES, "attnscope-module" when a route fails to trace or to pass the check.
+    The archive holds attnscope.json (layers, heads, head_dim, vocab, BOS/EOS, family, causal —
+    observed from eager attentions —, output "logits"/"hidden_states", context_length,
+    versions, route, attention requested and used) and tokenizer.json when `tokenizer` is given
     (tokens.json, the id -> token strings, for a tokenizer that has no tokenizer.json).
-    With verify=True the archive's captured maps are compared with the model's eager
-    output_attentions on a padded example (tol: 1e-5 for fp32, 1e-2 for bf16/fp16). When tracing
-    or the check fails and the family is one of FALLBACK_FAMILIES, the project's own
-    Llama-family module is exported instead (fallback=False raises). Returns a dict with the
-    path, the route taken ("transformers" or "attnscope-module"), the check's max difference
-    and the reason for a fallback."""
+    verify=True compares the archive's maps with a correct eager reference's output_attentions
+    on a padded example (tol: 1e-5 for fp32, 2e-2 for bf16/fp16). Returns a dict: path, route,
+    attention (what runs), max_abs_diff, reason (why earlier routes failed, or None)."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
     if isinstance(model, (str, os.PathLike)):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         src = os.fspath(model)
-        model = AutoModelForCausalLM.from_pretrained(src)
-        if tokenizer is None and os.path.isfile(os.path.join(src, "tokenizer.json")):
-            tokenizer = AutoTokenizer.from_pretrained(src)
+        if not os.path.isdir(src):
+            raise ValueError(f"model: {src!r} is not a checkpoint folder (config.json + weights); attnscope "
+                             "never downloads from a model hub")
+        model, tok = _load_any(src)
+        tokenizer = tokenizer if tokenizer is not None else tok
     if not isinstance(model, transformers.PreTrainedModel):
         raise ValueError(f"model: expected a transformers PreTrainedModel or a checkpoint folder, got {type(model).__name__}")
     tc, facts = _facts(model)
     family = facts["family"]
+    device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
     extra = _tokenizer_files(tokenizer)
-    tok_meta = {"tokenizer": next(iter(extra), None), "exported_by": "attnscope.export_hf"}
-    ids, mask = _example(facts["vocab_size"], example_length, next(model.parameters()).device)
-    try:
-        traced, meta = trace_hf(model, attention=attention, example_length=example_length)
-        meta.update(tok_meta)
-        extra["attnscope.json"] = json.dumps(meta)
-        _save(traced, path, extra)
-        worst = _verify(model, path, ids, mask, tol) if verify else None
-        return {"path": str(path), "route": "transformers", "max_abs_diff": worst, "reason": None}
-    except Exception as e:  # noqa: BLE001 - reported, then the fallback or a clear error
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        if not fallback or family not in FALLBACK_FAMILIES:
-            raise ValueError(
-                f"cannot export this {family} model with transformers {transformers.__version__} "
-                f"(attention={attention!r}): {reason}. "
-                + (f"attnscope's own module covers {', '.join(FALLBACK_FAMILIES)} (fallback=True)."
-                   if family not in FALLBACK_FAMILIES else "Retry with fallback=True.")
-                + " Or export the model yourself so that its softmax/SDPA is visible in the graph "
-                  "and load it with attnscope.load (the graph pass inserts the capture operators).") from e
-    meta = {**facts, **tok_meta, "format_version": FORMAT_VERSION, "causal": True, "attention": attention,
-            "transformers": transformers.__version__, "torch": torch.__version__,
-            "dtype": str(dtype).replace("torch.", "")}
-    return _fallback(model, tc, path, attention, meta, extra, ids, mask, tol, verify, reason)
+    model.eval()
+    causal = observed_causal(model, facts["vocab_size"], device)
+    stated = bool(getattr(tc, "is_decoder", False)) or any(getattr(m, "is_causal", False) for m in model.modules())
+    if stated != causal:
+        warnings.warn(f"export_hf: the {family} config/modules say causal={stated}, but its eager attentions "
+                      f"are {'causal' if causal else 'bidirectional'}; the archive records causal={causal}")
+    common = {"causal": causal, "tokenizer": next(iter(extra), None), "exported_by": "attnscope.export_hf"}
+    ids, mask = _example(facts["vocab_size"], example_length, device)
+    routes = ["transformers", "graph"] if can_switch_attention(model) else ["graph"]
+    if family in FALLBACK_FAMILIES and facts["output"] == "logits":
+        routes.append("attnscope-module")
+    if not fallback:
+        routes = routes[:1]
+    failures = []
+    for route in routes:
+        try:
+            if route == "attnscope-module":
+                traced, meta = _own_module(model, tc, attention, ids, mask, facts)
+            else:
+                traced, meta = trace_hf(model, attention=attention, example_length=example_length, route=route)
+            meta.update(common)
+            if failures:
+                meta["fallback_reason"] = "; ".join(failures)
+            _save(traced, path, {**extra, "attnscope.json": json.dumps(meta)})
+            worst = _verify(model, path, ids, mask, tol) if verify else None
+        except Exception as e:  # noqa: BLE001 - reported, then the next route or a clear error
+            failures.append(f"route {route}: {describe_error(e)}")
+            if route != routes[-1]:
+                warnings.warn(f"export_hf: {failures[-1]}; trying the {routes[routes.index(route) + 1]} route")
+            continue
+        if not meta["attention"].startswith(attention):
+            warnings.warn(f"export_hf: attention={attention!r} was not used: the archive runs {meta['attention']}")
+        return {"path": str(path), "route": route, "attention": meta["attention"], "max_abs_diff": worst,
+                "reason": "; ".join(failures) or None}
+    hint = ("Retry with fallback=True to try the graph route." if not fallback and len(failures) == 1
+            and can_switch_attention(model) else
+            "Workaround: export the model yourself with torch.jit.trace (eager attention, a wrapper "
+            "returning logits) and load it with attnscope.load: the graph pass inserts the capture operators.")
+    raise ValueError(f"cannot export this {family} model ({type(model).__name__}) with transformers "
+                     f"{transformers.__version__} (attention={attention!r}): " + "; ".join(failures) + ". " + hint)
 
 
-def _fallback(model, tc, path, attention, meta, extra, ids, mask, tol, verify, reason):
+def _verify(model, archive, ids, mask, tol):
+    """Max |captured - eager output_attentions| over layers, real query rows."""
+    from ..api import load
+    worst = max(attention_diffs(load(archive, device=str(ids.device)), model, ids, mask)[0])
+    if not worst <= tol:
+        raise ValueError(f"captured attention differs from the eager reference's attentions by {worst:.3g} "
+                         f"(> {tol:g}): this {model.config.model_type} model's attention is not reproduced")
+    return worst
+
+
+def _own_module(model, tc, attention, ids, mask, facts):
+    import transformers
     from .llama import LlamaConfig, LlamaForCausalLM
-    warnings.warn(f"export_hf: tracing the transformers model failed ({reason}); exporting "
-                  f"attnscope's Llama-family module with the same weights instead")
     own = LlamaForCausalLM(LlamaConfig.from_hf(tc.to_dict()), attention=attention)
     own.load_hf_state_dict({k: v.detach() for k, v in model.state_dict().items()})
     own = own.to(device=ids.device, dtype=next(model.parameters()).dtype).eval()
-    meta.update(route="attnscope-module", fallback_reason=reason, config=own.cfg.to_dict())
-    extra["attnscope.json"] = json.dumps(meta)
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(own, (ids, mask), check_trace=False)
-    _save(traced, path, extra)
-    worst = _verify(model, path, ids, mask, tol) if verify else None
-    return {"path": str(path), "route": "attnscope-module", "max_abs_diff": worst, "reason": reason}
+    meta = {**facts, "format_version": FORMAT_VERSION, "attention": attention, "attention_requested": attention,
+            "transformers": transformers.__version__, "torch": torch.__version__, "route": "attnscope-module",
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "config": own.cfg.to_dict()}
+    meta.setdefault("num_kv_heads", own.cfg.num_kv_heads)
+    return _trace_module(own, ids, mask), meta
 
 
 def _save(traced, path, extra):

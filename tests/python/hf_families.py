@@ -1,0 +1,37 @@
+"""Tiny random configs of transformers 5.17 families for the export matrix (tests/python/test_hf_matrix.py).
+
+Each builder returns a fresh model; sizes are small enough for CI (2-3 layers, 4 heads, hidden 32)."""
+import transformers as T
+V = 64
+
+
+def small(**kw):
+    d = dict(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    d.update(kw); return d
+
+
+FAMILIES = {
+ "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**small(num_key_value_heads=2))),
+ "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**small(num_key_value_heads=1))),
+ "qwen2_sw": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**small(num_key_value_heads=2, use_sliding_window=True, sliding_window=4, max_window_layers=1))),
+ "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(**small(num_key_value_heads=2, head_dim=8))),
+ "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(**small(num_key_value_heads=2, sliding_window=4))),
+ "mixtral": lambda: T.MixtralForCausalLM(T.MixtralConfig(**small(num_key_value_heads=2, num_local_experts=2, num_experts_per_tok=1, sliding_window=5))),
+ "gemma": lambda: T.GemmaForCausalLM(T.GemmaConfig(**small(num_key_value_heads=1, head_dim=8))),
+ "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(**small(num_key_value_heads=2, head_dim=8, sliding_window=4, attn_logit_softcapping=2.0, final_logit_softcapping=30.0, query_pre_attn_scalar=8))),
+ "gemma3": lambda: T.Gemma3ForCausalLM(T.Gemma3TextConfig(**small(num_hidden_layers=3, num_key_value_heads=2, head_dim=8, sliding_window=4, query_pre_attn_scalar=8, layer_types=["sliding_attention","full_attention","sliding_attention"]))),
+ "phi": lambda: T.PhiForCausalLM(T.PhiConfig(**small(partial_rotary_factor=0.5))),
+ "phi3": lambda: T.Phi3ForCausalLM(T.Phi3Config(**small(num_key_value_heads=2))),
+ "opt": lambda: T.OPTForCausalLM(T.OPTConfig(vocab_size=V, hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, word_embed_proj_dim=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+ "gpt2": lambda: T.GPT2LMHeadModel(T.GPT2Config(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)),
+ "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**small())),
+ "gptj": lambda: T.GPTJForCausalLM(T.GPTJConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, bos_token_id=1, eos_token_id=2)),
+ "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, bos_token_id=1, eos_token_id=2)),
+ "bloom": lambda: T.BloomForCausalLM(T.BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)),
+ "stablelm": lambda: T.StableLmForCausalLM(T.StableLmConfig(**small(num_key_value_heads=2))),
+ "starcoder2": lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**small(num_key_value_heads=2, sliding_window=4))),
+ "olmo2": lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**small(num_key_value_heads=2))),
+ "cohere": lambda: T.CohereForCausalLM(T.CohereConfig(**small(num_key_value_heads=2))),
+ "bert": lambda: T.BertModel(T.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),
+}

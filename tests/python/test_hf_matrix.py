@@ -1,0 +1,141 @@
+"""Every captured quantity of 22 transformers 5.17 families (tiny random configs), exported with
+export_hf, against references computed here from eager attentions and the mask each model
+really uses (causal or bidirectional, sliding windows per layer type, padding), at a length
+other than the traced one, unpadded, left- and right-padded. fp32, 1e-5.
+
+The mask is written out from the config (never read back from the capture); the test first
+checks that the eager attentions are exactly zero outside it, so a wrong mask fails loudly."""
+import copy
+import warnings
+
+import pytest
+import torch
+from hf_families import FAMILIES, V
+
+import attnscope
+
+transformers = pytest.importorskip("transformers")
+
+T, PAD, SINK = 11, 3, 2
+TOL = 1e-5
+CAPTURE = {"received": True, "attn_entropy": True, "sink_tokens": SINK, "from_tokens": [-1, 2], "top_k": 0}
+
+
+def eager_reference(model):
+    """The same weights computing eager attentions; rebuilt for models whose attention class is
+    fixed at construction (Falcon, Bloom, GPT-J: switching them does nothing)."""
+    if model._can_set_attn_implementation():
+        ref = copy.deepcopy(model)
+        ref.set_attn_implementation("eager")
+        return ref
+    cfg = copy.deepcopy(model.config)
+    cfg._attn_implementation = "eager"
+    ref = type(model)(cfg).eval()
+    ref.load_state_dict(model.state_dict())
+    return ref
+
+
+def windows(model, n_layers):
+    """Per layer: the sliding window (query i sees keys j with i - j < w) or None."""
+    cfg = model.config
+    w = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if types:
+        return [w if t == "sliding_attention" else None for t in types[:n_layers]]
+    return [w] * n_layers
+
+
+def visibility(valid, causal, window):
+    """[B, T, T] bool: real query i may see real key j (positions are indices, as in transformers)."""
+    i = torch.arange(valid.shape[1])[:, None]
+    j = torch.arange(valid.shape[1])[None, :]
+    v = valid[:, :, None] & valid[:, None, :]
+    if causal:
+        v = v & (j <= i)
+    if window is not None:
+        v = v & (i - j < window)
+    return v
+
+
+def inputs(kind):
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(3, V, (2, T), generator=g)
+    mask = torch.ones_like(ids)
+    if kind == "left":
+        mask[0, :PAD] = 0
+    elif kind == "right":
+        mask[0, T - PAD:] = 0
+    return ids, mask
+
+
+def close(got, want, what):
+    got, want = got.double(), want.double()
+    assert torch.equal(got.isnan(), want.isnan()), f"{what}: NaN at different places"
+    d = (got.nan_to_num(0) - want.nan_to_num(0)).abs().max().item()
+    assert d <= TOL, f"{what}: max abs diff {d:.3g}"
+
+
+def check_run(m, model, ref, kind, causal):
+    ids, mask = inputs(kind)
+    L, H = m.n_layers, m.n_heads
+    cap = dict(CAPTURE, heads=[(l, h) for l in range(L) for h in range(H)], layer_maps=list(range(L)))
+    t = m.run(ids, capture=cap, attention_mask=mask)
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+    valid = mask.bool()
+    nan = float("nan")
+    q_ok = valid[:, None, :, None]                                   # [B, 1, T, 1]
+    for l, win in enumerate(windows(model, L)):
+        A = out.attentions[l].double()                               # [B, H, T, T]
+        vis = visibility(valid, causal, win)[:, None]                # [B, 1, T, T]
+        where = f"{kind} padding, layer {l}"
+        # The mask written out above is the model's: nothing outside it, something inside.
+        assert A.masked_fill(~q_ok, 0).masked_fill(vis, 0).abs().max() == 0, f"{where}: mask model wrong"
+        assert bool((A > 0)[vis.expand_as(A)].all()), f"{where}: a visible key got exactly 0"
+        want_map = A.masked_fill(~q_ok, nan)
+        for h in range(H):
+            close(t.get(f"head_map/L{l}H{h}"), want_map[:, h], f"{where}, head map {h}")
+        close(t.get(f"layer_map/L{l}"), want_map.mean(1), f"{where}, layer map")
+        seen = vis & q_ok
+        count = seen.sum(2).double()                                 # [B, 1, T]
+        close(t.get("received_count")[l], count.expand(-1, H, -1), f"{where}, received divisor")
+        recv = (A * seen).sum(2) / count
+        close(t.get("received_mean")[l], recv.masked_fill(count == 0, nan), f"{where}, received mean")
+        rmax = A.masked_fill(~seen, 0).amax(2)
+        close(t.get("received_max")[l], rmax.masked_fill(count == 0, nan), f"{where}, received max")
+        ent = -(A * A.clamp_min(1e-300).log()).sum(-1)
+        close(t.get("attn_entropy")[l], ent.masked_fill(~valid[:, None], nan), f"{where}, attention entropy")
+        # sink keys: the first SINK real tokens of each row, wherever the padding is
+        first = torch.stack([valid[b].nonzero().flatten()[:SINK] for b in range(2)])  # [B, SINK]
+        sink_rows = torch.stack([A[b][:, :, first[b]].sum(-1) for b in range(2)])     # [B, H, T]
+        close(t.get("sink_mass_rows")[l], sink_rows.masked_fill(~valid[:, None], nan), f"{where}, sink rows")
+        sink = (sink_rows * valid[:, None]).sum(-1) / valid.sum(1)[:, None]
+        close(t.get("sink_mass")[l], sink, f"{where}, sink mass")
+        rows = [T - 1, 2]
+        frm = torch.stack([A[:, :, r].masked_fill(~valid[:, r, None, None], nan) for r in rows], 2)
+        close(t.get("from")[l], frm, f"{where}, from rows")
+    if m.output == "logits":
+        logp = out.logits.double().log_softmax(-1)
+        h = -(logp.exp() * logp).sum(-1).masked_fill(~valid, nan)
+        close(t.entropy, h, f"{kind} padding, predictive entropy")
+    else:
+        assert bool(t.entropy.isnan().all()), "an encoder without LM head has no predictive entropy"
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_quantity_matches_eager_reference(tmp_path, family, attention):
+    torch.manual_seed(0)
+    model = FAMILIES[family]().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = attnscope.export_hf(model, None, tmp_path / "m.pt", attention=attention)
+    assert r["max_abs_diff"] <= TOL
+    causal = family != "bert"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "attends above the diagonal" warning for a right causal flag
+        m = attnscope.load(str(tmp_path / "m.pt"), device="cpu")
+        assert m.causal == causal and m.n_heads == 4 and m.n_layers == model.config.num_hidden_layers
+        ref = eager_reference(model)
+        for kind in ("none", "left", "right"):
+            check_run(m, model, ref, kind, causal)
