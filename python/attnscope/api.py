@@ -98,9 +98,12 @@ class Model:
         return self._core.describe()
 
     def encode(self, text):
+        """Token ids of `text`. Decoders: the text's own tokens (no BOS added); encoders (causal
+        False): with the special tokens they were trained with ([CLS] … [SEP]). The
+        tokenizer.json's own padding and truncation are never applied (see load())."""
         if self.tokenizer is None:
             raise ValueError("this model archive has no tokenizer.json: pass token ids instead of text")
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
+        return self.tokenizer.encode(text, add_special_tokens=not self._core.causal).ids
 
     def run(self, text_or_ids, *, capture="all", attention_mask=None):
         """text (str), a list of ids, or a Tensor [T] / [B, T] of ids -> Trace.
@@ -139,6 +142,11 @@ def load(path=None, device="auto"):
             tok = Tokenizer.from_str(core.tokenizer_json)
         except Exception as e:  # tokenizers raises a bare Exception
             raise ValueError(f"{path}: its tokenizer.json is not a `tokenizers` file ({e})") from None
+        # A tokenizer.json saved with padding (e.g. to 128) would turn pads into real tokens, and
+        # one with truncation would cut long text silently: attnscope pads with attention_mask
+        # and refuses input longer than the model's context instead.
+        tok.no_padding()
+        tok.no_truncation()
     return Model(core, tok)
 
 

@@ -67,7 +67,7 @@ def test_captured_equals_transformers_eager(tmp_path, family, attention):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = attnscope.export_hf(model, None, path, attention=attention, fallback=False)
-    assert r["route"] == "transformers" and r["max_abs_diff"] <= 1e-5
+    assert r["route"] == "transformers" and r["max_abs_diff"] <= 1e-5 and r["attention"] == attention
     worst, maps = captured_vs_eager(model, path)
     assert worst <= 1e-5, worst
     worst, _ = captured_vs_eager(model, path, t=13, pad=0)  # unpadded: causal SDPA, no mask
@@ -92,34 +92,88 @@ def test_tokenizer_is_stored(tmp_path):
     from tokenizers.pre_tokenizers import Whitespace
     tok = Tokenizer(WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0"))
     tok.pre_tokenizer = Whitespace()
+    # settings saved in a tokenizer.json must not leak into run(text): pads as tokens, silent cuts
+    tok.enable_padding(pad_id=0, pad_token="w0", length=32)
+    tok.enable_truncation(max_length=2)
     fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok)
     path = tmp_path / "m.pt"
     attnscope.export_hf(make("llama"), fast, path)
     m = attnscope.load(str(path), device="cpu")
     t = m.run("w5 w9 w12")
     assert t.input_ids.tolist() == [[5, 9, 12]] and t.labels[0] == ["w5", "w9", "w12"]
+    with pytest.raises(ValueError, match="input of 65 tokens is longer than the model's context of 64 tokens"):
+        m.run(" ".join(["w3"] * 65))
 
 
-def test_fallback_to_own_module(tmp_path, monkeypatch):
+def test_fallback_routes(tmp_path, monkeypatch):
+    from attnscope.models import hf_attention
+
     def broken(*a, **k):
         raise NotImplementedError("simulated: this transformers version cannot be traced")
-    monkeypatch.setattr(hf_export, "attnscope_sdpa", broken)
+    monkeypatch.setattr(hf_attention, "attnscope_sdpa", broken)
     model = make("qwen2")
-    with pytest.warns(UserWarning, match="exporting attnscope's Llama-family module"):
+    # 1. attnscope's functions fail -> the graph route (the model's own SDPA, instrumented at load)
+    with pytest.warns(UserWarning, match="route transformers: NotImplementedError: simulated.*trying the graph route"):
         r = attnscope.export_hf(model, None, tmp_path / "q.pt")
-    assert r["route"] == "attnscope-module" and "simulated" in r["reason"]
+    assert r["route"] == "graph" and "simulated" in r["reason"] and r["attention"] == "sdpa (the model's own)"
     assert r["max_abs_diff"] <= 1e-5
     worst, _ = captured_vs_eager(model, tmp_path / "q.pt")
     assert worst <= 1e-5
     meta = json.loads(read_extra_file(str(tmp_path / "q.pt"), "attnscope.json"))
-    assert meta["route"] == "attnscope-module" and "simulated" in meta["fallback_reason"]
-    # a family the module does not cover: the error says which and what to do
-    with pytest.raises(ValueError, match=r"cannot export this gpt2 model with transformers 5\.\d+\.\d+ "
-                                         r"\(attention='sdpa'\): NotImplementedError: simulated.*"
-                                         r"attnscope's own module covers llama, qwen2, mistral"):
+    assert meta["route"] == "graph" and "simulated" in meta["fallback_reason"]
+    assert attnscope.load(str(tmp_path / "q.pt"), device="cpu").instrumented
+    # 2. the graph route fails too -> attnscope's own Llama-family module (Llama, Qwen2, Mistral)
+    real_trace = hf_export._trace_module
+
+    def no_graph(module, ids, mask):
+        if isinstance(module, hf_export._Outputs):
+            raise RuntimeError("\nsimulated graph failure\nsecond line")
+        return real_trace(module, ids, mask)
+    monkeypatch.setattr(hf_export, "_trace_module", no_graph)
+    with pytest.warns(UserWarning, match="trying the attnscope-module route"):
+        r = attnscope.export_hf(model, None, tmp_path / "o.pt")
+    assert r["route"] == "attnscope-module" and "simulated graph failure second line" in r["reason"]
+    worst, _ = captured_vs_eager(model, tmp_path / "o.pt")
+    assert worst <= 1e-5
+    # a family the module does not cover: every route's whole cause, and the workaround
+    with pytest.raises(ValueError, match=r"cannot export this gpt2 model \(GPT2LMHeadModel\) with transformers "
+                                         r"5\.\d+\.\d+ \(attention='sdpa'\): route transformers: RuntimeError: simulated graph "
+                                         r"failure second line; route graph: RuntimeError: simulated graph failure second line\. "
+                                         r"Workaround: export the model yourself with torch.jit.trace"):
         attnscope.export_hf(make("gpt2"), None, tmp_path / "g.pt")
     with pytest.raises(ValueError, match=r"cannot export this llama model .* Retry with fallback=True"):
         attnscope.export_hf(make("llama"), None, tmp_path / "l.pt", fallback=False)
+
+
+def test_describe_error_keeps_whole_message_and_causes():
+    try:
+        try:
+            raise ValueError("inner cause\nwith detail")
+        except ValueError as inner:
+            raise RuntimeError("\nCould not export Python function call 'GeLUFunction'\nline 2") from inner
+    except RuntimeError as e:
+        text = hf_export.describe_error(e)
+    assert text == ("RuntimeError: Could not export Python function call 'GeLUFunction' line 2 "
+                    "<- ValueError: inner cause with detail")
+
+
+def test_autograd_functions_are_inlined_while_tracing():
+    class Double(torch.autograd.Function):  # old style: forward(ctx, x)
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x * 2
+
+    class M(torch.nn.Module):
+        def forward(self, ids, mask):
+            return Double.apply(ids.float()) + mask
+
+    ids = torch.ones(1, 3, dtype=torch.long)
+    traced = hf_export._trace_module(M(), ids, ids)
+    assert hf_export._python_calls(traced) == []
+    assert traced(ids, ids).tolist() == [[3.0, 3.0, 3.0]]
+    with torch.no_grad():  # without the inlining the trace holds a Python call that cannot be saved
+        assert hf_export._python_calls(torch.jit.trace(M(), (ids, ids))) == ["Double"]
 
 
 def test_bad_arguments(tmp_path):
