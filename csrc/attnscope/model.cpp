@@ -52,6 +52,20 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
 
 namespace {
 
+/// Collects the warnings of one run (thread-local handler) and passes them on.
+class CollectWarnings : public c10::WarningHandler {
+ public:
+  explicit CollectWarnings(c10::WarningHandler* next) : next_(next) {}
+  void process(const c10::Warning& w) override {
+    messages.push_back(w.msg());
+    if (next_) next_->process(w);
+  }
+  std::vector<std::string> messages;
+
+ private:
+  c10::WarningHandler* next_;
+};
+
 bool file_exists(const std::string& p) { return std::ifstream(p).good(); }
 
 }  // namespace
@@ -207,6 +221,8 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
               " tokens (attnscope.json context_length): shorten the text or split it");
   spec.validate(info_.n_layers, info_.n_heads, len);
 
+  CollectWarnings collect(c10::WarningUtils::get_warning_handler());
+  c10::WarningUtils::WarningHandlerGuard warning_guard(&collect);
   RunContext ctx;
   ctx.valid = mask.to(torch::kBool).to(device_);
   ctx.has_padding = !mask.all().item<bool>();
@@ -326,6 +342,7 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     for (int64_t b = 0; b < batch; ++b)
       for (int64_t i = 0; i < len; ++i) t.tokens.push_back(vocab_.token(acc[b][i]));
   }
+  t.warnings = collect.messages;
   if (spec.to_cpu) {
     t.entropy = t.entropy.cpu();
     if (t.topk_probs.defined()) { t.topk_probs = t.topk_probs.cpu(); t.topk_ids = t.topk_ids.cpu(); }

@@ -92,14 +92,15 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
     const int64_t rows = std::min(step, tq - r0);
     auto block = sel.narrow(2, r0, rows);
     const int64_t keys = std::min(tk, off + r0 + rows);
-    if (trim && r0 == 0 && keys < tk) {
-      // Padded query rows may attend anywhere (transformers gives them a uniform row): only
-      // real queries decide whether the layer is causal.
-      auto above = block.narrow(3, keys, tk - keys);
+    if (trim && r0 == 0) {
+      // Checked on the layer's first block (whole rows): any weight above the diagonal means
+      // the layer is not causal. Padded query rows may attend anywhere (transformers gives them
+      // a uniform row): only real queries decide.
+      auto upper = torch::ones({rows, tk}, torch::dtype(torch::kBool).device(block.device())).triu(off + 1);
+      auto ok = upper.view({1, 1, rows, tk});
       if (ctx_.has_padding)
-        above = torch::where(ctx_.valid.narrow(1, off, rows).view({batch, 1, rows, 1}), above,
-                             torch::zeros({}, above.options()));
-      trim = above.amax().item<float>() == 0.0f;  // probs >= 0
+        ok = ok.logical_and(ctx_.valid.narrow(1, off, rows).view({batch, 1, rows, 1}));
+      trim = torch::where(ok, block, torch::zeros({}, block.options())).amax().item<float>() == 0.0f;
       if (!trim)
         TORCH_WARN("layer ", layer, " attends to keys after the query (above the diagonal) although ",
                    "the model is treated as causal (attnscope.json \"causal\": true, or a dry run at load): ",

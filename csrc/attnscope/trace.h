@@ -34,6 +34,9 @@ struct Trace {
   std::vector<std::string> layer_paths;
   /// Raw token strings `B*T`, row-major like input_ids (empty if the model has no vocabulary).
   std::vector<std::string> tokens;
+  /// Warnings raised while the run computed this trace (also passed on to the previous
+  /// c10 warning handler); the Python wrapper re-issues them as Python warnings. Not saved.
+  std::vector<std::string> warnings;
 
   bool has(const std::string& name) const { return captures.count(name) > 0; }
   /// Captured tensor `name`; the error lists what the trace holds and how to capture it.

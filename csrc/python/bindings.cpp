@@ -35,6 +35,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("input_ids", &Trace::input_ids)
       .def_readonly("attention_mask", &Trace::attention_mask)
       .def_readonly("entropy", &Trace::entropy)
+      .def_readonly("warnings", &Trace::warnings)
       .def_readonly("topk_probs", &Trace::topk_probs)
       .def_readonly("topk_ids", &Trace::topk_ids)
       .def_readonly("captures", &Trace::captures)

@@ -1,5 +1,6 @@
 """load() / Model / Trace: thin wrappers over attnscope._core (the C++ core does the work)."""
 import json
+import warnings
 
 import torch
 
@@ -115,6 +116,8 @@ class Model:
         else:
             ids = torch.as_tensor(text_or_ids)
         trace = self._core.run(ids, _spec(capture), attention_mask)
+        for w in trace.warnings:  # raised in C++ while the GIL was released
+            warnings.warn(w, stacklevel=2)
         labels = None
         if self.tokenizer is not None:
             labels = [[self.label(i) for i in row] for row in trace.input_ids.tolist()]

@@ -139,3 +139,42 @@ def test_every_quantity_matches_eager_reference(tmp_path, family, attention):
         ref = eager_reference(model)
         for kind in ("none", "left", "right"):
             check_run(m, model, ref, kind, causal)
+
+
+def test_ignored_attention_is_reported(tmp_path):
+    """GPT-J's attention class is fixed at build: attention='sdpa' cannot apply, and the result,
+    the archive and a warning say what runs instead."""
+    torch.manual_seed(0)
+    model = FAMILIES["gptj"]().eval()
+    with pytest.warns(UserWarning, match=r"attention='sdpa' was not used: the archive runs eager \(the model's own: "
+                                         r"GPTJForCausalLM cannot switch attention\)"):
+        r = attnscope.export_hf(model, None, tmp_path / "j.pt", attention="sdpa")
+    assert r["route"] == "graph" and r["attention"].startswith("eager")
+    from attnscope.models import read_extra_file
+    import json
+    meta = json.loads(read_extra_file(str(tmp_path / "j.pt"), "attnscope.json"))
+    assert meta["attention_requested"] == "sdpa" and meta["attention"].startswith("eager")
+
+
+def test_encoder_marked_causal_warns(tmp_path):
+    """An archive whose attnscope.json says causal although its layers attend to later tokens:
+    the run warns and the aggregates follow the attention as it is (no trimming)."""
+    import json
+    torch.manual_seed(0)
+    model = FAMILIES["bert"]().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attnscope.export_hf(model, None, tmp_path / "b.pt", attention="eager")
+    files = {"attnscope.json": ""}
+    mod = torch.jit.load(str(tmp_path / "b.pt"), _extra_files=files)
+    meta = json.loads(files["attnscope.json"])
+    assert meta["causal"] is False
+    meta["causal"] = True
+    torch.jit.save(mod, str(tmp_path / "wrong.pt"), _extra_files={"attnscope.json": json.dumps(meta)})
+    m = attnscope.load(str(tmp_path / "wrong.pt"), device="cpu")
+    ids, mask = inputs("none")
+    with pytest.warns(UserWarning, match="attends to keys after the query .* although the model is treated as causal"):
+        t = m.run(ids, capture={"heads": [(0, 1)]}, attention_mask=mask)
+    with torch.no_grad():
+        ref = eager_reference(model)(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[0][:, 1]
+    close(t.get("head_map/L0H1"), ref, "untrimmed map")
