@@ -39,6 +39,7 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
   info.head_dim = v.get_int("head_dim", -1);
   info.vocab_size = v.get_int("vocab_size", -1);
   info.bos_id = v.get_int("bos_token_id", -1);
+  info.eos_id = v.get_int("eos_token_id", -1);
   info.family = v.get_string("family", "");
   info.tokenizer_kind = v.get_string("tokenizer", "");
   info.causal = v.get_bool("causal", true);
@@ -84,7 +85,7 @@ Model Model::load(const std::string& path, const std::string& device) {
   m.eval();
   ModelInfo info;
   if (!extra["attnscope.json"].empty()) info = ModelInfo::from_json(extra["attnscope.json"]);
-  Model model = from_module(std::move(m), dev, info);
+  Model model = from_module(std::move(m), dev, info, extra["attnscope.json"]);
   model.source_ = path;
   if (!extra["tokenizer.json"].empty()) {
     model.tokenizer_json_ = extra["tokenizer.json"];
@@ -95,11 +96,13 @@ Model Model::load(const std::string& path, const std::string& device) {
   return model;
 }
 
-Model Model::from_module(torch::jit::Module module, const torch::Device& device, ModelInfo info) {
+Model Model::from_module(torch::jit::Module module, const torch::Device& device, ModelInfo info,
+                         const std::string& metadata_json) {
   module.to(device);
   module.eval();
   Model model(std::move(module), device);
   model.info_ = std::move(info);
+  model.metadata_json_ = metadata_json;
   model.prepare();
   return model;
 }

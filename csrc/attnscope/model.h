@@ -12,10 +12,32 @@
 
 namespace attnscope {
 
+/// How Model::generate picks each new token.
+struct GenerateOptions {
+  /// Tokens to add at most (>= 1); generation also stops at the model's context length.
+  int64_t max_new_tokens = 64;
+  /// 0 = greedy (argmax); > 0 divides the logits before sampling.
+  double temperature = 0.0;
+  /// Sample among the k most likely tokens only (0 = all).
+  int64_t top_k = 0;
+  /// Nucleus sampling: the smallest set of tokens whose probability reaches top_p, in (0, 1].
+  double top_p = 1.0;
+  /// Seed of the sampling generator (a CPU generator: the same seed gives the same draws on
+  /// CPU and CUDA for the same logits).
+  uint64_t seed = 0;
+  /// A row stops after emitting one of these (EOS, the chat template's end of turn).
+  std::vector<int64_t> stop_ids;
+  /// Id written after a row has stopped (its attention_mask is 0 there).
+  int64_t pad_id = 0;
+  /// Use the archive's `decode` method (KV cache, one token per step) when it has one;
+  /// false, or archives without it: a full forward per step.
+  bool use_cache = true;
+};
+
 /// Architecture facts, from the archive's attnscope.json or inferred (-1 = unknown).
 struct ModelInfo {
   int64_t n_layers = -1, n_heads = -1, n_kv_heads = -1, head_dim = -1, vocab_size = -1;
-  int64_t bos_id = -1;
+  int64_t bos_id = -1, eos_id = -1;
   std::string family, tokenizer_kind;
   /// Query i sees keys j <= i (decoder LMs); false for encoders. Used to skip the keys after
   /// a block's last query at softmax sites (checked on each layer's first block); the
@@ -47,12 +69,22 @@ class Model {
   /// Wraps an already loaded module (instrumented when it carries no capture operators); its
   /// parameters are moved to `device` in place.
   static Model from_module(torch::jit::Module module, const torch::Device& device,
-                           ModelInfo info = {});
+                           ModelInfo info = {}, const std::string& metadata_json = "");
 
   /// Runs forward on `input_ids (Tensor[B, T] or [T])` integer ids with optional
   /// `attention_mask (Tensor[B, T])` (1 = token, 0 = padding) and keeps what `spec` asks.
   Trace run(const torch::Tensor& input_ids, const CaptureSpec& spec = {},
             const torch::Tensor& attention_mask = {});
+
+  /// Generates from `prompt_ids (Tensor[B, P] or [P])` (left-padded when B > 1, with
+  /// `attention_mask`), then runs ONE capture over prompt + response with `spec`: the Trace
+  /// holds the whole sequence, `prompt_len` = P and the settings in `generation`. Its
+  /// predictive entropy (at temperature 1) is that of the distributions the tokens were drawn
+  /// from; rows that stopped early are right-padded (mask 0).
+  Trace generate(const torch::Tensor& prompt_ids, const GenerateOptions& options,
+                 const CaptureSpec& spec = {}, const torch::Tensor& attention_mask = {});
+  /// True when the archive has the KV-cache `decode` method (see models/export.py).
+  bool has_decode() const { return module_.find_method("decode").has_value(); }
 
   /// Human-readable summary: device, architecture facts and where they came from, sites.
   std::string describe() const;
@@ -68,6 +100,9 @@ class Model {
   const Vocab& vocab() const { return vocab_; }
   /// tokenizer.json text from the archive ("" when absent); Python builds its tokenizer from it.
   const std::string& tokenizer_json() const { return tokenizer_json_; }
+  /// attnscope.json text as given ("" when absent): Python reads the fields C++ does not use
+  /// (chat_template, eos_token_id lists).
+  const std::string& metadata_json() const { return metadata_json_; }
   /// The module that runs (instrumented clone or the loaded module).
   const torch::jit::Module& module() const { return module_; }
 
@@ -82,7 +117,7 @@ class Model {
   torch::Device device_;
   ModelInfo info_;
   Vocab vocab_;
-  std::string tokenizer_json_, source_;
+  std::string tokenizer_json_, metadata_json_, source_;
   std::vector<AttentionSite> sites_;
   std::vector<int64_t> idle_sites_;
   bool instrumented_ = false;

@@ -60,7 +60,9 @@ void Trace::save(const std::string& path) const {
                 {"n_heads", std::to_string(n_heads)},
                 {"n_kv_heads", std::to_string(n_kv_heads)},
                 {"layer_paths", string_array(layer_paths)},
-                {"tokens", string_array(tokens)}};
+                {"tokens", string_array(tokens)},
+                {"prompt_len", std::to_string(prompt_len)},
+                {"generation", generation}};
   write_safetensors(path, f);
 }
 
@@ -100,6 +102,8 @@ Trace Trace::load(const std::string& path) {
   t.n_kv_heads = std::stoll(meta("n_kv_heads"));
   t.layer_paths = parse_string_array(meta("layer_paths"), "trace layer_paths");
   t.tokens = parse_string_array(meta("tokens"), "trace tokens");
+  if (!meta("prompt_len").empty()) t.prompt_len = std::stoll(meta("prompt_len"));
+  t.generation = meta("generation");
   return t;
 }
 

@@ -34,6 +34,12 @@ struct Trace {
   std::vector<std::string> layer_paths;
   /// Raw token strings `B*T`, row-major like input_ids (empty if the model has no vocabulary).
   std::vector<std::string> tokens;
+  /// Generated traces: columns 0..prompt_len-1 are the (left-padded) prompt, the rest the
+  /// response; -1 for a trace of given text.
+  int64_t prompt_len = -1;
+  /// Generated traces: JSON of how (temperature actually used, top_k, top_p, seed,
+  /// max_new_tokens, stop_ids, kv_cache, steps, stop reason per row); "" otherwise.
+  std::string generation;
   /// Warnings raised while the run computed this trace (also passed on to the previous
   /// c10 warning handler); the Python wrapper re-issues them as Python warnings. Not saved.
   std::vector<std::string> warnings;

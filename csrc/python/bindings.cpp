@@ -36,6 +36,12 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("attention_mask", &Trace::attention_mask)
       .def_readonly("entropy", &Trace::entropy)
       .def_readonly("warnings", &Trace::warnings)
+      .def("set_capture", [](Trace& t, const std::string& name, const torch::Tensor& x) { t.captures[name] = x; },
+           py::arg("name"), py::arg("tensor"), "add or replace a capture")
+      .def("drop_capture", [](Trace& t, const std::string& name) { t.captures.erase(name); }, py::arg("name"),
+           "remove a capture")
+      .def_readonly("prompt_len", &Trace::prompt_len)
+      .def_readonly("generation", &Trace::generation)
       .def_readonly("topk_probs", &Trace::topk_probs)
       .def_readonly("topk_ids", &Trace::topk_ids)
       .def_readonly("captures", &Trace::captures)
@@ -87,6 +93,17 @@ PYBIND11_MODULE(_core, m) {
       .def("save", &DatasetStats::save, py::arg("path"), "write as safetensors")
       .def_static("load", &DatasetStats::load, py::arg("path"), "read a dataset file");
 
+  py::class_<attnscope::GenerateOptions>(m, "GenerateOptions", "how Model.generate picks tokens (model.h)")
+      .def(py::init<>())
+      .def_readwrite("max_new_tokens", &attnscope::GenerateOptions::max_new_tokens)
+      .def_readwrite("temperature", &attnscope::GenerateOptions::temperature)
+      .def_readwrite("top_k", &attnscope::GenerateOptions::top_k)
+      .def_readwrite("top_p", &attnscope::GenerateOptions::top_p)
+      .def_readwrite("seed", &attnscope::GenerateOptions::seed)
+      .def_readwrite("stop_ids", &attnscope::GenerateOptions::stop_ids)
+      .def_readwrite("pad_id", &attnscope::GenerateOptions::pad_id)
+      .def_readwrite("use_cache", &attnscope::GenerateOptions::use_cache);
+
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
       .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",
                   "load a TorchScript archive")
@@ -101,10 +118,20 @@ PYBIND11_MODULE(_core, m) {
                   [](const py::object& script_module, const std::string& device, const std::string& info) {
                     return Model::from_module(py::cast<torch::jit::Module>(script_module.attr("_c")),
                                               attnscope::resolve_device(device),
-                                              info.empty() ? attnscope::ModelInfo() : attnscope::ModelInfo::from_json(info));
+                                              info.empty() ? attnscope::ModelInfo() : attnscope::ModelInfo::from_json(info),
+                                              info);
                   },
                   py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
                   "wrap a torch.jit ScriptModule (attnscope.json text as info)")
+      .def("generate",
+           [](Model& self, const torch::Tensor& ids, const attnscope::GenerateOptions& o, const CaptureSpec& spec,
+              const std::optional<torch::Tensor>& mask) {
+             return self.generate(ids, o, spec, mask.value_or(torch::Tensor()));
+           },
+           py::arg("prompt_ids"), py::arg("options"), py::arg("spec"), py::arg("attention_mask") = py::none(),
+           "generate, then one capture run over prompt + response", py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("has_decode", &Model::has_decode)
+      .def_property_readonly("eos_id", [](const Model& x) { return x.info().eos_id; })
       .def("describe", &Model::describe, "summary text")
       .def_property_readonly("n_layers", [](const Model& x) { return x.info().n_layers; })
       .def_property_readonly("n_heads", [](const Model& x) { return x.info().n_heads; })
@@ -117,5 +144,6 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("context_length", [](const Model& x) { return x.info().context_length; })
       .def_property_readonly("device", [](const Model& x) { return x.device().str(); })
       .def_property_readonly("instrumented", &Model::instrumented)
-      .def_property_readonly("tokenizer_json", &Model::tokenizer_json);
+      .def_property_readonly("tokenizer_json", &Model::tokenizer_json)
+      .def_property_readonly("metadata_json", &Model::metadata_json);
 }

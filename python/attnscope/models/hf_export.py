@@ -323,7 +323,9 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     if stated != causal:
         warnings.warn(f"export_hf: the {family} config/modules say causal={stated}, but its eager attentions "
                       f"are {'causal' if causal else 'bidirectional'}; the archive records causal={causal}")
-    common = {"causal": causal, "tokenizer": next(iter(extra), None), "exported_by": "attnscope.export_hf"}
+    template = getattr(tokenizer, "chat_template", None)
+    common = {"causal": causal, "tokenizer": next(iter(extra), None), "exported_by": "attnscope.export_hf",
+              "chat_template": template if isinstance(template, str) else None}
     ids, mask = _example(facts["vocab_size"], example_length, device)
     routes = ["transformers", "graph"] if can_switch_attention(model) else ["graph"]
     if family in FALLBACK_FAMILIES and facts["output"] == "logits":

@@ -125,16 +125,26 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, allowed):
         """x [B, T, C]; cos/sin [T, D]; allowed [B, 1, T, T] bool (True = may attend)."""
+        return self.attend(x, cos, sin, allowed, None, None)[0]
+
+    def attend(self, x, cos, sin, allowed, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor]):
+        """Attention of x [B, t, C] at positions P..P+t-1 over P cached keys/values
+        past_k/past_v [B, KV, P, D] (None: P = 0); allowed [B, 1, t, P + t].
+        Returns (out [B, t, C], k [B, KV, P + t, D], v): the cache grown by t positions."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.h, self.d).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv, self.d).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv, self.d).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        if past_k is not None:
+            k = torch.cat((past_k, k), dim=2)
+            v = torch.cat((past_v, v), dim=2)
+        n = k.shape[2]
         if self.backend == "eager":
             g = self.h // self.kv
-            kr = k[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
-            vr = v[:, :, None].expand(b, self.kv, g, t, self.d).reshape(b, self.h, t, self.d)
+            kr = k[:, :, None].expand(b, self.kv, g, n, self.d).reshape(b, self.h, n, self.d)
+            vr = v[:, :, None].expand(b, self.kv, g, n, self.d).reshape(b, self.h, n, self.d)
             w = torch.matmul(q, kr.transpose(2, 3)) * self.scale
             w = w.masked_fill(~allowed, torch.finfo(w.dtype).min)
             p = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
@@ -144,7 +154,7 @@ class Attention(nn.Module):
             q = torch.ops.attnscope.capture_sdpa(q, k, allowed, False, self.scale, self.layer)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale,
                                                  enable_gqa=self.kv != self.h)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d))
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d)), k, v
 
 
 class MLP(nn.Module):
@@ -170,6 +180,11 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def step(self, x, cos, sin, allowed, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor]):
+        a, k, v = self.self_attn.attend(self.input_layernorm(x), cos, sin, allowed, past_k, past_v)
+        x = x + a
+        return x + self.mlp(self.post_attention_layernorm(x)), k, v
+
 
 class LlamaForCausalLM(nn.Module):
     """forward(input_ids [B, T] int64, attention_mask [B, T]) -> logits [B, T, V].
@@ -193,22 +208,47 @@ class LlamaForCausalLM(nn.Module):
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
         self.register_buffer("inv_freq", inv / cfg.rope_linear_factor, persistent=False)
 
+    def _rope(self, start: int, t: int, like):
+        pos = torch.arange(start, start + t, device=like.device, dtype=torch.float32)
+        freqs = pos[:, None] * self.inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(like.dtype), emb.sin().to(like.dtype)
+
+    def _allowed(self, start: int, t: int, attention_mask):
+        """[B, 1, t, start + t]: query at position start + q may see key j (causal, window, real)."""
+        i = torch.arange(start, start + t, device=attention_mask.device)[:, None]
+        j = torch.arange(start + t, device=attention_mask.device)[None, :]
+        allowed = j <= i
+        if self.cfg.sliding_window is not None:
+            allowed = allowed & (j > i - self.cfg.sliding_window)
+        # a padded query may attend to itself so that no softmax row is empty
+        return (allowed[None, None] & attention_mask.bool()[:, None, None, :]) | (j == i)[None, None]
+
     def forward(self, input_ids, attention_mask):
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids)
-        pos = torch.arange(t, device=input_ids.device, dtype=torch.float32)
-        freqs = pos[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-        i = torch.arange(t, device=input_ids.device)
-        allowed = i[None, :] <= i[:, None]
-        if self.cfg.sliding_window is not None:
-            allowed = allowed & (i[None, :] > i[:, None] - self.cfg.sliding_window)
-        allowed = (allowed[None, None] & attention_mask.bool()[:, None, None, :]) | torch.eye(
-            t, dtype=torch.bool, device=input_ids.device)[None, None]
+        cos, sin = self._rope(0, t, x)
+        allowed = self._allowed(0, t, attention_mask)
         for layer in self.layers:
             x = layer(x, cos, sin, allowed)
         return self.lm_head(self.norm(x))
+
+    def decode(self, input_ids, attention_mask, past_k, past_v):
+        """Incremental forward for generation (exported as the archive's `decode` method):
+        input_ids [B, t] at positions P..P+t-1 after P cached positions, attention_mask
+        [B, P + t], past_k/past_v [L, B, KV, P, D] (P may be 0). Returns (logits [B, t, V],
+        k [L, B, KV, P + t, D], v): the same logits as forward over the whole sequence."""
+        b, t = input_ids.shape
+        start = past_k.shape[3]
+        x = self.embed_tokens(input_ids)
+        cos, sin = self._rope(start, t, x)
+        allowed = self._allowed(start, t, attention_mask)
+        ks, vs = [], []
+        for n, layer in enumerate(self.layers):
+            x, k, v = layer.step(x, cos, sin, allowed, past_k[n], past_v[n])
+            ks.append(k)
+            vs.append(v)
+        return self.lm_head(self.norm(x)), torch.stack(ks), torch.stack(vs)
 
     def load_hf_state_dict(self, sd):
         """Loads transformers' LlamaForCausalLM/Qwen2/Mistral parameter names (model.* + lm_head)."""

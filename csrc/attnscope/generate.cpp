@@ -1,0 +1,143 @@
+// Model::generate: token-by-token generation (greedy, temperature, top-k, top-p, seeded), with
+// the archive's KV-cache `decode` method when it has one, then one capture run over prompt +
+// response so the Trace shows the attention and entropy behind every generated token.
+#include <attnscope/model.h>
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <algorithm>
+#include <sstream>
+
+namespace attnscope {
+
+namespace {
+
+/// Next token per row from `logits (Tensor[B, V])`: argmax when greedy, else a draw from the
+/// tempered, top-k / top-p filtered distribution with the CPU generator `gen`.
+torch::Tensor pick(const torch::Tensor& logits, const GenerateOptions& o, at::Generator& gen) {
+  if (o.temperature == 0.0) return logits.argmax(-1);
+  auto z = logits.to(torch::kFloat).div(o.temperature).cpu();
+  if (o.top_k > 0 && o.top_k < z.size(-1)) {
+    auto kth = std::get<0>(z.topk(o.top_k, -1)).narrow(-1, o.top_k - 1, 1);
+    z = z.masked_fill(z < kth, -std::numeric_limits<float>::infinity());
+  }
+  if (o.top_p < 1.0) {
+    auto sorted = z.sort(-1, /*descending=*/true);
+    auto p = std::get<0>(sorted).softmax(-1);
+    // Drop a token when the tokens before it already reach top_p (the first always stays).
+    auto drop = (p.cumsum(-1) - p) >= o.top_p;
+    auto hide = torch::zeros_like(drop).scatter(-1, std::get<1>(sorted), drop);
+    z = z.masked_fill(hide, -std::numeric_limits<float>::infinity());
+  }
+  return torch::multinomial(z.softmax(-1), 1, /*replacement=*/false, gen).squeeze(-1).to(logits.device());
+}
+
+std::string ids_json(const std::vector<int64_t>& v) {
+  std::ostringstream o;
+  o << "[";
+  for (size_t i = 0; i < v.size(); ++i) o << (i ? ", " : "") << v[i];
+  o << "]";
+  return o.str();
+}
+
+}  // namespace
+
+Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o, const CaptureSpec& spec,
+                      const torch::Tensor& attention_mask) {
+  TORCH_CHECK_VALUE(prompt_ids.defined() && prompt_ids.numel() > 0,
+                    "empty prompt: at least one token is needed to generate from");
+  TORCH_CHECK_VALUE(!prompt_ids.is_floating_point() && prompt_ids.scalar_type() != torch::kBool,
+                    "prompt ids must be integer token ids, got dtype ", prompt_ids.scalar_type());
+  TORCH_CHECK_VALUE(prompt_ids.dim() == 1 || prompt_ids.dim() == 2, "prompt ids must be [P] or [B, P], got ",
+                    prompt_ids.sizes());
+  TORCH_CHECK_VALUE(o.max_new_tokens >= 1, "max_new_tokens ", o.max_new_tokens, " must be >= 1");
+  TORCH_CHECK_VALUE(o.temperature >= 0.0, "temperature ", o.temperature, " must be >= 0 (0 = greedy)");
+  TORCH_CHECK_VALUE(o.top_p > 0.0 && o.top_p <= 1.0, "top_p ", o.top_p, " must be in (0, 1]");
+  TORCH_CHECK_VALUE(o.top_k >= 0, "top_k ", o.top_k, " must be >= 0 (0 = no limit)");
+  TORCH_CHECK_VALUE(info_.output == "logits", "generate needs a model that returns logits; this one "
+                    "returns hidden states (an encoder without LM head)");
+  auto ids = (prompt_ids.dim() == 1 ? prompt_ids.unsqueeze(0) : prompt_ids).to(torch::kLong).cpu();
+  const int64_t batch = ids.size(0), plen = ids.size(1);
+  torch::Tensor mask = attention_mask.defined()
+                           ? (attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask)
+                                 .to(torch::kLong).cpu()
+                           : torch::ones_like(ids);
+  TORCH_CHECK_VALUE(mask.sizes() == ids.sizes(), "attention_mask shape ", mask.sizes(),
+                    " does not match the prompt ids ", ids.sizes());
+  TORCH_CHECK_VALUE(mask.select(1, plen - 1).all().item<bool>(), "generate: prompts must be left-padded "
+                    "(every row's last position a real token), so that new tokens follow each prompt");
+  TORCH_CHECK_VALUE(info_.context_length <= 0 || plen < info_.context_length, "prompt of ", plen,
+                    " tokens does not fit the model's context of ", info_.context_length,
+                    " tokens with room to generate: shorten it");
+  int64_t budget = o.max_new_tokens;
+  if (info_.context_length > 0) budget = std::min(budget, info_.context_length - plen);
+  std::vector<int64_t> stop = o.stop_ids;
+  if (stop.empty() && info_.eos_id >= 0) stop.push_back(info_.eos_id);
+  auto stop_t = torch::tensor(stop.empty() ? std::vector<int64_t>{-1} : stop, torch::kLong);
+
+  const bool cached = o.use_cache && has_decode();
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(o.seed);
+  torch::NoGradGuard no_grad;
+  auto ids_d = ids.to(device_), mask_d = mask.to(device_);
+  torch::jit::Method fwd = module_.get_method("forward");
+  c10::IValue k_cache, v_cache;
+  auto step = [&](const torch::Tensor& new_ids) -> torch::Tensor {  // logits [B, t, V]
+    if (!cached) {
+      std::vector<c10::IValue> in{ids_d};
+      if (takes_mask_) in.emplace_back(mask_d);
+      c10::IValue out = fwd(in);
+      return out.isTensor() ? out.toTensor() : out.toTupleRef().elements()[0].toTensor();
+    }
+    auto out = module_.get_method("decode")({new_ids, mask_d, k_cache, v_cache}).toTuple();
+    k_cache = out->elements()[1];
+    v_cache = out->elements()[2];
+    return out->elements()[0].toTensor();
+  };
+  if (cached) {
+    TORCH_CHECK(info_.n_layers > 0 && info_.n_kv_heads > 0 && info_.head_dim > 0, "generate: the archive's "
+                "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
+    auto dtype = module_.parameters().begin() != module_.parameters().end()
+                     ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
+    auto empty = torch::zeros({info_.n_layers, batch, info_.n_kv_heads, 0, info_.head_dim},
+                              torch::dtype(dtype).device(device_));
+    k_cache = empty;
+    v_cache = empty;
+  }
+  auto finished = torch::zeros({batch}, torch::dtype(torch::kBool).device(device_));
+  std::vector<std::string> reason(batch, "max_new_tokens");
+  torch::Tensor logits = step(ids_d);
+  int64_t steps = 0;
+  for (; steps < budget; ++steps) {
+    auto next = pick(logits.select(1, logits.size(1) - 1), o, gen);
+    next = torch::where(finished, torch::full_like(next, o.pad_id), next);
+    ids_d = torch::cat({ids_d, next.unsqueeze(1)}, 1);
+    mask_d = torch::cat({mask_d, finished.logical_not().to(torch::kLong).unsqueeze(1)}, 1);
+    auto hit = torch::isin(next, stop_t.to(device_)).logical_and(finished.logical_not());
+    auto hit_cpu = hit.cpu();
+    for (int64_t b = 0; b < batch; ++b)
+      if (hit_cpu[b].item<bool>()) reason[b] = "stop token";
+    finished = finished.logical_or(hit);
+    if (finished.all().item<bool>() || steps + 1 == budget) {
+      ++steps;
+      break;
+    }
+    logits = step(next.unsqueeze(1));
+  }
+  if (budget < o.max_new_tokens)
+    for (int64_t b = 0; b < batch; ++b)
+      if (reason[b] == "max_new_tokens") reason[b] = "context length";
+
+  Trace t = run(ids_d.cpu(), spec, mask_d.cpu());
+  t.prompt_len = plen;
+  std::ostringstream g;
+  g << "{\"temperature\": " << o.temperature << ", \"top_k\": " << o.top_k << ", \"top_p\": " << o.top_p
+    << ", \"seed\": " << o.seed << ", \"max_new_tokens\": " << o.max_new_tokens
+    << ", \"stop_ids\": " << ids_json(stop) << ", \"kv_cache\": " << (cached ? "true" : "false")
+    << ", \"steps\": " << steps << ", \"stop_reason\": [";
+  for (int64_t b = 0; b < batch; ++b) g << (b ? ", " : "") << "\"" << reason[b] << "\"";
+  g << "]}";
+  t.generation = g.str();
+  return t;
+}
+
+}  // namespace attnscope

@@ -1,0 +1,149 @@
+"""Trace: what one run (or generation) produced, with what is missing computed on demand.
+
+A trace made by Model.run / Model.generate keeps its Model (weights shared, no copy) and its
+input ids. When a figure asks for a map or aggregate that was not captured, `ensure` re-runs the
+model ONCE with everything missing for that call and keeps the result, so the workflow needs
+no capture spec: run, then look at any layer or head in any order. Memory: each kept full map
+is B·T² floats (a head map, or a layer's head-mean map); `release()` drops the model so
+nothing more is computed, `drop(name)` frees one capture. A trace read from a file has no
+model: asking it for something missing raises the error that says how to capture it.
+"""
+import json
+import re
+
+_HEAD = re.compile(r"head_map/L(\d+)H(\d+)$")
+_LAYER = re.compile(r"layer_map/L(\d+)$")
+# Per-layer aggregates (stacked over aggregate_layers) and the spec field that makes them.
+_AGGREGATES = {"received_mean": "received", "received_max": "received", "received_count": "received",
+               "attn_entropy": "attn_entropy", "sink_mass": "sink_tokens", "sink_mass_rows": "sink_tokens"}
+
+
+class Trace:
+    """What one run produced. Tensors: `input_ids`/`attention_mask` [B, T], `entropy` [B, T]
+    (nats; entry i is the entropy of the distribution predicting token i+1), `topk_ids`/
+    `topk_probs` [B, T, k], `captures` {name: Tensor} (docs/capture.md "Capture names").
+    Generated traces also have `prompt_len` (columns before it are the prompt), `response`
+    (the generated text of each row) and `generation` (the settings, as a dict)."""
+
+    def __init__(self, core, labels=None, *, model=None):
+        self._core = core
+        self._model = model
+        b, t = core.input_ids.shape
+        raw = list(core.tokens) or [f"<{i}>" for i in core.input_ids.flatten().tolist()]
+        self.tokens = [raw[r * t:(r + 1) * t] for r in range(b)]
+        from .api import readable
+        self.labels = labels or [[readable(x) for x in row] for row in self.tokens]
+
+    def __getattr__(self, name):  # n_layers, n_heads, kv_head_of, ... from the core
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._core, name)
+
+    def __dir__(self):
+        return sorted(set(super().__dir__()) | {
+            "input_ids", "attention_mask", "entropy", "topk_ids", "topk_probs", "captures", "n_layers",
+            "n_heads", "n_kv_heads", "kv_head_of", "layer_paths", "warnings", "prompt_len", "generation"})
+
+    def __repr__(self):
+        b, t = self.input_ids.shape
+        gen = f", prompt_len={self.prompt_len}" if self.is_generated else ""
+        return (f"<attnscope.Trace batch={b} tokens={t} layers={self.n_layers} heads={self.n_heads}{gen}, "
+                f"{len(self._core.captures)} captures{', model kept' if self._model is not None else ''}>")
+
+    # ------------------------------------------------------------------ captures
+    @property
+    def captures(self):
+        return self._core.captures
+
+    @property
+    def spec(self):
+        return json.loads(self._core.spec.to_json())
+
+    @property
+    def can_compute(self):
+        """True while the trace keeps its model (missing captures are computed on demand)."""
+        return self._model is not None
+
+    def get(self, name):
+        """Captured tensor `name`, computed now if missing and the model is kept; ValueError
+        listing what the trace holds otherwise."""
+        self.ensure([name])
+        caps = self._core.captures
+        if name not in caps:
+            raise ValueError(f"trace has no capture {name!r}; it holds {sorted(caps)}")
+        return caps[name]
+
+    def ensure(self, names):
+        """Makes every capture in `names` present, with one re-run of the model for all that
+        are missing (names: "head_map/L{l}H{h}", "layer_map/L{l}", "received_mean", ...).
+        No-op for names already present, unknown names, or a trace without its model."""
+        have = self._core.captures
+        missing = [n for n in dict.fromkeys(names) if n not in have]
+        if not missing or self._model is None:
+            return
+        spec = {"heads": [], "layer_maps": [], "top_k": 0, "temperature": self.spec.get("temperature", 1.0)}
+        for n in missing:
+            if m := _HEAD.match(n):
+                spec["heads"].append((int(m[1]), int(m[2])))
+            elif m := _LAYER.match(n):
+                spec["layer_maps"].append(int(m[1]))
+            elif n in _AGGREGATES:
+                spec[_AGGREGATES[n]] = 1 if _AGGREGATES[n] == "sink_tokens" else True
+                layers = self.spec.get("layers") or []
+                if "aggregate_layers" in have:
+                    spec["layers"] = have["aggregate_layers"].tolist()
+                elif layers:
+                    spec["layers"] = layers
+        if not (spec["heads"] or spec["layer_maps"] or any(k in spec for k in set(_AGGREGATES.values()))):
+            return
+        extra = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True)
+        got = extra.captures
+        for n in missing:
+            if n in got:
+                self._core.set_capture(n, got[n])
+        if "aggregate_layers" in got and "aggregate_layers" not in have:
+            self._core.set_capture("aggregate_layers", got["aggregate_layers"])
+
+    def drop(self, name):
+        """Frees one capture (it is computed again if asked for while the model is kept)."""
+        self._core.drop_capture(name)
+
+    def release(self):
+        """Drops the kept model and inputs' link to it: nothing more is computed on demand."""
+        self._model = None
+
+    # ------------------------------------------------------------------ generation
+    @property
+    def is_generated(self):
+        return self._core.prompt_len >= 0
+
+    @property
+    def generation(self):
+        g = self._core.generation
+        return json.loads(g) if g else None
+
+    @property
+    def response(self):
+        """Generated text of each row (a str for a batch of one); None for a trace of given text."""
+        if not self.is_generated:
+            return None
+        p = self._core.prompt_len
+        texts = []
+        for r in range(self.input_ids.shape[0]):
+            ids = [i for i, m in zip(self.input_ids[r, p:].tolist(), self.attention_mask[r, p:].tolist()) if m]
+            if self._model is not None and self._model.tokenizer is not None:
+                texts.append(self._model.tokenizer.decode(ids, skip_special_tokens=True))
+            else:
+                texts.append("".join(self.tokens[r][p:p + len(ids)]))
+        return texts[0] if len(texts) == 1 else texts
+
+    # ------------------------------------------------------------------ files
+    def save(self, path):
+        if "\x00" in str(path):
+            raise ValueError(f"path {str(path)!r} contains a NUL character")
+        self._core.save(str(path))
+
+    @classmethod
+    def load(cls, path):
+        from . import _core
+        return cls(_core.Trace.load(str(path)))
