@@ -42,11 +42,32 @@ def _pairs(trace, layers_heads):
     return pairs
 
 
+def _check_batch(trace, batch):
+    B = trace.input_ids.shape[0]
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 0 <= batch < B:
+        raise ValueError(f"batch {batch!r} out of range: the trace has {B} sequence(s) (0..{B - 1})")
+
+
+def _ensure(trace, names):
+    """Asks the trace to compute what this figure needs and lacks, in one run (a Trace that
+    keeps its model does; files and dataset traces have what they have)."""
+    ensure = getattr(trace, "ensure", None)
+    if ensure is not None:
+        ensure(names)
+
+
+def _has_from(trace, token_idx):
+    pos = [p % trace.input_ids.shape[1] for p in trace.spec.get("from_tokens", [])] if "from" in trace.captures else []
+    return token_idx in pos
+
+
 def _capture(trace, name, hint):
     if name not in trace.captures:
         if getattr(trace, "is_dataset", False):
             raise ValueError(f"the dataset trace has no {name!r}: {trace.missing_hint(name)}")
-        raise ValueError(f"the trace has no {name!r}: run with capture={hint}")
+        why = (" (it was read from a file or released its model, so it cannot compute it)"
+               if hasattr(trace, "can_compute") and not trace.can_compute else "")
+        raise ValueError(f"the trace has no {name!r}{why}: run with capture={hint}")
     return trace.captures[name]
 
 
@@ -82,42 +103,93 @@ def _valid(trace, batch):
     return trace.attention_mask[batch].bool().numpy()
 
 
-def high_entropy_positions(trace, *, batch=0, entropy_threshold=0.672, entropy_quantile=None):
-    """Positions (in the sequence, padding excluded) whose predictive entropy exceeds the fixed
-    threshold (nats) or the given quantile of this sequence's entropies. `False` for both: none."""
-    if entropy_threshold is False and entropy_quantile in (None, False):
+ENTROPY_QUANTILE = 0.8  # default: the top 20 % of a sequence's predictive entropies
+MAX_MARKS = 8           # default cap: the 8 highest of those, so the marks stay readable
+
+
+def _entropy_region(trace, batch, region):
+    """Positions whose predictive entropy may be marked: real tokens; for a generated trace
+    (region "auto" or "response") only the distributions the response was drawn from."""
+    T = trace.input_ids.shape[1]
+    ok = _valid(trace, batch).copy()
+    if region not in ("auto", "response", "all"):
+        raise ValueError(f"region {region!r}: expected 'auto', 'response' or 'all'")
+    p = getattr(trace, "prompt_len", -1)
+    if region != "all" and p is not None and p >= 0:
+        ok[: max(p - 1, 0)] = False
+        ok[T - 1:] = False  # the last position predicts beyond the response
+    elif region == "response":
+        raise ValueError("region='response' needs a generated trace (Model.generate)")
+    return ok
+
+
+def high_entropy_positions(trace, *, batch=0, entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
+                           max_marks=MAX_MARKS, region="auto"):
+    """Positions with high predictive entropy (the entropy at i is that of the distribution
+    predicting token i+1), sorted: those above the `entropy_quantile` of this sequence's
+    entropies (default 0.8: the top 20 %), or above `entropy_threshold` nats when given; at
+    most `max_marks` of them (the highest; None = no cap). region: "auto" (the response of a
+    generated trace, else every real token), "response" or "all". `entropy_threshold=False`
+    (or `entropy_quantile=False` with no threshold): none."""
+    if entropy_threshold is False or (entropy_threshold is None and (entropy_quantile is None or entropy_quantile is False)):
         return np.array([], dtype=int)
+    if max_marks is not None and (isinstance(max_marks, bool) or not isinstance(max_marks, (int, np.integer))
+                                  or max_marks < 1):
+        raise ValueError(f"max_marks {max_marks!r} must be an int >= 1 (or None for no cap)")
     ent = trace.entropy[batch].numpy().astype(float)
-    ok = _valid(trace, batch) & np.isfinite(ent)
-    if entropy_quantile not in (None, False):
-        if not 0 < entropy_quantile < 1:
+    ok = _entropy_region(trace, batch, region) & np.isfinite(ent)
+    if not ok.any():
+        return np.array([], dtype=int)
+    if entropy_threshold is not None:
+        if isinstance(entropy_threshold, bool) or not isinstance(entropy_threshold, (int, float)) \
+                or not math.isfinite(entropy_threshold):
+            raise ValueError(f"entropy_threshold {entropy_threshold!r} must be a finite number of nats (or None / False)")
+        cut = float(entropy_threshold)
+    else:
+        if isinstance(entropy_quantile, bool) or not isinstance(entropy_quantile, (int, float)) \
+                or not 0 < entropy_quantile < 1:
             raise ValueError(f"entropy_quantile {entropy_quantile!r} must be in (0, 1)")
         cut = float(np.quantile(ent[ok], entropy_quantile))
-    else:
-        cut = float(entropy_threshold)
-    return np.nonzero(ok & (ent > cut))[0]
+    pos = np.nonzero(ok & (ent > cut))[0]
+    if max_marks is not None and len(pos) > max_marks:
+        pos = np.sort(pos[np.argsort(-ent[pos], kind="stable")[:max_marks]])
+    return pos
 
 
-def _entropy_label(entropy_threshold, entropy_quantile):
-    what = (f"> {entropy_quantile:.0%} quantile" if entropy_quantile not in (None, False)
-            else f"> {entropy_threshold} nats")
-    return f"high predictive entropy ({what}; at i it predicts token i+1)"
+def _entropy_label(entropy_threshold, entropy_quantile, n=None):
+    what = (f"> {entropy_threshold} nats" if entropy_threshold is not None and entropy_threshold is not False
+            else f"top {1 - entropy_quantile:.0%} of the sequence")
+    shown = f", the {n} highest" if n == MAX_MARKS else ""
+    return f"high predictive entropy: {what}{shown}\n(the entropy at i is that of the prediction of token i+1)"
 
 
 def _labels(trace, batch):
     return list(trace.labels[batch])
 
 
-def _ticks(ax, labels, axis, max_labels):
+def _ticks(ax, labels, axis, max_labels, marked=()):
+    """Token labels, thinned to about `max_labels`; marked (high-entropy) positions are always
+    labelled, in bold on a yellow background."""
     n = len(labels)
     step = max(1, math.ceil(n / max_labels)) if max_labels else n + 1
     idx = list(range(0, n, step)) if max_labels else []
+    marked = sorted(int(p) for p in marked)
+    if max_labels and marked:
+        keep = [i for i in idx if all(abs(i - p) >= max(1, step // 2) for p in marked)]
+        idx = sorted(set(keep) | set(marked))
     if axis in ("x", "both"):
         ax.set_xticks(idx)
         ax.set_xticklabels([labels[i] for i in idx], rotation=90, fontsize=7)
     if axis in ("y", "both"):
         ax.set_yticks(idx)
         ax.set_yticklabels([labels[i] for i in idx], fontsize=7)
+    mark = set(marked)
+    for getter in ((ax.get_xticklabels,) if axis == "x" else (ax.get_yticklabels,) if axis == "y"
+                   else (ax.get_xticklabels, ax.get_yticklabels)):
+        for i, t in zip(idx, getter()):
+            if i in mark:
+                t.set_fontweight("bold")
+                t.set_bbox(dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8))
 
 
 def _norm(scale, vmin, vmax, gamma):
@@ -137,10 +209,38 @@ def _prepare(m, mask_first):
     return a
 
 
-def _crosshairs(ax, positions):
+def _crosshairs(ax, positions, n, causal=False):
+    """Yellow crosshairs: a thin translucent line along row i and column i (for a causal map only
+    over the cells that hold attention: row i up to the diagonal, column i below it), and a
+    solid marker on the left and bottom edges so each mark is found without covering the map."""
     for p in positions:
-        ax.axhline(p, color=HIGH_ENTROPY_COLOR, lw=0.5, alpha=0.6)
-        ax.axvline(p, color=HIGH_ENTROPY_COLOR, lw=0.5, alpha=0.6)
+        ax.plot([-0.5, p if causal else n - 0.5], [p, p], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
+        ax.plot([p, p], [p if causal else -0.5, n - 0.5], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
+    if len(positions):
+        kw = dict(color=HIGH_ENTROPY_COLOR, markeredgecolor="black", markeredgewidth=0.4, ms=5,
+                  clip_on=False, ls="none", zorder=5)
+        ax.plot(np.full(len(positions), -0.5), positions, marker=">", **kw)
+        ax.plot(positions, np.full(len(positions), n - 0.5), marker="^", **kw)
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(n - 0.5, -0.5)
+
+
+def _upper_empty(a):
+    """True when nothing lies above the diagonal (a causal map)."""
+    up = np.triu(np.nan_to_num(a, nan=0.0), 1)
+    return not np.any(up)
+
+
+def _prompt_divider(ax, trace, axes="both", color="white"):
+    """Generated traces: a dashed line between the prompt and the response."""
+    p = getattr(trace, "prompt_len", -1)
+    if p is None or p <= 0 or p >= trace.input_ids.shape[1]:
+        return
+    style = dict(color=color, lw=0.9, ls=(0, (3, 2)), alpha=0.9)
+    if axes in ("both", "x"):
+        ax.axvline(p - 0.5, **style)
+    if axes == "both":
+        ax.axhline(p - 0.5, **style)
 
 
 def _grid(n, ncols, panel, ax=None):
@@ -158,10 +258,9 @@ def _grid(n, ncols, panel, ax=None):
     return fig, list(axes.flat[:n])
 
 
-def _axes_legend(ax, positions, entropy_threshold, entropy_quantile):
+def _axes_legend(ax, positions, label):
     if len(positions):
-        ax.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2,
-                                  label=_entropy_label(entropy_threshold, entropy_quantile))],
+        ax.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2, label=label)],
                   loc="upper right", fontsize=7)
     return ax
 
@@ -174,8 +273,9 @@ def _legend(fig, positions, label):
 
 # ---------------------------------------------------------------- the three figures
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
-                        scale="linear", gamma=0.5, mask_first=False, entropy_threshold=0.672,
-                        entropy_quantile=None, max_labels=40, ncols=None, panel=4.0, ax=None):
+                        scale="linear", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
+                        entropy_threshold=None, max_marks=MAX_MARKS, max_labels=40, ncols=None, panel=4.0,
+                        ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
     both axes (thinned to `max_labels`), title "Layer L Head H", a colorbar each.
 
@@ -183,30 +283,34 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     High-entropy positions (entropy at i predicts token i+1) get yellow crosshairs.
     Returns the Figure, or the Axes when given `ax=` (one pair)."""
     pairs = _pairs(trace, layers_heads)
+    _check_batch(trace, batch)
+    _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
-                                entropy_quantile=entropy_quantile)
+                                entropy_quantile=entropy_quantile, max_marks=max_marks)
+    hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
     fig, axes = _grid(len(pairs), ncols, panel, ax)
     for ax_, (l, h) in zip(axes, pairs):
         a = _prepare(_head_map(trace, l, h, batch), mask_first)
         lo = np.nanmin(a) if vmin is None else vmin
         up = np.nanmax(a) if vmax is None else vmax
         im = ax_.imshow(a, cmap=cmap, norm=_norm(scale, lo, up, gamma), interpolation="nearest")
-        _crosshairs(ax_, hi)
+        _crosshairs(ax_, hi, a.shape[0], _upper_empty(a))
+        _prompt_divider(ax_, trace)
         ax_.set_title(f"Layer {l} Head {h}")
         ax_.set_xlabel("key")
         ax_.set_ylabel("query")
-        _ticks(ax_, labels, "both", max_labels)
+        _ticks(ax_, labels, "both", max_labels, hi)
         fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
     if ax is not None:
-        return _axes_legend(axes[0], hi, entropy_threshold, entropy_quantile)
-    _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+        return _axes_legend(axes[0], hi, hi_label)
+    _legend(fig, hi, hi_label)
     return fig
 
 
 def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
-                                 batch=0, top_k=3, entropy_threshold=0.672, entropy_quantile=None,
-                                 max_labels=60, ncols=None, panel=4.0, ax=None):
+                                 batch=0, top_k=3, entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
+                                 max_marks=MAX_MARKS, max_labels=60, ncols=None, panel=4.0, ax=None):
     """Bar chart per (layer, head) over key positions, x labels = tokens.
 
     pattern_type "mean"/"max": attention each position receives, averaged / maximised over the
@@ -223,9 +327,16 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
         if token_idx is None or not isinstance(token_idx, (int, np.integer)) or not -T <= token_idx < T:
             raise ValueError(f"token_idx {token_idx!r} out of range: expected an int in -{T}..{T - 1}")
         token_idx = int(token_idx) % T
+    _check_batch(trace, batch)
+    if pattern_type == "specific_token":
+        if not _has_from(trace, token_idx):
+            _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
+    else:
+        _ensure(trace, [f"received_{pattern_type}"])
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
-                                entropy_quantile=entropy_quantile)
+                                entropy_quantile=entropy_quantile, max_marks=max_marks)
+    hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
     fig, axes = _grid(len(pairs), ncols, panel, ax)
     for ax_, (l, h) in zip(axes, pairs):
         values = _pattern(trace, l, h, pattern_type, token_idx, batch)
@@ -239,14 +350,15 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             bars[p].set_linewidth(2)
             ax_.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
         ax_.set_ylim(0, max(float(v.max()), 1e-9) * 1.15)  # room for the top-k labels
+        _prompt_divider(ax_, trace, "x", color="0.35")
         name = {"mean": "Mean", "max": "Max"}.get(pattern_type, f"From {token_idx}")
         ax_.set_title(f"L{l}H{h} {name}")
         ax_.set_xlabel("key position")
         ax_.set_ylabel("attention")
-        _ticks(ax_, labels, "x", max_labels)
+        _ticks(ax_, labels, "x", max_labels, hi)
     if ax is not None:
-        return _axes_legend(axes[0], hi, entropy_threshold, entropy_quantile)
-    _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+        return _axes_legend(axes[0], hi, hi_label)
+    _legend(fig, hi, hi_label)
     return fig
 
 
@@ -268,7 +380,7 @@ def _pattern(trace, l, h, pattern_type, token_idx, batch):
 
 def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
                                vmin=None, vmax=None, scale="linear", gamma=0.5, mask_first=False,
-                               entropy_threshold=0.672, entropy_quantile=None, paper=True,
+                               entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None, max_marks=MAX_MARKS, paper=True,
                                label_limit=16, ncols=None, panel=2.6):
     """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
     head_idx is None (capture={'layer_maps': [...]}), else that head; ONE shared colorbar (same
@@ -281,6 +393,8 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
         _check_layer(trace, l)
     if head_idx is not None:
         _check_head(trace, head_idx)
+    _check_batch(trace, batch)
+    _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
     maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first) for l in layers]
     lo = min(np.nanmin(m) for m in maps) if vmin is None else vmin
     up = max(np.nanmax(m) for m in maps) if vmax is None else vmax
@@ -288,20 +402,22 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     labels = _labels(trace, batch)
     show_labels = not paper or len(labels) <= label_limit
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
-                                entropy_quantile=entropy_quantile)
+                                entropy_quantile=entropy_quantile, max_marks=max_marks)
+    hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
     with plt.rc_context({"font.size": 9} if paper else {}):
         fig, axes = _grid(len(layers), ncols, panel)
         for ax, l, m in zip(axes, layers, maps):
             im = ax.imshow(m, cmap=cmap, norm=norm, interpolation="nearest")
-            _crosshairs(ax, hi)
+            _crosshairs(ax, hi, m.shape[0], _upper_empty(m))
+            _prompt_divider(ax, trace)
             ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}")
             if show_labels:
-                _ticks(ax, labels, "both", label_limit)
+                _ticks(ax, labels, "both", label_limit, hi)
             else:
                 ax.set_xticks([])
                 ax.set_yticks([])
         fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
-        _legend(fig, hi, _entropy_label(entropy_threshold, entropy_quantile))
+        _legend(fig, hi, hi_label)
         if getattr(trace, "is_dataset", False):
             fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
     return fig

@@ -29,8 +29,20 @@ def test_run_ids_and_captures(toy):
     assert t.topk_ids.shape == (1, 5, 2)
     assert t.labels[0][0] == "café␣😀" and t.labels[0][1] == "␣hello"  # ids 1 and 5 of the toy vocab
     assert t.spec["heads"] == [[2, 1]]
-    with pytest.raises(ValueError, match=r"trace has no capture 'layer_map/L1'"):
-        t.get("layer_map/L1")
+    # missing maps are computed on demand (one re-run), equal to capturing them in the first run
+    direct = toy.run(ids, capture={"layer_maps": [1]}).get("layer_map/L1")
+    assert torch.allclose(t.get("layer_map/L1"), direct)
+    assert "layer_map/L1" in t.captures and "held" not in repr(t) and "model kept" in repr(t)
+    t.release()
+    with pytest.raises(ValueError, match=r"trace has no capture 'layer_map/L2'"):
+        t.get("layer_map/L2")
+
+
+def test_text_batches_and_repr(toy):
+    from tokenizers import Tokenizer
+    assert toy.tokenizer is None or isinstance(toy.tokenizer, Tokenizer)
+    t = toy.run(torch.tensor([[1, 5, 9]]))
+    assert "tokens=3" in repr(t) and "input_ids" in dir(t) and "entropy" in dir(t)
 
 
 def test_trace_round_trip(toy, tmp_path):

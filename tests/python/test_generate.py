@@ -122,3 +122,32 @@ def test_chat_without_template(tmp_path):
         m.generate([1, 2, 3], chat=True)
     t = m.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, stop=[])   # no decode method: full forwards
     assert t.generation["kv_cache"] is False and t.input_ids.shape == (1, 6)
+
+
+def test_researchers_loop_without_a_capture_spec(model):
+    """The specification's workflow on one run and on one generation: heads, received max,
+    the layers grid, in any order, with no capture= anywhere."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    for t in (model.run("The cat sat on the mat because it was warm."),
+              model.generate("Is 3599 prime? Think step by step.", chat=True, max_new_tokens=24)):
+        f1 = attnscope.visualize_attention(t, [(0, 0), (14, 0), (29, 8)])
+        f2 = attnscope.visualize_attention_patterns(t, [(14, 0)], "max")
+        f3 = attnscope.visualize_attention_layers(t, [0, 1, 2, 9, 14, 18, 23, 29])
+        f4 = attnscope.visualize_attention_patterns(t, [(14, 0)], "specific_token", token_idx=-1)
+        assert [a.get_title() for a in f1.axes if a.get_title()] == ["Layer 0 Head 0", "Layer 14 Head 0", "Layer 29 Head 8"]
+        assert len([a for a in f3.axes if a.get_images()]) == 8 and f2.axes[0].get_title() == "L14H0 Max"
+        marks = attnscope.high_entropy_positions(t)
+        assert 1 <= len(marks) <= 8
+        if t.is_generated:
+            assert marks.min() >= t.prompt_len - 1
+        plt.close("all")
+
+
+def test_text_batches_are_right_padded_for_run(model):
+    t = model.run(["Hi", "Hello there, how are you?"])
+    assert t.attention_mask[0, -1] == 0 and t.attention_mask[0, 0] == 1 and t.attention_mask[1].all()
+    alone = model.run("Hi")
+    n = alone.input_ids.shape[1]
+    assert torch.allclose(t.get("received_mean")[:, 0, :, :n], alone.get("received_mean")[:, 0], atol=1e-5)
