@@ -1,8 +1,10 @@
-"""attnscope command line: `attnscope demo | plot | run | dataset | export` (also `python -m attnscope`)."""
+"""attnscope command line: `attnscope demo | generate | plot | run | dataset | export` (also `python -m attnscope`)."""
 import argparse
 import os
 import sys
 
+DEMO_QUESTION = "Is 3599 a prime number? Think step by step."
+# Text of the model card's layers figure (tools/model_card.py).
 DEMO_PROMPT = ("<|im_start|>user\nWhy do large language models put so much attention on the first "
                "token of a sentence?<|im_end|>\n<|im_start|>assistant\nThe first token acts as")
 # The seed's examples were written for a 28-layer, 28-head model; these are the equivalents
@@ -27,63 +29,123 @@ def _ints(text):
 
 
 def entropy_table(trace, model=None, k=10, batch=0):
-    """Markdown table of the k highest-entropy positions: position, token, next token, nats."""
-    ent = trace.entropy[batch]
+    """Markdown table of the k highest-entropy positions (of a generated trace: in the response):
+    position, token, the token that followed, entropy (nats) and the top-5 alternatives with
+    their probabilities (the distribution at i predicts token i+1)."""
+    import numpy as np
+    ent = trace.entropy[batch].double().numpy()
     labels = trace.labels[batch]
-    order = ent.nan_to_num(-1).argsort(descending=True)[:k].tolist()
-    rows = ["| position | token | next token | entropy (nats) |", "|---|---|---|---|"]
+    T = len(labels)
+    ok = np.isfinite(ent) & trace.attention_mask[batch].bool().numpy()
+    if trace.is_generated:
+        ok[: max(trace.prompt_len - 1, 0)] = False
+        ok[T - 1:] = False
+    order = [int(p) for p in np.argsort(-np.where(ok, ent, -np.inf), kind="stable")[:k] if ok[p]]
+    rows = ["| position | token | next token | entropy (nats) | top-5 alternatives |", "|---|---|---|---|---|"]
+    label = (lambda i: model.label(i)) if model is not None and model.tokenizer is not None else (lambda i: f"<{i}>")
+    has_topk = trace.topk_ids is not None and trace.topk_ids.numel() > 0
     for p in order:
-        nxt = labels[p + 1] if p + 1 < len(labels) else "(beyond input)"
-        rows.append(f"| {p} | {labels[p]} | {nxt} | {ent[p]:.3f} |")
+        nxt = labels[p + 1] if p + 1 < T else "(beyond input)"
+        alts = ""
+        if has_topk:
+            alts = ", ".join(f"{label(int(i))} {float(q):.2f}" for i, q in
+                             zip(trace.topk_ids[batch, p].tolist(), trace.topk_probs[batch, p].tolist()))
+        rows.append(f"| {p} | {labels[p]} | {nxt} | {ent[p]:.3f} | {alts} |".replace("|  |", "| |"))
     return "\n".join(rows)
+
+
+def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None):
+    import attnscope
+    opts = opts or {}
+    os.makedirs(out, exist_ok=True)
+    figs = {
+        "attention_heads.png": attnscope.visualize_attention(trace, heads, **opts),
+        "attention_patterns.png": attnscope.visualize_attention_patterns(trace, pheads, "mean", **opts),
+        "attention_layers.png": attnscope.visualize_attention_layers(trace, layers, **opts),
+    }
+    for name, fig in figs.items():
+        fig.savefig(os.path.join(out, name), dpi=dpi)
+    trace.save(os.path.join(out, "trace.safetensors"))
+    table = entropy_table(trace, model)
+    with open(os.path.join(out, "high_entropy_tokens.md"), "w") as f:
+        f.write(table + "\n")
+    written = sorted(figs) + ["trace.safetensors", "high_entropy_tokens.md"]
+    if trace.is_generated:
+        with open(os.path.join(out, "response.txt"), "w") as f:
+            f.write(trace.response if isinstance(trace.response, str) else "\n---\n".join(trace.response))
+        written.append("response.txt")
+    return table, written
+
+
+def _picks(model, default_model):
+    if default_model:
+        return DEMO_HEADS, DEMO_PATTERN_HEADS, DEMO_LAYERS
+    heads = [(0, 0), (model.n_layers // 2, 0), (model.n_layers - 1, model.n_heads - 1)]
+    return heads, [(l, 0) for l, _ in heads], _layer_picks(model.n_layers)
 
 
 def demo(args):
     import attnscope
     model = attnscope.load(args.model, device=args.device)
-    heads = DEMO_HEADS if args.model is None else [(0, 0), (model.n_layers // 2, 0), (model.n_layers - 1, model.n_heads - 1)]
-    pheads = DEMO_PATTERN_HEADS if args.model is None else [(l, 0) for l, _ in heads]
-    layers = DEMO_LAYERS if args.model is None else sorted({0, 1, 2, model.n_layers // 2, model.n_layers - 1})
-    trace = model.run(args.text or DEMO_PROMPT, capture={
-        "heads": heads, "layer_maps": layers, "received": True, "attn_entropy": True,
-        "sink_tokens": 1, "from_tokens": [-1]})
-    os.makedirs(args.out, exist_ok=True)
-    figs = {
-        "attention_heads.png": attnscope.visualize_attention(trace, heads),
-        "attention_patterns.png": attnscope.visualize_attention_patterns(trace, pheads, "mean"),
-        "attention_layers.png": attnscope.visualize_attention_layers(trace, layers),
-    }
-    for name, fig in figs.items():
-        fig.savefig(os.path.join(args.out, name), dpi=args.dpi)
-    trace.save(os.path.join(args.out, "trace.safetensors"))
-    table = entropy_table(trace)
-    with open(os.path.join(args.out, "high_entropy_tokens.md"), "w") as f:
-        f.write(table + "\n")
+    heads, pheads, layers = _picks(model, args.model is None)
+    if args.text:
+        trace = model.run(args.text)
+    else:  # the model answers a question that takes a few steps; the figures show where it hesitated
+        trace = model.generate(DEMO_QUESTION, chat=model.chat_template is not None, max_new_tokens=96)
+        print(f"Q: {DEMO_QUESTION}\nA: {trace.response}\n")
+    table, written = _write_figures(trace, model, args.out, args.dpi, heads, pheads, layers)
     print(f"{trace.input_ids.shape[1]} tokens, {trace.n_layers} layers x {trace.n_heads} heads")
     print("highest predictive entropy (entropy at i is that of the distribution predicting token i+1):")
     print(table)
-    print("wrote " + ", ".join(sorted(figs)) + ", trace.safetensors, high_entropy_tokens.md to " + args.out)
+    print("wrote " + ", ".join(written) + " to " + args.out)
+
+
+def generate(args):
+    import attnscope
+    _check_out_dir(args.out)
+    model = attnscope.load(args.model, device=args.device)
+    heads, pheads, layers = _picks(model, args.model is None)
+    if args.layers_heads:
+        heads = pheads = _pairs(args.layers_heads)
+    if args.layers:
+        layers = _ints(args.layers)
+    trace = model.generate(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    print(f"{trace.response}\n")
+    table, written = _write_figures(trace, model, args.out, args.dpi, heads, pheads, layers)
+    g = trace.generation
+    print(f"{g['steps']} tokens generated ({g['stop_reason'][0]}; temperature {g['temperature']:g}, "
+          f"{'KV cache' if g['kv_cache'] else 'full forward per step'})")
+    print("the response's highest predictive entropy (at i: the distribution that drew token i+1):")
+    print(table)
+    print("wrote " + ", ".join(written) + " to " + args.out)
+
+
+def _check_out_dir(out):
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a folder")
 
 
 def plot(args):
     import attnscope
+    ext = os.path.splitext(args.out)[1].lower()
+    if ext not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"--out {args.out!r}: expected a .png, .svg or .pdf file")
+    if args.pattern not in ("mean", "max", "specific_token"):
+        raise ValueError(f"--pattern {args.pattern!r}: expected mean, max or specific_token")
+    if args.kind == "patterns" and args.pattern == "specific_token" and args.token_idx is None:
+        raise ValueError("--pattern specific_token needs --token-idx")
     model = attnscope.load(args.model, device=args.device)
     opts = dict(entropy_threshold=False if args.no_entropy else args.entropy_threshold,
-                entropy_quantile=args.entropy_quantile)
+                entropy_quantile=args.entropy_quantile, max_marks=args.max_marks)
+    trace = model.run(args.text)  # what the figure lacks is computed when it asks
     if args.kind == "heads":
-        pairs = _pairs(args.layers_heads or "0:0")
-        trace = model.run(args.text, capture={"heads": pairs})
-        fig = attnscope.visualize_attention(trace, pairs, **opts)
+        fig = attnscope.visualize_attention(trace, _pairs(args.layers_heads or "0:0"), **opts)
     elif args.kind == "patterns":
-        pairs = _pairs(args.layers_heads or "0:0")
-        cap = {"received": True, "heads": pairs}
-        trace = model.run(args.text, capture=cap)
-        fig = attnscope.visualize_attention_patterns(trace, pairs, args.pattern, args.token_idx, **opts)
+        fig = attnscope.visualize_attention_patterns(trace, _pairs(args.layers_heads or "0:0"), args.pattern,
+                                                     args.token_idx, **opts)
     else:
-        layers = _ints(args.layers or "0")
-        cap = {"layer_maps": layers} if args.head is None else {"heads": [(l, args.head) for l in layers]}
-        trace = model.run(args.text, capture=cap)
-        fig = attnscope.visualize_attention_layers(trace, layers, head_idx=args.head, **opts)
+        fig = attnscope.visualize_attention_layers(trace, _ints(args.layers or "0"), head_idx=args.head, **opts)
     fig.savefig(args.out, dpi=args.dpi)
     print(f"wrote {args.out}")
 
@@ -231,8 +293,22 @@ def main(argv=None):
     common.add_argument("--dpi", type=int, default=150)
     d = sub.add_parser("demo", parents=[common], help="the three figures + high-entropy table on a built-in prompt")
     d.add_argument("--out", default="out", help="output folder (default: out)")
-    d.add_argument("--text", help="prompt instead of the built-in one")
+    d.add_argument("--text", help="capture this text instead of letting the model answer the built-in question")
     d.set_defaults(fn=demo)
+    g = sub.add_parser("generate", parents=[common], help="let the model answer, then the three figures, "
+                       "the trace and its most uncertain tokens with their alternatives")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--system", help="system message (with --chat)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--layers-heads", help="LAYER:HEAD,... for the heads and patterns figures")
+    g.add_argument("--layers", help="LAYER,... for the layers grid")
+    g.add_argument("--out", required=True, help="output folder")
+    g.set_defaults(fn=generate)
     q = sub.add_parser("plot", parents=[common], help="one figure for a text")
     q.add_argument("--text", required=True)
     q.add_argument("--kind", choices=("heads", "patterns", "layers"), required=True)
@@ -241,8 +317,10 @@ def main(argv=None):
     q.add_argument("--head", type=int, help="one head instead of the head mean (layers)")
     q.add_argument("--pattern", default="mean", help="mean | max | specific_token (patterns)")
     q.add_argument("--token-idx", type=int, help="query position for specific_token")
-    q.add_argument("--entropy-threshold", type=float, default=0.672)
-    q.add_argument("--entropy-quantile", type=float)
+    q.add_argument("--entropy-threshold", type=float, help="mark entropies above this many nats "
+                   "(default: the --entropy-quantile of the sequence)")
+    q.add_argument("--entropy-quantile", type=float, default=0.8)
+    q.add_argument("--max-marks", type=int, default=8, help="at most this many marks (the highest)")
     q.add_argument("--no-entropy", action="store_true", help="no high-entropy marks")
     q.add_argument("--out", required=True, help="figure file (.png, .svg, .pdf)")
     q.set_defaults(fn=plot)

@@ -17,7 +17,7 @@ def cli(*args):
 def test_help():
     r = cli("--help")
     assert r.returncode == 0 and "demo" in r.stdout and "plot" in r.stdout
-    for sub in ("demo", "plot", "run"):
+    for sub in ("demo", "generate", "plot", "run"):
         assert cli(sub, "--help").returncode == 0
 
 
@@ -26,8 +26,25 @@ def test_demo_default_model(tmp_path):
     assert r.returncode == 0, r.stderr
     for f in ("attention_heads.png", "attention_patterns.png", "attention_layers.png"):
         assert (tmp_path / f).stat().st_size > 10_000, f
-    assert "| position | token | next token | entropy (nats) |" in r.stdout
-    assert (tmp_path / "high_entropy_tokens.md").exists() and (tmp_path / "trace.safetensors").exists()
+    assert "Q: Is 3599 a prime number?" in r.stdout and "A: " in r.stdout
+    assert "| position | token | next token | entropy (nats) | top-5 alternatives |" in r.stdout
+    for f in ("high_entropy_tokens.md", "trace.safetensors", "response.txt"):
+        assert (tmp_path / f).exists(), f
+
+
+def test_generate_command(tmp_path):
+    r = cli("generate", "--prompt", "What is the capital of France?", "--chat", "--max-new-tokens", "20",
+            "--out", str(tmp_path), "--dpi", "50")
+    assert r.returncode == 0, r.stderr
+    assert "Paris" in (tmp_path / "response.txt").read_text()
+    table = (tmp_path / "high_entropy_tokens.md").read_text().splitlines()
+    assert table[0].endswith("| top-5 alternatives |") and len(table) >= 3
+    assert table[2].count(",") >= 4   # five alternatives with probabilities
+    import attnscope
+    t = attnscope.Trace.load(tmp_path / "trace.safetensors")
+    assert t.is_generated and t.generation["kv_cache"] is True
+    r = cli("generate", "--prompt", "hi", "--max-new-tokens", "0", "--out", str(tmp_path))
+    assert r.returncode == 1 and "max_new_tokens 0 must be an int >= 1" in r.stderr
 
 
 @pytest.mark.parametrize("kind,extra", [("heads", ["--layers-heads", "0:1,2:3"]),
