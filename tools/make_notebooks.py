@@ -10,14 +10,12 @@ PROMPT = ('"<|im_start|>user\\nWhy do large language models put so much attentio
 
 NOTEBOOKS = {
     "01_quickstart.ipynb": [
-        ("md", "# attnscope quickstart\nLoad the default model (SmolLM2-135M-Instruct), run a prompt with "
-               "attention capture, draw the three figures."),
+        ("md", "# attnscope quickstart\nLoad the default model (SmolLM2-135M-Instruct), run a prompt, draw the "
+               "three figures. No capture spec: the trace computes what a figure needs when it asks."),
         ("code", "import attnscope\nmodel = attnscope.load()          # converted once, then cached\n"
                  "print(model.describe())"),
         ("code", f"text = ({PROMPT})\n"
-                 "trace = model.run(text, capture={\"heads\": [(0, 0), (14, 0), (29, 8)],\n"
-                 "                                 \"layer_maps\": [0, 1, 2, 9, 14, 18, 23, 29],\n"
-                 "                                 \"received\": True, \"attn_entropy\": True, \"sink_tokens\": 1})\n"
+                 "trace = model.run(text)\n"
                  "print(len(trace.labels[0]), 'tokens:', ' '.join(trace.labels[0]))"),
         ("code", "fig = attnscope.visualize_attention(trace, [(0, 0), (14, 0), (29, 8)])"),
         ("code", "fig = attnscope.visualize_attention_patterns(trace, [(0, 0), (14, 0), (29, 0)], pattern_type=\"mean\")"),
@@ -25,11 +23,10 @@ NOTEBOOKS = {
                  "fig.savefig(\"layers.pdf\")  # paper-ready vector output"),
     ],
     "02_workflow.ipynb": [
-        ("md", "# Workflow: layers overview → detailed heads → important tokens"),
+        ("md", "# Workflow: layers overview → detailed heads → important tokens\nOne run; every step below "
+               "reads the same trace, in any order."),
         ("code", f"import attnscope\nmodel = attnscope.load()\ntext = ({PROMPT})\n"
-                 "layers = list(range(model.n_layers))\n"
-                 "trace = model.run(text, capture={\"layer_maps\": layers, \"received\": True, \"attn_entropy\": True,\n"
-                 "                                 \"sink_tokens\": 1})"),
+                 "trace = model.run(text)\nlayers = list(range(model.n_layers))"),
         ("md", "## 1. Overview: which layers are local, which have an attention sink?"),
         ("code", "fig = attnscope.visualize_attention_layers(trace, layers[::4])\n"
                  "sink = trace.get(\"sink_mass\")[:, 0].mean(1)      # [L]: mean attention on token 0\n"
@@ -37,26 +34,25 @@ NOTEBOOKS = {
                  "print(\"layers with a sink (> 0.5 of attention on the first token):\", sink_layers)"),
         ("md", "## 2. Detailed heads of an interesting layer"),
         ("code", "layer = sink_layers[0] if sink_layers else model.n_layers // 2\n"
-                 "heads = [(layer, h) for h in range(model.n_heads)]\n"
-                 "detail = model.run(text, capture={\"heads\": heads})\n"
-                 "fig = attnscope.visualize_attention(detail, heads[:4])"),
+                 "fig = attnscope.visualize_attention(trace, [(layer, h) for h in range(4)])"),
         ("md", "## 3. Important tokens: attention received"),
-        ("code", "fig = attnscope.visualize_attention_patterns(trace, [(layer, h) for h in range(3)], \"mean\", top_k=3)"),
+        ("code", "fig = attnscope.visualize_attention_patterns(trace, [(layer, h) for h in range(3)], \"mean\", top_k=3)\n"
+                 "print(trace)  # the maps the figures asked for are kept; trace.release() stops computing more"),
     ],
     "03_high_entropy_tokens.ipynb": [
         ("md", "# High-entropy tokens\nThe predictive entropy at position i is the entropy (nats) of the "
-               "distribution that predicts token i+1. Where is the model unsure, and what do those positions attend to?"),
+               "distribution that predicts token i+1. Where is the model unsure, and what do those positions attend to? "
+               "The figures mark the top 20 % of the sequence, at most 8 positions."),
         ("code", f"import attnscope\nmodel = attnscope.load()\ntext = ({PROMPT})\n"
-                 "first = model.run(text, capture={})\n"
-                 "hi = attnscope.high_entropy_positions(first, entropy_quantile=0.8)\n"
+                 "trace = model.run(text)\n"
+                 "hi = attnscope.high_entropy_positions(trace)\n"
                  "for p in hi:\n"
-                 "    print(p, first.labels[0][p], round(float(first.entropy[0, p]), 3))"),
-        ("md", "## What the uncertain positions attend to, across layers"),
-        ("code", "trace = model.run(text, capture={\"from_tokens\": [int(p) for p in hi], \"layer_maps\": [2, 14, 29]})\n"
-                 "p = int(hi[-1])\n"
+                 "    print(p, trace.labels[0][p], round(float(trace.entropy[0, p]), 3))"),
+        ("md", "## What the most uncertain position attends to, across layers"),
+        ("code", "p = int(hi[trace.entropy[0, hi].argmax()])\n"
                  "fig = attnscope.visualize_attention_patterns(trace, [(2, 0), (14, 0), (29, 0)], \"specific_token\",\n"
-                 "                                             token_idx=p, entropy_quantile=0.8)"),
-        ("code", "fig = attnscope.visualize_attention_layers(trace, [2, 14, 29], entropy_quantile=0.8)"),
+                 "                                             token_idx=p)"),
+        ("code", "fig = attnscope.visualize_attention_layers(trace, [2, 14, 29])"),
     ],
     "04_attention_sinks.ipynb": [
         ("md", "# Attention sinks over a dataset\nStreamingLLM (Xiao et al. 2024, Fig. 2) averages the attention maps "
@@ -88,6 +84,30 @@ NOTEBOOKS = {
         ("code", "data.save(\"sinks.safetensors\")\n"
                  "again = attnscope.DatasetTrace.load(\"sinks.safetensors\")\n"
                  "assert again.n_sequences == data.n_sequences and abs(again.sink1 - data.sink1) < 1e-12"),
+    ],
+    "05_reasoning.ipynb": [
+        ("md", "# Where does the model hesitate in its own reasoning?\nThe default model answers a question that "
+               "takes a few steps (greedy decoding, its chat template). One capture run over prompt + answer then "
+               "shows, for the answer's most uncertain tokens, what they attend to, in which layers, and what the "
+               "model almost said instead."),
+        ("code", "import attnscope\nmodel = attnscope.load()\n"
+                 "trace = model.generate(\"Is 3599 prime? Think step by step.\", chat=True, max_new_tokens=120)\n"
+                 "print(trace.response)\nprint(trace.generation)"),
+        ("md", "## The turning points: highest predictive entropy in the answer, with the top-5 alternatives"),
+        ("code", "hi = attnscope.high_entropy_positions(trace)   # only the response's distributions\n"
+                 "for p in sorted(hi, key=lambda p: -float(trace.entropy[0, p])):\n"
+                 "    alts = \", \".join(f\"{model.label(int(i))} {float(q):.2f}\"\n"
+                 "                     for i, q in zip(trace.topk_ids[0, p], trace.topk_probs[0, p]))\n"
+                 "    print(f\"{p:4d} after {trace.labels[0][p]!r:12} -> {trace.labels[0][p + 1]!r:12} \"\n"
+                 "          f\"H = {float(trace.entropy[0, p]):.2f} nats   [{alts}]\")"),
+        ("md", "## What the most uncertain position attends to (attention FROM it)"),
+        ("code", "p = int(max(hi, key=lambda p: float(trace.entropy[0, p])))\n"
+                 "fig = attnscope.visualize_attention_patterns(trace, [(2, 0), (14, 0), (29, 0)], \"specific_token\",\n"
+                 "                                             token_idx=p)"),
+        ("md", "## Which layers: the grid (dashed line = where the answer begins)"),
+        ("code", "fig = attnscope.visualize_attention_layers(trace, [0, 1, 2, 9, 14, 18, 23, 29])"),
+        ("md", "## Detailed heads around the answer"),
+        ("code", "fig = attnscope.visualize_attention(trace, [(14, 0), (29, 8)])"),
     ],
 }
 

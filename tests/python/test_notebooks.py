@@ -13,7 +13,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "notebooks", "*.ipynb")))
 def test_notebooks_exist():
     assert [os.path.basename(n) for n in NOTEBOOKS] == [
         "01_quickstart.ipynb", "02_workflow.ipynb", "03_high_entropy_tokens.ipynb",
-        "04_attention_sinks.ipynb"]
+        "04_attention_sinks.ipynb", "05_reasoning.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
