@@ -1,10 +1,9 @@
 """The three figure functions. Data come from a Trace (computed by the C++ core); this module
 only selects, validates and draws.
 
-High-entropy tokens: the predictive entropy at position i is the entropy of the distribution
-that predicts token i+1 (nats). Positions above `entropy_threshold` (or above the
-`entropy_quantile` of the sequence's entropies) get yellow crosshairs on heatmaps and yellow
-edges on bars.
+High-entropy tokens (marks.py): the predictive entropy at position i is the entropy of the
+distribution that predicts token i+1 (nats); by default the top 20 % of the sequence, at most 8,
+get yellow marks on heatmaps (edge markers, labels, thin row/column lines) and yellow bars.
 """
 import math
 
@@ -13,7 +12,9 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.lines import Line2D
 
-HIGH_ENTROPY_COLOR = "#ffd700"
+from .marks import (ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, _crosshairs, _entropy_label,  # noqa: F401
+                    _prompt_divider, _upper_empty, high_entropy_positions)
+
 PATTERN_TYPES = ("mean", "max", "specific_token")
 
 
@@ -99,70 +100,6 @@ def _aggregate(trace, name, layer, head, batch):
     return t[layers.index(layer), batch, head]
 
 
-def _valid(trace, batch):
-    return trace.attention_mask[batch].bool().numpy()
-
-
-ENTROPY_QUANTILE = 0.8  # default: the top 20 % of a sequence's predictive entropies
-MAX_MARKS = 8           # default cap: the 8 highest of those, so the marks stay readable
-
-
-def _entropy_region(trace, batch, region):
-    """Positions whose predictive entropy may be marked: real tokens; for a generated trace
-    (region "auto" or "response") only the distributions the response was drawn from."""
-    T = trace.input_ids.shape[1]
-    ok = _valid(trace, batch).copy()
-    if region not in ("auto", "response", "all"):
-        raise ValueError(f"region {region!r}: expected 'auto', 'response' or 'all'")
-    p = getattr(trace, "prompt_len", -1)
-    if region != "all" and p is not None and p >= 0:
-        ok[: max(p - 1, 0)] = False
-        ok[T - 1:] = False  # the last position predicts beyond the response
-    elif region == "response":
-        raise ValueError("region='response' needs a generated trace (Model.generate)")
-    return ok
-
-
-def high_entropy_positions(trace, *, batch=0, entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
-                           max_marks=MAX_MARKS, region="auto"):
-    """Positions with high predictive entropy (the entropy at i is that of the distribution
-    predicting token i+1), sorted: those above the `entropy_quantile` of this sequence's
-    entropies (default 0.8: the top 20 %), or above `entropy_threshold` nats when given; at
-    most `max_marks` of them (the highest; None = no cap). region: "auto" (the response of a
-    generated trace, else every real token), "response" or "all". `entropy_threshold=False`
-    (or `entropy_quantile=False` with no threshold): none."""
-    if entropy_threshold is False or (entropy_threshold is None and (entropy_quantile is None or entropy_quantile is False)):
-        return np.array([], dtype=int)
-    if max_marks is not None and (isinstance(max_marks, bool) or not isinstance(max_marks, (int, np.integer))
-                                  or max_marks < 1):
-        raise ValueError(f"max_marks {max_marks!r} must be an int >= 1 (or None for no cap)")
-    ent = trace.entropy[batch].numpy().astype(float)
-    ok = _entropy_region(trace, batch, region) & np.isfinite(ent)
-    if not ok.any():
-        return np.array([], dtype=int)
-    if entropy_threshold is not None:
-        if isinstance(entropy_threshold, bool) or not isinstance(entropy_threshold, (int, float)) \
-                or not math.isfinite(entropy_threshold):
-            raise ValueError(f"entropy_threshold {entropy_threshold!r} must be a finite number of nats (or None / False)")
-        cut = float(entropy_threshold)
-    else:
-        if isinstance(entropy_quantile, bool) or not isinstance(entropy_quantile, (int, float)) \
-                or not 0 < entropy_quantile < 1:
-            raise ValueError(f"entropy_quantile {entropy_quantile!r} must be in (0, 1)")
-        cut = float(np.quantile(ent[ok], entropy_quantile))
-    pos = np.nonzero(ok & (ent > cut))[0]
-    if max_marks is not None and len(pos) > max_marks:
-        pos = np.sort(pos[np.argsort(-ent[pos], kind="stable")[:max_marks]])
-    return pos
-
-
-def _entropy_label(entropy_threshold, entropy_quantile, n=None):
-    what = (f"> {entropy_threshold} nats" if entropy_threshold is not None and entropy_threshold is not False
-            else f"top {1 - entropy_quantile:.0%} of the sequence")
-    shown = f", the {n} highest" if n == MAX_MARKS else ""
-    return f"high predictive entropy: {what}{shown}\n(the entropy at i is that of the prediction of token i+1)"
-
-
 def _labels(trace, batch):
     return list(trace.labels[batch])
 
@@ -207,40 +144,6 @@ def _prepare(m, mask_first):
     if mask_first:  # hide the sink column so the rest gets the colour range
         a[:, 0] = np.nan
     return a
-
-
-def _crosshairs(ax, positions, n, causal=False):
-    """Yellow crosshairs: a thin translucent line along row i and column i (for a causal map only
-    over the cells that hold attention: row i up to the diagonal, column i below it), and a
-    solid marker on the left and bottom edges so each mark is found without covering the map."""
-    for p in positions:
-        ax.plot([-0.5, p if causal else n - 0.5], [p, p], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
-        ax.plot([p, p], [p if causal else -0.5, n - 0.5], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
-    if len(positions):
-        kw = dict(color=HIGH_ENTROPY_COLOR, markeredgecolor="black", markeredgewidth=0.4, ms=5,
-                  clip_on=False, ls="none", zorder=5)
-        ax.plot(np.full(len(positions), -0.5), positions, marker=">", **kw)
-        ax.plot(positions, np.full(len(positions), n - 0.5), marker="^", **kw)
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(n - 0.5, -0.5)
-
-
-def _upper_empty(a):
-    """True when nothing lies above the diagonal (a causal map)."""
-    up = np.triu(np.nan_to_num(a, nan=0.0), 1)
-    return not np.any(up)
-
-
-def _prompt_divider(ax, trace, axes="both", color="white"):
-    """Generated traces: a dashed line between the prompt and the response."""
-    p = getattr(trace, "prompt_len", -1)
-    if p is None or p <= 0 or p >= trace.input_ids.shape[1]:
-        return
-    style = dict(color=color, lw=0.9, ls=(0, (3, 2)), alpha=0.9)
-    if axes in ("both", "x"):
-        ax.axvline(p - 0.5, **style)
-    if axes == "both":
-        ax.axhline(p - 0.5, **style)
 
 
 def _grid(n, ncols, panel, ax=None):

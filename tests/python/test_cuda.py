@@ -102,3 +102,14 @@ def test_dataset_sums_on_cuda_equal_cpu():
     for name in ("layer_map/L1", "received_mean", "received_max", "attn_entropy"):
         assert torch.allclose(a.get(name), b.get(name), atol=1e-5), name
     assert abs(a.sink1 - b.sink1) < 1e-9
+
+
+def test_generate_on_cuda_matches_cpu():
+    """Greedy and seeded sampling give the same tokens on CUDA as on the CPU (the sampler's
+    generator is a CPU one), with the KV-cache decode method running on the GPU."""
+    cpu, gpu = attnscope.load(device="cpu"), attnscope.load(device="cuda")
+    for kw in (dict(), dict(temperature=0.8, top_p=0.9, seed=3)):
+        a = cpu.generate("The capital of France is", max_new_tokens=12, stop=[], capture={}, **kw)
+        b = gpu.generate("The capital of France is", max_new_tokens=12, stop=[], capture={}, **kw)
+        assert b.generation["kv_cache"] is True
+        assert a.input_ids.tolist() == b.input_ids.tolist(), kw

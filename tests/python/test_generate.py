@@ -138,6 +138,7 @@ def test_researchers_loop_without_a_capture_spec(model):
         f4 = attnscope.visualize_attention_patterns(t, [(14, 0)], "specific_token", token_idx=-1)
         assert [a.get_title() for a in f1.axes if a.get_title()] == ["Layer 0 Head 0", "Layer 14 Head 0", "Layer 29 Head 8"]
         assert len([a for a in f3.axes if a.get_images()]) == 8 and f2.axes[0].get_title() == "L14H0 Max"
+        assert f4.axes[0].get_title().startswith(f"L14H0 From {t.input_ids.shape[1] - 1}")
         marks = attnscope.high_entropy_positions(t)
         assert 1 <= len(marks) <= 8
         if t.is_generated:
