@@ -204,8 +204,10 @@ def test_trace_hf_runs_in_memory_sharing_weights():
     traced, facts = hf_export.trace_hf(model, attention="sdpa")
     shared = {p.data_ptr() for p in model.parameters()}
     assert all(p.data_ptr() in shared for p in traced.parameters())  # no copy of the weights
+    assert facts["causal"] is True  # observed from the model's eager attentions
     m = attnscope.from_module(traced, device="cpu", info=facts)
-    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.family) == (2, 4, 1, "qwen2")
+    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.family) == (2, 4, 1, "qwen2") and m.causal
+    assert "dry run" not in m.describe()  # every fact given: no dry run
     ids = torch.randint(0, V, (1, 9), generator=torch.Generator().manual_seed(2))
     t = m.run(ids, capture={"heads": [(1, 2)]})
     model.set_attn_implementation("eager")

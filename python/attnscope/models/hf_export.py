@@ -225,12 +225,13 @@ def _capture_ops(traced):
     return sum(n.kind().startswith("attnscope::") for n in _nodes(traced.inlined_graph))
 
 
-def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"):
+def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers", causal=None):
     """(traced ScriptModule forward(input_ids, attention_mask) -> logits or hidden states,
     attnscope.json facts) of a transformers model; the traced module shares the model's
     parameters (no copy). route "transformers" uses attnscope's attention functions, "graph"
     the model's own attention (attnscope.load instruments it). attnscope.from_module(traced,
-    info=facts) runs it without an archive (how bench/device_check.py handles a 7B model)."""
+    info=facts) runs it without an archive (how bench/device_check.py handles a 7B model).
+    causal: the model's causality (None: observed from its eager attentions)."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
@@ -239,6 +240,8 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
     register()
     tc, facts = _facts(model)
     device = next(model.parameters()).device
+    model.eval()
+    facts["causal"] = observed_causal(model, facts["vocab_size"], device) if causal is None else bool(causal)
     facts.update(format_version=FORMAT_VERSION, transformers=transformers.__version__, torch=torch.__version__,
                  route=route, attention_requested=attention,
                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
@@ -338,7 +341,8 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
             if route == "attnscope-module":
                 traced, meta = _own_module(model, tc, attention, ids, mask, facts)
             else:
-                traced, meta = trace_hf(model, attention=attention, example_length=example_length, route=route)
+                traced, meta = trace_hf(model, attention=attention, example_length=example_length, route=route,
+                                        causal=causal)
             meta.update(common)
             if failures:
                 meta["fallback_reason"] = "; ".join(failures)
