@@ -139,11 +139,30 @@ def _norm(scale, vmin, vmax, gamma):
     raise ValueError(f"scale {scale!r}: expected 'linear', 'log' or 'power'")
 
 
+MASKED_COLOR = "0.93"  # cells no query can attend to (after the diagonal of a causal map)
+
+
 def _prepare(m, mask_first):
+    """Map as float numpy; the masked (future) half of a causal map becomes NaN, drawn blank in
+    MASKED_COLOR rather than in the colour of 0, so real zeros and masked cells differ."""
     a = m.numpy().astype(float) if hasattr(m, "numpy") else np.array(m, dtype=float)
+    if a.ndim == 2 and a.shape[0] == a.shape[1] and _upper_empty(a):
+        a[np.triu_indices(a.shape[0], 1)] = np.nan
     if mask_first:  # hide the sink column so the rest gets the colour range
         a[:, 0] = np.nan
     return a
+
+
+def _default_vmin(a, scale):
+    """0 for attention on a linear/power scale (masked cells no longer hold the zeros that set
+    it); the smallest value for a log scale."""
+    return float(np.nanmin(a)) if scale == "log" else min(0.0, float(np.nanmin(a)))
+
+
+def _cmap(name):
+    cm = plt.get_cmap(name).copy()
+    cm.set_bad(MASKED_COLOR)
+    return cm
 
 
 def _grid(n, ncols, panel, ax=None):
@@ -156,6 +175,7 @@ def _grid(n, ncols, panel, ax=None):
     nrows = math.ceil(n / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False,
                              constrained_layout=True)
+    fig.get_layout_engine().set(h_pad=0.1)  # titles clear of the top edge
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])
@@ -195,9 +215,9 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     fig, axes = _grid(len(pairs), ncols, panel, ax)
     for ax_, (l, h) in zip(axes, pairs):
         a = _prepare(_head_map(trace, l, h, batch), mask_first)
-        lo = np.nanmin(a) if vmin is None else vmin
+        lo = _default_vmin(a, scale) if vmin is None else vmin
         up = np.nanmax(a) if vmax is None else vmax
-        im = ax_.imshow(a, cmap=cmap, norm=_norm(scale, lo, up, gamma), interpolation="nearest")
+        im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest")
         _crosshairs(ax_, hi, a.shape[0], _upper_empty(a))
         _prompt_divider(ax_, trace)
         ax_.set_title(f"Layer {l} Head {h}")
@@ -254,7 +274,7 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             ax_.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
         ax_.set_ylim(0, max(float(v.max()), 1e-9) * 1.15)  # room for the top-k labels
         _prompt_divider(ax_, trace, "x", color="0.35")
-        name = {"mean": "Mean", "max": "Max"}.get(pattern_type, f"From {token_idx}")
+        name = {"mean": "Mean", "max": "Max"}.get(pattern_type) or f"From {token_idx} {labels[token_idx]}"
         ax_.set_title(f"L{l}H{h} {name}")
         ax_.set_xlabel("key position")
         ax_.set_ylabel("attention")
@@ -299,7 +319,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     _check_batch(trace, batch)
     _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
     maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first) for l in layers]
-    lo = min(np.nanmin(m) for m in maps) if vmin is None else vmin
+    lo = min(_default_vmin(m, scale) for m in maps) if vmin is None else vmin
     up = max(np.nanmax(m) for m in maps) if vmax is None else vmax
     norm = _norm(scale, lo, up, gamma)
     labels = _labels(trace, batch)
@@ -310,7 +330,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     with plt.rc_context({"font.size": 9} if paper else {}):
         fig, axes = _grid(len(layers), ncols, panel)
         for ax, l, m in zip(axes, layers, maps):
-            im = ax.imshow(m, cmap=cmap, norm=norm, interpolation="nearest")
+            im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest")
             _crosshairs(ax, hi, m.shape[0], _upper_empty(m))
             _prompt_divider(ax, trace)
             ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}")

@@ -116,7 +116,7 @@ def test_visualize_attention_patterns(trace):
     fig = visualize_attention_patterns(trace, [(1, 2)], "max")
     assert np.allclose([b.get_height() for b in fig.axes[0].patches], trace.get("received_max")[1, 0, 2].numpy())
     fig = visualize_attention_patterns(trace, [(2, 3)], "specific_token", token_idx=-3)
-    assert fig.axes[0].get_title() == "L2H3 From 7"
+    assert fig.axes[0].get_title() == f"L2H3 From 7 {trace.labels[0][7]}"  # the token, not only its index
     assert np.allclose([b.get_height() for b in fig.axes[0].patches], trace.get("head_map/L2H3")[0, 7].numpy())
     fig = visualize_attention_patterns(trace, [(1, 1)], "specific_token", token_idx=9)  # from capture
     assert np.allclose([b.get_height() for b in fig.axes[0].patches], trace.get("from")[1, 0, 1, 0].numpy())
@@ -133,7 +133,12 @@ def test_visualize_attention_layers_shares_one_colorbar(trace):
     assert len(limits) == 1
     assert len(fig.axes) == 4  # three maps + ONE colorbar
     assert panels[0].get_images()[0].get_cmap().name == "RdBu_r"
-    assert np.allclose(panels[1].get_images()[0].get_array(), trace.get("layer_map/L1")[0].numpy())
+    shown = panels[1].get_images()[0].get_array()
+    want = trace.get("layer_map/L1")[0].numpy()
+    upper = np.triu(np.ones_like(want, dtype=bool), 1)
+    assert np.ma.getmaskarray(shown)[upper].all()            # masked (future) cells drawn blank
+    assert np.allclose(shown.filled(0)[~upper], want[~upper])  # the rest is the map
+    assert panels[1].get_images()[0].norm.vmin == 0.0
     fig = visualize_attention_layers(trace, [2], head_idx=3)
     assert fig.axes[0].get_title() == "L2 H3"
     fig = visualize_attention_layers(trace, [0, 1], mask_first=True)
