@@ -1,6 +1,7 @@
 // Model::generate: token-by-token generation (greedy, temperature, top-k, top-p, seeded), with
 // the archive's KV-cache `decode` method when it has one, then one capture run over prompt +
 // response so the Trace shows the attention and entropy behind every generated token.
+#include <attnscope/json.h>
 #include <attnscope/model.h>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -30,14 +31,6 @@ torch::Tensor pick(const torch::Tensor& logits, const GenerateOptions& o, at::Ge
     z = z.masked_fill(hide, -std::numeric_limits<float>::infinity());
   }
   return torch::multinomial(z.softmax(-1), 1, /*replacement=*/false, gen).squeeze(-1).to(logits.device());
-}
-
-std::string ids_json(const std::vector<int64_t>& v) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < v.size(); ++i) o << (i ? ", " : "") << v[i];
-  o << "]";
-  return o.str();
 }
 
 }  // namespace
@@ -132,7 +125,7 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
   std::ostringstream g;
   g << "{\"temperature\": " << o.temperature << ", \"top_k\": " << o.top_k << ", \"top_p\": " << o.top_p
     << ", \"seed\": " << o.seed << ", \"max_new_tokens\": " << o.max_new_tokens
-    << ", \"stop_ids\": " << ids_json(stop) << ", \"kv_cache\": " << (cached ? "true" : "false")
+    << ", \"stop_ids\": " << json::int_array(stop) << ", \"kv_cache\": " << (cached ? "true" : "false")
     << ", \"steps\": " << steps << ", \"stop_reason\": [";
   for (int64_t b = 0; b < batch; ++b) g << (b ? ", " : "") << "\"" << reason[b] << "\"";
   g << "]}";

@@ -168,6 +168,12 @@ Value parse(const std::string& text, const std::string& what) {
   return v;
 }
 
+std::string int_array(const std::vector<int64_t>& v) {
+  std::string out = "[";
+  for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
+  return out + "]";
+}
+
 std::string quote(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {

@@ -39,5 +39,8 @@ Value parse(const std::string& text, const std::string& what = "JSON");
 /// Quotes and escapes `s` as a JSON string literal.
 std::string quote(const std::string& s);
 
+/// `v` as a JSON array of integers: [1,2,3].
+std::string int_array(const std::vector<int64_t>& v);
+
 }  // namespace json
 }  // namespace attnscope

@@ -23,13 +23,7 @@ bool CaptureSpec::aggregates_layer(int64_t layer) const {
 }
 
 namespace {
-std::string ints(const std::vector<int64_t>& v) {
-  std::ostringstream o;
-  o << "[";
-  for (size_t i = 0; i < v.size(); ++i) o << (i ? "," : "") << v[i];
-  o << "]";
-  return o.str();
-}
+std::string ints(const std::vector<int64_t>& v) { return json::int_array(v); }
 std::vector<int64_t> to_ints(const json::Value* v) {
   std::vector<int64_t> out;
   if (v && v->is_array())
