@@ -181,6 +181,7 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     }
   }
   const bool vis = acc->wants_visibility();
+  torch::Tensor all_visible;
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
     // With is_causal, keys after the block's last row get probability exactly 0: skip them.
@@ -208,8 +209,11 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       if (vis) visible = visible.defined() ? visible.logical_and(hide.logical_not())
                                            : hide.logical_not().view({1, 1, rows, keys});
     }
-    if (vis && !visible.defined())  // no mask at all: every key is visible
-      visible = torch::ones({1, 1, rows, keys}, torch::dtype(torch::kBool).device(dev));
+    if (vis && !visible.defined()) {  // no mask at all: every key is visible (one buffer per site)
+      if (!all_visible.defined())
+        all_visible = torch::ones({1, 1, step, tk}, torch::dtype(torch::kBool).device(dev));
+      visible = all_visible.narrow(2, 0, rows).narrow(3, 0, keys);
+    }
     auto probs = ws_.get(2, scores.sizes(), dev);
     torch::_softmax_out(probs, scores, -1, false);
     // Only an explicit mask can hide every key of a row (padding queries: 0/0 = NaN); with
