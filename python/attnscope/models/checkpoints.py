@@ -1,0 +1,177 @@
+"""Checkpoints by path: what `attnscope.load(path)` accepts.
+
+A TorchScript archive is loaded as it is. A Hugging Face checkpoint folder (config.json +
+*.safetensors + tokenizer) or a GGUF file is exported ONCE into the cache and reused: the
+cached archive's name carries a hash of the checkpoint's bytes, attnscope's archive format
+version, the attention kind and torch's version, so an edited checkpoint, a new attnscope or
+a new torch gets a fresh export and an unchanged one never pays twice.
+"""
+import hashlib
+import json
+import os
+import re
+import sys
+
+import torch
+
+from .export import FORMAT_VERSION, cache_dir, export, load_gguf, load_hf_folder, read_extra_file
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_GGUF_MAGIC = b"GGUF"
+_LLAMA_TYPES = ("llama", "qwen2", "mistral")  # what attnscope's own module builds without transformers
+
+
+def kind_of(path):
+    """"archive" (TorchScript zip), "gguf" or "hf" (checkpoint folder); ValueError otherwise."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{path!r} is a folder without config.json: expected a Hugging Face checkpoint folder "
+                             "(config.json + *.safetensors + tokenizer.json)")
+        return "hf"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model {path!r} not found: expected a TorchScript archive (.pt), a GGUF file or a "
+                                "Hugging Face checkpoint folder (attnscope never downloads from a model hub)")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == _ZIP_MAGIC:
+        return "archive"
+    if magic == _GGUF_MAGIC:
+        return "gguf"
+    raise ValueError(f"model {path!r} starts with {magic!r}: expected a TorchScript archive (a zip, b'PK\\x03\\x04'), "
+                     "a GGUF file (b'GGUF') or a Hugging Face checkpoint folder")
+
+
+def _files(path):
+    """The files whose bytes define the checkpoint: a GGUF file, or every regular top-level file
+    of a folder (config, weights, tokenizer, chat template), hidden files excluded."""
+    if os.path.isfile(path):
+        return [path]
+    return sorted(os.path.join(path, f) for f in os.listdir(path)
+                  if not f.startswith(".") and os.path.isfile(os.path.join(path, f)))
+
+
+def _memo_path():
+    return os.path.join(cache_dir(), "hashes.json")
+
+
+def _read_memo():
+    try:
+        with open(_memo_path()) as f:
+            memo = json.load(f)
+        return memo if isinstance(memo, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_memo(memo):
+    tmp = f"{_memo_path()}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(memo, f)
+    os.replace(tmp, _memo_path())
+
+
+def content_hash(path, *, progress=True):
+    """sha256 over the checkpoint's files (names and bytes). A file's own hash is remembered in
+    the cache by (absolute path, size, mtime) so multi-GB weights are read once."""
+    files = _files(os.fspath(path))
+    memo, changed = _read_memo(), False
+    todo = []
+    for f in files:
+        st = os.stat(f)
+        key = os.path.abspath(f)
+        if memo.get(key, [None, None])[:2] != [st.st_size, st.st_mtime_ns]:
+            todo.append((f, key, st))
+    bar = None
+    if progress and todo:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=sum(st.st_size for _, _, st in todo), unit="B", unit_scale=True,
+                       desc=f"hashing {os.path.basename(os.path.normpath(path))}")
+        except ImportError:
+            pass
+    for f, key, st in todo:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while True:
+                b = fh.read(1 << 22)
+                if not b:
+                    break
+                h.update(b)
+                bar and bar.update(len(b))
+        memo[key] = [st.st_size, st.st_mtime_ns, h.hexdigest()]
+        changed = True
+    bar and bar.close()
+    if changed:
+        _write_memo(memo)
+    total = hashlib.sha256()
+    for f in files:
+        total.update(os.path.basename(f).encode() + b"\0" + memo[os.path.abspath(f)][2].encode() + b"\n")
+    return total.hexdigest()
+
+
+def cached_archive_name(path, digest, attention):
+    """<checkpoint name>-<16 hex of a key over the content hash, format, attention, torch>-<attention>.pt"""
+    key = hashlib.sha256(f"{digest} format={FORMAT_VERSION} attention={attention} "
+                         f"torch={torch.__version__}".encode()).hexdigest()[:16]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(path)))
+    stem = re.sub(r"\.gguf$", "", stem, flags=re.I)[:60] or "model"
+    return f"{stem}-{key}-{attention}.pt"
+
+
+def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
+    """Path of a TorchScript archive for `path`: the path itself for an archive, else the cached
+    export of the GGUF file / checkpoint folder (made now if missing or `rebuild`)."""
+    if attention not in ("sdpa", "eager"):
+        raise ValueError(f"attention {attention!r}: expected 'sdpa' or 'eager'")
+    path = os.fspath(path)
+    kind = kind_of(path)
+    if kind == "archive":
+        return path
+    digest = content_hash(path, progress=progress)
+    out = os.path.join(cache_dir(), cached_archive_name(path, digest, attention))
+    if os.path.isfile(out) and not rebuild and _intact(out):
+        return out
+    if progress:
+        print(f"attnscope: exporting {path} ({'GGUF' if kind == 'gguf' else 'Hugging Face folder'}, {attention}) "
+              f"once into {out}; later loads reuse it", file=sys.stderr, flush=True)
+    partial = f"{out}.partial{os.getpid()}"
+    try:
+        if kind == "gguf":
+            model, tok = load_gguf(path, attention=attention, progress=progress)
+            export(model, partial, tokenizer=tok, source=os.path.basename(path), checksum=digest)
+        else:
+            _export_folder(path, partial, attention)
+        os.replace(partial, out)  # only a complete, checked export gets the cache name
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return out
+
+
+def _intact(path):
+    """A cached archive whose zip members all pass their CRC and that holds attnscope.json;
+    anything else (a damaged disk, a foreign file under the name) is exported again."""
+    try:
+        read_extra_file(path, "attnscope.json", verify=True)
+        return True
+    except ValueError:
+        return False
+
+
+def _export_folder(path, out, attention):
+    """A Hugging Face folder -> archive: export_hf (any family, checked against transformers'
+    eager attentions) when transformers is installed, else attnscope's Llama-family module."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        with open(os.path.join(path, "config.json")) as f:
+            mt = json.load(f).get("model_type")
+        if mt not in _LLAMA_TYPES:
+            raise ValueError(f"{path}: model_type {mt!r} needs transformers to export (pip install "
+                             f"'attnscope[transformers]'); without it attnscope builds {', '.join(_LLAMA_TYPES)}") from None
+        model, tok = load_hf_folder(path, attention=attention)
+        export(model, out, tokenizer=tok, source=os.path.basename(os.path.normpath(path)))
+        return
+    from .hf_export import export_hf
+    export_hf(path, None, out, attention=attention, verify=True)

@@ -1,0 +1,136 @@
+"""attnscope.load(path) on what people have: a Hugging Face checkpoint folder and a GGUF file are
+exported once into the cache (keyed by a hash of their bytes, checked against transformers'
+eager attentions) and reused; anything else is a clear error."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+import attnscope
+from attnscope.models import checkpoints, default_gguf, default_model_path
+
+transformers = pytest.importorskip("transformers")
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
+
+WORDS = ["<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran"]
+
+
+def make_folder(path, seed=0):
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(WORDS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                      bos_token_id=0, eos_token_id=1)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(path)
+    tok = Tokenizer(WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<s>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>").save_pretrained(path)
+    return model
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    d = tmp_path / "cache"
+    monkeypatch.setenv("ATTNSCOPE_CACHE", str(d))
+    return d
+
+
+def archives(cache):
+    return sorted(p.name for p in cache.glob("*.pt"))
+
+
+def test_hf_folder_loads_in_one_call_exact_and_cached(tmp_path, cache, capsys, monkeypatch):
+    ref = make_folder(tmp_path / "ckpt")
+    m = attnscope.load(str(tmp_path / "ckpt"), device="cpu")
+    assert "exporting" in capsys.readouterr().err
+    assert (m.n_layers, m.n_heads, m.n_kv_heads, m.family) == (2, 4, 2, "llama")
+    [name] = archives(cache)
+    assert name.startswith("ckpt-") and name.endswith("-sdpa.pt")
+    t = m.run("the cat sat on the mat", capture={"heads": [(0, 1), (1, 3)]})
+    assert t.tokens[0] == ["the", "cat", "sat", "on", "the", "mat"]
+    ref.set_attn_implementation("eager")
+    with torch.no_grad():
+        want = ref(input_ids=t.input_ids, output_attentions=True).attentions
+    for l, h in [(0, 1), (1, 3)]:
+        assert (t.get(f"head_map/L{l}H{h}")[0] - want[l][0, h]).abs().max() < 1e-5
+
+    # Second load: the cached archive, no export (export_hf would fail loudly if called).
+    monkeypatch.setattr("attnscope.models.hf_export.export_hf",
+                        lambda *a, **k: pytest.fail("exported again although the cache holds it"))
+    attnscope.load(str(tmp_path / "ckpt"), device="cpu")
+    assert "exporting" not in capsys.readouterr().err
+    assert archives(cache) == [name]
+
+
+def test_changed_checkpoint_gets_a_new_export(tmp_path, cache):
+    make_folder(tmp_path / "ckpt", seed=0)
+    attnscope.load(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    make_folder(tmp_path / "ckpt", seed=1)  # new weights under the same path
+    attnscope.load(str(tmp_path / "ckpt"), device="cpu", progress=False, attention="eager")
+    attnscope.load(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    names = archives(cache)
+    assert len(names) == 3 and sum(n.endswith("-eager.pt") for n in names) == 1
+
+
+def test_damaged_cached_export_is_redone(tmp_path, cache):
+    make_folder(tmp_path / "ckpt")
+    first = checkpoints.archive_for(tmp_path / "ckpt", progress=False)
+    with open(first, "r+b") as f:  # flip bytes inside the archive: its CRCs no longer match
+        f.seek(os.path.getsize(first) // 2)
+        f.write(b"\0" * 64)
+    assert not checkpoints._intact(first)
+    assert checkpoints.archive_for(tmp_path / "ckpt", progress=False) == first
+    assert checkpoints._intact(first)
+
+
+def test_gguf_file_is_the_default_models_cache_entry():
+    # load("<file>.gguf") and load() share one cache entry (the session's cache: no new export).
+    path = default_model_path()
+    assert checkpoints.archive_for(default_gguf(), progress=False) == path
+    m = attnscope.load(default_gguf(), device="cpu", progress=False)
+    assert (m.n_layers, m.n_heads, m.family) == (30, 9, "llama")
+
+
+def test_cli_model_takes_a_folder(tmp_path, cache):
+    make_folder(tmp_path / "ckpt")
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, "-m", "attnscope", "demo", "--model", str(tmp_path / "ckpt"),
+                        "--text", "the cat sat on the mat", "--out", str(tmp_path / "out"), "--device", "cpu"],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "attention_layers.png").is_file()
+
+
+def test_bad_paths(tmp_path, cache):
+    with pytest.raises(FileNotFoundError, match=r"model '.*nope' not found: expected a TorchScript archive"):
+        attnscope.load(str(tmp_path / "nope"))
+    (tmp_path / "x.bin").write_bytes(b"\x80\x02junk")
+    with pytest.raises(ValueError, match=r"x.bin' starts with b'\\x80\\x02ju': expected a TorchScript archive"):
+        attnscope.load(str(tmp_path / "x.bin"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"empty' is a folder without config.json"):
+        attnscope.load(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match=r"attention 'flash': expected 'sdpa' or 'eager'"):
+        attnscope.load(str(tmp_path / "empty"), attention="flash")
+    with pytest.raises(ValueError, match=r"path: expected a file or folder path, got int"):
+        attnscope.load(3)
+    assert archives(cache) == []
+
+
+def test_readme_ten_lines_run_as_written(tmp_path, monkeypatch):
+    # README's example is examples/python/ten_lines.py, character for character, and it runs.
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("## Ten lines", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    script = os.path.join(ROOT, "examples", "python", "ten_lines.py")
+    assert open(script).read() == block
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for f in ("heads.png", "received.png", "layers.pdf", "answer_layers.png"):
+        assert (tmp_path / f).stat().st_size > 10_000, f
+    assert len(r.stdout.strip()) > 100  # the model's answer
