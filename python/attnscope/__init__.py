@@ -6,6 +6,7 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 from ._lib import library_path, load_library
 from .api import Model, from_module, load, readable
 from .trace import Trace
+from .view import AttentionView, show
 from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
 
 # The figure functions import matplotlib on first use, so capture-only pipelines (and GPU
@@ -34,4 +35,4 @@ def export_hf(model, tokenizer, path, **kwargs):
 __all__ = ["Model", "Trace", "load", "from_module", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "high_entropy_positions",
            "visualize_head_summary", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
-           "export_hf", "library_path", "load_library", "__version__"]
+           "export_hf", "show", "AttentionView", "library_path", "load_library", "__version__"]

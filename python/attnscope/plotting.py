@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.lines import Line2D
 
+from .figure import closing_on_error, grid as _grid, panel_for_labels, subplots, ticks as _ticks
 from .marks import (ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, _crosshairs, _entropy_label,  # noqa: F401
                     _prompt_divider, _upper_empty, high_entropy_positions)
 
@@ -104,31 +105,6 @@ def _labels(trace, batch):
     return list(trace.labels[batch])
 
 
-def _ticks(ax, labels, axis, max_labels, marked=()):
-    """Token labels, thinned to about `max_labels`; marked (high-entropy) positions are always
-    labelled, in bold on a yellow background."""
-    n = len(labels)
-    step = max(1, math.ceil(n / max_labels)) if max_labels else n + 1
-    idx = list(range(0, n, step)) if max_labels else []
-    marked = sorted(int(p) for p in marked)
-    if max_labels and marked:
-        keep = [i for i in idx if all(abs(i - p) >= max(1, step // 2) for p in marked)]
-        idx = sorted(set(keep) | set(marked))
-    if axis in ("x", "both"):
-        ax.set_xticks(idx)
-        ax.set_xticklabels([labels[i] for i in idx], rotation=90, fontsize=7)
-    if axis in ("y", "both"):
-        ax.set_yticks(idx)
-        ax.set_yticklabels([labels[i] for i in idx], fontsize=7)
-    mark = set(marked)
-    for getter in ((ax.get_xticklabels,) if axis == "x" else (ax.get_yticklabels,) if axis == "y"
-                   else (ax.get_xticklabels, ax.get_yticklabels)):
-        for i, t in zip(idx, getter()):
-            if i in mark:
-                t.set_fontweight("bold")
-                t.set_bbox(dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8))
-
-
 def _norm(scale, vmin, vmax, gamma):
     if scale == "linear":
         return mcolors.Normalize(vmin=vmin, vmax=vmax)
@@ -160,25 +136,7 @@ def _default_vmin(a, scale):
 
 
 def _cmap(name):
-    cm = plt.get_cmap(name).copy()
-    cm.set_bad(MASKED_COLOR)
-    return cm
-
-
-def _grid(n, ncols, panel, ax=None):
-    if ax is not None:  # draw into the caller's Axes: one panel only
-        if n != 1:
-            raise ValueError(f"ax= draws one panel, but {n} were asked for: pass one (layer, head) "
-                             "or one layer, or leave ax=None for a grid")
-        return ax.figure, [ax]
-    ncols = ncols or min(n, 4)
-    nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(panel * ncols, panel * nrows), squeeze=False,
-                             constrained_layout=True)
-    fig.get_layout_engine().set(h_pad=0.1)  # titles clear of the top edge
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat[:n])
+    return plt.get_cmap(name).with_extremes(bad=MASKED_COLOR)
 
 
 def _axes_legend(ax, positions, label):
@@ -197,92 +155,185 @@ def _legend(fig, positions, label):
 # ---------------------------------------------------------------- the three figures
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
                         scale="linear", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
-                        entropy_threshold=None, max_marks=MAX_MARKS, max_labels=40, ncols=None, panel=4.0,
+                        entropy_threshold=None, max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None,
                         ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
-    both axes (thinned to `max_labels`), title "Layer L Head H", a colorbar each.
+    both axes (every token up to `max_labels`, then thinned; the panel grows to fit them when
+    `panel` is None), title "Layer L Head H", a colorbar each.
 
     Needs the full maps `head_map/L{l}H{h}` (capture={'heads': [...]}): `Tensor[B, T, T]`.
     High-entropy positions (entropy at i predicts token i+1) get yellow crosshairs.
     Returns the Figure, or the Axes when given `ax=` (one pair)."""
     pairs = _pairs(trace, layers_heads)
     _check_batch(trace, batch)
+    _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
     _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
-    fig, axes = _grid(len(pairs), ncols, panel, ax)
-    for ax_, (l, h) in zip(axes, pairs):
-        a = _prepare(_head_map(trace, l, h, batch), mask_first)
-        lo = _default_vmin(a, scale) if vmin is None else vmin
-        up = np.nanmax(a) if vmax is None else vmax
-        im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest")
-        _crosshairs(ax_, hi, a.shape[0], _upper_empty(a))
-        _prompt_divider(ax_, trace)
-        ax_.set_title(f"Layer {l} Head {h}")
-        ax_.set_xlabel("key")
-        ax_.set_ylabel("query")
-        _ticks(ax_, labels, "both", max_labels, hi)
-        fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
-    if ax is not None:
-        return _axes_legend(axes[0], hi, hi_label)
-    _legend(fig, hi, hi_label)
+    if panel is None:
+        panel = panel_for_labels(min(len(labels), max_labels or 1), 4.0)
+    fig, axes, own = _grid(len(pairs), ncols, panel, ax)
+    with closing_on_error(fig, own):
+        for ax_, (l, h) in zip(axes, pairs):
+            a = _prepare(_head_map(trace, l, h, batch), mask_first)
+            lo = _default_vmin(a, scale) if vmin is None else vmin
+            up = np.nanmax(a) if vmax is None else vmax
+            im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest")
+            _crosshairs(ax_, hi, a.shape[0], _upper_empty(a))
+            _prompt_divider(ax_, trace)
+            ax_.set_title(f"Layer {l} Head {h}")
+            ax_.set_xlabel("key")
+            ax_.set_ylabel("query")
+            _ticks(ax_, labels, "both", max_labels, hi)
+            fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
+        if ax is not None:
+            return _axes_legend(axes[0], hi, hi_label)
+        _legend(fig, hi, hi_label)
     return fig
 
 
+def _check_options(*, vmin=None, vmax=None, scale="linear", gamma=0.5, max_labels=1, ncols=None, panel=None,
+                   top_k=0, yscale="linear"):
+    """ValueError naming the option for values that would draw a wrong or empty figure."""
+    def num(name, v):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v)):
+            raise ValueError(f"{name} {v!r} must be a finite number (or None)")
+    num("vmin", vmin)
+    num("vmax", vmax)
+    if vmin is not None and vmax is not None and vmin >= vmax:
+        raise ValueError(f"vmin {vmin!r} must be below vmax {vmax!r}")
+    if scale not in ("linear", "log", "power"):
+        raise ValueError(f"scale {scale!r}: expected 'linear', 'log' or 'power'")
+    if scale == "log" and vmin is not None and vmin <= 0:
+        raise ValueError(f"vmin {vmin!r} must be > 0 with scale='log'")
+    if scale == "power" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
+        raise ValueError(f"gamma {gamma!r} must be a number > 0")
+    for name, v, least in (("max_labels", max_labels, 0), ("ncols", ncols, 1), ("top_k", top_k, 0)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least):
+            raise ValueError(f"{name} {v!r} must be an int >= {least}" + (" (0: none)" if least == 0 else ""))
+    if panel is not None and not (isinstance(panel, (int, float)) and not isinstance(panel, bool) and panel > 0):
+        raise ValueError(f"panel {panel!r} must be a size in inches > 0")
+    if yscale not in ("linear", "log"):
+        raise ValueError(f"yscale {yscale!r}: expected 'linear' or 'log'")
+
+
 def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
-                                 batch=0, top_k=3, entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
-                                 max_marks=MAX_MARKS, max_labels=60, ncols=None, panel=4.0, ax=None):
+                                 batch=0, top_k=3, mask_first=False, yscale="linear",
+                                 entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
+                                 max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None, ax=None):
     """Bar chart per (layer, head) over key positions, x labels = tokens.
 
     pattern_type "mean"/"max": attention each position receives, averaged / maximised over the
     queries that can see it (captures received_mean/received_max, capture="all");
     "specific_token": attention FROM position `token_idx` (negative counts from the end; from
     the head's full map, or a `from_tokens` capture). The top_k bars are outlined in red and
-    labelled; high-entropy positions get yellow edges. Returns the Figure, or the Axes when
-    given `ax=` (one pair)."""
+    numbered 1..top_k above the bar (staggered so no two collide); the x-axis label lists them
+    with their tokens and values. With "max", the first real key of a causal model is 1 by
+    construction (its query sees only itself): the axis label says so; mask_first=True leaves
+    the first real position out (hatched) so the rest gets the scale. yscale "linear" or "log".
+    High-entropy positions get yellow edges. Returns the Figure, or the Axes when given `ax=`
+    (one pair)."""
     if pattern_type not in PATTERN_TYPES:
         raise ValueError(f"pattern_type {pattern_type!r}: expected one of {PATTERN_TYPES}")
     pairs = _pairs(trace, layers_heads)
     T = trace.input_ids.shape[1]
     if pattern_type == "specific_token":
-        if token_idx is None or not isinstance(token_idx, (int, np.integer)) or not -T <= token_idx < T:
+        if token_idx is None or isinstance(token_idx, bool) or not isinstance(token_idx, (int, np.integer)) \
+                or not -T <= token_idx < T:
             raise ValueError(f"token_idx {token_idx!r} out of range: expected an int in -{T}..{T - 1}")
         token_idx = int(token_idx) % T
     _check_batch(trace, batch)
+    _check_options(top_k=top_k, max_labels=max_labels, ncols=ncols, panel=panel, yscale=yscale)
     if pattern_type == "specific_token":
         if not _has_from(trace, token_idx):
             _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
     else:
-        _ensure(trace, [f"received_{pattern_type}"])
+        _ensure(trace, [f"received_{pattern_type}"] + (["received_count"] if pattern_type == "max" else []))
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
-    fig, axes = _grid(len(pairs), ncols, panel, ax)
-    for ax_, (l, h) in zip(axes, pairs):
-        values = _pattern(trace, l, h, pattern_type, token_idx, batch)
-        v = np.nan_to_num(values, nan=0.0)
-        bars = ax_.bar(np.arange(T), v, color="#4c72b0", width=0.8)
-        for p in hi:
-            bars[p].set_edgecolor(HIGH_ENTROPY_COLOR)
-            bars[p].set_linewidth(2)
-        for p in np.argsort(-v)[:top_k]:
-            bars[p].set_edgecolor("#c44e52")
-            bars[p].set_linewidth(2)
-            ax_.annotate(labels[p], (p, v[p]), ha="center", va="bottom", fontsize=7)
-        ax_.set_ylim(0, max(float(v.max()), 1e-9) * 1.15)  # room for the top-k labels
-        _prompt_divider(ax_, trace, "x", color="0.35")
-        name = {"mean": "Mean", "max": "Max"}.get(pattern_type) or f"From {token_idx} {labels[token_idx]}"
-        ax_.set_title(f"L{l}H{h} {name}")
-        ax_.set_xlabel("key position")
-        ax_.set_ylabel("attention")
-        _ticks(ax_, labels, "x", max_labels, hi)
-    if ax is not None:
-        return _axes_legend(axes[0], hi, hi_label)
-    _legend(fig, hi, hi_label)
+    real = np.nonzero(trace.attention_mask[batch].numpy())[0]
+    first = int(real[0]) if len(real) else 0
+    if panel is None:
+        panel = (panel_for_labels(min(T, max_labels or 1), 4.0), 4.0)
+    fig, axes, own = _grid(len(pairs), ncols, panel, ax)
+    with closing_on_error(fig, own):
+        for ax_, (l, h) in zip(axes, pairs):
+            values = _pattern(trace, l, h, pattern_type, token_idx, batch)
+            v = np.nan_to_num(values, nan=0.0)
+            if mask_first:
+                v[first] = 0.0
+            bars = ax_.bar(np.arange(T), v, color="#4c72b0", width=0.8)
+            if mask_first:
+                bars[first].set(height=0, hatch="///")
+                ax_.axvspan(first - 0.5, first + 0.5, color="0.9", hatch="///", ec="0.6", lw=0, zorder=0)
+            for p in hi:
+                bars[p].set_edgecolor(HIGH_ENTROPY_COLOR)
+                bars[p].set_linewidth(2)
+            top = [int(p) for p in np.argsort(-v, kind="stable")[:top_k] if v[p] > 0]
+            levels = _rank_labels(ax_, top, v, T)
+            if yscale == "log":
+                pos = v[v > 0]
+                ax_.set_yscale("log")
+                ax_.set_ylim(max(float(pos.min()) * 0.5, 1e-6) if len(pos) else 1e-6,
+                             max(float(v.max()), 1e-6) * 10 ** (0.25 + 0.12 * levels))
+            else:
+                ax_.set_ylim(0, max(float(v.max()), 1e-9) * (1.15 + 0.08 * levels))  # room for the ranks
+            _prompt_divider(ax_, trace, "x", color="0.35")
+            name = {"mean": "Mean", "max": "Max"}.get(pattern_type) or f"From {token_idx} {labels[token_idx]}"
+            ax_.set_title(f"L{l}H{h} {name}")
+            xlabel = "key position"
+            if top:
+                xlabel += "\ntop: " + "   ".join(f"{r + 1} {labels[p]} ({p}) {v[p]:.3f}" for r, p in enumerate(top))
+            if pattern_type == "max" and not mask_first and _first_query_sees_only_itself(trace, l, h, batch, first):
+                xlabel += f"\nposition {first} is 1 by construction (its query sees only itself); mask_first=True leaves it out"
+            ax_.set_xlabel(xlabel, fontsize=7)
+            ax_.set_ylabel("attention")
+            _ticks(ax_, labels, "x", max_labels, hi)
+        if ax is not None:
+            return _axes_legend(axes[0], hi, hi_label)
+        _legend(fig, hi, hi_label)
     return fig
+
+
+def _rank_labels(ax, top, v, T):
+    """Rank numbers above the top bars; a number within ~2 bars of one already placed goes one
+    line higher, so none overlap. Returns the number of extra lines used."""
+    placed, most = [], 0
+    axes_pt = ax.get_position().width * ax.figure.get_figwidth() * 72 * 0.85  # after the layout, about
+    width = max(1.0, 7.0 / max(axes_pt / T, 1e-9))  # bars one 7-pt label spans
+    for r, p in enumerate(top):
+        level = 0
+        while any(abs(p - q) < width and lv == level for q, lv in placed):
+            level += 1
+        near = [q for q, _ in placed if abs(p - q) < width]
+        y = max([v[p]] + [v[q] for q in near])  # stacked above the tallest neighbour, not its own bar
+        placed.append((p, level))
+        most = max(most, level)
+        ax.annotate(str(r + 1), (p, y), xytext=(0, 2 + 8 * level), textcoords="offset points",
+                    ha="center", va="bottom", fontsize=7, color="#c44e52", fontweight="bold")
+    for c in ax.containers[-1:]:
+        for p in top:
+            c[p].set_edgecolor("#c44e52")
+            c[p].set_linewidth(2)
+    return most
+
+
+def _first_query_sees_only_itself(trace, l, h, batch, first):
+    """True when the first real query has one visible key (a causal mask): its max is 1 trivially.
+    Read from received_count (queries that see each key): a causal mask, whatever its window,
+    lets only the last query see the last key."""
+    if "received_count" not in trace.captures or "aggregate_layers" not in trace.captures:
+        return False
+    layers = trace.captures["aggregate_layers"].tolist()
+    if l not in layers:
+        return False
+    c = trace.captures["received_count"][layers.index(l), batch, h].numpy()
+    real = np.nonzero(trace.attention_mask[batch].numpy())[0]
+    return len(real) > 1 and c[real[-1]] == 1
 
 
 def _pattern(trace, l, h, pattern_type, token_idx, batch):
@@ -304,11 +355,14 @@ def _pattern(trace, l, h, pattern_type, token_idx, batch):
 def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
                                vmin=None, vmax=None, scale="linear", gamma=0.5, mask_first=False,
                                entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None, max_marks=MAX_MARKS, paper=True,
-                               label_limit=16, ncols=None, panel=2.6):
+                               max_labels=None, ncols=None, panel=2.6):
     """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
     head_idx is None (capture={'layer_maps': [...]}), else that head; ONE shared colorbar (same
-    vmin/vmax on every panel), RdBu_r by default; titles "L{l} Avg" / "L{l} H{h}". The paper
-    preset drops token labels when the sequence is longer than `label_limit`. Returns the Figure."""
+    vmin/vmax on every panel), RdBu_r by default; titles "L{l} Avg" / "L{l} H{h}". Token
+    labels on the outer panels (y on the first column, x on the bottom row), thinned to what a
+    panel holds (`max_labels`, default from `panel`), high-entropy tokens always named, so the
+    stripes the overview shows can be read off; a dataset trace labels positions. `paper`:
+    compact fonts. Returns the Figure."""
     layers = list(layer_indices)
     if not layers:
         raise ValueError("layer_indices is empty: give at least one layer")
@@ -317,29 +371,35 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     if head_idx is not None:
         _check_head(trace, head_idx)
     _check_batch(trace, batch)
+    _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
     _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
     maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first) for l in layers]
     lo = min(_default_vmin(m, scale) for m in maps) if vmin is None else vmin
     up = max(np.nanmax(m) for m in maps) if vmax is None else vmax
     norm = _norm(scale, lo, up, gamma)
     labels = _labels(trace, batch)
-    show_labels = not paper or len(labels) <= label_limit
+    if max_labels is None:  # what one panel's map holds (~62 % of the panel after titles, labels and
+        max_labels = max(4, int(panel * 72 * 0.62 / (5.5 * 1.3)))  # the colorbar) at 5.5 pt, 30 % spacing
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
-    with plt.rc_context({"font.size": 9} if paper else {}):
-        fig, axes = _grid(len(layers), ncols, panel)
-        for ax, l, m in zip(axes, layers, maps):
+    fig, axes, _ = _grid(len(layers), ncols, panel)
+    ncol = ncols or min(len(layers), 4)
+    title_fs = 9 if paper else None
+    fs = 5.5 if paper or len(labels) > 48 else None
+    with closing_on_error(fig, True):
+        for k, (ax, l, m) in enumerate(zip(axes, layers, maps)):
             im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest")
             _crosshairs(ax, hi, m.shape[0], _upper_empty(m))
             _prompt_divider(ax, trace)
-            ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}")
-            if show_labels:
-                _ticks(ax, labels, "both", label_limit, hi)
-            else:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.colorbar(im, ax=axes, shrink=0.8, label="attention")
+            ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}", fontsize=title_fs)
+            _ticks(ax, labels, "both", max_labels, hi, fontsize=fs)
+            left, bottom = k % ncol == 0, k + ncol >= len(layers)
+            ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
+        cb = fig.colorbar(im, ax=axes, shrink=0.8)
+        cb.set_label("attention", fontsize=title_fs)
+        if paper:
+            cb.ax.tick_params(labelsize=7)
         _legend(fig, hi, hi_label)
         if getattr(trace, "is_dataset", False):
             fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
@@ -383,8 +443,8 @@ def visualize_head_summary(trace, metric="sink", *, cmap=None, vmin=None, vmax=N
         vmax = 1.0 if vmax is None else vmax
     L, H = values.shape
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(3.0, 0.45 * H + 2), max(3.0, 0.22 * L + 1.2)),
-                             constrained_layout=True)
+        _, axes = subplots(1, 1, (max(3.0, 0.45 * H + 2), max(3.0, 0.22 * L + 1.2)))
+        ax = axes[0, 0]
     im = ax.imshow(values, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     if metric == "sink":
         ys, xs = np.nonzero(values > trace.epsilon)

@@ -63,7 +63,7 @@ def test_errors(toy):
         toy.run([1, 2], capture={"heads": [(7, 0)]})
     with pytest.raises(ValueError, match="empty text"):
         toy.run("")
-    with pytest.raises(RuntimeError, match="model file not found"):
+    with pytest.raises(FileNotFoundError, match="model '/nonexistent.pt' not found: expected a TorchScript archive"):
         attnscope.load("/nonexistent.pt", device="cpu")
 
 

@@ -1,0 +1,138 @@
+"""Figure scaffolding shared by the figure functions: the Figure class they return (TrueType
+fonts when saved, shown once in Jupyter), grids, token tick labels sized to fit, and closing a
+half-built figure when a call fails."""
+import contextlib
+import math
+
+import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+
+from .marks import HIGH_ENTROPY_COLOR
+
+# Journals reject Type 3 fonts: embed TrueType (Type 42) in PDF/PS, keep SVG text as text.
+SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.fonttype": "none"}
+
+
+def _inline_active():
+    """True under Jupyter's matplotlib-inline backend, which itself shows every open figure when
+    a cell ends (and closes it)."""
+    return "inline" in matplotlib.get_backend() and matplotlib.is_interactive()
+
+
+class PaperFigure(Figure):
+    """A matplotlib Figure that saves with TrueType fonts (SAVE_RC) and is shown ONCE in Jupyter:
+    under the inline backend, displaying it (as a cell's value, or by the backend at the cell's
+    end) renders it with the notebook's figure formats and closes it in pyplot, so the backend
+    does not show it a second time."""
+
+    def savefig(self, *args, **kwargs):
+        with matplotlib.rc_context(SAVE_RC):
+            return super().savefig(*args, **kwargs)
+
+    @property
+    def _ipython_display_(self):  # IPython looks this up; AttributeError = its usual display
+        if not _inline_active():
+            raise AttributeError("_ipython_display_")
+        return self._display_once
+
+    def _display_once(self):
+        from IPython import get_ipython
+        from IPython.display import display
+        ip = get_ipython()
+        data = {}
+        if ip is not None:
+            for mime, f in ip.display_formatter.formatters.items():
+                if mime == "text/plain":
+                    continue
+                try:
+                    printer = f.lookup_by_type(Figure)
+                except KeyError:
+                    continue
+                out = printer(self)
+                if out is not None:
+                    data[mime] = out
+        data["text/plain"] = repr(self)
+        display(data, raw=True)
+        if plt.fignum_exists(self.number):
+            plt.close(self)
+
+
+def subplots(nrows, ncols, figsize):
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, squeeze=False, constrained_layout=True,
+                             FigureClass=PaperFigure)
+    fig.get_layout_engine().set(h_pad=0.1)  # titles clear of the top edge
+    return fig, axes
+
+
+@contextlib.contextmanager
+def closing_on_error(fig, own):
+    """Closes a figure this call made when drawing it fails, so Jupyter shows no empty panels."""
+    try:
+        yield
+    except BaseException:
+        if own:
+            plt.close(fig)
+        raise
+
+
+def grid(n, ncols, panel, ax=None):
+    """(figure, axes, own): n panels of `panel` inches (a number, or (width, height)), or the
+    caller's one Axes."""
+    if ax is not None:  # draw into the caller's Axes: one panel only
+        if n != 1:
+            raise ValueError(f"ax= draws one panel, but {n} were asked for: pass one (layer, head) "
+                             "or one layer, or leave ax=None for a grid")
+        return ax.figure, [ax], False
+    ncols = ncols or min(n, 4)
+    nrows = math.ceil(n / ncols)
+    w, h = panel if isinstance(panel, tuple) else (panel, panel)
+    fig, axes = subplots(nrows, ncols, (w * ncols, h * nrows))
+    for a in axes.flat[n:]:
+        a.set_visible(False)
+    return fig, list(axes.flat[:n]), True
+
+
+def label_fontsize(n):
+    """Tick label size for n token labels: 7 pt up to 48, then smaller down to 5.5 pt."""
+    return 7.0 if n <= 48 else 6.0 if n <= 64 else 5.5
+
+
+def panel_for_labels(n, base):
+    """Panel side (inches) whose map fits n labels at label_fontsize(n) with 25 % spacing, plus
+    room for the title, the rotated x labels and the colorbar; at least `base`."""
+    return max(base, n * label_fontsize(n) * 1.25 / 72 + 1.8)
+
+
+def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None):
+    """Token labels, thinned to about `max_labels` so no two overlap. Marked (high-entropy)
+    positions always get a tick and come first for a label (bold on yellow); a marked position
+    within one label's height of another marked label keeps its tick and yellow marker but not
+    its text."""
+    n = len(labels)
+    step = max(1, math.ceil(n / max_labels)) if max_labels else n + 1
+    marked = sorted(int(p) for p in marked if 0 <= int(p) < n)
+    named = []
+    if max_labels:
+        for p in marked:  # marks first, greedily left to right
+            if all(abs(p - q) >= step for q in named):
+                named.append(p)
+        for i in range(0, n, step):
+            if all(abs(i - q) >= step for q in named):
+                named.append(i)
+    idx = sorted(set(named) | set(marked)) if max_labels else []
+    text = {i: labels[i] for i in named}
+    fs = fontsize or label_fontsize(len(named))
+    if axis in ("x", "both"):
+        ax.set_xticks(idx)
+        ax.set_xticklabels([text.get(i, "") for i in idx], rotation=90, fontsize=fs)
+    if axis in ("y", "both"):
+        ax.set_yticks(idx)
+        ax.set_yticklabels([text.get(i, "") for i in idx], fontsize=fs)
+    mark = set(named) & set(marked)
+    for getter in ((ax.get_xticklabels,) if axis == "x" else (ax.get_yticklabels,) if axis == "y"
+                   else (ax.get_xticklabels, ax.get_yticklabels)):
+        for i, t in zip(idx, getter()):
+            if i in mark:
+                t.set_fontweight("bold")
+                t.set_bbox(dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8))

@@ -1,0 +1,157 @@
+"""Interactive attention view for Jupyter (and any browser): `attnscope.show(trace)`.
+
+A self-contained HTML fragment — tokens in a row; hover or click one to see what it attends to,
+or what attends to it, for any layer and head (or the head mean); high-entropy tokens
+underlined in yellow. No server, network or notebook extension: the maps travel in the page as
+16-bit fixed point (resolution 1.5e-5; the lower triangle only for causal maps), bounded by
+`max_cells` values (counted as lower triangles; a bidirectional map stores its full square). Data come from the trace (missing maps are computed once when it keeps its model).
+"""
+import base64
+import html
+import json
+import os
+import re
+import uuid
+
+import numpy as np
+
+MAX_CELLS = 4_000_000  # 16-bit values in the page: ~10.7 MB of base64 at most
+
+
+class AttentionView:
+    """The HTML of one view. Jupyter displays it (`_repr_html_`); `save(path)` writes a
+    standalone .html file; `html` is the fragment."""
+
+    def __init__(self, fragment, title):
+        self.html, self.title = fragment, title
+
+    def _repr_html_(self):
+        return self.html
+
+    def __repr__(self):
+        return f"<attnscope.AttentionView {self.title!r}: {len(self.html) / 1e6:.1f} MB of HTML>"
+
+    def save(self, path):
+        """Writes a standalone HTML page (UTF-8) and returns its path."""
+        path = os.fspath(path)
+        if not path.lower().endswith((".html", ".htm")):
+            raise ValueError(f"path {path!r}: expected a .html file")
+        page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
+                f"</head><body>\n{self.html}\n</body></html>\n")
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, path)
+        return path
+
+
+def _pack(a, causal):
+    """[T, T] probabilities -> base64 of little-endian uint16 (round(p * 65535)); row i of a
+    causal map keeps only keys 0..i."""
+    a = np.nan_to_num(np.asarray(a, dtype=np.float64), nan=0.0)
+    if causal:
+        a = a[np.tril_indices(a.shape[0])]  # row-major: row i starts at i(i+1)/2
+    q = np.clip(np.rint(a * 65535), 0, 65535).astype("<u2")
+    return base64.b64encode(q.tobytes()).decode("ascii")
+
+
+def _int_list(name, values, n, what):
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n:
+            raise ValueError(f"{name}: {v!r} out of range: the trace has {n} {what} (0..{n - 1})")
+        out.append(int(v))
+    if not out:
+        raise ValueError(f"{name} is empty: give at least one")
+    return out
+
+
+def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, title=None):
+    """Interactive view of `trace` -> AttentionView (displayed by Jupyter; `.save("x.html")`).
+
+    layers: layer indices offered (default all). heads: True (per-head maps and the head mean),
+    False (head mean only) or "auto" (per-head maps when they fit in `max_cells`). batch: the
+    row of a batched trace; its padding is left out. Maps the trace lacks are computed in one
+    run when it keeps its model, and dropped again afterwards."""
+    if not hasattr(trace, "input_ids") or not hasattr(trace, "labels"):
+        raise ValueError(f"trace: expected an attnscope.Trace, got {type(trace).__name__}")
+    B, T_all = trace.input_ids.shape
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 0 <= batch < B:
+        raise ValueError(f"batch {batch!r} out of range: the trace has {B} sequence(s) (0..{B - 1})")
+    if heads not in (True, False, "auto"):
+        raise ValueError(f"heads {heads!r}: expected True, False or 'auto'")
+    if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 1:
+        raise ValueError(f"max_cells {max_cells!r} must be an int >= 1")
+    L, H = trace.n_layers, trace.n_heads
+    layers = list(range(L)) if layers is None else _int_list("layers", layers, L, "layers")
+    valid = np.nonzero(trace.attention_mask[batch].numpy())[0]
+    lo, hi = int(valid[0]), int(valid[-1]) + 1  # padding is one contiguous run (checked by the core)
+    T = hi - lo
+    # Budget: assume causal (lower triangle) for the size check; the packing below uses what the
+    # maps show (nothing above the diagonal -> triangle, else full).
+    per_map = T * (T + 1) // 2
+    mean_cells = len(layers) * per_map
+    if mean_cells > max_cells:
+        raise ValueError(f"the view of {len(layers)} layers x {T} tokens needs {mean_cells:,} cells, more than "
+                         f"max_cells={max_cells:,}: pass fewer layers (layers=[...]) or a larger max_cells")
+    with_heads = heads is True or (heads == "auto" and mean_cells * (H + 1) <= max_cells)
+    if heads is True and mean_cells * (H + 1) > max_cells:
+        raise ValueError(f"per-head maps of {len(layers)} layers x {H} heads x {T} tokens need "
+                         f"{mean_cells * (H + 1):,} cells, more than max_cells={max_cells:,}: pass fewer layers, "
+                         "heads=False or a larger max_cells")
+    names = [f"layer_map/L{l}" for l in layers]
+    if with_heads:
+        names += [f"head_map/L{l}H{h}" for l in layers for h in range(H)]
+    before = set(trace.captures)
+    if hasattr(trace, "ensure"):
+        trace.ensure(names)
+    caps = trace.captures
+    left_out = "Per-head maps left out to stay within max_cells; pass layers=[...] or heads=True. " \
+        if heads == "auto" and not with_heads else ""
+    if heads == "auto" and with_heads and any(n not in caps for n in names if n.startswith("head_map")):
+        with_heads, left_out = False, "Per-head maps are not in this trace (read from a file or released its model). "
+    arrays = {}
+    try:
+        for l in layers:
+            if f"layer_map/L{l}" not in caps:
+                raise ValueError(f"the trace has no head-mean map of layer {l} and cannot compute it "
+                                 f"(read from a file or released its model): run with capture={{'layer_maps': [{l}]}}")
+            arrays[f"{l}/-1"] = caps[f"layer_map/L{l}"][batch, lo:hi, lo:hi].numpy()
+            if with_heads:
+                for h in range(H):
+                    name = f"head_map/L{l}H{h}"
+                    if name not in caps:
+                        raise ValueError(f"the trace has no map of layer {l} head {h}: run with "
+                                         f"capture={{'heads': [({l}, {h})]}} or show(..., heads=False)")
+                    arrays[f"{l}/{h}"] = caps[name][batch, lo:hi, lo:hi].numpy()
+    finally:  # what the view computed is not kept in the trace (B*T^2 floats per map)
+        for n in names:
+            if n not in before and n in trace.captures and hasattr(trace, "drop"):
+                trace.drop(n)
+    causal = all(not np.any(np.triu(np.nan_to_num(a, nan=0.0), 1)) for a in arrays.values())
+    maps = {k: _pack(a, causal) for k, a in arrays.items()}
+
+    from .marks import high_entropy_positions
+    ent = trace.entropy[batch].numpy().astype(float)[lo:hi]
+    high = [int(p) - lo for p in high_entropy_positions(trace, batch=batch)]
+    p = getattr(trace, "prompt_len", -1)
+    prompt_len = p - lo if p is not None and p > lo else -1
+    note = ("Colour: attention weight relative to the largest shown (first token left out of the scale when "
+            "ticked; the numbers are the weights). "
+            "Yellow underline: high predictive entropy (top 20 % of the sequence, at most 8; the entropy "
+            "at i is that of the prediction of token i+1). "
+            + left_out)
+    data = {"tokens": list(trace.labels[batch][lo:hi]), "layers": layers, "n_heads": H, "heads": with_heads,
+            "causal": causal, "maps": maps, "offset": lo, "prompt_len": prompt_len,
+            "entropy": [None if not np.isfinite(e) else round(float(e), 4) for e in ent], "high": high, "note": note}
+    view_id = "attnscope-" + uuid.uuid4().hex[:12]
+    title = title if title is not None else (
+        f"attnscope — {T} tokens, {len(layers)} layers" + (f", {H} heads" if with_heads else ", head means"))
+    template_path = os.path.join(os.path.dirname(__file__), "view_template.html")
+    with open(template_path, encoding="utf-8") as f:
+        template = f.read()
+    # JSON inside <script>: "</" would end the script element, so it is escaped.
+    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    fill = {"__ID__": view_id, "__TITLE__": html.escape(title), "__DATA__": payload}
+    fragment = re.sub("__ID__|__TITLE__|__DATA__", lambda m: fill[m[0]], template)  # one pass: token text stays as is
+    return AttentionView(fragment, title)

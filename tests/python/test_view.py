@@ -1,0 +1,168 @@
+"""attnscope.show: the interactive HTML view, driven in a real headless browser (Debian's
+chromium): the saved page is loaded, tokens are hovered and clicked, controls changed, and
+what the page then shows (weights, top-5 list, marks) is compared with the trace's maps."""
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from conftest import BUILD
+
+import attnscope
+from attnscope.marks import high_entropy_positions
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no chromium (tools/setup.sh installs Debian's)")
+
+# Steps run in the page after the view's own script: each records what the page shows.
+HARNESS = """<script>
+(function () {
+  var root = document.querySelector('.attnscope-view');
+  var toks = root.querySelectorAll('.as-tok');
+  function state() {
+    return {w: Array.prototype.map.call(toks, function (s) { return s.dataset.w === undefined ? null : +s.dataset.w; }),
+            summary: (root.querySelector('.as-summary') || {}).textContent || root.querySelector('.as-info').textContent,
+            top: Array.prototype.map.call(root.querySelectorAll('.as-item'), function (e) { return +e.dataset.j; }),
+            sel: Array.prototype.map.call(root.querySelectorAll('.as-tok.as-sel'), function (s) { return +s.dataset.i; }),
+            high: Array.prototype.map.call(root.querySelectorAll('.as-tok.as-high'), function (s) { return +s.dataset.i; }),
+            heads: root.querySelector('.as-head').options.length,
+            divider: root.querySelectorAll('.as-divider').length,
+            note: root.querySelector('.as-note').textContent, n: toks.length};
+  }
+  function set(cls, v) { var el = root.querySelector(cls); el.value = v; el.dispatchEvent(new Event('change')); }
+  function hover(i) { toks[i].dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); }
+  var out = {};
+  var steps = __STEPS__;
+  steps.forEach(function (s, k) {
+    if (s.layer !== undefined) set('.as-layer', String(s.layer));
+    if (s.head !== undefined) set('.as-head', String(s.head));
+    if (s.dir) { var r = root.querySelector('input[value="' + s.dir + '"]'); r.checked = true; r.dispatchEvent(new Event('change')); }
+    if (s.hover !== undefined) hover(s.hover);
+    if (s.click !== undefined) toks[s.click].dispatchEvent(new MouseEvent('click', {bubbles: true}));
+    if (s.leave) root.querySelector('.as-tokens').dispatchEvent(new MouseEvent('mouseleave'));
+    out[k] = state();
+  });
+  var pre = document.createElement('pre'); pre.id = 'as-result'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def drive(view, tmp_path, steps):
+    page = tmp_path / "view.html"
+    view.save(page)
+    text = page.read_text(encoding="utf-8").replace("</body>", HARNESS.replace("__STEPS__", json.dumps(steps)) + "</body>")
+    driven = tmp_path / "driven.html"
+    driven.write_text(text, encoding="utf-8")
+    r = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", driven.as_uri()],
+                       capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="as-result">(.*?)</pre>', r.stdout, re.S)
+    assert m, f"the page did not run to the end: {r.stderr[-2000:]}"
+    return [v for _, v in sorted(json.loads(html.unescape(m[1])).items(), key=lambda kv: int(kv[0]))]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return attnscope.load(device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def answer(model):
+    return model.generate("Is 91 a prime number?", chat=True, max_new_tokens=12)
+
+
+@needs_browser
+def test_hover_click_and_controls_show_the_traces_numbers(answer, tmp_path):
+    view = attnscope.show(answer)
+    T, k = answer.input_ids.shape[1], answer.input_ids.shape[1] - 3
+    steps = [{"hover": k}, {"layer": 14, "head": 4}, {"dir": "to"}, {"head": -1, "layer": 0, "dir": "from", "click": 5},
+             {"hover": 9}, {"click": 5}, {"leave": True}]
+    s = drive(view, tmp_path, steps)
+    assert all(st["n"] == T for st in s)
+    maps = {(l, h): (answer.get(f"layer_map/L{l}") if h < 0 else answer.get(f"head_map/L{l}H{h}"))[0].numpy()
+            for l, h in [(0, -1), (14, 4)]}
+
+    def check(st, row, sel):
+        got = np.array(st["w"], dtype=float)
+        assert np.abs(got - row).max() <= 1e-4  # 16-bit fixed point, shown to 4 decimals
+        assert st["top"] == list(np.argsort(-row, kind="stable")[:5])
+        assert st["sel"] == [sel]
+
+    check(s[0], maps[(0, -1)][k], k)  # first layer offered, head mean, "attends to"
+    assert s[0]["summary"].startswith(f"\u201c{answer.labels[0][k]}\u201d (position {k}")
+    assert "layer 0, mean of heads, attends to:" in s[0]["summary"]
+    check(s[1], maps[(14, 4)][k], k)  # controls redraw the hovered token
+    assert "layer 14, head 4, attends to:" in s[1]["summary"]
+    col = maps[(14, 4)][:, k]
+    got = np.array(s[2]["w"], dtype=float)  # what attends to k: column k; only queries >= k can
+    assert np.abs(got - col).max() <= 1e-4 and s[2]["top"][0] >= k and "is attended by:" in s[2]["summary"]
+    check(s[3], maps[(0, -1)][5], 5)  # clicked: pinned on 5
+    check(s[4], maps[(0, -1)][5], 5)  # hovering elsewhere keeps the pin
+    assert s[5]["sel"] == [9] or s[5]["sel"] == []  # second click unpins (the hover state is shown again)
+    assert s[6]["sel"] == [] and s[6]["w"] == [None] * T  # leaving clears
+    assert s[0]["high"] == [int(p) for p in high_entropy_positions(answer)]
+    assert s[0]["divider"] == 1 and s[0]["heads"] == answer.n_heads + 1
+
+
+@needs_browser
+def test_padded_row_bidirectional_model_and_hostile_token_text(tmp_path):
+    fix = os.path.join(BUILD, "fixtures", "toy_bidirectional.pt")
+    if not os.path.exists(fix):
+        pytest.skip("fixtures not built (ctest runs make_fixtures first)")
+    import torch
+    m = attnscope.load(fix, device="cpu")
+    ids = torch.tensor([[3, 4, 5, 6, 7, 8], [9, 10, 11, 12, 0, 0]])
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
+    t = m.run(ids, attention_mask=mask)
+    t.labels[1][0] = "</script><b>x"  # token text is data, never markup
+    view = attnscope.show(t, batch=1, heads=True)
+    s = drive(view, tmp_path, [{"hover": 3}, {"dir": "to", "layer": 1, "head": 1}])
+    assert s[0]["n"] == 4  # padding left out
+    row = t.get("layer_map/L0")[1, 3, :4].numpy()
+    assert np.abs(np.array(s[0]["w"]) - row).max() <= 1e-4
+    assert sum(w > 0 for w in s[0]["w"][3:]) == 1 and s[0]["w"][0] > 0  # bidirectional: keys on both sides
+    col = t.get("head_map/L1H1")[1, :4, 3].numpy()
+    assert np.abs(np.array(s[1]["w"]) - col).max() <= 1e-4
+    assert "<\\/script><b>x" in view.html  # escaped inside the page's JSON
+
+
+def test_bounded_size_and_what_is_left_out(model, tmp_path):
+    t = model.run("The cat sat on the mat because it was warm.")
+    v = attnscope.show(t, max_cells=30 * 66 * 2)  # room for head means, not for 9 heads each
+    assert '"heads": false' in v.html and "Per-head maps left out" in v.html
+    assert not any(n.startswith("head_map") for n in t.captures)  # computed for the view, then dropped
+    with pytest.raises(ValueError, match=r"needs 1,980 cells, more than max_cells=100: pass fewer layers"):
+        attnscope.show(t, max_cells=100)
+    with pytest.raises(ValueError, match=r"per-head maps of 30 layers x 9 heads x 11 tokens need"):
+        attnscope.show(t, heads=True, max_cells=30 * 66 * 2)
+    small = attnscope.show(t, layers=[0, 29], heads=True)
+    assert '"layers": [0, 29]' in small.html and repr(small).startswith("<attnscope.AttentionView")
+    assert small._repr_html_() == small.html
+
+
+def test_bad_arguments(model):
+    t = model.run("a b c")
+    for kw, msg in [({"batch": 3}, r"batch 3 out of range: the trace has 1 sequence\(s\) \(0..0\)"),
+                    ({"layers": [30]}, r"layers: 30 out of range: the trace has 30 layers \(0..29\)"),
+                    ({"layers": []}, r"layers is empty"),
+                    ({"heads": "some"}, r"heads 'some': expected True, False or 'auto'"),
+                    ({"max_cells": 0}, r"max_cells 0 must be an int >= 1")]:
+        with pytest.raises(ValueError, match=msg):
+            attnscope.show(t, **kw)
+    with pytest.raises(ValueError, match=r"trace: expected an attnscope.Trace, got str"):
+        attnscope.show("trace")
+    with pytest.raises(ValueError, match=r"path 'x.png': expected a .html file"):
+        attnscope.show(t, layers=[0]).save("x.png")
+
+
+def test_file_trace_without_maps_says_how(model, tmp_path):
+    t = model.run("a b c", capture={"layer_maps": [0]})
+    t.save(tmp_path / "t.safetensors")
+    back = attnscope.Trace.load(str(tmp_path / "t.safetensors"))
+    assert attnscope.show(back, layers=[0]).html  # what the file holds is enough
+    with pytest.raises(ValueError, match=r"no head-mean map of layer 1 and cannot compute it"):
+        attnscope.show(back, layers=[0, 1])
