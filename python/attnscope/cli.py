@@ -288,7 +288,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="attnscope", description="Attention capture and figures for language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="TorchScript archive (default: SmolLM2-135M-Instruct)")
+    common.add_argument("--model", help="TorchScript archive, Hugging Face checkpoint folder or GGUF file (exported once into the cache; default: SmolLM2-135M-Instruct)")
     common.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
     common.add_argument("--dpi", type=int, default=150)
     d = sub.add_parser("demo", parents=[common], help="the three figures + high-entropy table on a built-in prompt")

@@ -5,14 +5,13 @@ High-entropy tokens (marks.py): the predictive entropy at position i is the entr
 distribution that predicts token i+1 (nats); by default the top 20 % of the sequence, at most 8,
 get yellow marks on heatmaps (edge markers, labels, thin row/column lines) and yellow bars.
 """
-import math
-
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib import colors as mcolors
 from matplotlib.lines import Line2D
 
-from .figure import closing_on_error, grid as _grid, panel_for_labels, subplots, ticks as _ticks
+from .figure import check_options as _check_options, closing_on_error, grid as _grid, panel_for_labels, \
+    rank_labels as _rank_labels, subplots, ticks as _ticks
 from .marks import (ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, _crosshairs, _entropy_label,  # noqa: F401
                     _prompt_divider, _upper_empty, high_entropy_positions)
 
@@ -194,31 +193,6 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     return fig
 
 
-def _check_options(*, vmin=None, vmax=None, scale="linear", gamma=0.5, max_labels=1, ncols=None, panel=None,
-                   top_k=0, yscale="linear"):
-    """ValueError naming the option for values that would draw a wrong or empty figure."""
-    def num(name, v):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not math.isfinite(v)):
-            raise ValueError(f"{name} {v!r} must be a finite number (or None)")
-    num("vmin", vmin)
-    num("vmax", vmax)
-    if vmin is not None and vmax is not None and vmin >= vmax:
-        raise ValueError(f"vmin {vmin!r} must be below vmax {vmax!r}")
-    if scale not in ("linear", "log", "power"):
-        raise ValueError(f"scale {scale!r}: expected 'linear', 'log' or 'power'")
-    if scale == "log" and vmin is not None and vmin <= 0:
-        raise ValueError(f"vmin {vmin!r} must be > 0 with scale='log'")
-    if scale == "power" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
-        raise ValueError(f"gamma {gamma!r} must be a number > 0")
-    for name, v, least in (("max_labels", max_labels, 0), ("ncols", ncols, 1), ("top_k", top_k, 0)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least):
-            raise ValueError(f"{name} {v!r} must be an int >= {least}" + (" (0: none)" if least == 0 else ""))
-    if panel is not None and not (isinstance(panel, (int, float)) and not isinstance(panel, bool) and panel > 0):
-        raise ValueError(f"panel {panel!r} must be a size in inches > 0")
-    if yscale not in ("linear", "log"):
-        raise ValueError(f"yscale {yscale!r}: expected 'linear' or 'log'")
-
-
 def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
                                  batch=0, top_k=3, mask_first=False, yscale="linear",
                                  entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
@@ -297,29 +271,6 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             return _axes_legend(axes[0], hi, hi_label)
         _legend(fig, hi, hi_label)
     return fig
-
-
-def _rank_labels(ax, top, v, T):
-    """Rank numbers above the top bars; a number within ~2 bars of one already placed goes one
-    line higher, so none overlap. Returns the number of extra lines used."""
-    placed, most = [], 0
-    axes_pt = ax.get_position().width * ax.figure.get_figwidth() * 72 * 0.85  # after the layout, about
-    width = max(1.0, 7.0 / max(axes_pt / T, 1e-9))  # bars one 7-pt label spans
-    for r, p in enumerate(top):
-        level = 0
-        while any(abs(p - q) < width and lv == level for q, lv in placed):
-            level += 1
-        near = [q for q, _ in placed if abs(p - q) < width]
-        y = max([v[p]] + [v[q] for q in near])  # stacked above the tallest neighbour, not its own bar
-        placed.append((p, level))
-        most = max(most, level)
-        ax.annotate(str(r + 1), (p, y), xytext=(0, 2 + 8 * level), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=7, color="#c44e52", fontweight="bold")
-    for c in ax.containers[-1:]:
-        for p in top:
-            c[p].set_edgecolor("#c44e52")
-            c[p].set_linewidth(2)
-    return most
 
 
 def _first_query_sees_only_itself(trace, l, h, batch, first):
