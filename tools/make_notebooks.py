@@ -108,6 +108,9 @@ NOTEBOOKS = {
         ("code", "fig = attnscope.visualize_attention_layers(trace, [0, 1, 2, 9, 14, 18, 23, 29])"),
         ("md", "## Detailed heads around the answer"),
         ("code", "fig = attnscope.visualize_attention(trace, [(14, 0), (29, 8)])"),
+        ("md", "## Explore interactively\nHover over a token: what it attends to (or what attends to it), in any "
+               "layer and head; click to pin. The yellow underlines are the same hesitations."),
+        ("code", "attnscope.show(trace)"),
     ],
 }
 
