@@ -318,10 +318,21 @@ DatasetStats DatasetStats::load(const std::string& path) {
   };
   TORCH_CHECK(meta("format") == kFormat, path, ": format is '", meta("format"), "', expected '",
               kFormat, "' (a single-run trace loads with Trace.load)");
-  DatasetStats d(parse_parts(meta("parts")), std::stod(meta("epsilon")));
-  d.n_layers_ = std::stoll(meta("n_layers"));
-  d.n_heads_ = std::stoll(meta("n_heads"));
-  d.length_ = std::stoll(meta("length"));
+  DatasetStats d(parse_parts(meta("parts")), meta_double(f, "epsilon", path));
+  d.n_layers_ = meta_int(f, "n_layers", path, 1, 100000);
+  d.n_heads_ = meta_int(f, "n_heads", path, 1, 65536);
+  d.length_ = meta_int(f, "length", path, 0, int64_t(1) << 40);
+  // The sizes come from the file's metadata: each must agree with the tensors it holds (a
+  // dataset of 2.5 KB saying length=1e8 would otherwise be padded to gigabytes on merge).
+  for (const auto& kv : f.tensors) {
+    const int dims = position_dims(kv.first);
+    const auto& t = kv.second;
+    TORCH_CHECK_VALUE(t.dim() >= dims, "'", path, "': '", kv.first, "' has shape ", t.sizes(), ", expected ",
+                      dims, " position axes");
+    for (int k = 1; k <= dims; ++k)
+      TORCH_CHECK_VALUE(t.size(-k) == d.length_, "'", path, "': '", kv.first, "' has shape ", t.sizes(),
+                        ": its position axes must be the file's length ", d.length_);
+  }
   d.state_ = f.tensors;
   return d;
 }

@@ -2,8 +2,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
+#include <system_error>
 
 namespace attnscope {
 namespace json {
@@ -15,19 +17,62 @@ const Value* Value::find(const std::string& key) const {
   return nullptr;
 }
 
-int64_t Value::get_int(const std::string& key, int64_t fallback) const {
+std::string Value::describe() const {
+  switch (kind) {
+    case Kind::Null: return "null";
+    case Kind::Bool: return b ? "true" : "false";
+    case Kind::Number: {
+      if (integral) return std::to_string(integer);
+      char buf[32];
+      std::snprintf(buf, sizeof buf, "%.17g", num);
+      return buf;
+    }
+    case Kind::String: return quote(str.size() > 40 ? str.substr(0, 40) + "..." : str);
+    case Kind::Array: return "an array";
+    case Kind::Object: return "an object";
+  }
+  return "?";
+}
+
+int64_t Value::as_int(const std::string& what, int64_t lo, int64_t hi) const {
+  TORCH_CHECK_VALUE(kind == Kind::Number && integral, what, ": expected an integer, got ", describe());
+  TORCH_CHECK_VALUE(integer >= lo && integer <= hi, what, ": ", integer, " out of range: expected ", lo,
+                    "..", hi);
+  return integer;
+}
+
+int64_t Value::get_int(const std::string& key, int64_t fallback, int64_t lo, int64_t hi) const {
   const Value* v = find(key);
-  return (v && v->is_number()) ? static_cast<int64_t>(v->num) : fallback;
+  if (!v || v->is_null()) return fallback;
+  return v->as_int("'" + key + "'", lo, hi);
+}
+
+double Value::get_double(const std::string& key, double fallback) const {
+  const Value* v = find(key);
+  if (!v || v->is_null()) return fallback;
+  TORCH_CHECK_VALUE(v->is_number(), "'", key, "': expected a number, got ", v->describe());
+  return v->num;
+}
+
+const Value* Value::get_array(const std::string& key) const {
+  const Value* v = find(key);
+  if (!v || v->is_null()) return nullptr;
+  TORCH_CHECK_VALUE(v->is_array(), "'", key, "': expected an array, got ", v->describe());
+  return v;
 }
 
 std::string Value::get_string(const std::string& key, const std::string& fallback) const {
   const Value* v = find(key);
-  return (v && v->is_string()) ? v->str : fallback;
+  if (!v || v->is_null()) return fallback;
+  TORCH_CHECK_VALUE(v->is_string(), "'", key, "': expected a string, got ", v->describe());
+  return v->str;
 }
 
 bool Value::get_bool(const std::string& key, bool fallback) const {
   const Value* v = find(key);
-  return (v && v->kind == Kind::Bool) ? v->b : fallback;
+  if (!v || v->is_null()) return fallback;
+  TORCH_CHECK_VALUE(v->kind == Kind::Bool, "'", key, "': expected true or false, got ", v->describe());
+  return v->b;
 }
 
 namespace {
@@ -38,7 +83,7 @@ struct Parser {
   size_t i = 0;
 
   [[noreturn]] void fail(const char* msg) {
-    TORCH_CHECK(false, what, ": malformed JSON at byte ", i, ": ", msg);
+    TORCH_CHECK_VALUE(false, what, ": malformed JSON at byte ", i, ": ", msg);
   }
   void ws() {
     while (i < s.size() && (s[i] == ' ' || s[i] == '\n' || s[i] == '\r' || s[i] == '\t')) ++i;
@@ -80,6 +125,7 @@ struct Parser {
       if (i >= s.size()) fail("unterminated string");
       char c = s[i++];
       if (c == '"') break;
+      if (static_cast<unsigned char>(c) < 0x20) fail("unescaped control character in string");
       if (c != '\\') { out += c; continue; }
       if (i >= s.size()) fail("unterminated escape");
       char e = s[i++];
@@ -94,10 +140,14 @@ struct Parser {
         case 't': out += '\t'; break;
         case 'u': {
           uint32_t cp = hex4();
-          if (cp >= 0xD800 && cp < 0xDC00 && i + 6 <= s.size() && s[i] == '\\' && s[i + 1] == 'u') {
+          if (cp >= 0xD800 && cp < 0xDC00) {
+            if (!(i + 6 <= s.size() && s[i] == '\\' && s[i + 1] == 'u')) fail("lone high surrogate");
             i += 2;
             uint32_t lo = hex4();
+            if (lo < 0xDC00 || lo > 0xDFFF) fail("bad low surrogate");
             cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            fail("lone low surrogate");
           }
           utf8(out, cp);
           break;
@@ -106,6 +156,57 @@ struct Parser {
       }
     }
     return out;
+  }
+  static bool digit(char c) { return c >= '0' && c <= '9'; }
+  /// JSON's number grammar: -? (0 | [1-9][0-9]*) (.[0-9]+)? ([eE][+-]?[0-9]+)?, converted with
+  /// std::from_chars (no locale); integers that fit int64 are also kept exactly.
+  void number(Value& v) {
+    const size_t start = i;
+    if (i < s.size() && s[i] == '-') ++i;
+    if (i >= s.size() || !digit(s[i])) { i = start; fail("unexpected character"); }
+    if (s[i] == '0') {
+      ++i;
+      if (i < s.size() && digit(s[i])) fail("leading zero in number");
+    } else {
+      while (i < s.size() && digit(s[i])) ++i;
+    }
+    bool integral = true;
+    if (i < s.size() && s[i] == '.') {
+      integral = false;
+      ++i;
+      if (i >= s.size() || !digit(s[i])) fail("digit expected after '.'");
+      while (i < s.size() && digit(s[i])) ++i;
+    }
+    if (i < s.size() && (s[i] == 'e' || s[i] == 'E')) {
+      integral = false;
+      ++i;
+      if (i < s.size() && (s[i] == '+' || s[i] == '-')) ++i;
+      if (i >= s.size() || !digit(s[i])) fail("digit expected in exponent");
+      while (i < s.size() && digit(s[i])) ++i;
+    }
+    const char* b = s.data() + start;
+    const char* e = s.data() + i;
+    v.kind = Value::Kind::Number;
+    auto r = std::from_chars(b, e, v.num);
+    if (r.ec == std::errc::result_out_of_range) {
+      // from_chars leaves the value unset: tell underflow (a tiny number, 0) from overflow.
+      const std::string lit(b, e);
+      const size_t ex = lit.find_first_of("eE");
+      const bool tiny = (ex != std::string::npos && ex + 1 < lit.size() && lit[ex + 1] == '-') ||
+                        lit.rfind("0.", 0) == 0 || lit.rfind("-0.", 0) == 0;
+      if (!tiny) fail("number out of range of a double");
+      v.num = 0.0;
+    } else if (r.ec != std::errc() || r.ptr != e) {
+      fail("bad number");
+    }
+    if (integral) {
+      int64_t x = 0;
+      auto ri = std::from_chars(b, e, x);
+      if (ri.ec == std::errc() && ri.ptr == e) {
+        v.integral = true;
+        v.integer = x;
+      }
+    }
   }
   Value value(int depth) {
     if (depth > 512) fail("nesting too deep");
@@ -147,12 +248,7 @@ struct Parser {
     else if (lit("false")) { v.kind = Value::Kind::Bool; v.b = false; }
     else if (lit("null")) { v.kind = Value::Kind::Null; }
     else {
-      const char* start = s.c_str() + i;
-      char* end = nullptr;
-      v.num = std::strtod(start, &end);
-      if (end == start) fail("unexpected character");
-      v.kind = Value::Kind::Number;
-      i += static_cast<size_t>(end - start);
+      number(v);
     }
     return v;
   }

@@ -1,5 +1,9 @@
-// Minimal JSON reader/writer for the archive's metadata (attnscope.json, tokenizer.json).
-// LibTorch ships no JSON library; this covers RFC 8259 except number edge cases we never write.
+// Minimal, strict JSON reader/writer for the archive's metadata (attnscope.json, tokenizer.json,
+// capture specs, safetensors headers). LibTorch ships no JSON library, and a source build via
+// pip must work without Debian's nlohmann-json, so the grammar (RFC 8259) is implemented here:
+// numbers only in JSON's own syntax (no NaN, inf, hex, leading '+'), parsed independently of
+// the C locale; integers kept exact; typed getters that reject wrong types and out-of-range
+// values with the key's name instead of converting them.
 #pragma once
 #include <cstdint>
 #include <map>
@@ -15,6 +19,9 @@ struct Value {
   Kind kind = Kind::Null;
   bool b = false;
   double num = 0.0;
+  /// Number written without fraction or exponent that fits int64: exactly `integer`.
+  bool integral = false;
+  int64_t integer = 0;
   std::string str;
   std::vector<Value> arr;
   /// Object members in file order (tokenizer.json vocabularies are large; order is kept).
@@ -27,10 +34,21 @@ struct Value {
   bool is_object() const { return kind == Kind::Object; }
   /// Member `key` of an object, or nullptr when absent or not an object.
   const Value* find(const std::string& key) const;
-  /// Integer member with a default when absent/null.
-  int64_t get_int(const std::string& key, int64_t fallback) const;
+  /// This value as an integer in [lo, hi]; c10::Error naming `what` otherwise (wrong type,
+  /// fraction, out of range).
+  int64_t as_int(const std::string& what, int64_t lo = INT64_MIN, int64_t hi = INT64_MAX) const;
+  /// Member `key` as an integer in [lo, hi], `fallback` when absent or null; present with a
+  /// wrong type or value: c10::Error naming the key.
+  int64_t get_int(const std::string& key, int64_t fallback, int64_t lo = INT64_MIN,
+                  int64_t hi = INT64_MAX) const;
+  /// Member `key` as a finite number, `fallback` when absent/null; otherwise c10::Error.
+  double get_double(const std::string& key, double fallback) const;
   std::string get_string(const std::string& key, const std::string& fallback) const;
   bool get_bool(const std::string& key, bool fallback) const;
+  /// Member `key` when it is an array; nullptr when absent/null; c10::Error for another type.
+  const Value* get_array(const std::string& key) const;
+  /// A short rendering of this value for error messages.
+  std::string describe() const;
 };
 
 /// Parses `text`; throws c10::Error naming `what` and the byte offset on malformed input.

@@ -34,13 +34,21 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
   ModelInfo info;
   json::Value v = json::parse(text, "attnscope.json");
   TORCH_CHECK(v.is_object(), "attnscope.json: expected a JSON object");
-  info.n_layers = v.get_int("num_layers", -1);
-  info.n_heads = v.get_int("num_heads", -1);
-  info.n_kv_heads = v.get_int("num_kv_heads", info.n_heads);
-  info.head_dim = v.get_int("head_dim", -1);
-  info.vocab_size = v.get_int("vocab_size", -1);
-  info.bos_id = v.get_int("bos_token_id", -1);
-  info.eos_id = v.get_int("eos_token_id", -1);
+  // Absurd sizes are refused here rather than allocated later (a 1e8-head spec would cost
+  // 800 MB per run); the bounds are far above any published model.
+  info.n_layers = v.get_int("num_layers", -1, 1, 100000);
+  info.n_heads = v.get_int("num_heads", -1, 1, 65536);
+  info.n_kv_heads = v.get_int("num_kv_heads", info.n_heads, 1, 65536);
+  TORCH_CHECK_VALUE(info.n_heads < 0 || (info.n_kv_heads <= info.n_heads && info.n_heads % info.n_kv_heads == 0),
+                    "attnscope.json: num_kv_heads ", info.n_kv_heads, " must divide num_heads ", info.n_heads);
+  info.head_dim = v.get_int("head_dim", -1, 1, 65536);
+  info.vocab_size = v.get_int("vocab_size", -1, 1, int64_t(1) << 31);
+  info.bos_id = v.get_int("bos_token_id", -1, -1, int64_t(1) << 31);
+  // eos_token_id may be one id or a list (the first ends generation by default)
+  if (const json::Value* e = v.find("eos_token_id"); e && e->is_array())
+    info.eos_id = e->arr.empty() ? -1 : e->arr[0].as_int("'eos_token_id'[0]", 0, int64_t(1) << 31);
+  else
+    info.eos_id = v.get_int("eos_token_id", -1, -1, int64_t(1) << 31);
   info.family = v.get_string("family", "");
   info.tokenizer_kind = v.get_string("tokenizer", "");
   info.causal = v.get_bool("causal", true);
@@ -48,7 +56,7 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
   info.output = v.get_string("output", "logits");
   TORCH_CHECK(info.output == "logits" || info.output == "hidden_states", "attnscope.json: output '",
               info.output, "' unknown: expected 'logits' or 'hidden_states'");
-  info.context_length = v.get_int("context_length", -1);
+  info.context_length = v.get_int("context_length", -1, 1, int64_t(1) << 40);
   return info;
 }
 
@@ -176,6 +184,19 @@ void Model::dry_run() {
     return;
   }
   info_.causal = causal;
+  // Facts the dry run saw fill what the archive did not say (at load only: runs never write them).
+  if (t.n_layers > 0 && info_.n_layers < 0) {
+    info_.n_layers = t.n_layers;
+    info_.inferred.push_back("num_layers (attention layers that ran)");
+  }
+  if (info_.n_heads < 0 && t.n_heads > 0) {
+    info_.n_heads = t.n_heads;
+    info_.inferred.push_back("num_heads (captured shapes)");
+  }
+  if (info_.n_kv_heads < 0 && t.n_kv_heads > 0) {
+    info_.n_kv_heads = t.n_kv_heads;
+    info_.inferred.push_back("num_kv_heads (k at SDPA sites of the dry run, else = num_heads)");
+  }
   if (!info_.causal_stated) {
     // Attention above the diagonal of layer 0 (keys after the query) means an encoder.
     auto map = t.get("layer_map/L0")[0];
@@ -211,9 +232,14 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     auto am = attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask;
     TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(),
                 " does not match input_ids ", ids.sizes());
+    TORCH_CHECK_VALUE(!at::isFloatingType(am.scalar_type()) && !at::isComplexType(am.scalar_type()),
+                      "attention_mask has dtype ", am.scalar_type(), ": expected bool or an integer type holding 0 "
+                      "(padding) and 1 (token); a fractional mask is not a padding layout");
     mask = am.to(torch::kLong).cpu();
-    TORCH_CHECK(((mask == 0) | (mask == 1)).all().item<bool>(),
-                "attention_mask must hold only 0 (padding) and 1 (token)");
+    const auto bad = (mask != 0).logical_and(mask != 1);
+    TORCH_CHECK_VALUE(!bad.any().item<bool>(), "attention_mask must hold only 0 (padding) and 1 (token); got ",
+                      mask.masked_select(bad)[0].item<int64_t>(), " in row ",
+                      bad.any(1).to(torch::kLong).argmax().item<int64_t>());
     TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
                 "attention_mask has a row with no tokens: every sequence needs at least one");
     // Positions are taken from the mask (left padding) or run past the tokens (right
@@ -319,34 +345,25 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   }
   t.captures = std::move(res.captures);
 
-  // Facts learnt from the run fill what the archive did not say.
-  if (res.layers_run > 0) {
-    if (info_.n_layers < 0) {
-      info_.n_layers = res.layers_run;
-      info_.inferred.push_back("num_layers (attention layers that ran)");
-    }
-    int64_t h = -1, kv = -1;
-    for (int64_t x : res.heads) if (x > 0) { h = x; break; }
-    for (int64_t x : res.kv_heads) if (x > 0) { kv = x; break; }
-    if (info_.n_heads < 0 && h > 0) {
-      info_.n_heads = h;
-      info_.inferred.push_back("num_heads (captured shapes)");
-    }
-    if (info_.n_kv_heads < 0 && (kv > 0 || info_.n_heads > 0)) {
-      info_.n_kv_heads = kv > 0 ? kv : info_.n_heads;
-      info_.inferred.push_back(kv > 0 ? "num_kv_heads (k at SDPA sites)"
-                                      : "num_kv_heads (assumed = num_heads)");
-    }
-  }
+  // The trace gets the facts this run saw; the model's own facts are fixed at load (from
+  // attnscope.json and the dry run), so concurrent runs never write shared state except the
+  // idle-site list, which is guarded.
+  int64_t h = -1, kv = -1;
+  for (int64_t x : res.heads) if (x > 0) { h = x; break; }
+  for (int64_t x : res.kv_heads) if (x > 0) { kv = x; break; }
   t.n_layers = res.layers_run;
-  t.n_heads = info_.n_heads;
-  t.n_kv_heads = info_.n_kv_heads;
+  t.n_heads = info_.n_heads > 0 ? info_.n_heads : h;
+  t.n_kv_heads = info_.n_kv_heads > 0 ? info_.n_kv_heads : (kv > 0 ? kv : t.n_heads);
   if (t.n_heads > 0 && t.n_kv_heads > 0 && t.n_heads % t.n_kv_heads == 0)
     t.kv_head_of = torch::arange(t.n_heads, torch::kLong).div(t.n_heads / t.n_kv_heads, "floor");
-  idle_sites_.clear();
-  std::set<int64_t> ran(res.site_of_layer.begin(), res.site_of_layer.end());
-  for (const auto& s : sites_)
-    if (!ran.count(s.id)) idle_sites_.push_back(s.id);
+  {
+    std::set<int64_t> ran(res.site_of_layer.begin(), res.site_of_layer.end());
+    std::vector<int64_t> idle;
+    for (const auto& s : sites_)
+      if (!ran.count(s.id)) idle.push_back(s.id);
+    std::lock_guard<std::mutex> lock(*idle_mutex_);
+    idle_sites_ = std::move(idle);
+  }
   for (int64_t site : res.site_of_layer)
     t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
   if (!vocab_.empty()) {
@@ -387,7 +404,7 @@ std::string Model::describe() const {
     for (const auto& s : sites_)
       o << "    site " << s.id << ": " << s.kind << (s.path.empty() ? "" : " at " + s.path)
         << (s.in_block ? " (inside a branch/loop)" : "") << "\n";
-    for (int64_t id : idle_sites_)
+    for (int64_t id : idle_sites())
       o << "    site " << id << " did not run in the last forward (branch not taken); not counted as a layer\n";
   } else {
     o << "  capture: operators exported in the archive\n";

@@ -1,5 +1,7 @@
 // Model: a TorchScript causal LM loaded for attention capture.
 #pragma once
+#include <memory>
+#include <mutex>
 #include <attnscope/instrument.h>
 #include <attnscope/spec.h>
 #include <attnscope/trace.h>
@@ -92,8 +94,12 @@ class Model {
   const ModelInfo& info() const { return info_; }
   /// Attention sites found by the graph pass (empty when the archive carried its own ops).
   const std::vector<AttentionSite>& sites() const { return sites_; }
-  /// Sites that did not run in the last forward (branches not taken).
-  const std::vector<int64_t>& idle_sites() const { return idle_sites_; }
+  /// Sites that did not run in the last forward (branches not taken). run() may be called from
+  /// several threads at once: the model's facts are fixed at load and this list is guarded.
+  std::vector<int64_t> idle_sites() const {
+    std::lock_guard<std::mutex> lock(*idle_mutex_);
+    return idle_sites_;
+  }
   /// True when the graph pass inserted the capture operators.
   bool instrumented() const { return instrumented_; }
   torch::Device device() const { return device_; }
@@ -120,6 +126,7 @@ class Model {
   std::string tokenizer_json_, metadata_json_, source_;
   std::vector<AttentionSite> sites_;
   std::vector<int64_t> idle_sites_;
+  std::shared_ptr<std::mutex> idle_mutex_ = std::make_shared<std::mutex>();  // Model stays movable
   bool instrumented_ = false;
   bool takes_mask_ = false;
   /// Device constants of the graph moved to device_ (see retarget_device_constants).

@@ -2,9 +2,16 @@
 
 #include <attnscope/json.h>
 
+#include <algorithm>
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <unistd.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <cerrno>
 #include <fstream>
 #include <sstream>
 
@@ -51,6 +58,7 @@ void write_safetensors(const std::string& path, const SafetensorsFile& f) {
   // Written next to `path`, then renamed over it: a reader that memory-mapped the old file
   // (safetensors' safe_open does) keeps the old contents instead of seeing them change or
   // vanish (SIGBUS) under it, and no half-written file ever carries the final name.
+  remove_stale_temporaries(path);
   const std::string tmp = path + ".tmp" + std::to_string(static_cast<long>(::getpid()));
   std::ofstream out(tmp, std::ios::binary);
   TORCH_CHECK(out.good(), "cannot write '", path, "'");
@@ -62,55 +70,162 @@ void write_safetensors(const std::string& path, const SafetensorsFile& f) {
   for (const auto& t : data)
     out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
   out.close();
-  if (!out.good() || std::rename(tmp.c_str(), path.c_str()) != 0) {
+  // The bytes reach the disk before the rename makes them the file: after a crash or power
+  // loss, `path` is the old file or the new one, never a torn one.
+  bool synced = out.good();
+  if (synced) {
+    const int fd = ::open(tmp.c_str(), O_RDONLY);
+    synced = fd >= 0 && ::fsync(fd) == 0;
+    if (fd >= 0) ::close(fd);
+  }
+  if (!synced || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    const int err = errno;
     std::remove(tmp.c_str());
-    TORCH_CHECK(false, "writing '", path, "' failed");
+    TORCH_CHECK(false, "writing '", path, "' failed: ", std::strerror(err), " (the old file, if any, is unchanged)");
+  }
+  const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/') + 1);
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {  // the rename itself is durable
+    ::fsync(dfd);
+    ::close(dfd);
   }
 }
 
+void remove_stale_temporaries(const std::string& path) {
+  // `path`.tmp<PID> files of writers that were killed (kill -9, OOM) before their rename.
+  const std::string dir = path.find('/') == std::string::npos ? "." : path.substr(0, path.rfind('/'));
+  const std::string base = path.substr(path.rfind('/') + 1) + ".tmp";
+  DIR* d = ::opendir(dir.empty() ? "/" : dir.c_str());
+  if (!d) return;
+  while (dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.rfind(base, 0) != 0 || name.size() == base.size()) continue;
+    const std::string pid = name.substr(base.size());
+    if (pid.find_first_not_of("0123456789") != std::string::npos || pid.size() > 9) continue;
+    const long p = std::stol(pid);
+    if (p == static_cast<long>(::getpid())) continue;
+    if (::kill(static_cast<pid_t>(p), 0) != 0 && errno == ESRCH)  // its writer is gone
+      std::remove((dir + "/" + name).c_str());
+  }
+  ::closedir(d);
+}
+
 SafetensorsFile read_safetensors(const std::string& path) {
+  // Validated the way the format's reference implementation does before anything is allocated:
+  // header length bounded (100 MB) and inside the file; a JSON object of string metadata and
+  // tensors whose dtype is known, shape non-negative integers, byte length = dtype size x
+  // elements; data offsets in bounds, contiguous, non-overlapping and covering the whole data
+  // section. Every read is checked.
   std::ifstream in(path, std::ios::binary);
   TORCH_CHECK(in.good(), "file not found: '", path, "'");
+  in.seekg(0, std::ios::end);
+  const std::streamoff end = in.tellg();
+  TORCH_CHECK_VALUE(end >= 8, "'", path, "' is not a safetensors file: ", end, " bytes, less than its 8-byte header length");
+  const uint64_t size = static_cast<uint64_t>(end);
+  in.seekg(0);
   unsigned char len[8] = {0};
   in.read(reinterpret_cast<char*>(len), 8);
+  TORCH_CHECK(in.gcount() == 8, "'", path, "': cannot read its header length");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
-  in.seekg(0, std::ios::end);
-  const uint64_t size = static_cast<uint64_t>(in.tellg());
-  TORCH_CHECK(size >= 8 && n <= size - 8 && n < (uint64_t(1) << 30), "'", path,
-              "' is not a safetensors file (header length ", n, " for a file of ", size, " bytes)");
+  constexpr uint64_t kMaxHeader = 100000000;
+  TORCH_CHECK_VALUE(n >= 2 && n <= size - 8 && n <= kMaxHeader, "'", path, "' is not a safetensors file (header length ", n,
+                    " for a file of ", size, " bytes; at most ", kMaxHeader, ")");
   std::string header(n, '\0');
-  in.seekg(8);
   in.read(&header[0], static_cast<std::streamsize>(n));
+  TORCH_CHECK(static_cast<uint64_t>(in.gcount()) == n, "'", path, "': header truncated");
+  TORCH_CHECK_VALUE(header[0] == '{', "'", path, "': safetensors header does not start with '{'");
   json::Value root = json::parse(header, "'" + path + "' safetensors header");
-  TORCH_CHECK(root.is_object(), "'", path, "': safetensors header is not a JSON object");
+  TORCH_CHECK_VALUE(root.is_object(), "'", path, "': safetensors header is not a JSON object");
   SafetensorsFile f;
-  const uint64_t base = 8 + n;
+  const uint64_t base = 8 + n, data_len = size - base;
+  struct Entry { std::string name; c10::ScalarType st; std::vector<int64_t> shape; uint64_t b, e; };
+  std::vector<Entry> entries;
   for (const auto& kv : root.obj) {
+    const std::string where = "'" + path + "': tensor '" + kv.first.substr(0, 80) + "'";
     if (kv.first == "__metadata__") {
-      for (const auto& m : kv.second.obj) f.metadata[m.first] = m.second.str;
+      TORCH_CHECK_VALUE(kv.second.is_object(), "'", path, "': __metadata__ must be an object of strings");
+      for (const auto& m : kv.second.obj) {
+        TORCH_CHECK_VALUE(m.second.is_string(), "'", path, "': __metadata__ '", m.first.substr(0, 80),
+                          "' is ", m.second.describe(), ", expected a string");
+        f.metadata[m.first] = m.second.str;
+      }
       continue;
     }
+    TORCH_CHECK_VALUE(kv.second.is_object(), where, ": expected an object with dtype, shape, data_offsets");
     const std::string dt = kv.second.get_string("dtype", "");
     c10::ScalarType st = torch::kFloat;
     bool known = false;
     for (const auto& d : dtype_names())
       if (d.second == dt) { st = d.first; known = true; }
-    TORCH_CHECK(known, "'", path, "': tensor '", kv.first, "' has unsupported dtype '", dt, "'");
+    TORCH_CHECK_VALUE(known, where, " has unsupported dtype '", dt, "'");
+    const json::Value* s = kv.second.get_array("shape");
+    TORCH_CHECK_VALUE(s, where, " has no shape");
     std::vector<int64_t> shape;
-    if (const json::Value* s = kv.second.find("shape"))
-      for (const auto& d : s->arr) shape.push_back(static_cast<int64_t>(d.num));
-    const json::Value* off = kv.second.find("data_offsets");
-    TORCH_CHECK(off && off->arr.size() == 2, "'", path, "': tensor '", kv.first, "' lacks data_offsets");
-    const uint64_t b = static_cast<uint64_t>(off->arr[0].num), e = static_cast<uint64_t>(off->arr[1].num);
-    auto t = torch::empty(shape, torch::dtype(st));
-    TORCH_CHECK(e >= b && e - b == t.nbytes() && base + e <= size, "'", path, "': tensor '",
-                kv.first, "' has inconsistent offsets [", b, ", ", e, ")");
-    in.seekg(static_cast<std::streamoff>(base + b));
-    in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e - b));
-    f.tensors[kv.first] = t;
+    uint64_t numel = 1;
+    const uint64_t limit = data_len / c10::elementSize(st) + 1;  // what the file's data can hold
+    for (size_t d = 0; d < s->arr.size(); ++d) {
+      const int64_t x = s->arr[d].as_int(where + " shape[" + std::to_string(d) + "]", 0, INT64_MAX);
+      shape.push_back(x);
+      numel = x == 0 ? 0 : (numel > limit / static_cast<uint64_t>(x) ? limit : numel * static_cast<uint64_t>(x));
+    }
+    const json::Value* off = kv.second.get_array("data_offsets");
+    TORCH_CHECK_VALUE(off && off->arr.size() == 2, where, " lacks data_offsets [begin, end]");
+    const uint64_t b = static_cast<uint64_t>(off->arr[0].as_int(where + " data_offsets[0]", 0, INT64_MAX));
+    const uint64_t e = static_cast<uint64_t>(off->arr[1].as_int(where + " data_offsets[1]", 0, INT64_MAX));
+    TORCH_CHECK_VALUE(b <= e && e <= data_len, where, " has data_offsets [", b, ", ", e,
+                      ") outside the data section of ", data_len, " bytes");
+    TORCH_CHECK_VALUE(numel < limit && numel * c10::elementSize(st) == e - b, where, " holds ", e - b,
+                      " bytes, but dtype ", dt, " x its shape needs ", numel >= limit ? std::string("more than the file") :
+                      std::to_string(numel * c10::elementSize(st)));
+    entries.push_back({kv.first, st, std::move(shape), b, e});
+  }
+  std::vector<const Entry*> order;
+  for (const auto& e : entries) order.push_back(&e);
+  std::sort(order.begin(), order.end(), [](const Entry* x, const Entry* y) { return x->b < y->b || (x->b == y->b && x->e < y->e); });
+  uint64_t at = 0;
+  for (const Entry* e : order) {
+    TORCH_CHECK_VALUE(e->b == at, "'", path, "': tensor '", e->name.substr(0, 80), "' starts at byte ", e->b,
+                      " of the data, expected ", at, " (tensors must be contiguous and not overlap)");
+    at = e->e;
+  }
+  TORCH_CHECK_VALUE(at == data_len, "'", path, "': the tensors cover ", at, " of the ", data_len,
+                    " data bytes (the file has trailing or missing data)");
+  for (const auto& e : entries) {
+    auto t = torch::empty(e.shape, torch::dtype(e.st));
+    in.seekg(static_cast<std::streamoff>(base + e.b));
+    in.read(static_cast<char*>(t.data_ptr()), static_cast<std::streamsize>(e.e - e.b));
+    TORCH_CHECK(static_cast<uint64_t>(in.gcount()) == e.e - e.b, "'", path, "': tensor '", e.name, "' truncated");
+    f.tensors[e.name] = t;
   }
   return f;
+}
+
+int64_t meta_int(const SafetensorsFile& f, const std::string& key, const std::string& path, int64_t lo,
+                 int64_t hi, bool required, int64_t fallback) {
+  auto it = f.metadata.find(key);
+  if (it == f.metadata.end() || it->second.empty()) {
+    TORCH_CHECK_VALUE(!required, "'", path, "': metadata '", key, "' is missing");
+    return fallback;
+  }
+  const std::string& v = it->second;
+  int64_t x = 0;
+  auto r = std::from_chars(v.data(), v.data() + v.size(), x);
+  TORCH_CHECK_VALUE(r.ec == std::errc() && r.ptr == v.data() + v.size(), "'", path, "': metadata '", key, "' is '",
+                    v.substr(0, 40), "', expected an integer");
+  TORCH_CHECK_VALUE(x >= lo && x <= hi, "'", path, "': metadata '", key, "' ", x, " out of range: expected ", lo, "..", hi);
+  return x;
+}
+
+double meta_double(const SafetensorsFile& f, const std::string& key, const std::string& path) {
+  auto it = f.metadata.find(key);
+  TORCH_CHECK_VALUE(it != f.metadata.end(), "'", path, "': metadata '", key, "' is missing");
+  const std::string& v = it->second;
+  double x = 0;
+  auto r = std::from_chars(v.data(), v.data() + v.size(), x);
+  TORCH_CHECK_VALUE(r.ec == std::errc() && r.ptr == v.data() + v.size() && std::isfinite(x), "'", path,
+                    "': metadata '", key, "' is '", v.substr(0, 40), "', expected a finite number");
+  return x;
 }
 
 }  // namespace attnscope

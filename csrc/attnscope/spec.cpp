@@ -24,10 +24,12 @@ bool CaptureSpec::aggregates_layer(int64_t layer) const {
 
 namespace {
 std::string ints(const std::vector<int64_t>& v) { return json::int_array(v); }
-std::vector<int64_t> to_ints(const json::Value* v) {
+constexpr int64_t kMaxIndex = int64_t(1) << 40;  // layers, heads, positions: far beyond any model
+std::vector<int64_t> to_ints(const json::Value& v, const std::string& key, int64_t lo) {
   std::vector<int64_t> out;
-  if (v && v->is_array())
-    for (const auto& e : v->arr) out.push_back(static_cast<int64_t>(e.num));
+  if (const json::Value* a = v.get_array(key))
+    for (size_t k = 0; k < a->arr.size(); ++k)
+      out.push_back(a->arr[k].as_int("capture spec '" + key + "'[" + std::to_string(k) + "]", lo, kMaxIndex));
   return out;
 }
 }  // namespace
@@ -51,23 +53,32 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   json::Value v = json::parse(text, "capture spec");
   TORCH_CHECK(v.is_object(), "capture spec: expected a JSON object");
   CaptureSpec s;
-  if (const json::Value* h = v.find("heads"))
-    for (const auto& p : h->arr) {
-      TORCH_CHECK(p.is_array() && p.arr.size() == 2,
-                  "capture spec: each entry of \"heads\" must be [layer, head]");
-      s.heads.emplace_back(static_cast<int64_t>(p.arr[0].num), static_cast<int64_t>(p.arr[1].num));
+  static const char* known[] = {"heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
+                                "attn_entropy", "sink_tokens", "top_k", "temperature", "to_cpu", "chunk_elements"};
+  for (const auto& kv : v.obj)
+    TORCH_CHECK_VALUE(std::find_if(std::begin(known), std::end(known), [&](const char* k) { return kv.first == k; }) !=
+                          std::end(known),
+                      "capture spec: unknown key '", kv.first, "'");
+  if (const json::Value* h = v.get_array("heads"))
+    for (size_t k = 0; k < h->arr.size(); ++k) {
+      const auto& p = h->arr[k];
+      TORCH_CHECK_VALUE(p.is_array() && p.arr.size() == 2,
+                        "capture spec: each entry of \"heads\" must be [layer, head], got ", p.describe());
+      const std::string at = "capture spec 'heads'[" + std::to_string(k) + "]";
+      s.heads.emplace_back(p.arr[0].as_int(at + " layer", 0, kMaxIndex), p.arr[1].as_int(at + " head", 0, kMaxIndex));
     }
-  s.layer_maps = to_ints(v.find("layer_maps"));
-  s.layer_map_head = v.get_int("layer_map_head", -1);
-  s.layers = to_ints(v.find("layers"));
+  s.layer_maps = to_ints(v, "layer_maps", 0);
+  s.layer_map_head = v.get_int("layer_map_head", -1, -1, kMaxIndex);
+  s.layers = to_ints(v, "layers", 0);
   s.received = v.get_bool("received", false);
-  s.from_tokens = to_ints(v.find("from_tokens"));
+  s.from_tokens = to_ints(v, "from_tokens", -kMaxIndex);
   s.attn_entropy = v.get_bool("attn_entropy", false);
-  s.sink_tokens = v.get_int("sink_tokens", 0);
-  s.top_k = v.get_int("top_k", 5);
-  if (const json::Value* t = v.find("temperature")) s.temperature = t->num;
+  s.sink_tokens = v.get_int("sink_tokens", 0, 0, kMaxIndex);
+  s.top_k = v.get_int("top_k", 5, 0, int64_t(1) << 24);
+  s.temperature = v.get_double("temperature", 1.0);
+  TORCH_CHECK_VALUE(s.temperature > 0, "capture spec 'temperature': ", s.temperature, " must be > 0");
   s.to_cpu = v.get_bool("to_cpu", true);
-  s.chunk_elements = v.get_int("chunk_elements", int64_t(1) << 26);
+  s.chunk_elements = v.get_int("chunk_elements", int64_t(1) << 26, 1, int64_t(1) << 40);
   return s;
 }
 

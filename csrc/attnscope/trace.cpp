@@ -73,16 +73,17 @@ Trace Trace::load(const std::string& path) {
   } catch (const c10::Error& e) {
     std::string m = e.what_without_backtrace();
     TORCH_CHECK(m.rfind("file not found", 0) != 0, "trace file not found: '", path, "'");
-    TORCH_CHECK(false, "'", path, "' is not an attnscope trace: ", m);
+    TORCH_CHECK_VALUE(false, "'", path, "' is not an attnscope trace: ", m);
   }
   auto meta = [&](const char* k) {
     auto it = f.metadata.find(k);
     return it == f.metadata.end() ? std::string() : it->second;
   };
-  TORCH_CHECK(meta("format") == kFormat, "'", path, "' is not an attnscope trace: missing format tag '",
-              kFormat, "'");
-  TORCH_CHECK(std::stoll(meta("version")) <= kVersion, "trace '", path, "' has format version ",
-              meta("version"), "; this attnscope reads up to ", kVersion);
+  TORCH_CHECK_VALUE(meta("format") == kFormat, "'", path, "' is not an attnscope trace: missing format tag '",
+                    kFormat, "'");
+  const int64_t version = meta_int(f, "version", path, 1, INT64_MAX);
+  TORCH_CHECK_VALUE(version <= kVersion, "trace '", path, "' has format version ", version,
+                    "; this attnscope reads up to ", kVersion);
   Trace t;
   auto tensor = [&](const char* k) {
     auto it = f.tensors.find(k);
@@ -97,12 +98,22 @@ Trace Trace::load(const std::string& path) {
   for (const auto& kv : f.tensors)
     if (kv.first.rfind(kCapturePrefix, 0) == 0) t.captures[kv.first.substr(kCapturePrefix.size())] = kv.second;
   t.spec = CaptureSpec::from_json(meta("spec"));
-  t.n_layers = std::stoll(meta("n_layers"));
-  t.n_heads = std::stoll(meta("n_heads"));
-  t.n_kv_heads = std::stoll(meta("n_kv_heads"));
+  t.n_layers = meta_int(f, "n_layers", path, 1, 100000);
+  t.n_heads = meta_int(f, "n_heads", path, 1, 65536);
+  t.n_kv_heads = meta_int(f, "n_kv_heads", path, 1, t.n_heads);
   t.layer_paths = parse_string_array(meta("layer_paths"), "trace layer_paths");
   t.tokens = parse_string_array(meta("tokens"), "trace tokens");
-  if (!meta("prompt_len").empty()) t.prompt_len = std::stoll(meta("prompt_len"));
+  // Shapes agree with each other: ids [B, T] are the reference every reader indexes by.
+  TORCH_CHECK_VALUE(t.input_ids.defined() && t.input_ids.dim() == 2 && t.input_ids.scalar_type() == torch::kLong,
+                    "'", path, "': input_ids must be an int64 [B, T] tensor");
+  const auto B = t.input_ids.size(0), T = t.input_ids.size(1);
+  for (const auto& [name, x] : {std::pair<const char*, torch::Tensor>{"attention_mask", t.attention_mask},
+                                {"entropy", t.entropy}})
+    TORCH_CHECK_VALUE(x.defined() && x.dim() == 2 && x.size(0) == B && x.size(1) == T, "'", path, "': ", name,
+                      " must be [", B, ", ", T, "], got ", x.defined() ? x.sizes() : c10::IntArrayRef{});
+  TORCH_CHECK_VALUE(static_cast<int64_t>(t.tokens.size()) == 0 || static_cast<int64_t>(t.tokens.size()) == B * T,
+                    "'", path, "': ", t.tokens.size(), " token strings for ", B, " x ", T, " ids");
+  t.prompt_len = meta_int(f, "prompt_len", path, -1, T, false, -1);
   t.generation = meta("generation");
   return t;
 }

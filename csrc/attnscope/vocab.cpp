@@ -8,27 +8,41 @@ namespace attnscope {
 
 Vocab Vocab::from_tokenizer_json(const std::string& text) {
   json::Value root = json::parse(text, "tokenizer.json");
-  Vocab v;
-  auto put = [&](int64_t id, const std::string& tok) {
-    if (id < 0) return;
-    if (static_cast<int64_t>(v.tokens_.size()) <= id) v.tokens_.resize(id + 1);
-    v.tokens_[id] = tok;
-  };
-  if (const json::Value* model = root.find("model")) {
-    if (const json::Value* vocab = model->find("vocab")) {
-      if (vocab->is_object()) {
-        for (const auto& kv : vocab->obj) put(static_cast<int64_t>(kv.second.num), kv.first);
-      } else if (vocab->is_array()) {  // Unigram: [[piece, score], ...], id = index
-        for (size_t i = 0; i < vocab->arr.size(); ++i)
-          if (vocab->arr[i].is_array() && !vocab->arr[i].arr.empty())
-            put(static_cast<int64_t>(i), vocab->arr[i].arr[0].str);
-      }
+  TORCH_CHECK_VALUE(root.is_object(), "tokenizer.json: expected a JSON object, got ", root.describe());
+  // Ids are dense in real tokenizers: the largest id is bounded by the entries the file holds
+  // (plus slack for gaps), so a tiny file cannot make us allocate gigabytes.
+  std::vector<std::pair<int64_t, std::string>> entries;
+  const json::Value* model = root.find("model");
+  const json::Value* vocab = model ? model->find("vocab") : nullptr;
+  if (vocab && vocab->is_object()) {
+    for (const auto& kv : vocab->obj)
+      entries.emplace_back(kv.second.as_int("tokenizer.json model.vocab['" + kv.first.substr(0, 40) + "']", 0,
+                                            INT64_MAX), kv.first);
+  } else if (vocab && vocab->is_array()) {  // Unigram: [[piece, score], ...], id = index
+    for (size_t i = 0; i < vocab->arr.size(); ++i) {
+      const auto& e = vocab->arr[i];
+      TORCH_CHECK_VALUE(e.is_array() && !e.arr.empty() && e.arr[0].is_string(), "tokenizer.json model.vocab[", i,
+                        "]: expected [piece, score], got ", e.describe());
+      entries.emplace_back(static_cast<int64_t>(i), e.arr[0].str);
     }
   }
-  if (const json::Value* added = root.find("added_tokens"))
-    for (const auto& t : added->arr) put(t.get_int("id", -1), t.get_string("content", ""));
-  TORCH_CHECK(!v.tokens_.empty(), "tokenizer.json: no vocabulary found under model.vocab or "
-              "added_tokens");
+  if (const json::Value* added = root.get_array("added_tokens"))
+    for (size_t i = 0; i < added->arr.size(); ++i) {
+      const auto& t = added->arr[i];
+      TORCH_CHECK_VALUE(t.is_object(), "tokenizer.json added_tokens[", i, "]: expected an object");
+      entries.emplace_back(t.get_int("id", -1, 0, INT64_MAX), t.get_string("content", ""));
+    }
+  const int64_t limit = static_cast<int64_t>(entries.size()) + 1024;
+  Vocab v;
+  for (const auto& e : entries) {
+    if (e.first < 0) continue;
+    TORCH_CHECK_VALUE(e.first < limit, "tokenizer.json: token id ", e.first, " ('", e.second.substr(0, 40),
+                      "') is beyond what its ", entries.size(), " entries can number (ids below ", limit, ")");
+    if (static_cast<int64_t>(v.tokens_.size()) <= e.first) v.tokens_.resize(e.first + 1);
+    v.tokens_[e.first] = e.second;
+  }
+  TORCH_CHECK_VALUE(!v.tokens_.empty(), "tokenizer.json: no vocabulary found under model.vocab or "
+                    "added_tokens");
   return v;
 }
 
@@ -37,7 +51,11 @@ Vocab Vocab::from_token_list(const std::string& text) {
   TORCH_CHECK(root.is_array() && !root.arr.empty(), "tokens.json: expected a non-empty JSON array "
               "of token strings (index = id)");
   Vocab v;
-  for (const auto& t : root.arr) v.tokens_.push_back(t.str);
+  for (size_t i = 0; i < root.arr.size(); ++i) {
+    TORCH_CHECK_VALUE(root.arr[i].is_string(), "tokens.json[", i, "]: expected a token string, got ",
+                      root.arr[i].describe());
+    v.tokens_.push_back(root.arr[i].str);
+  }
   return v;
 }
 

@@ -2,6 +2,8 @@
 // Text is tokenised on the Python side; this tool takes ids.
 #include <attnscope/model.h>
 
+#include <charconv>
+#include <cmath>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
@@ -46,16 +48,31 @@ output
   --help               this text
 )";
 
+// Values parsed whole with std::from_chars (no locale, no silent prefix): "--top-k x" says
+// which flag and what it got instead of std::stoll's bare "stoll".
+int64_t parse_int(const std::string& s, const std::string& flag) {
+  int64_t v = 0;
+  auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size())
+    throw std::invalid_argument(flag + ": '" + s + "' is not an integer");
+  return v;
+}
+
+double parse_number(const std::string& s, const std::string& flag) {
+  double v = 0;
+  auto r = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (s.empty() || r.ec != std::errc() || r.ptr != s.data() + s.size() || !std::isfinite(v))
+    throw std::invalid_argument(flag + ": '" + s + "' is not a finite number");
+  return v;
+}
+
 std::vector<int64_t> parse_ints(const std::string& s, const std::string& flag) {
   std::vector<int64_t> out;
   std::string tok;
   std::stringstream ss(s);
   while (std::getline(ss, tok, ',')) {
     if (tok.empty()) continue;
-    char* end = nullptr;
-    long long v = std::strtoll(tok.c_str(), &end, 10);
-    if (*end != '\0') throw std::invalid_argument(flag + ": '" + tok + "' is not an integer");
-    out.push_back(v);
+    out.push_back(parse_int(tok, flag));
   }
   return out;
 }
@@ -93,7 +110,7 @@ int main(int argc, char** argv) {
       else if (f == "--model") model_path = next();
       else if (f == "--ids") ids = parse_ints(next(), "--ids");
       else if (f == "--ids-file") ids_file = next();
-      else if (f == "--pad-id") pad_id = std::stoll(next());
+      else if (f == "--pad-id") pad_id = parse_int(next(), f);
       else if (f == "--device") device = next();
       else if (f == "--out") out_path = next();
       else if (f == "--describe") describe = true;
@@ -104,20 +121,20 @@ int main(int argc, char** argv) {
         while (std::getline(ss, pair, ',')) {
           auto c = pair.find(':');
           if (c == std::string::npos) throw std::invalid_argument("--heads: '" + pair + "' is not LAYER:HEAD");
-          spec.heads.emplace_back(std::stoll(pair.substr(0, c)), std::stoll(pair.substr(c + 1)));
+          spec.heads.emplace_back(parse_int(pair.substr(0, c), "--heads layer"), parse_int(pair.substr(c + 1), "--heads head"));
         }
         any_capture = true;
       }
       else if (f == "--layer-maps") { spec.layer_maps = parse_ints(next(), f); any_capture = true; }
-      else if (f == "--layer-map-head") spec.layer_map_head = std::stoll(next());
+      else if (f == "--layer-map-head") spec.layer_map_head = parse_int(next(), f);
       else if (f == "--layers") spec.layers = parse_ints(next(), f);
       else if (f == "--received") { spec.received = true; any_capture = true; }
       else if (f == "--attn-entropy") { spec.attn_entropy = true; any_capture = true; }
-      else if (f == "--sink") { spec.sink_tokens = std::stoll(next()); any_capture = true; }
+      else if (f == "--sink") { spec.sink_tokens = parse_int(next(), f); any_capture = true; }
       else if (f == "--from") { spec.from_tokens = parse_ints(next(), f); any_capture = true; }
-      else if (f == "--top-k") spec.top_k = std::stoll(next());
-      else if (f == "--temperature") spec.temperature = std::stod(next());
-      else if (f == "--chunk-elements") spec.chunk_elements = std::stoll(next());
+      else if (f == "--top-k") spec.top_k = parse_int(next(), f);
+      else if (f == "--temperature") spec.temperature = parse_number(next(), f);
+      else if (f == "--chunk-elements") spec.chunk_elements = parse_int(next(), f);
       else throw std::invalid_argument("unknown option '" + f + "' (see --help)");
     }
     if (model_path.empty()) throw std::invalid_argument("--model is required (see --help)");

@@ -119,6 +119,35 @@ def cached_archive_name(path, digest, attention):
     return f"{stem}-{key}-{attention}.pt"
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Removes `*.tmp<PID>` / `*.partial<PID>` files in `folder` whose writer no longer runs
+    (killed during an export or save: up to the size of an archive each)."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        pids = [int(p) for p in re.findall(r"\.(?:tmp|partial)(\d+)", name)]
+        if pids and all(p != os.getpid() and not _pid_alive(p) for p in pids):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
 def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
     """Path of a TorchScript archive for `path`: the path itself for an archive, else the cached
     export of the GGUF file / checkpoint folder (made now if missing or `rebuild`)."""
@@ -128,6 +157,7 @@ def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
     kind = kind_of(path)
     if kind == "archive":
         return path
+    remove_stale_temporaries(cache_dir())
     digest = content_hash(path, progress=progress)
     out = os.path.join(cache_dir(), cached_archive_name(path, digest, attention))
     if os.path.isfile(out) and not rebuild and _intact(out):

@@ -1,0 +1,267 @@
+"""Hostile files and careless values: trace/dataset safetensors with bad headers, offsets or
+sizes, JSON that is not JSON or holds absurd numbers, tokenizer.json / attnscope.json that ask
+for huge allocations, masks that are not 0/1. Each is a ValueError naming the value, raised
+before anything is allocated from the file's word."""
+import json
+import os
+import struct
+import zipfile
+
+import pytest
+import torch
+from conftest import BUILD
+
+import attnscope
+from attnscope import _core
+
+FIX = os.path.join(BUILD, "fixtures")
+
+
+def st_file(path, header, data=b"", raw_len=None):
+    h = json.dumps(header).encode() if isinstance(header, dict) else header
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h) if raw_len is None else raw_len) + h + data)
+    return str(path)
+
+
+META = {"format": "attnscope-trace", "version": "1", "n_layers": "2", "n_heads": "2", "n_kv_heads": "2", "spec": "{}",
+        "layer_paths": "[]", "tokens": "[]"}
+
+
+@pytest.mark.parametrize("header,data,msg", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+     b"\0" * 12, r"tensor 'b' starts at byte 4 of the data, expected 8 \(tensors must be contiguous and not overlap\)"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 4, r"data_offsets \[0, 8\) outside the data section of 4 bytes"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, b"", r"data_offsets\[0\]: -8 out of range"),
+    ({"a": {"dtype": "F32", "shape": [100000, 100000], "data_offsets": [0, 8]}}, b"\0" * 8,
+     r"holds 8 bytes, but dtype F32 x its shape needs more than the file"),
+    ({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [4], "data_offsets": [8, 24]}},
+     b"\0" * 24, r"tensor 'a' holds 8 bytes, but dtype F32 x its shape needs 16"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 12, r"the tensors cover 8 of the 12 data bytes"),
+    ({"a": {"dtype": "F32", "shape": [2.5], "data_offsets": [0, 8]}}, b"\0" * 8, r"shape\[0\]: expected an integer, got 2.5"),
+    ({"__metadata__": {"n": 3}}, b"", r"__metadata__ 'n' is 3, expected a string"),
+    ({"a": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, r"unsupported dtype 'Q4'"),
+])
+def test_bad_safetensors_headers(tmp_path, header, data, msg):
+    path = st_file(tmp_path / "t.safetensors", header, data)
+    with pytest.raises(ValueError, match=msg):
+        attnscope.Trace.load(path)
+
+
+def test_bad_lengths_and_truncation(tmp_path):
+    (tmp_path / "7.safetensors").write_bytes(b"\x08\0\0\0\0\0\0")
+    with pytest.raises(ValueError, match=r"7 bytes, less than its 8-byte header length"):
+        attnscope.Trace.load(str(tmp_path / "7.safetensors"))
+    path = st_file(tmp_path / "big.safetensors", b"{}", raw_len=1 << 40)
+    with pytest.raises(ValueError, match=r"header length 1099511627776 for a file of 10 bytes"):
+        attnscope.Trace.load(path)
+    path = st_file(tmp_path / "arr.safetensors", b"[1]   ")
+    with pytest.raises(ValueError, match=r"does not start with '\{'"):
+        attnscope.Trace.load(path)
+    path = st_file(tmp_path / "nan.safetensors", b'{"a": NaN}')
+    with pytest.raises(ValueError, match=r"malformed JSON at byte 6"):
+        attnscope.Trace.load(path)
+
+
+def test_trace_metadata_checked(tmp_path, toy):
+    t = toy.run([1, 2, 3])
+    good = tmp_path / "good.safetensors"
+    t.save(good)
+    from safetensors.torch import load_file, save_file
+    tensors = load_file(str(good))
+    from safetensors import safe_open
+    with safe_open(str(good), "pt") as f:
+        meta = f.metadata()
+    for key, value, msg in [("n_heads", "1e8", r"metadata 'n_heads' is '1e8', expected an integer"),
+                            ("n_layers", "0", r"metadata 'n_layers' 0 out of range: expected 1..100000"),
+                            ("version", "x", r"metadata 'version' is 'x', expected an integer"),
+                            ("prompt_len", "99", r"metadata 'prompt_len' 99 out of range: expected -1..3")]:
+        bad = tmp_path / f"{key}.safetensors"
+        save_file(tensors, str(bad), metadata={**meta, key: value})
+        with pytest.raises(ValueError, match=msg):
+            attnscope.Trace.load(str(bad))
+    bad = tmp_path / "shape.safetensors"
+    save_file({**tensors, "entropy": torch.zeros(1, 5)}, str(bad), metadata=meta)
+    with pytest.raises(ValueError, match=r"entropy must be \[1, 3\], got \[1, 5\]"):
+        attnscope.Trace.load(str(bad))
+
+
+def test_dataset_length_must_match_its_tensors(tmp_path, toy):
+    d = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4]], length=4, num=None)
+    d.save(str(tmp_path / "d.safetensors"))
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    with safe_open(str(tmp_path / "d.safetensors"), "pt") as f:
+        meta = f.metadata()
+    save_file(load_file(str(tmp_path / "d.safetensors")), str(tmp_path / "bad.safetensors"),
+              metadata={**meta, "length": "100000000"})
+    with pytest.raises(ValueError, match=r"its position axes must be the file's length 100000000"):
+        attnscope.DatasetTrace.load(str(tmp_path / "bad.safetensors"))
+
+
+@pytest.mark.parametrize("text,msg", [
+    ('{"heads": [[0, NaN]]}', r"malformed JSON at byte 15: unexpected character"),
+    ('{"heads": [[0, 1e300]]}', r"'heads'\[0\] head: expected an integer, got 1.0000000000000001e\+300"),
+    ('{"heads": [[0, 2.9]]}', r"'heads'\[0\] head: expected an integer, got 2.8999999999999999"),
+    ('{"heads": [[0, 0x10]]}', r"malformed JSON at byte 16"),
+    ('{"heads": [[0, +3]]}', r"malformed JSON at byte 15: unexpected character"),
+    ('{"heads": [[0, inf]]}', r"malformed JSON at byte 15: unexpected character"),
+    ('{"heads": "all"}', r"'heads': expected an array, got \"all\""),
+    ('{"heads": [[0, -1]]}', r"head: -1 out of range"),
+    ('{"top_k": 1e300}', r"'top_k': expected an integer"),
+    ('{"top_k": 012}', r"leading zero"),
+    ('{"received": 1}', r"'received': expected true or false, got 1"),
+    ('{"temperature": 0}', r"'temperature': 0 must be > 0"),
+    ('{"bogus": 1}', r"capture spec: unknown key 'bogus'"),
+    ('{"a": "\x01"}', r"unescaped control character"),
+    ('{"a": "\\ud800"}', r"lone high surrogate"),
+    ('{"layers": [1e999]}', r"number out of range of a double"),
+])
+def test_capture_spec_json_is_strict(text, msg):
+    with pytest.raises(ValueError, match=msg):
+        _core.CaptureSpec.from_json(text)
+
+
+def test_capture_spec_json_still_reads_good_specs():
+    s = _core.CaptureSpec.from_json('{"heads": [[0, 1], [2, 3]], "layers": [0], "temperature": 0.5e0, "top_k": 0, '
+                                    '"from_tokens": [-1], "chunk_elements": 1024}')
+    assert s.heads == [(0, 1), (2, 3)] and s.temperature == 0.5 and s.top_k == 0 and s.from_tokens == [-1]
+
+
+def with_extra(tmp_path, name, extra):
+    """A copy of the toy fixture whose extra file `extra` is replaced."""
+    src = os.path.join(FIX, "toy_hf_eager.pt")
+    out = tmp_path / name
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(out, "w") as zout:
+        for item in zin.infolist():
+            base = item.filename.split("/extra/")[-1] if "/extra/" in item.filename else None
+            if base in extra:
+                continue
+            zout.writestr(item, zin.read(item.filename))
+        prefix = zin.namelist()[0].split("/")[0]
+        for k, v in extra.items():
+            zout.writestr(f"{prefix}/extra/{k}", v)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    path = os.path.join(FIX, "toy_hf_eager.pt")
+    if not os.path.exists(path):
+        pytest.skip("fixtures not built")
+    return attnscope.load(path, device="cpu")
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ({"attnscope.json": '{"num_heads": 100000000}'}, r"'num_heads': 100000000 out of range: expected 1..65536"),
+    ({"attnscope.json": '{"num_layers": 1e300}'}, r"'num_layers': expected an integer, got 1.0000000000000001e\+300"),
+    ({"attnscope.json": '{"num_layers": 0}'}, r"'num_layers': 0 out of range"),
+    ({"attnscope.json": '{"num_heads": 4, "num_kv_heads": 3}'}, r"num_kv_heads 3 must divide num_heads 4"),
+    ({"attnscope.json": '{"family": 3}'}, r"'family': expected a string, got 3"),
+    ({"tokenizer.json": '{"model": {"vocab": {"a": 50000000}}}'},
+     r"token id 50000000 \('a'\) is beyond what its 1 entries can number \(ids below 1025\)"),
+    ({"tokenizer.json": '{"model": {"vocab": {"a": 1e12}}}'}, r"model.vocab\['a'\]: expected an integer, got 1000000000000"),
+    ({"tokenizer.json": '{"added_tokens": [{"id": -5, "content": "x"}]}'}, r"'id': -5 out of range"),
+])
+def test_archive_extras_are_validated(tmp_path, extra, msg, toy):
+    with pytest.raises(ValueError, match=msg):
+        _core.Model.load(with_extra(tmp_path, "bad.pt", extra), "cpu")
+
+
+@pytest.mark.parametrize("mask,msg", [
+    (torch.tensor([[1.0, 0.5, 1.0]]), r"attention_mask has dtype Float: expected bool or an integer type"),
+    (torch.tensor([[1, 2, 1]]), r"attention_mask must hold only 0 \(padding\) and 1 \(token\); got 2 in row 0"),
+    (torch.tensor([[1, 0, 1]]), r"has padding between tokens"),
+])
+def test_attention_mask_only_zero_one(toy, mask, msg):
+    with pytest.raises((ValueError, RuntimeError), match=msg):
+        toy.run(torch.tensor([[1, 2, 3]]), attention_mask=mask)
+
+
+def test_threads_calling_run_on_one_model_give_the_serial_results():
+    # The binding releases the GIL: runs really overlap. The model's facts are fixed at load.
+    from concurrent.futures import ThreadPoolExecutor
+    path = os.path.join(FIX, "toy_hf_eager.pt")
+    if not os.path.exists(path):
+        pytest.skip("fixtures not built")
+    m = attnscope.load(path, device="cpu")
+    inputs = [torch.tensor([[(i * 7 + j) % 50 + 1 for j in range(5 + i % 7)]]) for i in range(24)]
+    spec = {"heads": [(1, 2)], "received": True}
+    serial = [m.run(x, capture=spec) for x in inputs]
+    with ThreadPoolExecutor(6) as pool:
+        for _ in range(3):
+            got = list(pool.map(lambda x: m.run(x, capture=spec), inputs))
+            for a, b in zip(serial, got):
+                assert torch.equal(a.entropy, b.entropy)
+                assert torch.equal(a.captures["head_map/L1H2"], b.captures["head_map/L1H2"])
+                assert torch.equal(a.captures["received_mean"], b.captures["received_mean"])
+                assert (b.n_layers, b.n_heads) == (m.n_layers, m.n_heads)
+
+
+def test_save_killed_midway_leaves_the_old_or_the_new_file(tmp_path):
+    # A writer saving a ~40 MB trace again and again is SIGKILLed at random moments: the file
+    # always loads (old or new, complete), and the next save removes the dead writer's temporary.
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import ROOT
+    path = tmp_path / "t.safetensors"
+    script = (
+        "import sys, torch, attnscope\n"
+        "m = attnscope.load(sys.argv[1], device='cpu')\n"
+        "t = m.run(torch.randint(1, 60, (1, 60)), capture={'heads': [(l, h) for l in range(3) for h in range(4)]})\n"
+        "t._core.set_capture('pad', torch.zeros(10_000_000))\n"
+        "t.save(sys.argv[2]); print('saved', flush=True)\n"
+        "while True: t.save(sys.argv[2])\n")
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
+    rng = random.Random(0)
+    for _ in range(4):
+        p = subprocess.Popen([sys.executable, "-c", script, os.path.join(FIX, "toy_hf_eager.pt"), str(path)],
+                             env=env, stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == "saved"
+        time.sleep(rng.uniform(0.05, 0.6))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        t = attnscope.Trace.load(str(path))  # complete: validated header, offsets and sizes
+        assert t.captures["pad"].numel() == 10_000_000
+    leftovers = [f.name for f in tmp_path.iterdir() if ".tmp" in f.name]
+    attnscope.Trace.load(str(path)).save(str(path))
+    assert not [f.name for f in tmp_path.iterdir() if ".tmp" in f.name], leftovers
+
+
+def test_stale_export_temporaries_are_removed(tmp_path):
+    from attnscope.models.checkpoints import remove_stale_temporaries
+    dead = subprocess_pid_that_exited()
+    for name in (f"a.pt.tmp{dead}", f"b-sdpa.pt.partial{dead}", f"b-sdpa.pt.partial{dead}.tmp{dead}",
+                 f"live.pt.tmp{os.getpid()}", "keep.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(remove_stale_temporaries(str(tmp_path))) == sorted(
+        [f"a.pt.tmp{dead}", f"b-sdpa.pt.partial{dead}", f"b-sdpa.pt.partial{dead}.tmp{dead}"])
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["keep.pt", f"live.pt.tmp{os.getpid()}"]
+
+
+def subprocess_pid_that_exited():
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--top-k", "x"], "--top-k: 'x' is not an integer"),
+    (["--temperature", "1e999"], "--temperature: '1e999' is not a finite number"),
+    (["--heads", "0:x"], "--heads head: 'x' is not an integer"),
+    (["--pad-id", "3.5"], "--pad-id: '3.5' is not an integer"),
+    (["--ids", "1,2x"], "--ids: '2x' is not an integer"),
+])
+def test_cpp_cli_names_bad_numbers(args, msg):
+    import subprocess
+    cli = os.path.join(BUILD, "attnscope-cli")
+    if not os.path.exists(cli):
+        pytest.skip("attnscope-cli not built")
+    base = ["--model", os.path.join(FIX, "toy_hf_eager.pt"), "--ids", "1,2"]
+    r = subprocess.run([cli, *base, *args], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == f"attnscope-cli: {msg}", r.stderr
