@@ -64,7 +64,7 @@ def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None):
         "attention_layers.png": attnscope.visualize_attention_layers(trace, layers, **opts),
     }
     for name, fig in figs.items():
-        fig.savefig(os.path.join(out, name), dpi=dpi)
+        save_figure(fig, os.path.join(out, name), dpi)
     trace.save(os.path.join(out, "trace.safetensors"))
     table = entropy_table(trace, model)
     with open(os.path.join(out, "high_entropy_tokens.md"), "w") as f:
@@ -121,6 +121,37 @@ def generate(args):
     print("wrote " + ", ".join(written) + " to " + args.out)
 
 
+def save_figure(fig, path, dpi):
+    """Saves next to `path` and renames over it: a full disk or a kill leaves no truncated figure
+    under the final name (the error names the file)."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        fig.savefig(tmp, dpi=dpi, format=ext)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path!r}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def _check_writable_file(out, exts):
+    """Before the model loads: the extension, and a folder that exists and can be written."""
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a folder: expected a file path ending in {', '.join(exts)}")
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in exts:
+        raise ValueError(f"--out {out!r}: expected a {', '.join(exts[:-1])} or {exts[-1]} file")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {out!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {out!r}: folder {folder!r} is not writable")
+
+
 def _check_out_dir(out):
     if os.path.exists(out) and not os.path.isdir(out):
         raise ValueError(f"--out {out!r} exists and is not a folder")
@@ -128,9 +159,7 @@ def _check_out_dir(out):
 
 def plot(args):
     import attnscope
-    ext = os.path.splitext(args.out)[1].lower()
-    if ext not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"--out {args.out!r}: expected a .png, .svg or .pdf file")
+    _check_writable_file(args.out, (".png", ".svg", ".pdf"))
     if args.pattern not in ("mean", "max", "specific_token"):
         raise ValueError(f"--pattern {args.pattern!r}: expected mean, max or specific_token")
     if args.kind == "patterns" and args.pattern == "specific_token" and args.token_idx is None:
@@ -146,7 +175,7 @@ def plot(args):
                                                      args.token_idx, **opts)
     else:
         fig = attnscope.visualize_attention_layers(trace, _ints(args.layers or "0"), head_idx=args.head, **opts)
-    fig.savefig(args.out, dpi=args.dpi)
+    save_figure(fig, args.out, args.dpi)
     print(f"wrote {args.out}")
 
 
@@ -276,7 +305,7 @@ def _dataset(args, device, rank, dist):
             d, [(l, 0) for l in layers[:4]], "mean"),
     }
     for name, fig in figs.items():
-        fig.savefig(os.path.join(args.out, name), dpi=args.dpi)
+        save_figure(fig, os.path.join(args.out, name), args.dpi)
     print(f"{d.n_sequences} sequences of {d.length} tokens, {d.n_layers} layers x {d.n_heads} heads"
           + (f", {summary['world_size']} processes" if dist else ""))
     print(f"Sink1 (eps={d.epsilon:g}): {d.sink1:.1%} of heads; per layer: "
@@ -361,8 +390,9 @@ def main(argv=None):
         matplotlib.use("Agg")  # files only; never a window
     try:
         args.fn(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
-        print(f"attnscope {args.cmd}: {str(e).splitlines()[0]}", file=sys.stderr)
+    except (ValueError, RuntimeError, OSError) as e:  # OSError: missing files, full disk, permissions
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"attnscope {args.cmd}: {msg}", file=sys.stderr)
         return 1
     return 0
 

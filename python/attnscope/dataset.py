@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from . import _core
@@ -91,7 +92,14 @@ def _sequences(model, data, length, num, skip_short, bos):
         raise ValueError("bos=True but the model archive names no BOS token (attnscope.json bos_id)")
     out, short = [], 0
     for i, item in enumerate(data):
-        ids = model.encode(item) if isinstance(item, str) else [int(x) for x in item]
+        if isinstance(item, str):
+            ids = model.encode(item)
+        else:
+            bad = [x for x in item if isinstance(x, bool) or not (isinstance(x, (int, np.integer))
+                   or (isinstance(x, torch.Tensor) and x.dim() == 0 and not x.is_floating_point()))]
+            if bad:  # 3.7 would silently become token 3
+                raise ValueError(f"sequence {i}: token ids must be integers, got {bad[0]!r}")
+            ids = [int(x) for x in item]
         if bos:
             ids = [model.bos_id] + ids
         if not ids or (length is not None and len(ids) < length):
@@ -184,7 +192,9 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
         bar.close()
     if world > 1:
         all_reduce(stats, group)
-    return DatasetTrace(stats, meta={"num": len(seqs), "length": length, "bos": bool(bos),
+    src = model.metadata.get("sha256") or model.metadata.get("source") or ""
+    model_id = f"{model.family or 'unknown'} {n_layers}x{n_heads} {src}".strip()
+    return DatasetTrace(stats, meta={"model": model_id, "num": len(seqs), "length": length, "bos": bool(bos),
                                      "world_size": world,
                                      "elapsed_s": round(time.perf_counter() - start, 3)})
 
@@ -330,10 +340,19 @@ def merge_datasets(*traces):
     """One DatasetTrace with the summed statistics of several (same model, parts and ε)."""
     if not traces:
         raise ValueError("merge_datasets: no dataset traces given")
-    first = traces[0].stats
-    stats = _core.DatasetStats(first.parts, first.epsilon)
     for t in traces:
         if not isinstance(t, DatasetTrace):
             raise ValueError(f"merge_datasets: expected DatasetTrace, got {type(t).__name__}")
+    models = {t.meta["model"] for t in traces if t.meta.get("model")}
+    if len(models) > 1:  # same shape is not the same model: statistics of two models do not add
+        raise ValueError(f"merge_datasets: the datasets come from different models ({' vs '.join(sorted(models))})")
+    lengths = sorted({t.stats.length for t in traces})
+    if len(lengths) > 1:
+        import warnings
+        warnings.warn(f"merge_datasets: sequence lengths differ ({lengths}); positions beyond a dataset's length "
+                      "count only the sequences that reach them", stacklevel=2)
+    first = traces[0].stats
+    stats = _core.DatasetStats(first.parts, first.epsilon)
+    for t in traces:
         stats.merge(t.stats)
     return DatasetTrace(stats, meta=traces[0].meta)

@@ -68,3 +68,34 @@ def test_run_and_errors(tmp_path):
     assert r.returncode == 1 and "layer 9 out of range" in r.stderr
     r = cli("plot", "--model", TOY, "--text", "t2", "--kind", "heads", "--layers-heads", "a:b", "--out", "x.png")
     assert r.returncode != 0 and "is not a list of LAYER:HEAD pairs" in r.stderr
+
+
+def test_plot_checks_its_output_before_loading_and_never_leaves_a_torn_file(tmp_path):
+    # A nonexistent model shows the checks run before loading: the error is about --out.
+    for out, msg in [(str(tmp_path), "is a folder: expected a file path ending in .png, .svg, .pdf"),
+                     (str(tmp_path / "x.jpg"), "expected a .png, .svg or .pdf file"),
+                     (str(tmp_path / "nope" / "x.png"), "does not exist")]:
+        r = cli("plot", "--model", "/nonexistent.pt", "--text", "a", "--kind", "heads", "--out", out)
+        assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+    if not os.path.exists(TOY):
+        pytest.skip("fixtures not built")
+    r = cli("plot", "--model", TOY, "--device", "cpu", "--text", "t2 t3", "--kind", "layers",
+            "--out", str(tmp_path / "ok.svg"))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.svg"]  # written through a temporary, renamed
+
+
+def test_save_figure_failure_names_the_file_and_leaves_nothing(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from attnscope.cli import save_figure
+    fig = plt.figure()
+
+    def enospc(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(fig, "savefig", enospc)
+    with pytest.raises(OSError, match=r"cannot write '.*f.svg': No space left on device"):
+        save_figure(fig, str(tmp_path / "f.svg"), 100)
+    assert list(tmp_path.iterdir()) == []
+    plt.close("all")

@@ -265,3 +265,37 @@ def test_cpp_cli_names_bad_numbers(args, msg):
     base = ["--model", os.path.join(FIX, "toy_hf_eager.pt"), "--ids", "1,2"]
     r = subprocess.run([cli, *base, *args], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip() == f"attnscope-cli: {msg}", r.stderr
+
+
+def test_damaged_archive_is_refused_by_name(tmp_path):
+    src = os.path.join(FIX, "toy_hf_eager.pt")
+    if not os.path.exists(src):
+        pytest.skip("fixtures not built")
+    raw = bytearray(open(src, "rb").read())
+    with zipfile.ZipFile(src) as z:
+        info = z.getinfo("toy_hf_eager/data/3")
+    n_name, n_extra = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])  # local header
+    start = info.header_offset + 30 + n_name + n_extra  # the member's bytes (stored, not compressed)
+    raw[start + 2] ^= 0xFF
+    bad = tmp_path / "damaged.pt"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"damaged.pt: damaged TorchScript archive \(Bad CRC-32 for file 'toy_hf_eager/data/3'\)"):
+        attnscope.load(str(bad), device="cpu")
+    latin = with_extra(tmp_path, "latin.pt", {"attnscope.json": b"{\"family\": \"caf\xe9\"}"})
+    from attnscope.models import read_extra_file
+    with pytest.raises(ValueError, match=r"latin.pt: extra file 'attnscope.json' is not UTF-8 text"):
+        read_extra_file(latin, "attnscope.json")
+
+
+def test_dataset_merge_and_ids_checked(toy, tmp_path):
+    a = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4]], length=4, num=None)
+    b = attnscope.aggregate_dataset(toy, [[5, 6, 7, 8]], length=4, num=None)
+    assert a.merge(b).n_sequences == 2
+    b.meta["model"] = "llama 3x4 other-weights"
+    with pytest.raises(ValueError, match=r"the datasets come from different models \(.* vs .*\)"):
+        a.merge(b)
+    c = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4, 5, 6]], length=6, num=None)
+    with pytest.warns(UserWarning, match=r"sequence lengths differ \(\[4, 6\]\)"):
+        a.merge(c)
+    with pytest.raises(ValueError, match=r"sequence 0: token ids must be integers, got 3.7"):
+        attnscope.aggregate_dataset(toy, [[1, 2, 3.7, 4]], length=4, num=None)

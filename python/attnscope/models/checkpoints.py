@@ -156,6 +156,7 @@ def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
     path = os.fspath(path)
     kind = kind_of(path)
     if kind == "archive":
+        verify_archive(path)
         return path
     remove_stale_temporaries(cache_dir())
     digest = content_hash(path, progress=progress)
@@ -177,6 +178,29 @@ def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
         if os.path.exists(partial):
             os.remove(partial)
     return out
+
+
+FULL_CRC_BYTES = 4 << 30  # archives up to 4 GB: every member's CRC; larger: code and extra files only
+
+
+def verify_archive(path):
+    """ValueError naming the archive and the member when a zip member fails its CRC (a damaged
+    download or disk): TorchScript itself would load damaged weights and run them (NaN logits).
+    Archives above FULL_CRC_BYTES check their code, constants and extra files, not the weights."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            full = os.path.getsize(path) <= FULL_CRC_BYTES
+            for info in z.infolist():
+                if not full and "/data/" in info.filename:
+                    continue
+                with z.open(info) as f:
+                    while f.read(1 << 22):
+                        pass
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: damaged TorchScript archive ({e})") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the archive ({e})") from None
 
 
 def _intact(path):

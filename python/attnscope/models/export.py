@@ -87,9 +87,13 @@ def read_extra_file(path, name, *, verify=False):
             member = next((n for n in z.namelist() if n.endswith("extra/" + name)), None)
             if member is None:
                 raise ValueError(f"{path}: no extra file {name!r} in the archive")
-            return z.read(member).decode()
+            data = z.read(member)
     except (zipfile.BadZipFile, OSError) as e:
         raise ValueError(f"{path}: not a TorchScript archive ({e})") from e
+    try:
+        return data.decode()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: extra file {name!r} is not UTF-8 text ({e})") from None
 
 
 def archive_tokenizer(path):
