@@ -7,6 +7,7 @@ import os
 import struct
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 from conftest import BUILD
@@ -299,3 +300,28 @@ def test_dataset_merge_and_ids_checked(toy, tmp_path):
         a.merge(c)
     with pytest.raises(ValueError, match=r"sequence 0: token ids must be integers, got 3.7"):
         attnscope.aggregate_dataset(toy, [[1, 2, 3.7, 4]], length=4, num=None)
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ({"llama.attention.head_count": 0}, r"GGUF field 'llama.attention.head_count' is 0, expected >= 1"),
+    ({"llama.attention.head_count": 3}, r"head_count 3, head_count_kv 3 and embedding_length 8 disagree"),
+])
+def test_gguf_header_values_checked(tmp_path, fields, msg):
+    gguf = pytest.importorskip("gguf")
+    from attnscope.models import read_gguf
+    path = str(tmp_path / "bad.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    base = {"llama.attention.head_count": 2, "llama.embedding_length": 8, "llama.block_count": 1,
+            "llama.feed_forward_length": 16, "llama.context_length": 32}
+    for k, v in {**base, **fields}.items():
+        w.add_uint32(k, v)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match=msg):
+        read_gguf(path)
+    (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\xff" * 40)
+    with pytest.raises(ValueError, match=r"junk.gguf: not a readable GGUF file"):
+        read_gguf(str(tmp_path / "junk.gguf"))

@@ -26,8 +26,28 @@ def _reader(path):
         raise ImportError("reading GGUF needs the `gguf` package: pip install gguf") from e
     try:
         return gguf, gguf.GGUFReader(str(path))
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
+    except (ValueError, OSError, KeyError, IndexError, struct_error()) as e:  # gguf's own errors for a bad header
+        raise ValueError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+
+
+def struct_error():
+    import struct
+    return struct.error
+
+
+def _int_field(reader, path, key, default=None, *, least=1):
+    """An integer field >= least; ValueError naming the key otherwise (a head_count of 0 would
+    divide by zero later)."""
+    v = _field(reader, key, default)
+    if v is None:
+        raise ValueError(f"{path}: GGUF field {key!r} is missing")
+    try:
+        i = int(v)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: GGUF field {key!r} is {v!r}, expected an integer") from None
+    if i < least:
+        raise ValueError(f"{path}: GGUF field {key!r} is {i}, expected >= {least}")
+    return i
 
 
 def _field(reader, key, default=None):
@@ -53,16 +73,19 @@ def read_gguf(path):
         raise ValueError(f"{path}: GGUF architecture {arch!r} unsupported: expected 'llama' "
                          "(Llama, SmolLM2, Mistral-as-llama)")
     a = "llama."
-    n_head = int(_field(r, a + "attention.head_count"))
-    n_kv = int(_field(r, a + "attention.head_count_kv", n_head))
-    hidden = int(_field(r, a + "embedding_length"))
+    n_head = _int_field(r, path, a + "attention.head_count")
+    n_kv = _int_field(r, path, a + "attention.head_count_kv", n_head)
+    hidden = _int_field(r, path, a + "embedding_length")
+    if n_head % n_kv or hidden % n_head:
+        raise ValueError(f"{path}: GGUF head_count {n_head}, head_count_kv {n_kv} and embedding_length {hidden} "
+                         "disagree: KV heads must divide heads, heads must divide the embedding")
     tokens = _field(r, "tokenizer.ggml.tokens")
     config = {
         "model_type": "llama",
         "vocab_size": int(_field(r, a + "vocab_size", len(tokens) if tokens else 0)),
         "hidden_size": hidden,
-        "intermediate_size": int(_field(r, a + "feed_forward_length")),
-        "num_hidden_layers": int(_field(r, a + "block_count")),
+        "intermediate_size": _int_field(r, path, a + "feed_forward_length"),
+        "num_hidden_layers": _int_field(r, path, a + "block_count"),
         "num_attention_heads": n_head,
         "num_key_value_heads": n_kv,
         "head_dim": int(_field(r, a + "rope.dimension_count", hidden // n_head)),
