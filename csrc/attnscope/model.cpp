@@ -151,6 +151,12 @@ void Model::prepare() {
     if (info_.n_layers < 0 && !branches) {
       info_.n_layers = static_cast<int64_t>(sites_.size());
       info_.inferred.push_back("num_layers (attention sites in the graph)");
+    } else if (!branches) {
+      // The graph wins over the file: a stated layer count the graph does not have would
+      // mislabel every layer of every figure.
+      TORCH_CHECK_VALUE(info_.n_layers == static_cast<int64_t>(sites_.size()), "attnscope.json says num_layers ",
+                        info_.n_layers, ", but the model's graph has ", sites_.size(),
+                        " attention sites (one per layer): fix or remove num_layers");
     }
   }
   if (info_.n_heads < 0 || info_.n_kv_heads < 0 || info_.n_layers < 0 || !info_.causal_stated) dry_run();

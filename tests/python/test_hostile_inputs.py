@@ -325,3 +325,9 @@ def test_gguf_header_values_checked(tmp_path, fields, msg):
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\xff" * 40)
     with pytest.raises(ValueError, match=r"junk.gguf: not a readable GGUF file"):
         read_gguf(str(tmp_path / "junk.gguf"))
+
+
+def test_stated_layers_must_match_the_graph(tmp_path):
+    # toy_hf_eager has no capture ops of its own: the graph pass finds its 3 attention sites.
+    with pytest.raises(ValueError, match=r"attnscope.json says num_layers 5, but the model's graph has 3 attention sites"):
+        _core.Model.load(with_extra(tmp_path, "l.pt", {"attnscope.json": '{"num_layers": 5}'}), "cpu")
