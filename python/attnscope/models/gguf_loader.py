@@ -85,7 +85,7 @@ def read_gguf(path):
         "vocab_size": int(_field(r, a + "vocab_size", len(tokens) if tokens else 0)),
         "hidden_size": hidden,
         "intermediate_size": _int_field(r, path, a + "feed_forward_length"),
-        "num_hidden_layers": _int_field(r, path, a + "block_count"),
+        "num_hidden_layers": _int_field(r, path, a + "block_count", least=0),
         "num_attention_heads": n_head,
         "num_key_value_heads": n_kv,
         "head_dim": int(_field(r, a + "rope.dimension_count", hidden // n_head)),
