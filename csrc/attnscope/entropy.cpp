@@ -66,4 +66,45 @@ std::pair<torch::Tensor, torch::Tensor> top_k_predictions(const torch::Tensor& l
   return {probs, ids};
 }
 
+PredictiveStats predictive_stats(const torch::Tensor& logits, bool with_entropy, int64_t k, double temperature) {
+  torch::NoGradGuard no_grad;
+  check(logits, temperature, "predictive_stats");
+  TORCH_CHECK(k >= 0 && k <= logits.size(-1), "predictive_stats: k ", k, " out of range: vocabulary has ",
+              logits.size(-1), " entries");
+  const int64_t batch = logits.size(0), len = logits.size(1);
+  PredictiveStats out;
+  if (with_entropy) out.entropy = torch::empty({batch, len}, logits.options().dtype(torch::kFloat));
+  if (k > 0) {
+    out.probs = torch::empty({batch, len, k}, logits.options().dtype(torch::kFloat));
+    out.ids = torch::empty({batch, len, k}, logits.options().dtype(torch::kLong));
+  }
+  if (!with_entropy && k == 0) return out;
+  const int64_t step = positions_per_block(logits);
+  for (int64_t t0 = 0; t0 < len; t0 += step) {
+    const int64_t n = std::min(step, len - t0);
+    auto z = block(logits, t0, n, temperature);  // the one fp32 copy of this block
+    auto mx = std::get<0>(z.max(-1, /*keepdim=*/true));
+    torch::Tensor tk_vals, tk_ids;
+    if (k > 0) std::tie(tk_vals, tk_ids) = z.topk(k, -1, /*largest=*/true, /*sorted=*/true);
+    auto d = z.sub_(mx);  // in place: z is not needed any more
+    d.clamp_min_(-1e30);  // -inf logits: e = 0 and e*d = 0 instead of 0*(-inf)
+    auto e = d.exp();
+    auto sum = e.sum(-1, /*keepdim=*/true);
+    auto lse = sum.log() + mx;  // logsumexp of the block's logits
+    if (with_entropy)
+      out.entropy.narrow(1, t0, n).copy_(sum.squeeze(-1).log() - torch::linalg_vecdot(e, d) / sum.squeeze(-1));
+    if (k > 0) {
+      out.probs.narrow(1, t0, n).copy_((tk_vals - lse).exp());
+      out.ids.narrow(1, t0, n).copy_(tk_ids);
+    }
+  }
+  if (with_entropy) {
+    auto bad = out.entropy.isnan();
+    if (bad.any().item<bool>())
+      TORCH_WARN("predictive_entropy: ", bad.sum().item<int64_t>(),
+                 " position(s) have NaN logits; their entropy is NaN");
+  }
+  return out;
+}
+
 }  // namespace attnscope

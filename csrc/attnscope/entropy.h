@@ -14,4 +14,13 @@ torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature
 std::pair<torch::Tensor, torch::Tensor> top_k_predictions(const torch::Tensor& logits, int64_t k,
                                                           double temperature = 1.0);
 
+/// Both in ONE pass over the logits (each block converted to fp32 once): `entropy` [B, T]
+/// when `with_entropy` (else undefined), `probs`/`ids` [B, T, k] when k > 0 (else undefined).
+/// Same values as predictive_entropy and top_k_predictions.
+struct PredictiveStats {
+  torch::Tensor entropy, probs, ids;
+};
+PredictiveStats predictive_stats(const torch::Tensor& logits, bool with_entropy, int64_t k,
+                                 double temperature = 1.0);
+
 }  // namespace attnscope

@@ -180,9 +180,12 @@ void Model::dry_run() {
     NoOptimize() { torch::jit::setGraphExecutorOptimize(false); }
     ~NoOptimize() { torch::jit::setGraphExecutorOptimize(old); }
   } no_optimize;
+  loading_ = true;
   try {
     t = run(ids, spec);
+    loading_ = false;
   } catch (const std::exception& e) {
+    loading_ = false;
     info_.causal = causal;
     std::string msg = e.what();
     info_.inferred.push_back("nothing from a dry run on " + std::to_string(len) +
@@ -310,16 +313,22 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == len,
               "forward returned a tensor of shape ", logits.sizes(), "; expected ", what,
               " with B = ", batch, ", T = ", len);
-  if (info_.output == "logits" && info_.vocab_size > 0 && logits.size(2) != info_.vocab_size &&
+  // What the output is, from this run; written into the model's facts only by the dry run at
+  // load (single-threaded), so concurrent runs never write shared state.
+  std::string output = info_.output;
+  if (output == "logits" && info_.vocab_size > 0 && logits.size(2) != info_.vocab_size &&
       std::find(info_.inferred.begin(), info_.inferred.end(), "vocab_size (embedding table)") !=
           info_.inferred.end()) {
     // No attnscope.json, and the last dim is not the vocabulary: an encoder's hidden states.
-    info_.output = "hidden_states";
-    info_.inferred.push_back("output: hidden states (last dim " + std::to_string(logits.size(2)) +
-                             " != the " + std::to_string(info_.vocab_size) + " embedding rows)");
+    output = "hidden_states";
+    if (loading_) {
+      info_.output = output;
+      info_.inferred.push_back("output: hidden states (last dim " + std::to_string(logits.size(2)) +
+                               " != the " + std::to_string(info_.vocab_size) + " embedding rows)");
+    }
   }
-  const bool has_logits = info_.output == "logits";
-  if (has_logits && info_.vocab_size < 0) {
+  const bool has_logits = output == "logits";
+  if (has_logits && info_.vocab_size < 0 && loading_) {
     info_.vocab_size = logits.size(2);
     info_.inferred.push_back("vocab_size (logits)");
   }
@@ -338,16 +347,18 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     while (ok.dim() < x.dim()) ok = ok.unsqueeze(-1);
     return torch::where(ok, x, std::numeric_limits<float>::quiet_NaN());
   };
-  if (has_logits) {
-    t.entropy = nan_at_pads(predictive_entropy(logits, spec.temperature));
-  } else {  // no next-token distribution: no predictive entropy
+  // Predictive entropy and top-k in one pass over the logits (each block in fp32 once).
+  const int64_t k = has_logits ? std::min<int64_t>(spec.top_k, logits.size(2)) : 0;
+  auto ps = predictive_stats(logits, has_logits && spec.predictive_entropy, k, spec.temperature);
+  if (ps.entropy.defined()) {
+    t.entropy = nan_at_pads(ps.entropy);
+  } else {  // not asked for, or no next-token distribution: NaN
     t.entropy = torch::full({batch, len}, std::numeric_limits<float>::quiet_NaN(),
                             torch::dtype(torch::kFloat).device(logits.device()));
   }
-  if (has_logits && spec.top_k > 0) {
-    auto tk = top_k_predictions(logits, std::min<int64_t>(spec.top_k, logits.size(2)), spec.temperature);
-    t.topk_probs = nan_at_pads(tk.first);
-    t.topk_ids = tk.second;
+  if (k > 0) {
+    t.topk_probs = nan_at_pads(ps.probs);
+    t.topk_ids = ps.ids;
   }
   t.captures = std::move(res.captures);
 

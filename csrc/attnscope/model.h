@@ -129,6 +129,8 @@ class Model {
   std::shared_ptr<std::mutex> idle_mutex_ = std::make_shared<std::mutex>();  // Model stays movable
   bool instrumented_ = false;
   bool takes_mask_ = false;
+  /// True only while the dry run at load runs: the one run allowed to fill the model's facts.
+  bool loading_ = false;
   /// Device constants of the graph moved to device_ (see retarget_device_constants).
   int64_t retargeted_ = 0;
 

@@ -43,7 +43,8 @@ std::string CaptureSpec::to_json() const {
     << ",\"layers\":" << ints(layers) << ",\"received\":" << (received ? "true" : "false")
     << ",\"from_tokens\":" << ints(from_tokens)
     << ",\"attn_entropy\":" << (attn_entropy ? "true" : "false")
-    << ",\"sink_tokens\":" << sink_tokens << ",\"top_k\":" << top_k
+    << ",\"sink_tokens\":" << sink_tokens << ",\"predictive_entropy\":" << (predictive_entropy ? "true" : "false")
+    << ",\"top_k\":" << top_k
     << ",\"temperature\":" << temperature << ",\"to_cpu\":" << (to_cpu ? "true" : "false")
     << ",\"chunk_elements\":" << chunk_elements << "}";
   return o.str();
@@ -54,7 +55,7 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   TORCH_CHECK(v.is_object(), "capture spec: expected a JSON object");
   CaptureSpec s;
   static const char* known[] = {"heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                                "attn_entropy", "sink_tokens", "top_k", "temperature", "to_cpu", "chunk_elements"};
+                                "attn_entropy", "sink_tokens", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements"};
   for (const auto& kv : v.obj)
     TORCH_CHECK_VALUE(std::find_if(std::begin(known), std::end(known), [&](const char* k) { return kv.first == k; }) !=
                           std::end(known),
@@ -74,6 +75,7 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   s.from_tokens = to_ints(v, "from_tokens", -kMaxIndex);
   s.attn_entropy = v.get_bool("attn_entropy", false);
   s.sink_tokens = v.get_int("sink_tokens", 0, 0, kMaxIndex);
+  s.predictive_entropy = v.get_bool("predictive_entropy", true);
   s.top_k = v.get_int("top_k", 5, 0, int64_t(1) << 24);
   s.temperature = v.get_double("temperature", 1.0);
   TORCH_CHECK_VALUE(s.temperature > 0, "capture spec 'temperature': ", s.temperature, " must be > 0");

@@ -29,6 +29,9 @@ struct CaptureSpec {
   /// and "sink_mass" [L, B, H] (its mean over valid queries).
   int64_t sink_tokens = 0;
 
+  /// Predictive entropy per position (Trace::entropy, nats); false leaves it NaN and skips the
+  /// pass over the logits (re-runs for missing maps do).
+  bool predictive_entropy = true;
   /// Top-k next-token predictions per position (0 = none).
   int64_t top_k = 5;
   /// Softmax temperature for predictive entropy and top-k.

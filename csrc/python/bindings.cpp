@@ -24,6 +24,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("from_tokens", &CaptureSpec::from_tokens)
       .def_readwrite("attn_entropy", &CaptureSpec::attn_entropy)
       .def_readwrite("sink_tokens", &CaptureSpec::sink_tokens)
+      .def_readwrite("predictive_entropy", &CaptureSpec::predictive_entropy)
       .def_readwrite("top_k", &CaptureSpec::top_k)
       .def_readwrite("temperature", &CaptureSpec::temperature)
       .def_readwrite("to_cpu", &CaptureSpec::to_cpu)

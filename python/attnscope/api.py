@@ -9,7 +9,7 @@ from . import _core
 from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                "attn_entropy", "sink_tokens", "top_k", "temperature", "to_cpu", "chunk_elements")
+                "attn_entropy", "sink_tokens", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
 ALL_AGGREGATES = {"received": True, "attn_entropy": True, "sink_tokens": 1}
 
 

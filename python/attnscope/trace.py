@@ -81,7 +81,9 @@ class Trace:
         missing = [n for n in dict.fromkeys(names) if n not in have]
         if not missing or self._model is None:
             return
-        spec = {"heads": [], "layer_maps": [], "top_k": 0, "temperature": self.spec.get("temperature", 1.0)}
+        # The re-run computes only what is missing: no predictive entropy, no top-k (kept from the first run).
+        spec = {"heads": [], "layer_maps": [], "top_k": 0, "predictive_entropy": False,
+                "temperature": self.spec.get("temperature", 1.0)}
         for n in missing:
             if m := _HEAD.match(n):
                 spec["heads"].append((int(m[1]), int(m[2])))

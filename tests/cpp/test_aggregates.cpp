@@ -174,4 +174,18 @@ CATCH_TEST_CASE("predictive entropy and top-k equal the formulas on the referenc
   auto tb = attnscope::top_k_predictions(big, 4, 1.0);
   CATCH_CHECK(test::max_abs(tb.first, std::get<0>(pb.topk(4, -1))) < 1e-6);
   CATCH_CHECK(tb.first.scalar_type() == torch::kFloat);
+  // One pass for both (what Model::run uses): the same numbers, against float64 references,
+  // at a temperature, with -inf logits in some rows; either part can be left out.
+  auto zt = big.to(torch::kFloat).clone();
+  zt.index_put_({0, torch::indexing::Slice(0, 5), torch::indexing::Slice(0, 100)}, -INFINITY);
+  auto pt = (zt.to(torch::kDouble) / 0.7).softmax(-1);
+  auto both = attnscope::predictive_stats(zt, true, 5, 0.7);
+  auto href = -(pt * pt.clamp_min(1e-300).log()).sum(-1);
+  CATCH_CHECK(test::max_abs(both.entropy, href) < 1e-5);
+  CATCH_CHECK(test::max_abs(both.probs, std::get<0>(pt.topk(5, -1))) < 1e-6);
+  CATCH_CHECK(both.ids.equal(std::get<1>(zt.topk(5, -1))));
+  auto only_k = attnscope::predictive_stats(zt, false, 3, 0.7);
+  CATCH_CHECK((!only_k.entropy.defined() && only_k.probs.size(2) == 3));
+  auto only_h = attnscope::predictive_stats(zt, true, 0, 0.7);
+  CATCH_CHECK((!only_h.probs.defined() && test::max_abs(only_h.entropy, href) < 1e-5));
 }

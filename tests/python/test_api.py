@@ -99,3 +99,19 @@ def test_overwriting_a_trace_keeps_memory_mapped_readers_intact(toy, tmp_path):
     assert torch.equal(held, before)
     assert attnscope.Trace.load(path).input_ids.shape == (3, 7)
     assert [p.name for p in tmp_path.iterdir()] == ["t.safetensors"]  # no temporary left behind
+
+
+def test_predictive_entropy_optional_and_reruns_skip_it(toy):
+    ids = torch.tensor([[1, 5, 9, 12, 3]])
+    full = toy.run(ids, capture={"heads": [(0, 1)], "top_k": 3})
+    lean = toy.run(ids, capture={"heads": [(0, 1)], "predictive_entropy": False, "top_k": 0})
+    assert torch.isnan(lean.entropy).all() and (lean.topk_ids is None or lean.topk_ids.numel() == 0)
+    assert torch.equal(lean.captures["head_map/L0H1"], full.captures["head_map/L0H1"])
+    only_k = toy.run(ids, capture={"predictive_entropy": False, "top_k": 3})
+    assert torch.equal(only_k.topk_ids, full.topk_ids) and torch.equal(only_k.topk_probs, full.topk_probs)
+    # A map asked for later is computed by a re-run that skips the logits passes; the first
+    # run's entropy and top-k stay.
+    before = full.entropy.clone()
+    full.get("head_map/L2H3")
+    assert torch.equal(full.entropy, before) and full.topk_ids.shape[-1] == 3
+    assert attnscope._core.CaptureSpec.from_json('{"predictive_entropy": false}').predictive_entropy is False
