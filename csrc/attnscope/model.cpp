@@ -292,7 +292,15 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     std::string last = msg.substr(msg.rfind('\n') == std::string::npos ? 0 : msg.rfind('\n') + 1);
     const std::string prefix = "RuntimeError: ";
     if (last.rfind(prefix, 0) == 0) last = last.substr(prefix.size());
-    TORCH_CHECK(false, last, "\n(raised in the model's forward; TorchScript traceback:\n", msg, ")");
+    std::string hint;
+    if (last.find("index out of range in self") != std::string::npos)  // an embedding lookup failed
+      hint = info_.context_length > 0
+                 ? std::string(": an embedding lookup failed (an id beyond the model's vocabulary?)")
+                 : ": an embedding lookup failed: the input (" + std::to_string(len) +
+                       " tokens) is probably longer than the model's position table (its context length; "
+                       "attnscope.json has no context_length to check it before running), or an id is beyond "
+                       "its vocabulary";
+    TORCH_CHECK(false, last, hint, "\n(raised in the model's forward; TorchScript traceback:\n", msg, ")");
   }
   torch::Tensor logits;
   if (out.isTensor()) logits = out.toTensor();
@@ -337,6 +345,13 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
                 logits.size(2), " entries");
 
   RecordResult res = rec.finish();
+  // The graph wins over attnscope.json: a stated head count the captured shapes do not have
+  // would split every map at the wrong head.
+  if (info_.n_heads > 0)
+    for (size_t l = 0; l < res.heads.size(); ++l)
+      TORCH_CHECK_VALUE(res.heads[l] <= 0 || res.heads[l] == info_.n_heads, "attnscope.json says num_heads ",
+                        info_.n_heads, ", but layer ", l, "'s attention has ", res.heads[l],
+                        " heads: fix or remove num_heads");
   Trace t;
   t.spec = spec;
   t.input_ids = ids;

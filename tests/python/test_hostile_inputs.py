@@ -331,3 +331,19 @@ def test_stated_layers_must_match_the_graph(tmp_path):
     # toy_hf_eager has no capture ops of its own: the graph pass finds its 3 attention sites.
     with pytest.raises(ValueError, match=r"attnscope.json says num_layers 5, but the model's graph has 3 attention sites"):
         _core.Model.load(with_extra(tmp_path, "l.pt", {"attnscope.json": '{"num_layers": 5}'}), "cpu")
+
+
+def test_stated_heads_must_match_the_captured_shapes(tmp_path, toy):
+    # The toy has 4 heads; a file saying 2 would split every map wrongly: the first run says so.
+    m = _core.Model.load(with_extra(tmp_path, "h.pt", {"attnscope.json": '{"num_heads": 2, "num_kv_heads": 2}'}), "cpu")
+    with pytest.raises(ValueError, match=r"attnscope.json says num_heads 2, but layer 0's attention has 4 heads"):
+        m.run(torch.tensor([[1, 2, 3]]), _core.CaptureSpec(), None)
+
+
+def test_position_table_overflow_says_context(tmp_path):
+    # An archive without context_length (a user's own trace): the forward's embedding error gets a hint.
+    m = attnscope.load(os.path.join(FIX, "hf_gpt2_sdpa.pt"), device="cpu")
+    assert m.metadata.get("context_length") is None
+    with pytest.raises(RuntimeError, match=r"index out of range in self: an embedding lookup failed: the input "
+                                           r"\(200 tokens\) is probably longer than the model's position table"):
+        m.run(torch.randint(1, 50, (1, 200)))
