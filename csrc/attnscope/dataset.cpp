@@ -212,6 +212,10 @@ void DatasetStats::add(const Trace& t) {
 }
 
 void DatasetStats::merge(const DatasetStats& other) {
+  TORCH_CHECK_VALUE(model_id_.empty() || other.model_id_.empty() || model_id_ == other.model_id_,
+                    "DatasetStats.merge: the datasets come from different models (", model_id_, " vs ",
+                    other.model_id_, ")");
+  if (model_id_.empty()) model_id_ = other.model_id_;
   if (other.n_layers_ < 0) return;
   TORCH_CHECK(same_parts(parts_, other.parts_), "DatasetStats.merge: parts differ (",
               parts_string(parts_), " vs ", parts_string(other.parts_), ")");
@@ -305,7 +309,8 @@ void DatasetStats::save(const std::string& path) const {
                 {"epsilon", exact(epsilon_)},
                 {"n_layers", std::to_string(n_layers_)},
                 {"n_heads", std::to_string(n_heads_)},
-                {"length", std::to_string(length_)}};
+                {"length", std::to_string(length_)},
+                {"model", model_id_}};
   write_safetensors(path, f);
 }
 
@@ -334,6 +339,7 @@ DatasetStats DatasetStats::load(const std::string& path) {
                         ": its position axes must be the file's length ", d.length_);
   }
   d.state_ = f.tensors;
+  if (auto it = f.metadata.find("model"); it != f.metadata.end()) d.model_id_ = it->second;
   return d;
 }
 

@@ -53,6 +53,10 @@ class DatasetStats {
   int64_t n_layers() const { return n_layers_; }
   int64_t n_heads() const { return n_heads_; }
   double epsilon() const { return epsilon_; }
+  /// Which model the sums come from (family, shape, weights' hash; "" = unknown): saved with
+  /// the file, and merge() refuses two different ones (same shape is not the same model).
+  const std::string& model_id() const { return model_id_; }
+  void set_model_id(const std::string& id) { model_id_ = id; }
   const DatasetParts& parts() const { return parts_; }
 
   // ---- results (fp32, on the device of the sums)
@@ -91,6 +95,7 @@ class DatasetStats {
 
   DatasetParts parts_;
   double epsilon_;
+  std::string model_id_;
   int64_t n_layers_ = -1, n_heads_ = -1, length_ = 0;
   std::map<std::string, torch::Tensor> state_;
 };

@@ -80,6 +80,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_layers", &DatasetStats::n_layers)
       .def_property_readonly("n_heads", &DatasetStats::n_heads)
       .def_property_readonly("epsilon", &DatasetStats::epsilon)
+      .def_property("model_id", &DatasetStats::model_id, &DatasetStats::set_model_id)
       .def_property_readonly("parts", &DatasetStats::parts)
       .def("layer_map", &DatasetStats::layer_map, py::arg("layer"), py::arg("head") = -1, "mean map [T, T]")
       .def("alpha", &DatasetStats::alpha, "mean received attention [L, H, T]")

@@ -193,8 +193,8 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
     if world > 1:
         all_reduce(stats, group)
     src = model.metadata.get("sha256") or model.metadata.get("source") or ""
-    model_id = f"{model.family or 'unknown'} {n_layers}x{n_heads} {src}".strip()
-    return DatasetTrace(stats, meta={"model": model_id, "num": len(seqs), "length": length, "bos": bool(bos),
+    stats.model_id = f"{model.family or 'unknown'} {n_layers}x{n_heads} {src}".strip()
+    return DatasetTrace(stats, meta={"num": len(seqs), "length": length, "bos": bool(bos),
                                      "world_size": world,
                                      "elapsed_s": round(time.perf_counter() - start, 3)})
 
@@ -343,9 +343,6 @@ def merge_datasets(*traces):
     for t in traces:
         if not isinstance(t, DatasetTrace):
             raise ValueError(f"merge_datasets: expected DatasetTrace, got {type(t).__name__}")
-    models = {t.meta["model"] for t in traces if t.meta.get("model")}
-    if len(models) > 1:  # same shape is not the same model: statistics of two models do not add
-        raise ValueError(f"merge_datasets: the datasets come from different models ({' vs '.join(sorted(models))})")
     lengths = sorted({t.stats.length for t in traces})
     if len(lengths) > 1:
         import warnings

@@ -292,9 +292,12 @@ def test_dataset_merge_and_ids_checked(toy, tmp_path):
     a = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4]], length=4, num=None)
     b = attnscope.aggregate_dataset(toy, [[5, 6, 7, 8]], length=4, num=None)
     assert a.merge(b).n_sequences == 2
-    b.meta["model"] = "llama 3x4 other-weights"
-    with pytest.raises(ValueError, match=r"the datasets come from different models \(.* vs .*\)"):
+    b.stats.model_id = "llama 3x4 other-weights"
+    with pytest.raises(ValueError, match=r"the datasets come from different models \(.* vs llama 3x4 other-weights\)"):
         a.merge(b)
+    b.save(str(tmp_path / "b.safetensors"))  # the model travels with the file
+    with pytest.raises(ValueError, match=r"different models"):
+        a.merge(attnscope.DatasetTrace.load(str(tmp_path / "b.safetensors")))
     c = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4, 5, 6]], length=6, num=None)
     with pytest.warns(UserWarning, match=r"sequence lengths differ \(\[4, 6\]\)"):
         a.merge(c)
