@@ -23,47 +23,15 @@ int64_t positions_per_block(const torch::Tensor& logits) {
 }  // namespace
 
 torch::Tensor predictive_entropy(const torch::Tensor& logits, double temperature) {
-  torch::NoGradGuard no_grad;
-  check(logits, temperature, "predictive_entropy");
-  const int64_t batch = logits.size(0), len = logits.size(1);
-  auto h = torch::empty({batch, len}, logits.options().dtype(torch::kFloat));
-  // H = log S - sum(e * d) / S with d = z - max z, e = exp(d), S = sum e. NaN logits give NaN.
-  const int64_t step = positions_per_block(logits);
-  for (int64_t t0 = 0; t0 < len; t0 += step) {
-    const int64_t n = std::min(step, len - t0);
-    auto d = block(logits, t0, n, temperature);
-    d.sub_(std::get<0>(d.max(-1, /*keepdim=*/true)));
-    d.clamp_min_(-1e30);  // -inf logits: e = 0 and e·d = 0 instead of 0·(-inf)
-    auto e = d.exp();
-    auto sum = e.sum(-1);
-    h.narrow(1, t0, n).copy_(sum.log() - torch::linalg_vecdot(e, d) / sum);
-  }
-  auto bad = h.isnan();
-  if (bad.any().item<bool>())
-    TORCH_WARN("predictive_entropy: ", bad.sum().item<int64_t>(),
-               " position(s) have NaN logits; their entropy is NaN");
-  return h;
+  return predictive_stats(logits, /*with_entropy=*/true, 0, temperature).entropy;
 }
 
 std::pair<torch::Tensor, torch::Tensor> top_k_predictions(const torch::Tensor& logits, int64_t k,
                                                           double temperature) {
-  torch::NoGradGuard no_grad;
-  check(logits, temperature, "top_k_predictions");
   TORCH_CHECK(k >= 1 && k <= logits.size(-1), "top_k_predictions: k ", k,
               " out of range: vocabulary has ", logits.size(-1), " entries");
-  const int64_t batch = logits.size(0), len = logits.size(1);
-  auto probs = torch::empty({batch, len, k}, logits.options().dtype(torch::kFloat));
-  auto ids = torch::empty({batch, len, k}, logits.options().dtype(torch::kLong));
-  const int64_t step = positions_per_block(logits);
-  for (int64_t t0 = 0; t0 < len; t0 += step) {
-    const int64_t n = std::min(step, len - t0);
-    auto z = block(logits, t0, n, temperature);
-    // softmax is monotonic: the top-k logits are the top-k probabilities, p = exp(z - lse)
-    auto tk = z.topk(k, -1, /*largest=*/true, /*sorted=*/true);
-    probs.narrow(1, t0, n).copy_((std::get<0>(tk) - z.logsumexp(-1, /*keepdim=*/true)).exp());
-    ids.narrow(1, t0, n).copy_(std::get<1>(tk));
-  }
-  return {probs, ids};
+  auto s = predictive_stats(logits, /*with_entropy=*/false, k, temperature);
+  return {s.probs, s.ids};
 }
 
 PredictiveStats predictive_stats(const torch::Tensor& logits, bool with_entropy, int64_t k, double temperature) {
