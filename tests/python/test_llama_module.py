@@ -45,14 +45,37 @@ def inputs():
 
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
-def test_logits_match_transformers(family, attention):
+@pytest.mark.parametrize("padded", [True, False])
+def test_logits_match_transformers(family, attention, padded):
+    # padded: the explicit-mask branch; unpadded: the is_causal branch of the SDPA module
+    # (mistral's window of 4 < 10 tokens keeps the mask there too)
     ref, ours = pair(family, attention)
     ids, mask = inputs()
+    if not padded:
+        mask = torch.ones_like(mask)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask).logits
         got = ours(ids, mask)
     valid = mask.bool()
     assert (got[valid] - want[valid]).abs().max() < 1e-4
+
+
+def test_traced_sdpa_archive_keeps_both_branches():
+    # The archive is traced once; the causal fast path (no padding) and the masked path must
+    # both survive tracing: the same archive, padded and unpadded, equals the eager module.
+    _, ours = pair("llama", "sdpa")
+    ids, mask = inputs()
+    traced = torch.jit.trace(ours, (ids, torch.ones_like(mask)), check_trace=False)
+    graph = str(traced.inlined_graph)
+    assert graph.count("aten::scaled_dot_product_attention") == 2 * ours.cfg.num_layers
+    with torch.no_grad():
+        for m in (mask, torch.ones_like(mask)):
+            want, got = ours(ids, m), traced(ids, m)
+            valid = m.bool()
+            assert (got[valid] - want[valid]).abs().max() < 1e-6
+    short = ids[:, :4]
+    with torch.no_grad():  # another length than the trace's
+        assert (traced(short, torch.ones_like(short)) - ours(short, torch.ones_like(short))).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])

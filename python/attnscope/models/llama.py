@@ -107,6 +107,27 @@ class RMSNorm(nn.Module):
         return self.weight * h.to(x.dtype)
 
 
+_SDPA = None
+
+
+def _sdpa_fn():
+    """The SDPA core, scripted so that the traced archive keeps both branches: an exactly causal
+    batch (no padding, no window reached) uses is_causal, which lets the fused kernels skip the
+    blocks above the diagonal (about half the work at long T, as transformers does); otherwise
+    the explicit mask. Scripted lazily: attnscope's ops must be registered first."""
+    global _SDPA
+    if _SDPA is None:
+        def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                 causal_ok: torch.Tensor, scale: float, layer: int, window: int, gqa: bool) -> torch.Tensor:
+            if q.size(2) == k.size(2) and (window <= 0 or k.size(2) <= window) and bool(causal_ok):
+                q = torch.ops.attnscope.capture_sdpa(q, k, None, True, scale, layer)
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+            q = torch.ops.attnscope.capture_sdpa(q, k, allowed, False, scale, layer)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=gqa)
+        _SDPA = torch.jit.script(sdpa)
+    return _SDPA
+
+
 def _rotate_half(x):
     a, b = x.chunk(2, dim=-1)
     return torch.cat((-b, a), dim=-1)
@@ -122,12 +143,16 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, self.kv * self.d, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.d, cfg.hidden_size, bias=cfg.o_bias)
         self.scale = self.d ** -0.5
+        self.window = cfg.sliding_window or 0
+        if backend == "sdpa":
+            self.sdpa = _sdpa_fn()
 
-    def forward(self, x, cos, sin, allowed):
-        """x [B, T, C]; cos/sin [T, D]; allowed [B, 1, T, T] bool (True = may attend)."""
-        return self.attend(x, cos, sin, allowed, None, None)[0]
+    def forward(self, x, cos, sin, allowed, causal_ok):
+        """x [B, T, C]; cos/sin [T, D]; allowed [B, 1, T, T] bool (True = may attend);
+        causal_ok [] bool: no padding (then `allowed` is the causal mask, or its window)."""
+        return self.attend(x, cos, sin, allowed, causal_ok, None, None)[0]
 
-    def attend(self, x, cos, sin, allowed, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor]):
+    def attend(self, x, cos, sin, allowed, causal_ok, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor]):
         """Attention of x [B, t, C] at positions P..P+t-1 over P cached keys/values
         past_k/past_v [B, KV, P, D] (None: P = 0); allowed [B, 1, t, P + t].
         Returns (out [B, t, C], k [B, KV, P + t, D], v): the cache grown by t positions."""
@@ -151,9 +176,7 @@ class Attention(nn.Module):
             p = torch.ops.attnscope.capture(p, self.layer)
             out = torch.matmul(p, vr)
         else:
-            q = torch.ops.attnscope.capture_sdpa(q, k, allowed, False, self.scale, self.layer)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale,
-                                                 enable_gqa=self.kv != self.h)
+            out = self.sdpa(q, k, v, allowed, causal_ok, self.scale, self.layer, self.window, self.kv != self.h)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.h * self.d)), k, v
 
 
@@ -176,12 +199,14 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, allowed):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed)
+    def forward(self, x, cos, sin, allowed, causal_ok):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, causal_ok)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def step(self, x, cos, sin, allowed, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor]):
-        a, k, v = self.self_attn.attend(self.input_layernorm(x), cos, sin, allowed, past_k, past_v)
+        # the cached case keeps the explicit mask (SDPA's is_causal is top-left aligned)
+        no = torch.zeros((), dtype=torch.bool, device=x.device)
+        a, k, v = self.self_attn.attend(self.input_layernorm(x), cos, sin, allowed, no, past_k, past_v)
         x = x + a
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -229,8 +254,9 @@ class LlamaForCausalLM(nn.Module):
         x = self.embed_tokens(input_ids)
         cos, sin = self._rope(0, t, x)
         allowed = self._allowed(0, t, attention_mask)
+        causal_ok = attention_mask.bool().all()
         for layer in self.layers:
-            x = layer(x, cos, sin, allowed)
+            x = layer(x, cos, sin, allowed, causal_ok)
         return self.lm_head(self.norm(x))
 
     def decode(self, input_ids, attention_mask, past_k, past_v):
