@@ -1,6 +1,7 @@
 // Aggregates of one layer's attention, accumulated block by block over query rows so that a
 // full [B, H, Tq, Tk] map never has to exist for the per-position quantities.
 #pragma once
+#include <attnscope/softmax_rows.h>
 #include <attnscope/spec.h>
 
 #include <torch/torch.h>
@@ -55,6 +56,28 @@ class LayerAccumulator {
   void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws,
                  const torch::Tensor& visible = {});
 
+  /// SDPA sites on the CPU: `scores (Tensor[B, Hb, R, K])` contiguous fp32, the raw q·kᵀ
+  /// products of query rows [r0, r0 + R) over keys 0..K-1 (keys K.. are hidden for these rows).
+  /// Turned into probabilities in place, row by row (softmax_row: scale, mask, softmax and
+  /// entropy in one pass over an L1-resident row), and accumulated as add_block would.
+  /// `mask`: undefined, or bool / fp32 viewed as [B, Hb, R, K] (broadcast strides allowed; the
+  /// last stride 0 or 1); fp32 values <= `hidden_below` hide a key. `causal`: key j > row r is
+  /// hidden (SDPA's top-left is_causal). Rows run in parallel over (batch, head).
+  void add_scores(const torch::Tensor& scores, int64_t r0, double scale, const torch::Tensor& mask,
+                  float hidden_below, bool causal, const RunContext& ctx);
+
+  /// SDPA sites on the CPU, the whole layer in one parallel pass (fused_sdpa.cpp):
+  /// `q (Tensor[B, Hb, Tq, D])`, `k (Tensor[B, Hb, Tk, D])` fp32, k already per query head.
+  /// `mask`: undefined, or bool / fp32 viewed as [B, Hb, Tq, Tk] (broadcast strides allowed; the
+  /// last stride 0 or 1). `row_keys (Tensor[Tq] int64)`: keys at or after row_keys[r] are hidden
+  /// from row r (undefined: none known). Tasks (batch, head) run in parallel, each over blocks
+  /// of its rows: q·kᵀ of the block (a buffer that stays in cache), then softmax_row per row.
+  void add_sdpa(const torch::Tensor& q, const torch::Tensor& k, double scale, const torch::Tensor& mask,
+                float hidden_below, bool causal, const torch::Tensor& row_keys, const RunContext& ctx);
+  /// Whether add_sdpa can take this layer: not when a head-mean map is asked (it reduces over
+  /// heads, which add_sdpa's tasks split).
+  bool fused_ok() const { return !(layer_map_ && spec_.layer_map_head < 0); }
+
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).
   std::map<std::string, torch::Tensor> finish(const RunContext& ctx);
@@ -73,6 +96,11 @@ class LayerAccumulator {
   torch::Tensor entropy_, sink_rows_;   // [B, H, Tq]
   torch::Tensor layer_map_t_;           // [B, Tq, Tk]
   std::map<int64_t, torch::Tensor> head_maps_;  // head -> [B, Tq, Tk]
+
+  struct Rows;  // where one row's results go (fused_sdpa.cpp)
+  Rows rows_for(const RunContext& ctx);
+  void take_row(const Rows& t, const float* p, int64_t keys, int64_t b, int64_t hb, int64_t r,
+                const RowMask& m) const;
 
   int64_t block_index(int64_t head) const;
   void init_sink_keys(const RunContext& ctx);

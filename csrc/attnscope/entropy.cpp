@@ -8,8 +8,9 @@ void check(const torch::Tensor& logits, double temperature, const char* what) {
   TORCH_CHECK(temperature > 0, what, ": temperature ", temperature, " must be > 0");
 }
 
-/// fp32 copy of positions [t0, t0 + n) of the logits, divided by the temperature; logits are
-/// converted block by block so a bf16 [B, T, V] never exists as a whole in fp32.
+/// Positions [t0, t0 + n) of the logits in fp32, divided by the temperature: a view of the
+/// logits when they are fp32 at temperature 1 (never written), else a block-sized copy, so a
+/// bf16 [B, T, V] never exists as a whole in fp32.
 torch::Tensor block(const torch::Tensor& logits, int64_t t0, int64_t n, double temperature) {
   auto z = logits.narrow(1, t0, n).to(torch::kFloat);
   return temperature == 1.0 ? z : z / temperature;
@@ -54,7 +55,8 @@ PredictiveStats predictive_stats(const torch::Tensor& logits, bool with_entropy,
     auto mx = std::get<0>(z.max(-1, /*keepdim=*/true));
     torch::Tensor tk_vals, tk_ids;
     if (k > 0) std::tie(tk_vals, tk_ids) = z.topk(k, -1, /*largest=*/true, /*sorted=*/true);
-    auto d = z.sub_(mx);  // in place: z is not needed any more
+    // Not in place: for fp32 logits at temperature 1, z is a view of the caller's logits.
+    auto d = z - mx;
     d.clamp_min_(-1e30);  // -inf logits: e = 0 and e*d = 0 instead of 0*(-inf)
     auto e = d.exp();
     auto sum = e.sum(-1, /*keepdim=*/true);

@@ -180,12 +180,44 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       default: hidden_below = -std::numeric_limits<float>::max() / 2.0;
     }
   }
+  if (!q.is_cuda() && acc->fused_ok()) {  // fused route, the whole layer at once (fused_sdpa.cpp)
+    torch::Tensor mf;  // the mask as bool / fp32 [B, H, Tq, Tk] view
+    if (m.defined()) {
+      mf = m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat ? m : m.to(torch::kFloat);
+      mf = mf.expand({batch, static_cast<int64_t>(heads.size()), tq, tk});
+      if (mf.stride(3) > 1) mf = mf.contiguous();
+    }
+    acc->add_sdpa(qs, ks, s, mf, static_cast<float>(hidden_below), is_causal,
+                  m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_);
+    return;
+  }
   const bool vis = acc->wants_visibility();
   torch::Tensor all_visible;
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
     // With is_causal, keys after the block's last row get probability exactly 0: skip them.
-    const int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
+    int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
+    if (!q.is_cuda()) {  // fused route: raw q·kᵀ products, then one pass per row (softmax_rows.h)
+      torch::Tensor mc;
+      if (m.defined()) {
+        mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
+        if (mc.size(3) > 1) {
+          // Keys after the last one any row of this block may see are hidden: not computed
+          // (causal trimming read from the real mask, so padding and windows keep it).
+          auto seen = mc.scalar_type() == torch::kBool ? mc : mc.gt(hidden_below);
+          auto cols = seen.flatten(0, 2).any(0).nonzero();
+          keys = std::max<int64_t>(1, cols.numel() ? cols[-1].item<int64_t>() + 1 : 0);
+          mc = mc.narrow(3, 0, keys);
+        }
+        if (mc.scalar_type() != torch::kBool && mc.scalar_type() != torch::kFloat) mc = mc.to(torch::kFloat);
+        mc = mc.expand({batch, static_cast<int64_t>(heads.size()), rows, keys});
+        if (mc.stride(3) > 1) mc = mc.contiguous();
+      }
+      auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
+      torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
+      acc->add_scores(scores, r0, s, mc, static_cast<float>(hidden_below), is_causal, ctx_);
+      continue;
+    }
     auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
     torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
     scores.mul_(s);
@@ -221,6 +253,23 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     if (m.defined()) probs.nan_to_num_(0.0);
     acc->add_block(probs, r0, ctx_, ws_, visible);
   }
+}
+
+torch::Tensor Recorder::row_keys(const torch::Tensor& m, double hidden_below, int64_t tq) {
+  // Every layer gets the same mask tensor: computed once per run (the cache holds the tensor,
+  // so its storage cannot be reused by another mask, and its version catches in-place edits).
+  if (rk_mask_.defined() && rk_mask_.unsafeGetTensorImpl() == m.unsafeGetTensorImpl() &&
+      rk_version_ == m._version() && rk_.size(0) == tq)
+    return rk_;
+  if (m.size(3) == 1) return {};  // one value over every key: nothing to trim
+  // Last key any batch row or head lets query r see, + 1 (0: none).
+  auto seen = m.scalar_type() == torch::kBool ? m : m.gt(hidden_below);
+  auto cols = torch::arange(1, m.size(3) + 1, torch::dtype(torch::kLong).device(m.device()));
+  auto last = torch::where(seen.any(0).any(0), cols, 0).amax(-1);  // [Tq or 1]
+  rk_ = last.expand({tq}).to(torch::kCPU).contiguous();
+  rk_mask_ = m;
+  rk_version_ = m._version();
+  return rk_;
 }
 
 RecordResult Recorder::finish() {

@@ -53,13 +53,18 @@ class Recorder {
   LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
                                 const torch::Device& device);
   int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk, bool cuda) const;
+  /// [Tq] int64: for each query row, 1 + the last key the mask `m` ([B|1, H|1, Tq|1, Tk]) lets
+  /// any batch row or head see; undefined when the mask is one value over the keys.
+  torch::Tensor row_keys(const torch::Tensor& m, double hidden_below, int64_t tq);
 
   CaptureSpec spec_;
   RunContext ctx_;
   bool layer_from_order_;
   RecordResult result_;
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
-  Workspace ws_;  // slot 0: aggregate temporaries; 1, 2: SDPA scores and probabilities
+  Workspace ws_;
+  torch::Tensor rk_, rk_mask_;  // row_keys of the last mask seen, and that mask
+  int64_t rk_version_ = -1;  // slot 0: aggregate temporaries; 1, 2: SDPA scores and probabilities
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.

@@ -162,6 +162,13 @@ CATCH_TEST_CASE("predictive entropy and top-k equal the formulas on the referenc
     CATCH_CHECK(t.topk_ids.equal(std::get<1>(top)));
     CATCH_CHECK(test::max_abs_rows(t.topk_probs, std::get<0>(top), ref.mask) < 1e-6);
   }
+  // The caller's fp32 logits are read, never written (the blocks are views of them).
+  {
+    auto g0 = at::make_generator<at::CPUGeneratorImpl>(5);
+    auto x = torch::randn({1, 4, 30}, g0), before = x.clone();
+    attnscope::predictive_stats(x, true, 3, 1.0);
+    CATCH_CHECK(x.equal(before));
+  }
   // Uniform logits: entropy log V.
   auto u = attnscope::predictive_entropy(torch::zeros({1, 2, 10}));
   CATCH_CHECK(test::max_abs(u, torch::full({1, 2}, std::log(10.0))) < 1e-6);

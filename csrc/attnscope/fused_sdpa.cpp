@@ -1,0 +1,183 @@
+// The fused route at SDPA sites on the CPU: q·kᵀ of a block of rows, then one pass per row
+// (softmax_rows.h) that leaves probabilities and entropy, and the aggregates take from that row
+// while it is in L1. No [B, H, Tq, Tk] tensor, no per-block ATen passes.
+#include <attnscope/aggregates.h>
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+namespace attnscope {
+
+/// Where one row's results go; every pointer is null when not asked.
+struct LayerAccumulator::Rows {
+  const bool* valid = nullptr;  // [B, T] real tokens
+  int64_t t_all = 0, q_off = 0;
+  float *recv_sum = nullptr, *recv_max = nullptr, *recv_count = nullptr;  // [B, H, Tk]
+  float *entropy = nullptr, *sink = nullptr;                               // [B, H, Tq]
+  int64_t k_sink = 0;
+  const int64_t* sink_idx = nullptr;  // [B, k] with padding, else keys 0..k-1
+  const float* sink_w = nullptr;
+  float* from = nullptr;  // [B, H, n, Tk]
+  std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
+  torch::Tensor valid_t;
+};
+
+LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
+  Rows t;
+  t.valid_t = ctx.valid.to(torch::kCPU).contiguous();
+  t.valid = t.valid_t.data_ptr<bool>();
+  t.t_all = t.valid_t.size(1);
+  t.q_off = t.t_all - tq_;
+  if (aggregates_ && spec_.received) {
+    t.recv_sum = recv_sum_.data_ptr<float>();
+    t.recv_max = recv_max_.data_ptr<float>();
+    t.recv_count = recv_count_.data_ptr<float>();
+  }
+  if (aggregates_ && spec_.attn_entropy) t.entropy = entropy_.data_ptr<float>();
+  if (aggregates_ && spec_.sink_tokens > 0) {
+    t.k_sink = spec_.sink_tokens;
+    t.sink = sink_rows_.data_ptr<float>();
+    if (ctx.has_padding) {
+      if (!sink_idx_.defined()) init_sink_keys(ctx);
+      t.sink_idx = sink_idx_.data_ptr<int64_t>();
+      t.sink_w = sink_w_.data_ptr<float>();
+    }
+  }
+  if (!from_rows_.empty()) t.from = from_.data_ptr<float>();
+  for (auto& hm : head_maps_) t.copies.emplace_back(block_index(hm.first), hm.second.data_ptr<float>());
+  if (layer_map_ && spec_.layer_map_head >= 0)
+    t.copies.emplace_back(block_index(spec_.layer_map_head), layer_map_t_.data_ptr<float>());
+  return t;
+}
+
+void LayerAccumulator::take_row(const Rows& t, const float* p, int64_t keys, int64_t b, int64_t hb,
+                                int64_t r, const RowMask& m) const {
+  const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
+  const int64_t bh = b * heads_ + h;  // row of the [B, H, *] accumulators
+  if (t.recv_sum && t.valid[b * t.t_all + t.q_off + r])  // padded queries are left out
+    add_received(p, keys, t.recv_sum + bh * tk_, t.recv_max + bh * tk_, m, t.recv_count + bh * tk_);
+  if (t.sink) {
+    float s = 0.0f;
+    if (!t.sink_idx) {
+      for (int64_t j = 0; j < std::min(t.k_sink, keys); ++j) s += p[j];
+    } else {  // the row's first k real keys, wherever the padding is
+      for (int64_t i = 0; i < t.k_sink; ++i) {
+        const int64_t j = t.sink_idx[b * t.k_sink + i];
+        if (j < keys) s += p[j] * t.sink_w[b * t.k_sink + i];
+      }
+    }
+    t.sink[bh * tq_ + r] = s;
+  }
+  const int64_t n_from = static_cast<int64_t>(from_rows_.size());
+  for (int64_t f = 0; f < n_from; ++f)
+    if (from_rows_[f] == r) std::memcpy(t.from + (bh * n_from + f) * tk_, p, sizeof(float) * keys);
+  for (const auto& c : t.copies)
+    if (c.first == hb) std::memcpy(c.second + (b * tq_ + r) * tk_, p, sizeof(float) * keys);
+}
+
+namespace {
+struct MaskView {
+  const bool* vis = nullptr;
+  const float* add = nullptr;
+  int64_t s[4] = {0, 0, 0, 0};
+  float hidden_below = 0.0f;
+
+  MaskView(const torch::Tensor& mask, float hb) : hidden_below(hb) {
+    if (!mask.defined()) return;
+    TORCH_INTERNAL_ASSERT(mask.dim() == 4 && mask.stride(3) <= 1);
+    if (mask.scalar_type() == torch::kBool) vis = mask.data_ptr<bool>();
+    else add = mask.data_ptr<float>();
+    for (int d = 0; d < 4; ++d) s[d] = mask.stride(d);
+  }
+  RowMask row(int64_t b, int64_t h, int64_t r) const {
+    RowMask m;
+    m.hidden_below = hidden_below;
+    m.stride = s[3];
+    const int64_t off = b * s[0] + h * s[1] + r * s[2];
+    if (vis) m.vis = vis + off;
+    if (add) m.add = add + off;
+    return m;
+  }
+};
+}  // namespace
+
+void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, double scale,
+                                const torch::Tensor& mask, float hidden_below, bool causal,
+                                const torch::Tensor& row_keys, const RunContext& ctx) {
+  TORCH_INTERNAL_ASSERT(fused_ok() && q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
+                        k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
+                        k.size(2) == tk_);
+  const int64_t hb_n = q.size(1);
+  const Rows t = rows_for(ctx);
+  const MaskView mv(mask, hidden_below);
+  const int64_t* rk = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
+  // Rows per block: a [R, Tk] fp32 buffer of <= 1 MB per thread, so it mostly stays in cache
+  // between the product and the row passes; at least 64 rows, below which the product's
+  // per-call cost (packing k) dominates.
+  const int64_t block = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, tk_), 64, 256);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, batch_ * hb_n, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> buf(static_cast<size_t>(std::min(block, tq_) * tk_));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / hb_n, hb = task % hb_n;
+      const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
+      const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb);  // [T, D]
+      for (int64_t r0 = 0; r0 < tq_; r0 += block) {
+        const int64_t rows = std::min(block, tq_ - r0);
+        // Keys after the last one a row of the block may see are not computed.
+        int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
+        if (rk) keys = std::min(keys, *std::max_element(rk + r0, rk + r0 + rows));
+        keys = std::max<int64_t>(keys, 1);
+        auto out = torch::from_blob(buf.data(), {rows, keys}, torch::kFloat);
+        at::mm_out(out, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
+        for (int64_t i = 0; i < rows; ++i) {
+          const int64_t r = r0 + i;
+          int64_t n = causal ? std::min(keys, r + 1) : keys;
+          if (rk) n = std::min(n, rk[r]);
+          float* z = buf.data() + i * keys;
+          const RowMask m = mv.row(b, hb, r);
+          const float e = softmax_row(z, n, sc, m);
+          if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;
+          take_row(t, z, n, b, hb, r, m);
+        }
+      }
+    }
+  });
+}
+
+void LayerAccumulator::add_scores(const torch::Tensor& scores, int64_t r0, double scale,
+                                  const torch::Tensor& mask, float hidden_below, bool causal,
+                                  const RunContext& ctx) {
+  TORCH_INTERNAL_ASSERT(scores.is_contiguous() && scores.scalar_type() == torch::kFloat &&
+                        scores.device().is_cpu() && scores.size(0) == batch_);
+  const int64_t hb_n = scores.size(1), rows = scores.size(2), keys_n = scores.size(3);
+  float* const zp = scores.data_ptr<float>();
+  const Rows t = rows_for(ctx);
+  const MaskView mv(mask, hidden_below);
+  const float sc = static_cast<float>(scale);
+  at::parallel_for(0, batch_ * hb_n, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / hb_n, hb = task % hb_n;
+      const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i;
+        float* z = zp + (task * rows + i) * keys_n;
+        const int64_t keys = causal ? std::min(keys_n, r + 1) : keys_n;
+        const RowMask m = mv.row(b, hb, i);
+        const float e = softmax_row(z, keys, sc, m);
+        // Zeros after the row's keys: the head mean below reads the whole block.
+        if (keys < keys_n) std::memset(z + keys, 0, sizeof(float) * (keys_n - keys));
+        if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;
+        take_row(t, z, keys, b, hb, r, m);
+      }
+    }
+  });
+  if (layer_map_ && spec_.layer_map_head < 0) {  // the head mean reduces over heads: after the rows
+    auto out = layer_map_t_.narrow(1, r0, rows).narrow(2, 0, keys_n);
+    torch::mean_out(out, scores, {1});
+  }
+}
+
+}  // namespace attnscope

@@ -1,0 +1,161 @@
+#include <attnscope/softmax_rows.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+// Written with GCC/Clang vector types (8 floats): each loop below is one pass of vector code
+// whatever the auto-vectoriser decides (it declined the masked and exp loops). The AVX2 clone is
+// picked at load time where the CPU has it; elsewhere the same code runs as SSE pairs.
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define ATTNSCOPE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ATTNSCOPE_CLONES
+#endif
+
+namespace attnscope {
+
+namespace {
+typedef float f8 __attribute__((vector_size(32)));
+typedef int i8 __attribute__((vector_size(32)));
+typedef unsigned char u8 __attribute__((vector_size(8)));
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+inline f8 splat(float x) { return f8{} + x; }
+
+/// Lanes [0, n) of p (n < 8: the rest filled with `fill`).
+inline f8 load(const float* p, int64_t n, float fill) {
+  f8 v;
+  if (n >= 8) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    v = splat(fill);
+    std::memcpy(&v, p, sizeof(float) * n);
+  }
+  return v;
+}
+inline void store(float* p, f8 v, int64_t n) { std::memcpy(p, &v, sizeof(float) * (n < 8 ? n : 8)); }
+
+/// All-ones lanes where the bool mask lets a key through (lanes >= n: hidden).
+inline i8 visible_lanes(const bool* v, int64_t n) {
+  u8 b = u8{};
+  std::memcpy(&b, v, n < 8 ? n : 8);
+  return __builtin_convertvector(b, i8) != 0;
+}
+
+inline f8 select(i8 m, f8 a, f8 b) { return (f8)(((i8)a & m) | ((i8)b & ~m)); }
+
+// exp(x) for x <= 0 (Cephes' single-precision polynomial, ~1 ulp); exactly 0 below -87.3 (where
+// fp32 exp leaves the normal range) and for -inf.
+inline f8 exp_nonpositive(f8 x) {
+  const f8 lo = splat(-87.3f);
+  const i8 keep = x >= lo;
+  const f8 xc = select(keep, x, lo);
+  const i8 n = __builtin_convertvector(xc * 1.44269504088896341f - 0.5f, i8);  // round(x / ln 2)
+  const f8 nf = __builtin_convertvector(n, f8);
+  f8 r = xc - nf * 0.693359375f;
+  r = r + nf * 2.12194440e-4f;
+  f8 y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * r * r + r + 1.0f;
+  const i8 two_n = (n + 127) << 23;
+  return (f8)((i8)(y * (f8)two_n) & keep);
+}
+
+inline float hsum(f8 v) {
+  float s = 0.0f;
+  for (int i = 0; i < 8; ++i) s += v[i];
+  return s;
+}
+inline float hmax(f8 v) {
+  float m = v[0];
+  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+}  // namespace
+
+/// Runs body(j, n) over [0, keys) in steps of 8: n == 8 (a compile-time constant, so loads and
+/// stores are plain vector moves) for full steps, then once with the tail's n < 8.
+template <class Body>
+inline void for_lanes(int64_t keys, Body&& body) {
+  int64_t j = 0;
+  for (; j + 8 <= keys; j += 8) body(j, std::integral_constant<int64_t, 8>{});
+  if (j < keys) body(j, keys - j);
+}
+
+ATTNSCOPE_CLONES
+float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask) {
+  // Pass 1: scale and mask (hidden keys: -inf, whose exp is exactly 0), and the row max. A mask
+  // broadcast over the keys (stride 0) is one value for the whole row.
+  const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
+  const bool row_hidden = bcast && !mask.visible(0);
+  const float row_add = bcast && mask.add ? mask.add[0] : 0.0f;
+  f8 vmax = splat(-kInf);
+  i8 vnan = i8{};
+  for_lanes(keys, [&](int64_t j, auto n) {
+    f8 v = load(z + j, n, 0.0f) * scale;
+    i8 ok = n >= 8 ? i8{} - 1 : (f8{0, 1, 2, 3, 4, 5, 6, 7} < splat(float(n)));
+    if (row_hidden) {
+      ok = i8{};
+    } else if (bcast) {
+      v = v + row_add;
+    } else if (mask.vis) {
+      ok &= visible_lanes(mask.vis + j, n);
+    } else if (mask.add) {
+      const f8 a = load(mask.add + j, n, 0.0f);
+      ok &= a > mask.hidden_below;
+      v = v + a;
+    }
+    v = select(ok, v, splat(-kInf));
+    vnan |= v != v;
+    vmax = v > vmax ? v : vmax;
+    store(z + j, v, n);
+  });
+  const float mx = hmax(vmax);
+  bool nan = false;
+  for (int i = 0; i < 8; ++i) nan |= vnan[i] != 0;
+  if (nan || !(mx > -kInf)) {  // NaN scores, or no visible key (a fully masked padding row)
+    const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+    for (int64_t j = 0; j < keys; ++j) z[j] = fill;
+    return fill;
+  }
+  // Pass 2: e = exp(d), d = z - max (clamped so that a hidden key adds 0·d = 0 to sum(e·d)).
+  f8 vs = f8{}, ved = f8{};
+  for_lanes(keys, [&](int64_t j, auto n) {
+    f8 d = load(z + j, n, -kInf) - mx;
+    d = d > -1e30f ? d : splat(-1e30f);
+    const f8 e = exp_nonpositive(d);
+    vs += e;
+    ved += e * d;
+    store(z + j, e, n);
+  });
+  const float sum = hsum(vs), inv = 1.0f / sum;
+  // Pass 3: normalise. Entropy = -sum p log p = log S - sum(e·d) / S.
+  for_lanes(keys, [&](int64_t j, auto n) { store(z + j, load(z + j, n, 0.0f) * inv, n); });
+  return std::log(sum) - hsum(ved) * inv;
+}
+
+ATTNSCOPE_CLONES
+void add_received(const float* p, int64_t n, float* sum, float* max, const RowMask& mask, float* count) {
+  const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
+  const f8 row_seen = splat(bcast && !mask.visible(0) ? 0.0f : 1.0f);
+  for_lanes(n, [&](int64_t j, auto m) {
+    const f8 v = load(p + j, m, 0.0f);
+    store(sum + j, load(sum + j, m, 0.0f) + v, m);
+    const f8 old = load(max + j, m, 0.0f);
+    store(max + j, v > old ? v : old, m);
+    if (!count) return;
+    f8 seen = row_seen;
+    if (!bcast && mask.vis) seen = select(visible_lanes(mask.vis + j, m), splat(1.0f), f8{});
+    else if (!bcast && mask.add) seen = select(load(mask.add + j, m, 0.0f) > mask.hidden_below, splat(1.0f), f8{});
+    store(count + j, load(count + j, m, 0.0f) + seen, m);
+  });
+}
+
+}  // namespace attnscope

@@ -1,0 +1,40 @@
+// Softmax of one attention row fused with what the aggregates take from it. At SDPA sites the
+// recorder has the raw q·kᵀ products of a block of rows; each row (a few KB, in L1) is turned
+// into probabilities and entropy in three short vectorised loops instead of a dozen ATen passes
+// over the whole block (scale, mask, softmax, NaN cleaning, clamp, log, product, sums).
+#pragma once
+#include <cstdint>
+
+namespace attnscope {
+
+/// The mask of one query row over keys 0..n-1. At most one of `vis` / `add` is set.
+struct RowMask {
+  /// Boolean mask, true = the key may be attended; element j at vis[j * stride].
+  const bool* vis = nullptr;
+  /// Additive mask (fp32); element j at add[j * stride]. Values <= `hidden_below` hide the key
+  /// (transformers' -inf / dtype-lowest convention); larger ones (ALiBi-style biases) are added.
+  const float* add = nullptr;
+  /// Element stride along keys: 1, or 0 when one value is broadcast over every key (only
+  /// these two).
+  int64_t stride = 1;
+  float hidden_below = 0.0f;
+
+  /// Whether key j is visible (ignoring causality).
+  bool visible(int64_t j) const {
+    if (vis) return vis[j * stride];
+    if (add) return add[j * stride] > hidden_below;
+    return true;
+  }
+};
+
+/// In place: z[0..keys) holds q·k products of one row; afterwards it holds the probabilities
+/// softmax(z·scale + mask) (exactly 0 for hidden keys; a row with no visible key is all 0).
+/// Keys keys..n-1 are treated as hidden and not touched. Returns the row's entropy in nats
+/// (0 for a row with no visible key).
+float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask);
+
+/// sum[j] += p[j], max[j] = max(max[j], p[j]) and, when `count` is set, count[j] += 1 for
+/// each key j < n the mask lets through (the divisor of the received mean).
+void add_received(const float* p, int64_t n, float* sum, float* max, const RowMask& mask, float* count);
+
+}  // namespace attnscope

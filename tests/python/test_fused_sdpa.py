@@ -1,0 +1,148 @@
+"""The fused route at SDPA sites (q·kᵀ of a block, then one pass per row: softmax, entropy and
+the aggregates, csrc/attnscope/fused_sdpa.cpp) against the materialised route (the same
+attention written with softmax -> attnscope::capture) and against probabilities computed here in
+float64: padded, causal, windowed, encoder (bidirectional, broadcast mask), additive-bias and
+grouped-query masks; with and without a head-mean map (which takes the per-block path)."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import attnscope
+from attnscope._lib import load_library
+
+load_library()
+B, T, C, H, KV, D, V = 2, 11, 32, 4, 2, 8, 50
+KINDS = ["is_causal", "causal_padded", "window_padded", "encoder", "alibi_additive", "lowest_additive"]
+
+
+def allowed(kind, mask):
+    """[B, 1|1, T|1, T] bool of what each query may see (the model's real mask)."""
+    i = torch.arange(T)[:, None]
+    j = torch.arange(T)[None, :]
+    real = mask.bool()[:, None, None, :]
+    if kind == "encoder":
+        return real  # [B, 1, 1, T]: broadcast over the queries
+    causal = (j <= i)[None, None]
+    if kind == "window_padded":
+        causal = causal & (j > i - 3)[None, None]
+    return causal & real
+
+
+class Layer(torch.nn.Module):
+    def __init__(self, kind, route):
+        super().__init__()
+        self.kind, self.route = kind, route
+        self.emb = torch.nn.Embedding(V, C)
+        self.q = torch.nn.Linear(C, H * D)
+        self.k = torch.nn.Linear(C, KV * D)
+        self.v = torch.nn.Linear(C, KV * D)
+        self.out = torch.nn.Linear(H * D, V)
+        self.slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625]).view(1, H, 1, 1)
+
+    def mask_of(self, attention_mask):
+        """(SDPA attn_mask or None, is_causal, additive [B, H|1, T, T] for the materialised route)."""
+        ok = allowed(self.kind, attention_mask)
+        if self.kind == "is_causal":
+            return None, True, torch.zeros(T, T).masked_fill(~ok[0, 0], float("-inf"))
+        if self.kind in ("alibi_additive", "lowest_additive"):
+            dist = (torch.arange(T)[None, :] - torch.arange(T)[:, None]).float()
+            bias = self.slopes * dist if self.kind == "alibi_additive" else torch.zeros(1, 1, T, T)
+            hide = float("-inf") if self.kind == "alibi_additive" else torch.finfo(torch.float32).min
+            add = bias.masked_fill(~ok, hide)
+            return add, False, add
+        return ok, False, torch.zeros(ok.shape).masked_fill(~ok, float("-inf"))
+
+    def forward(self, ids, attention_mask):
+        x = self.emb(ids)
+        q = self.q(x).view(B, T, H, D).transpose(1, 2)
+        k = self.k(x).view(B, T, KV, D).transpose(1, 2)
+        v = self.v(x).view(B, T, KV, D).transpose(1, 2)
+        m, causal, add = self.mask_of(attention_mask)
+        scale = D ** -0.5
+        if self.route == "fused":
+            q = torch.ops.attnscope.capture_sdpa(q, k, m, causal, scale, 0)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=scale, enable_gqa=True)
+        else:
+            kr, vr = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
+            p = torch.softmax(q @ kr.transpose(-1, -2) * scale + add, dim=-1).nan_to_num(0.0)
+            p = torch.ops.attnscope.capture(p, 0)
+            o = p @ vr
+        return self.out(o.transpose(1, 2).reshape(B, T, H * D))
+
+    def reference(self, ids, attention_mask):
+        """Probabilities [B, H, T, T] in float64, written out here."""
+        with torch.no_grad():
+            x = self.emb(ids).double()
+            q = (x @ self.q.weight.double().T + self.q.bias.double()).view(B, T, H, D).transpose(1, 2)
+            k = (x @ self.k.weight.double().T + self.k.bias.double()).view(B, T, KV, D).transpose(1, 2)
+            _, _, add = self.mask_of(attention_mask)
+            s = q @ k.repeat_interleave(H // KV, 1).transpose(-1, -2) / math.sqrt(D) + add.double()
+            return torch.softmax(s, -1).nan_to_num(0.0)
+
+
+def inputs():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, 8:] = 0  # right padding: every real query still sees a key
+    return ids, mask
+
+
+def export(tmp_path, kind, route):
+    torch.manual_seed(0)
+    layer = Layer(kind, route).eval()
+    ids, mask = inputs()
+    if kind == "is_causal":
+        mask = torch.ones_like(mask)
+    path = tmp_path / f"{kind}-{route}.pt"
+    meta = {"num_layers": 1, "num_heads": H, "vocab_size": V, "causal": kind != "encoder"}
+    torch.jit.save(torch.jit.trace(layer, (ids, mask), check_trace=False), str(path),
+                   _extra_files={"attnscope.json": json.dumps(meta)})
+    return layer, path, ids, mask
+
+
+SPECS = {
+    "aggregates+heads": dict(received=True, attn_entropy=True, sink_tokens=2, from_tokens=[-1, 3],
+                             heads=[(0, 1), (0, 3)], top_k=0),
+    "with head-mean map": dict(received=True, attn_entropy=True, sink_tokens=2, from_tokens=[2],
+                               layer_maps=[0], top_k=0),
+    "one head only": dict(heads=[(0, 2)], top_k=0),
+}
+
+
+def close(a, b, tol=1e-5):
+    a, b = a.double(), b.double()
+    assert torch.equal(a.isnan(), b.isnan())
+    return (a.nan_to_num(0) - b.nan_to_num(0)).abs().max().item() < tol
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("spec", sorted(SPECS))
+def test_fused_equals_materialised_and_reference(tmp_path, kind, spec):
+    layer, fused_path, ids, mask = export(tmp_path, kind, "fused")
+    _, mat_path, _, _ = export(tmp_path, kind, "materialised")
+    fused = attnscope.load(str(fused_path), device="cpu").run(ids, capture=SPECS[spec], attention_mask=mask)
+    mat = attnscope.load(str(mat_path), device="cpu").run(ids, capture=SPECS[spec], attention_mask=mask)
+    names = sorted(n for n in mat.captures if n != "aggregate_layers")
+    assert names and names == sorted(n for n in fused.captures if n != "aggregate_layers")
+    for n in names:
+        assert close(fused.get(n), mat.get(n)), (kind, spec, n)
+    # and against float64 probabilities: maps exactly, entropy and the received mean by formula
+    p = layer.reference(ids, mask)
+    q_ok = mask.bool()
+    for (l, h) in SPECS[spec].get("heads", []):
+        got = fused.get(f"head_map/L{l}H{h}")
+        assert close(got[q_ok], p[:, h][q_ok]), (kind, h)
+    if "attn_entropy" in SPECS[spec]:
+        ent = -(p * p.clamp_min(1e-300).log()).sum(-1)  # [B, H, T]
+        got = fused.get("attn_entropy")[0]
+        assert close(got.permute(0, 2, 1)[q_ok], ent.permute(0, 2, 1)[q_ok])
+        see = allowed(kind, mask).expand(B, 1, T, T)[:, 0] & q_ok[:, :, None]  # [B, Tq, Tk]
+        count = see.sum(1).double()  # valid queries that can see each key
+        mean = (p * q_ok[:, None, :, None]).sum(2) / count[:, None, :]
+        got = fused.get("received_mean")[0]
+        assert close(got, torch.where(count[:, None, :] > 0, mean, float("nan")))
+        assert close(fused.get("received_count")[0], count[:, None, :].expand(B, H, T))
