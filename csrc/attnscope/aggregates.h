@@ -72,8 +72,11 @@ class LayerAccumulator {
   /// last stride 0 or 1). `row_keys (Tensor[Tq] int64)`: keys at or after row_keys[r] are hidden
   /// from row r (undefined: none known). Tasks (batch, head) run in parallel, each over blocks
   /// of its rows: q·kᵀ of the block (a buffer that stays in cache), then softmax_row per row.
+  /// With `out (Tensor[B, Hb, Tq, Dv])` defined (every head), also writes the attention output
+  /// P·V into it, `v (Tensor[B, Hkv, Tk, Dv])` fp32, query head h reading kv head h / `group`.
   void add_sdpa(const torch::Tensor& q, const torch::Tensor& k, double scale, const torch::Tensor& mask,
-                float hidden_below, bool causal, const torch::Tensor& row_keys, const RunContext& ctx);
+                float hidden_below, bool causal, const torch::Tensor& row_keys, const RunContext& ctx,
+                const torch::Tensor& v = {}, int64_t group = 1, const torch::Tensor& out = {});
   /// Whether add_sdpa can take this layer: not when a head-mean map is asked (it reduces over
   /// heads, which add_sdpa's tasks split).
   bool fused_ok() const { return !(layer_map_ && spec_.layer_map_head < 0); }

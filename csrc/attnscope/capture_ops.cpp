@@ -23,6 +23,27 @@ torch::Tensor capture_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   return q;
 }
 
+torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                   const std::optional<torch::Tensor>& mask, double dropout_p, bool is_causal,
+                   std::optional<double> scale, bool enable_gqa, int64_t layer) {
+  if (Recorder* r = Recorder::active()) {
+    // Without enable_gqa, unequal head counts are SDPA's error to raise: no output from us.
+    const bool heads_ok = enable_gqa || (q.dim() == 4 && k.dim() == 4 && q.size(1) == k.size(1));
+    torch::Tensor out = r->on_sdpa(q, k, mask, is_causal, scale, layer,
+                                   heads_ok ? v : torch::Tensor(), dropout_p);
+    if (out.defined()) return out;
+  }
+  if (enable_gqa && !q.is_cpu() && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.size(1) > 0 &&
+      q.size(1) != k.size(1) && q.size(1) % k.size(1) == 0) {
+    // On CUDA the memory-efficient kernel (fp32) takes no grouped K/V: repeat them, as
+    // transformers does, so the fused kernels keep running.
+    const int64_t g = q.size(1) / k.size(1);
+    return at::scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), mask,
+                                            dropout_p, is_causal, scale, false);
+  }
+  return at::scaled_dot_product_attention(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa);
+}
+
 }  // namespace attnscope
 
 TORCH_LIBRARY(attnscope, m) {
@@ -36,4 +57,8 @@ TORCH_LIBRARY(attnscope, m) {
                       "float? scale, int layer) -> Tensor",
                       c10::AliasAnalysisKind::CONSERVATIVE),
         &attnscope::capture_sdpa);
+  m.def(torch::schema("attnscope::sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, float dropout_p, "
+                      "bool is_causal, float? scale, bool enable_gqa, int layer) -> Tensor",
+                      c10::AliasAnalysisKind::CONSERVATIVE),
+        &attnscope::sdpa);
 }

@@ -28,9 +28,21 @@ torch::Tensor capture_sdpa(const torch::Tensor& q, const torch::Tensor& k,
                            const std::optional<torch::Tensor>& mask, bool is_causal,
                            std::optional<double> scale, int64_t layer);
 
+/// Schema: attnscope::sdpa(Tensor q, Tensor k, Tensor v, Tensor? mask, float dropout_p,
+///                         bool is_causal, float? scale, bool enable_gqa, int layer) -> Tensor
+/// scaled_dot_product_attention with the capture built in (what the graph pass and attnscope's
+/// modules use since archive format 4). No capture running, or a layer the recorder does not
+/// compute in full: exactly aten::scaled_dot_product_attention. Otherwise (CPU, fp32, no dropout,
+/// every head computed) the recorder's fused route also gives the output, P·V from the same
+/// probabilities, so the attention is computed once (equal to the fused kernel's to ~1e-7).
+torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                   const std::optional<torch::Tensor>& mask, double dropout_p, bool is_causal,
+                   std::optional<double> scale, bool enable_gqa, int64_t layer);
+
 /// Qualified operator names, for the graph pass and for checking archives.
 constexpr const char* kCaptureOp = "attnscope::capture";
 constexpr const char* kCaptureSdpaOp = "attnscope::capture_sdpa";
 constexpr const char* kCaptureDimOp = "attnscope::capture_dim";
+constexpr const char* kSdpaOp = "attnscope::sdpa";
 
 }  // namespace attnscope

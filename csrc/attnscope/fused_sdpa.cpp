@@ -105,7 +105,8 @@ struct MaskView {
 
 void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, double scale,
                                 const torch::Tensor& mask, float hidden_below, bool causal,
-                                const torch::Tensor& row_keys, const RunContext& ctx) {
+                                const torch::Tensor& row_keys, const RunContext& ctx,
+                                const torch::Tensor& v, int64_t group, const torch::Tensor& out) {
   TORCH_INTERNAL_ASSERT(fused_ok() && q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
                         k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
                         k.size(2) == tk_);
@@ -124,14 +125,19 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
       const int64_t b = task / hb_n, hb = task % hb_n;
       const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
       const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb);  // [T, D]
+      torch::Tensor vb, ob;  // [Tk, Dv], [Tq, Dv]
+      if (out.defined()) {
+        vb = v.select(0, b).select(0, hb / group);
+        ob = out.select(0, b).select(0, hb);
+      }
       for (int64_t r0 = 0; r0 < tq_; r0 += block) {
         const int64_t rows = std::min(block, tq_ - r0);
         // Keys after the last one a row of the block may see are not computed.
         int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
         if (rk) keys = std::min(keys, *std::max_element(rk + r0, rk + r0 + rows));
         keys = std::max<int64_t>(keys, 1);
-        auto out = torch::from_blob(buf.data(), {rows, keys}, torch::kFloat);
-        at::mm_out(out, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
+        auto out_blk = torch::from_blob(buf.data(), {rows, keys}, torch::kFloat);
+        at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t r = r0 + i;
           int64_t n = causal ? std::min(keys, r + 1) : keys;
@@ -141,6 +147,11 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
           const float e = softmax_row(z, n, sc, m);
           if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;
           take_row(t, z, n, b, hb, r, m);
+          if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
+        }
+        if (out.defined()) {  // this block's output rows: P [rows, keys] · V [keys, Dv]
+          auto o = ob.narrow(0, r0, rows);
+          at::mm_out(o, out_blk, vb.narrow(0, 0, keys));
         }
       }
     }

@@ -161,10 +161,10 @@ int64_t count_capture_ops(const torch::jit::Module& module) {
   auto g = forward_graph(module)->copy();
   torch::jit::Inline(*g);
   int64_t n = 0;
-  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp), c = sym(kCaptureDimOp);
+  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp), c = sym(kCaptureDimOp), d = sym(kSdpaOp);
   std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* blk) {
     for (Node* node : blk->nodes()) {
-      if (node->kind() == a || node->kind() == b || node->kind() == c) ++n;
+      if (node->kind() == a || node->kind() == b || node->kind() == c || node->kind() == d) ++n;
       for (auto* sub : node->blocks()) walk(sub);
     }
   };
@@ -208,7 +208,7 @@ Instrumented instrument(const torch::jit::Module& module) {
               "(matmul/bmm/baddbmm/einsum, through scaling, masks, casts and views) and feeding "
               "a product with V, and for aten::scaled_dot_product_attention");
 
-  const Symbol cap = sym(kCaptureOp), cap_sdpa = sym(kCaptureSdpaOp), cap_dim = sym(kCaptureDimOp);
+  const Symbol cap = sym(kCaptureOp), sdpa_op = sym(kSdpaOp), cap_dim = sym(kCaptureDimOp);
   const TypeNames names = unique_type_names(r.module);
   for (size_t i = 0; i < found.size(); ++i) {
     Node* n = found[i].node;
@@ -220,11 +220,16 @@ Instrumented instrument(const torch::jit::Module& module) {
       // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)
       TORCH_CHECK(n->inputs().size() >= 6, "unexpected scaled_dot_product_attention schema with ",
                   n->inputs().size(), " inputs");
+      // Replaced by attnscope::sdpa, which is SDPA itself when nothing is captured and gives
+      // the output from the recorder's own probabilities when it computes them all.
       torch::jit::WithInsertPoint guard(n);
       Value* scale = n->inputs().size() > 6 ? n->input(6) : graph->insertConstant(c10::IValue());
-      Value* q = graph->insert(cap_sdpa, {n->input(0), n->input(1), n->input(3), n->input(5),
-                                          scale, id});
-      n->replaceInput(0, q);
+      Value* gqa = n->inputs().size() > 7 ? n->input(7) : graph->insertConstant(false);
+      Value* out = graph->insert(sdpa_op, {n->input(0), n->input(1), n->input(2), n->input(3),
+                                           n->input(4), n->input(5), scale, gqa, id});
+      out->setType(n->output()->type());
+      n->output()->replaceAllUsesWith(out);
+      n->destroy();
     } else {
       torch::jit::WithInsertPoint guard(n->next());
       Value* p = found[i].runtime_dim >= 0

@@ -117,9 +117,10 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
   }
 }
 
-void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
-                       const std::optional<torch::Tensor>& mask, bool is_causal,
-                       std::optional<double> scale, int64_t op_layer) {
+torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
+                                const std::optional<torch::Tensor>& mask, bool is_causal,
+                                std::optional<double> scale, int64_t op_layer,
+                                const torch::Tensor& v, double dropout_p) {
   const int64_t layer = resolve_layer(op_layer);
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "capture_sdpa: expected q [B, H, Tq, D] and k "
               "[B, Hkv, Tk, D] at layer ", layer, ", got q ", q.sizes(), " and k ", k.sizes());
@@ -136,7 +137,7 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
               " input tokens");
   result_.kv_heads[layer] = hkv;
   LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device());
-  if (!acc) return;
+  if (!acc) return {};
 
   torch::NoGradGuard no_grad;
   const int64_t group = hq / hkv;
@@ -187,9 +188,18 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       mf = mf.expand({batch, static_cast<int64_t>(heads.size()), tq, tk});
       if (mf.stride(3) > 1) mf = mf.contiguous();
     }
+    // The output too (P·V from the same probabilities) when every head is computed in fp32 and
+    // nothing is random: the site's SDPA is then not run a second time.
+    torch::Tensor out, vf;
+    if (v.defined() && all_heads && dropout_p == 0.0 && q.scalar_type() == torch::kFloat &&
+        k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat && v.dim() == 4 &&
+        v.size(0) == batch && v.size(1) == hkv && v.size(2) == tk) {
+      vf = v;
+      out = torch::empty({batch, hq, tq, v.size(3)}, q.options());
+    }
     acc->add_sdpa(qs, ks, s, mf, static_cast<float>(hidden_below), is_causal,
-                  m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_);
-    return;
+                  m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, vf, group, out);
+    return out;
   }
   const bool vis = acc->wants_visibility();
   torch::Tensor all_visible;
@@ -253,6 +263,7 @@ void Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     if (m.defined()) probs.nan_to_num_(0.0);
     acc->add_block(probs, r0, ctx_, ws_, visible);
   }
+  return {};  // the site's own SDPA gives the output
 }
 
 torch::Tensor Recorder::row_keys(const torch::Tensor& m, double hidden_below, int64_t tq) {

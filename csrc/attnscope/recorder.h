@@ -41,9 +41,13 @@ class Recorder {
   void on_probs(const torch::Tensor& probs, int64_t layer);
   /// SDPA site: recomputes softmax(q kᵀ·scale + mask) in fp32 for the heads and rows needed.
   /// `q (Tensor[B, Hq, Tq, D])`, `k (Tensor[B, Hkv, Tk, D])`, Hq a multiple of Hkv (GQA).
-  void on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
-               const std::optional<torch::Tensor>& mask, bool is_causal,
-               std::optional<double> scale, int64_t layer);
+  /// Given `v (Tensor[B, Hkv, Tk, Dv])` (attnscope::sdpa), returns the attention output
+  /// [B, Hq, Tq, Dv] when the fused route computed every head in fp32 on the CPU with no
+  /// dropout, else an undefined tensor (the caller then runs SDPA itself).
+  torch::Tensor on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
+                        const std::optional<torch::Tensor>& mask, bool is_causal,
+                        std::optional<double> scale, int64_t layer,
+                        const torch::Tensor& v = {}, double dropout_p = 0.0);
 
   /// Stacks per-layer results; checks that every requested layer ran.
   RecordResult finish();

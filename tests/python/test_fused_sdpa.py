@@ -62,9 +62,11 @@ class Layer(torch.nn.Module):
         v = self.v(x).view(B, T, KV, D).transpose(1, 2)
         m, causal, add = self.mask_of(attention_mask)
         scale = D ** -0.5
-        if self.route == "fused":
+        if self.route == "fused":  # archives before format 4: capture on the query, then SDPA
             q = torch.ops.attnscope.capture_sdpa(q, k, m, causal, scale, 0)
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=scale, enable_gqa=True)
+        elif self.route == "op":  # attnscope::sdpa: while capturing, the output from the same probabilities
+            o = torch.ops.attnscope.sdpa(q, k, v, m, 0.0, causal, scale, True, 0)
         else:
             kr, vr = k.repeat_interleave(H // KV, 1), v.repeat_interleave(H // KV, 1)
             p = torch.softmax(q @ kr.transpose(-1, -2) * scale + add, dim=-1).nan_to_num(0.0)
@@ -121,8 +123,9 @@ def close(a, b, tol=1e-5):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("spec", sorted(SPECS))
-def test_fused_equals_materialised_and_reference(tmp_path, kind, spec):
-    layer, fused_path, ids, mask = export(tmp_path, kind, "fused")
+@pytest.mark.parametrize("route", ["fused", "op"])
+def test_fused_equals_materialised_and_reference(tmp_path, kind, spec, route):
+    layer, fused_path, ids, mask = export(tmp_path, kind, route)
     _, mat_path, _, _ = export(tmp_path, kind, "materialised")
     fused = attnscope.load(str(fused_path), device="cpu").run(ids, capture=SPECS[spec], attention_mask=mask)
     mat = attnscope.load(str(mat_path), device="cpu").run(ids, capture=SPECS[spec], attention_mask=mask)
@@ -146,3 +149,25 @@ def test_fused_equals_materialised_and_reference(tmp_path, kind, spec):
         got = fused.get("received_mean")[0]
         assert close(got, torch.where(count[:, None, :] > 0, mean, float("nan")))
         assert close(fused.get("received_count")[0], count[:, None, :].expand(B, H, T))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sdpa_op_output_equals_sdpa(tmp_path, kind):
+    # Outside a run attnscope::sdpa is SDPA itself (bit for bit); in a run that captures every
+    # head its output comes from the recorder's probabilities: the logits agree to fp32 rounding.
+    layer, path, ids, mask = export(tmp_path, kind, "op")
+    torch.manual_seed(0)
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, KV, T, D), torch.randn(B, KV, T, D)
+    m, causal, _ = layer.mask_of(mask)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, enable_gqa=True)
+    assert torch.equal(torch.ops.attnscope.sdpa(q, k, v, m, 0.0, causal, None, True, 0), want)
+    model = attnscope.load(str(path), device="cpu")
+    plain = model.run(ids, capture={"top_k": 3}, attention_mask=mask)  # nothing captured: SDPA
+    full = model.run(ids, capture={"received": True, "attn_entropy": True, "top_k": 3}, attention_mask=mask)
+    ok = mask.bool()
+    assert close(full.entropy[ok], plain.entropy[ok], 1e-5)
+    assert close(full.topk_probs[ok], plain.topk_probs[ok], 1e-6)
+    with torch.no_grad():
+        logits = layer(ids, mask)
+    p = torch.softmax(logits.double(), -1)
+    assert close(full.entropy[ok], (-(p * p.log()).sum(-1))[ok], 1e-5)

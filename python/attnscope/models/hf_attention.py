@@ -1,8 +1,8 @@
 """attnscope's attention functions for transformers' attention interface.
 
 Registered as "attnscope_sdpa" and "attnscope_eager" (attention and mask functions):
-  attnscope_sdpa:  capture_sdpa(q, k, mask, is_causal, scale, layer) on the query, then SDPA
-                   (the fast kernel keeps running; the recorder recomputes what it needs);
+  attnscope_sdpa:  attnscope::sdpa(q, k, v, mask, ...): SDPA when nothing is captured; while
+                   capturing, the recorder recomputes what it needs (and, on the CPU, the output);
   attnscope_eager: softmax(q·kᵀ·scale [softcapped] + mask) in fp32 -> capture(probs, layer) -> ·V.
 Attention logit softcapping (Gemma2: tanh(s / c) · c before the mask) has no SDPA kernel, so
 attnscope_sdpa computes such a layer like attnscope_eager and says so in `used`.
@@ -54,20 +54,18 @@ def _sdpa_capture_fn():
     if _SDPA_CAPTURE is None:
         from .. import _core  # noqa: F401  (registers the capture operators)
 
-        def sdpa_capture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_rep: torch.Tensor,
-                         v_rep: torch.Tensor, mask: Optional[torch.Tensor], scale: float, layer: int,
-                         causal: bool) -> torch.Tensor:
+        def sdpa_capture(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+                         scale: float, layer: int, causal: bool) -> torch.Tensor:
             exact = False
             if mask is not None:
                 exact = exact_causal(mask, q.size(2), k.size(2))
+            # attnscope::sdpa is SDPA itself when nothing is captured (K/V repeated on CUDA as
+            # before); while capturing on the CPU the recorder's probabilities give the output too.
+            gqa = q.size(1) != k.size(1)
             if mask is None or exact:
                 is_causal = causal or exact
-                q = torch.ops.attnscope.capture_sdpa(q, k, None, is_causal, scale, layer)
-                return torch.nn.functional.scaled_dot_product_attention(
-                    q, k_rep, v_rep, attn_mask=None, dropout_p=0.0, is_causal=is_causal, scale=scale)
-            q = torch.ops.attnscope.capture_sdpa(q, k, mask, False, scale, layer)
-            return torch.nn.functional.scaled_dot_product_attention(
-                q, k_rep, v_rep, attn_mask=mask, dropout_p=0.0, is_causal=False, scale=scale)
+                return torch.ops.attnscope.sdpa(q, k, v, None, 0.0, is_causal, scale, gqa, layer)
+            return torch.ops.attnscope.sdpa(q, k, v, mask, 0.0, False, scale, gqa, layer)
 
         _SDPA_CAPTURE = torch.jit.script(sdpa_capture)
     return _SDPA_CAPTURE
@@ -88,18 +86,15 @@ def attnscope_sdpa(module, query, key, value, attention_mask, dropout=0.0, scali
         return attnscope_eager(module, query, key, value, attention_mask, scaling=scaling, softcap=softcap,
                                **kwargs)
     _note("attnscope_sdpa", "sdpa")
-    groups = getattr(module, "num_key_value_groups", 1)
-    k_rep, v_rep = key, value
-    if groups > 1:  # SDPA gets repeated K/V; the recorder maps query heads to KV heads itself
-        k_rep = key.repeat_interleave(groups, dim=1)
-        v_rep = value.repeat_interleave(groups, dim=1)
+    # K/V keep their KV heads: attnscope::sdpa groups them (enable_gqa), the recorder maps query
+    # heads to KV heads itself.
     scale = float(scaling) if scaling is not None else query.shape[-1] ** -0.5
     mask = attention_mask
     if mask is not None and mask.shape[-1] != key.shape[2]:
         mask = mask[..., : key.shape[2]]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(query.shape[2] > 1 and causal)
-    out = _sdpa_capture_fn()(query, key, value, k_rep, v_rep, mask, scale, _layer(module), causal)
+    out = _sdpa_capture_fn()(query, key, value, mask, scale, _layer(module), causal)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -4,7 +4,7 @@ Config-driven: RMSNorm, rotary embeddings (theta, linear scaling), grouped-query
 SwiGLU MLP, tied or untied embeddings, optional q/k/v (and o) biases, optional sliding window.
 Two attention back ends, both numbering layers 0..L-1:
   "eager": softmax materialised in fp32 -> attnscope::capture(probs, layer)
-  "sdpa":  F.scaled_dot_product_attention, with q/k also handed to attnscope::capture_sdpa
+  "sdpa":  attnscope::sdpa (scaled_dot_product_attention with the capture built in)
 """
 import math
 from dataclasses import asdict, dataclass, field
@@ -119,11 +119,11 @@ def _sdpa_fn():
     if _SDPA is None:
         def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                  causal_ok: torch.Tensor, scale: float, layer: int, window: int, gqa: bool) -> torch.Tensor:
+            # attnscope::sdpa: SDPA itself when nothing is captured; while capturing on the CPU
+            # the recorder's probabilities give the output too (the attention is computed once).
             if q.size(2) == k.size(2) and (window <= 0 or k.size(2) <= window) and bool(causal_ok):
-                q = torch.ops.attnscope.capture_sdpa(q, k, None, True, scale, layer)
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
-            q = torch.ops.attnscope.capture_sdpa(q, k, allowed, False, scale, layer)
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=gqa)
+                return torch.ops.attnscope.sdpa(q, k, v, None, 0.0, True, scale, gqa, layer)
+            return torch.ops.attnscope.sdpa(q, k, v, allowed, 0.0, False, scale, gqa, layer)
         _SDPA = torch.jit.script(sdpa)
     return _SDPA
 
