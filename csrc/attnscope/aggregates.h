@@ -77,6 +77,9 @@ class LayerAccumulator {
   void add_sdpa(const torch::Tensor& q, const torch::Tensor& k, double scale, const torch::Tensor& mask,
                 float hidden_below, bool causal, const torch::Tensor& row_keys, const RunContext& ctx,
                 const torch::Tensor& v = {}, int64_t group = 1, const torch::Tensor& out = {});
+  /// add_sdpa leaves "received_count" (the divisor of the received mean) to this:
+  /// `counts (Tensor[B|1, H|1, Tk])` valid queries that can see each key, added once per layer.
+  void add_counts(const torch::Tensor& counts);
   /// Whether add_sdpa can take this layer: not when a head-mean map is asked (it reduces over
   /// heads, which add_sdpa's tasks split).
   bool fused_ok() const { return !(layer_map_ && spec_.layer_map_head < 0); }

@@ -57,7 +57,8 @@ void LayerAccumulator::take_row(const Rows& t, const float* p, int64_t keys, int
   const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
   const int64_t bh = b * heads_ + h;  // row of the [B, H, *] accumulators
   if (t.recv_sum && t.valid[b * t.t_all + t.q_off + r])  // padded queries are left out
-    add_received(p, keys, t.recv_sum + bh * tk_, t.recv_max + bh * tk_, m, t.recv_count + bh * tk_);
+    add_received(p, keys, t.recv_sum + bh * tk_, t.recv_max + bh * tk_, m,
+                 t.recv_count ? t.recv_count + bh * tk_ : nullptr);
   if (t.sink) {
     float s = 0.0f;
     if (!t.sink_idx) {
@@ -111,7 +112,8 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
                         k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
                         k.size(2) == tk_);
   const int64_t hb_n = q.size(1);
-  const Rows t = rows_for(ctx);
+  Rows t = rows_for(ctx);
+  t.recv_count = nullptr;  // counted once per layer from the mask (add_counts), not per row
   const MaskView mv(mask, hidden_below);
   const int64_t* rk = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
   // Rows per block: a [R, Tk] fp32 buffer of <= 1 MB per thread, so it mostly stays in cache
@@ -119,10 +121,14 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   // per-call cost (packing k) dominates.
   const int64_t block = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, tk_), 64, 256);
   const float sc = static_cast<float>(scale);
-  at::parallel_for(0, batch_ * hb_n, 1, [&](int64_t begin, int64_t end) {
+  // Tasks are (batch, head), whose received sums only that task writes; with nothing summed over
+  // rows (full maps of a few heads) the blocks of rows are tasks too, so one head uses every thread.
+  const int64_t n_blk = t.recv_sum ? 1 : (tq_ + block - 1) / block;
+  at::parallel_for(0, batch_ * hb_n * n_blk, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(static_cast<size_t>(std::min(block, tq_) * tk_));
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / hb_n, hb = task % hb_n;
+      const int64_t b = task / n_blk / hb_n, hb = task / n_blk % hb_n, blk = task % n_blk;
+      const int64_t r_begin = t.recv_sum ? 0 : blk * block, r_end = t.recv_sum ? tq_ : std::min(tq_, r_begin + block);
       const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
       const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb);  // [T, D]
       torch::Tensor vb, ob;  // [Tk, Dv], [Tq, Dv]
@@ -130,7 +136,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
         vb = v.select(0, b).select(0, hb / group);
         ob = out.select(0, b).select(0, hb);
       }
-      for (int64_t r0 = 0; r0 < tq_; r0 += block) {
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += block) {
         const int64_t rows = std::min(block, tq_ - r0);
         // Keys after the last one a row of the block may see are not computed.
         int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
@@ -156,6 +162,10 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
       }
     }
   });
+}
+
+void LayerAccumulator::add_counts(const torch::Tensor& counts) {
+  if (aggregates_ && spec_.received) recv_count_.add_(counts.to(recv_count_.device()));
 }
 
 void LayerAccumulator::add_scores(const torch::Tensor& scores, int64_t r0, double scale,

@@ -199,6 +199,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     }
     acc->add_sdpa(qs, ks, s, mf, static_cast<float>(hidden_below), is_causal,
                   m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, vf, group, out);
+    if (acc->wants_visibility()) acc->add_counts(visible_counts(m, hidden_below, is_causal, tq, tk));
     return out;
   }
   const bool vis = acc->wants_visibility();
@@ -281,6 +282,33 @@ torch::Tensor Recorder::row_keys(const torch::Tensor& m, double hidden_below, in
   rk_mask_ = m;
   rk_version_ = m._version();
   return rk_;
+}
+
+torch::Tensor Recorder::visible_counts(const torch::Tensor& m, double hidden_below, bool is_causal,
+                                       int64_t tq, int64_t tk) {
+  const bool same_mask = counts_mask_.defined() == m.defined() &&
+                         (!m.defined() || (counts_mask_.unsafeGetTensorImpl() == m.unsafeGetTensorImpl() &&
+                                           counts_version_ == m._version()));
+  if (counts_.defined() && same_mask && counts_causal_ == is_causal && counts_.size(-1) == tk && counts_tq_ == tq)
+    return counts_;
+  auto q_ok = ctx_.valid.narrow(1, ctx_.valid.size(1) - tq, tq).to(m.defined() ? m.device() : ctx_.valid.device());
+  torch::Tensor c;  // [B|1, H|1, Tk]
+  if (m.defined()) {
+    auto seen = m.scalar_type() == torch::kBool ? m : m.gt(hidden_below);  // [B|1, H|1, Tq|1, Tk|1]
+    seen = seen.expand({seen.size(0), seen.size(1), tq, tk});
+    c = seen.logical_and(q_ok.view({q_ok.size(0), 1, tq, 1})).sum(2, false, torch::kFloat);
+  } else if (is_causal) {  // SDPA's is_causal: query r sees keys j <= r
+    auto vis = torch::ones({tq, tk}, torch::dtype(torch::kBool).device(q_ok.device())).tril();
+    c = vis.unsqueeze(0).logical_and(q_ok.unsqueeze(2)).sum(1, false, torch::kFloat).unsqueeze(1);
+  } else {
+    c = q_ok.sum(1, true, torch::kFloat).unsqueeze(1).expand({q_ok.size(0), 1, tk});
+  }
+  counts_ = c;
+  counts_mask_ = m;
+  counts_version_ = m.defined() ? m._version() : -1;
+  counts_causal_ = is_causal;
+  counts_tq_ = tq;
+  return counts_;
 }
 
 RecordResult Recorder::finish() {

@@ -60,6 +60,9 @@ class Recorder {
   /// [Tq] int64: for each query row, 1 + the last key the mask `m` ([B|1, H|1, Tq|1, Tk]) lets
   /// any batch row or head see; undefined when the mask is one value over the keys.
   torch::Tensor row_keys(const torch::Tensor& m, double hidden_below, int64_t tq);
+  /// [B|1, H|1, Tk] fp32: valid queries that mask `m` (or is_causal, or nothing) lets see each
+  /// key; once per run for a mask every layer shares.
+  torch::Tensor visible_counts(const torch::Tensor& m, double hidden_below, bool is_causal, int64_t tq, int64_t tk);
 
   CaptureSpec spec_;
   RunContext ctx_;
@@ -68,7 +71,10 @@ class Recorder {
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
   Workspace ws_;
   torch::Tensor rk_, rk_mask_;  // row_keys of the last mask seen, and that mask
-  int64_t rk_version_ = -1;  // slot 0: aggregate temporaries; 1, 2: SDPA scores and probabilities
+  int64_t rk_version_ = -1;
+  torch::Tensor counts_, counts_mask_;  // visible_counts of the last mask seen
+  int64_t counts_version_ = -1, counts_tq_ = -1;
+  bool counts_causal_ = false;  // slot 0: aggregate temporaries; 1, 2: SDPA scores and probabilities
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.
