@@ -104,10 +104,10 @@ struct MaskView {
 };
 }  // namespace
 
-void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, double scale,
+void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, int64_t group, double scale,
                                 const torch::Tensor& mask, float hidden_below, bool causal,
-                                const torch::Tensor& row_keys, const RunContext& ctx,
-                                const torch::Tensor& v, int64_t group, const torch::Tensor& out) {
+                                const torch::Tensor& row_keys, const RunContext& ctx, Workspace& ws,
+                                const torch::Tensor& v, const torch::Tensor& out) {
   TORCH_INTERNAL_ASSERT(fused_ok() && q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
                         k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
                         k.size(2) == tk_);
@@ -124,13 +124,15 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   // Tasks are (batch, head), whose received sums only that task writes; with nothing summed over
   // rows (full maps of a few heads) the blocks of rows are tasks too, so one head uses every thread.
   const int64_t n_blk = t.recv_sum ? 1 : (tq_ + block - 1) / block;
+  const int64_t per_thread = std::min(block, tq_) * tk_;
+  const auto bufs = ws.get(4, {at::get_num_threads(), per_thread}, q.device());
   at::parallel_for(0, batch_ * hb_n * n_blk, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> buf(static_cast<size_t>(std::min(block, tq_) * tk_));
+    float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_blk / hb_n, hb = task / n_blk % hb_n, blk = task % n_blk;
       const int64_t r_begin = t.recv_sum ? 0 : blk * block, r_end = t.recv_sum ? tq_ : std::min(tq_, r_begin + block);
       const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
-      const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb);  // [T, D]
+      const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb / group);  // [T, D]
       torch::Tensor vb, ob;  // [Tk, Dv], [Tq, Dv]
       if (out.defined()) {
         vb = v.select(0, b).select(0, hb / group);
@@ -142,13 +144,13 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
         int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
         if (rk) keys = std::min(keys, *std::max_element(rk + r0, rk + r0 + rows));
         keys = std::max<int64_t>(keys, 1);
-        auto out_blk = torch::from_blob(buf.data(), {rows, keys}, torch::kFloat);
+        auto out_blk = torch::from_blob(buf, {rows, keys}, torch::kFloat);
         at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t r = r0 + i;
           int64_t n = causal ? std::min(keys, r + 1) : keys;
           if (rk) n = std::min(n, rk[r]);
-          float* z = buf.data() + i * keys;
+          float* z = buf + i * keys;
           const RowMask m = mv.row(b, hb, r);
           const float e = softmax_row(z, n, sc, m);
           if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;

@@ -149,9 +149,15 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   // q head h reads kv head h / group. All heads: repeat_interleave, no index tensor to ship to
   // the device; a subset (full maps of a few heads) indexes q and k.
   torch::Tensor qs, ks, head_t;
+  int64_t k_group = 1;  // query head h of the block reads ks head h / k_group
   if (all_heads) {
     qs = q.to(torch::kFloat);
-    ks = (group == 1 ? k : k.repeat_interleave(group, 1)).to(torch::kFloat);
+    if (!q.is_cuda() && acc->fused_ok()) {  // the fused route maps heads itself: no copies of K
+      ks = k.to(torch::kFloat);
+      k_group = group;
+    } else {
+      ks = (group == 1 ? k : k.repeat_interleave(group, 1)).to(torch::kFloat);
+    }
   } else {
     std::vector<int64_t> kv_idx;
     for (int64_t h : heads) kv_idx.push_back(h / group);
@@ -197,8 +203,8 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       vf = v;
       out = torch::empty({batch, hq, tq, v.size(3)}, q.options());
     }
-    acc->add_sdpa(qs, ks, s, mf, static_cast<float>(hidden_below), is_causal,
-                  m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, vf, group, out);
+    acc->add_sdpa(qs, ks, k_group, s, mf, static_cast<float>(hidden_below), is_causal,
+                  m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, ws_, vf, out);
     if (acc->wants_visibility()) acc->add_counts(visible_counts(m, hidden_below, is_causal, tq, tk));
     return out;
   }

@@ -68,6 +68,14 @@ inline f8 exp_nonpositive(f8 x) {
   return (f8)((i8)(y * (f8)two_n) & keep);
 }
 
+// s += x with the running compensation c (Kahan); the build has no -ffast-math to undo it.
+inline void kahan_add(f8& s, f8& c, f8 x) {
+  const f8 y = x - c;
+  const f8 t = s + y;
+  c = (t - s) - y;
+  s = t;
+}
+
 inline float hsum(f8 v) {
   float s = 0.0f;
   for (int i = 0; i < 8; ++i) s += v[i];
@@ -126,13 +134,13 @@ float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask) {
     return fill;
   }
   // Pass 2: e = exp(d), d = z - max (clamped so that a hidden key adds 0·d = 0 to sum(e·d)).
-  f8 vs = f8{}, ved = f8{};
+  f8 vs = f8{}, ved = f8{}, cs = f8{}, ced = f8{};  // compensated sums (long rows)
   for_lanes(keys, [&](int64_t j, auto n) {
     f8 d = load(z + j, n, -kInf) - mx;
     d = d > -1e30f ? d : splat(-1e30f);
     const f8 e = exp_nonpositive(d);
-    vs += e;
-    ved += e * d;
+    kahan_add(vs, cs, e);
+    kahan_add(ved, ced, e * d);
     store(z + j, e, n);
   });
   const float sum = hsum(vs), inv = 1.0f / sum;
@@ -156,6 +164,54 @@ void add_received(const float* p, int64_t n, float* sum, float* max, const RowMa
     else if (!bcast && mask.add) seen = select(load(mask.add + j, m, 0.0f) > mask.hidden_below, splat(1.0f), f8{});
     store(count + j, load(count + j, m, 0.0f) + seen, m);
   });
+}
+
+ATTNSCOPE_CLONES
+RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, int64_t* top_ids) {
+  // Pass 1: max (and NaN) of the row.
+  f8 vmax = splat(-kInf);
+  i8 vnan = i8{};
+  for_lanes(n, [&](int64_t j, auto m) {
+    const f8 v = load(z + j, m, -kInf);
+    vnan |= v != v;
+    vmax = v > vmax ? v : vmax;
+  });
+  bool nan = false;
+  for (int i = 0; i < 8; ++i) nan |= vnan[i] != 0;
+  if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN(), true};
+  const float zmax = hmax(vmax), mx = zmax * inv_t;
+  // Top-k by a threshold scan: an element enters only if above the current k-th (rare after the
+  // first few thousand), kept sorted by (value desc, id asc) in a small array.
+  if (k > 0) {
+    float vals[64];
+    int64_t have = 0;
+    float kth = -kInf;
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = z[j];
+      if (have == k && !(v > kth)) continue;
+      int64_t pos = have < k ? have : k - 1;
+      while (pos > 0 && vals[pos - 1] < v) {  // strictly greater moves up: equal keeps lower id first
+        if (pos < k) { vals[pos] = vals[pos - 1]; top_ids[pos] = top_ids[pos - 1]; }
+        --pos;
+      }
+      vals[pos] = v;
+      top_ids[pos] = j;
+      if (have < k) ++have;
+      kth = have == k ? vals[k - 1] : -kInf;
+    }
+  }
+  // Pass 2: S = sum e, sum e·d with d = z·inv_t - max (clamped: -inf logits add 0).
+  // Compensated (Kahan) sums: a vocabulary of 10^5 terms keeps fp32 accuracy.
+  f8 vs = f8{}, ved = f8{}, cs = f8{}, ced = f8{};
+  for_lanes(n, [&](int64_t j, auto m) {
+    f8 d = load(z + j, m, -kInf) * inv_t - mx;
+    d = d > -1e30f ? d : splat(-1e30f);
+    const f8 e = exp_nonpositive(d);
+    kahan_add(vs, cs, e);
+    kahan_add(ved, ced, e * d);
+  });
+  const float sum = hsum(vs);
+  return {std::log(sum) - hsum(ved) / sum, mx + std::log(sum), false};
 }
 
 }  // namespace attnscope

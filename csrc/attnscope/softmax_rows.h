@@ -37,4 +37,14 @@ float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask);
 /// each key j < n the mask lets through (the divisor of the received mean).
 void add_received(const float* p, int64_t n, float* sum, float* max, const RowMask& mask, float* count);
 
+/// Predictive statistics of one row of logits z[0..n) at inverse temperature `inv_t`, reading
+/// z twice and writing nothing: the entropy (nats) of softmax(z·inv_t), its log-sum-exp, and,
+/// when k > 0, the k largest logits as ids (decreasing; ties: lower id first) in `top_ids`.
+/// NaN anywhere in the row: entropy and lse NaN, top ids left to the caller (`nan` = true).
+struct RowPredictive {
+  float entropy, lse;
+  bool nan;
+};
+RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, int64_t* top_ids);
+
 }  // namespace attnscope
