@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace attnscope {
@@ -121,16 +122,35 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   // per-call cost (packing k) dominates.
   const int64_t block = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, tk_), 64, 256);
   const float sc = static_cast<float>(scale);
-  // Tasks are (batch, head), whose received sums only that task writes; with nothing summed over
-  // rows (full maps of a few heads) the blocks of rows are tasks too, so one head uses every thread.
-  const int64_t n_blk = t.recv_sum ? 1 : (tq_ + block - 1) / block;
+  // Tasks are (batch, head, part of the rows). With received sums each (batch, head) is cut into
+  // as many parts as threads, each summing into its own partial buffer (merged below), the cuts
+  // placed so causal parts hold equal work (row r costs ~r keys); 9 heads on 2 threads then
+  // balance. With nothing summed over rows (full maps of a few heads) every block is a part.
+  const int64_t n_blocks = (tq_ + block - 1) / block;
+  const int64_t n_part = std::min<int64_t>(n_blocks, t.recv_sum ? std::max(1, at::get_num_threads()) : n_blocks);
+  std::vector<int64_t> cut(static_cast<size_t>(n_part + 1), tq_);
+  for (int64_t p = 0; p < n_part; ++p) {
+    const double f = t.recv_sum ? (causal || rk ? std::sqrt(double(p) / n_part) : double(p) / n_part)
+                                : double(p) / n_part;
+    cut[p] = p == 0 ? 0 : std::min(tq_, static_cast<int64_t>(std::llround(f * n_blocks)) * block);
+  }
+  torch::Tensor psum, pmax;  // [parts, B, H, Tk] partial received sums / max
+  if (t.recv_sum && n_part > 1) {
+    psum = torch::zeros({n_part, batch_, heads_, tk_}, torch::kFloat);
+    pmax = torch::zeros({n_part, batch_, heads_, tk_}, torch::kFloat);
+  }
   const int64_t per_thread = std::min(block, tq_) * tk_;
   const auto bufs = ws.get(4, {at::get_num_threads(), per_thread}, q.device());
-  at::parallel_for(0, batch_ * hb_n * n_blk, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch_ * hb_n * n_part, 1, [&](int64_t begin, int64_t end) {
     float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_blk / hb_n, hb = task / n_blk % hb_n, blk = task % n_blk;
-      const int64_t r_begin = t.recv_sum ? 0 : blk * block, r_end = t.recv_sum ? tq_ : std::min(tq_, r_begin + block);
+      const int64_t b = task / n_part / hb_n, hb = task / n_part % hb_n, part = task % n_part;
+      const int64_t r_begin = cut[part], r_end = cut[part + 1];
+      Rows tp = t;  // this part's received sums go to its own partial buffer
+      if (psum.defined()) {
+        tp.recv_sum = psum.data_ptr<float>() + part * batch_ * heads_ * tk_;
+        tp.recv_max = pmax.data_ptr<float>() + part * batch_ * heads_ * tk_;
+      }
       const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
       const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb / group);  // [T, D]
       torch::Tensor vb, ob;  // [Tk, Dv], [Tq, Dv]
@@ -154,7 +174,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
           const RowMask m = mv.row(b, hb, r);
           const float e = softmax_row(z, n, sc, m);
           if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;
-          take_row(t, z, n, b, hb, r, m);
+          take_row(tp, z, n, b, hb, r, m);
           if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
         }
         if (out.defined()) {  // this block's output rows: P [rows, keys] · V [keys, Dv]
@@ -164,6 +184,10 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
       }
     }
   });
+  if (psum.defined()) {
+    recv_sum_.add_(psum.sum(0));
+    torch::max_out(recv_max_, recv_max_, pmax.amax(0));
+  }
 }
 
 void LayerAccumulator::add_counts(const torch::Tensor& counts) {

@@ -20,6 +20,7 @@ KINDS = ["is_causal", "causal_padded", "window_padded", "encoder", "alibi_additi
 
 def allowed(kind, mask):
     """[B, 1|1, T|1, T] bool of what each query may see (the model's real mask)."""
+    T = mask.shape[1]
     i = torch.arange(T)[:, None]
     j = torch.arange(T)[None, :]
     real = mask.bool()[:, None, None, :]
@@ -45,6 +46,7 @@ class Layer(torch.nn.Module):
     def mask_of(self, attention_mask):
         """(SDPA attn_mask or None, is_causal, additive [B, H|1, T, T] for the materialised route)."""
         ok = allowed(self.kind, attention_mask)
+        T = attention_mask.shape[1]
         if self.kind == "is_causal":
             return None, True, torch.zeros(T, T).masked_fill(~ok[0, 0], float("-inf"))
         if self.kind in ("alibi_additive", "lowest_additive"):
@@ -56,6 +58,7 @@ class Layer(torch.nn.Module):
         return ok, False, torch.zeros(ok.shape).masked_fill(~ok, float("-inf"))
 
     def forward(self, ids, attention_mask):
+        B, T = ids.shape
         x = self.emb(ids)
         q = self.q(x).view(B, T, H, D).transpose(1, 2)
         k = self.k(x).view(B, T, KV, D).transpose(1, 2)
@@ -76,6 +79,7 @@ class Layer(torch.nn.Module):
 
     def reference(self, ids, attention_mask):
         """Probabilities [B, H, T, T] in float64, written out here."""
+        B, T = ids.shape
         with torch.no_grad():
             x = self.emb(ids).double()
             q = (x @ self.q.weight.double().T + self.q.bias.double()).view(B, T, H, D).transpose(1, 2)
@@ -85,18 +89,18 @@ class Layer(torch.nn.Module):
             return torch.softmax(s, -1).nan_to_num(0.0)
 
 
-def inputs():
+def inputs(t=T):
     g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, V, (B, T), generator=g)
-    mask = torch.ones(B, T, dtype=torch.long)
-    mask[1, 8:] = 0  # right padding: every real query still sees a key
+    ids = torch.randint(0, V, (B, t), generator=g)
+    mask = torch.ones(B, t, dtype=torch.long)
+    mask[1, t - 3:] = 0  # right padding: every real query still sees a key
     return ids, mask
 
 
-def export(tmp_path, kind, route):
+def export(tmp_path, kind, route, t=T):
     torch.manual_seed(0)
     layer = Layer(kind, route).eval()
-    ids, mask = inputs()
+    ids, mask = inputs(t)
     if kind == "is_causal":
         mask = torch.ones_like(mask)
     path = tmp_path / f"{kind}-{route}.pt"
@@ -171,3 +175,16 @@ def test_sdpa_op_output_equals_sdpa(tmp_path, kind):
         logits = layer(ids, mask)
     p = torch.softmax(logits.double(), -1)
     assert close(full.entropy[ok], (-(p * p.log()).sum(-1))[ok], 1e-5)
+
+
+@pytest.mark.parametrize("kind", ["is_causal", "causal_padded", "encoder"])
+def test_long_rows_split_into_parts(tmp_path, kind):
+    # 700 tokens: several blocks of rows, each (batch, head) cut into per-thread parts whose
+    # partial received sums/max are merged; equal to the materialised route.
+    spec = dict(received=True, attn_entropy=True, sink_tokens=2, top_k=0)
+    _, fused_path, ids, mask = export(tmp_path, kind, "op", t=700)
+    _, mat_path, _, _ = export(tmp_path, kind, "materialised", t=700)
+    got = attnscope.load(str(fused_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
+    want = attnscope.load(str(mat_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
+    for n in ("received_mean", "received_max", "received_count", "attn_entropy", "sink_mass_rows"):
+        assert close(got.get(n), want.get(n)), (kind, n)
