@@ -56,16 +56,6 @@ class LayerAccumulator {
   void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws,
                  const torch::Tensor& visible = {});
 
-  /// SDPA sites on the CPU: `scores (Tensor[B, Hb, R, K])` contiguous fp32, the raw q·kᵀ
-  /// products of query rows [r0, r0 + R) over keys 0..K-1 (keys K.. are hidden for these rows).
-  /// Turned into probabilities in place, row by row (softmax_row: scale, mask, softmax and
-  /// entropy in one pass over an L1-resident row), and accumulated as add_block would.
-  /// `mask`: undefined, or bool / fp32 viewed as [B, Hb, R, K] (broadcast strides allowed; the
-  /// last stride 0 or 1); fp32 values <= `hidden_below` hide a key. `causal`: key j > row r is
-  /// hidden (SDPA's top-left is_causal). Rows run in parallel over (batch, head).
-  void add_scores(const torch::Tensor& scores, int64_t r0, double scale, const torch::Tensor& mask,
-                  float hidden_below, bool causal, const RunContext& ctx);
-
   /// SDPA sites on the CPU, the whole layer in one parallel pass (fused_sdpa.cpp):
   /// `q (Tensor[B, Hb, Tq, D])`, `k (Tensor[B, Hb / group, Tk, D])` fp32: block head h reads
   /// k head h / group (grouped-query attention without copies of K).
@@ -82,9 +72,6 @@ class LayerAccumulator {
   /// add_sdpa leaves "received_count" (the divisor of the received mean) to this:
   /// `counts (Tensor[B|1, H|1, Tk])` valid queries that can see each key, added once per layer.
   void add_counts(const torch::Tensor& counts);
-  /// Whether add_sdpa can take this layer: not when a head-mean map is asked (it reduces over
-  /// heads, which add_sdpa's tasks split).
-  bool fused_ok() const { return !(layer_map_ && spec_.layer_map_head < 0); }
 
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).

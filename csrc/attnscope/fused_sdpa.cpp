@@ -22,6 +22,8 @@ struct LayerAccumulator::Rows {
   const float* sink_w = nullptr;
   float* from = nullptr;  // [B, H, n, Tk]
   std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
+  float* mean_map = nullptr;  // [B, Tq, Tk] head-mean map: p / heads added per head
+  float inv_heads = 0.0f;
   torch::Tensor valid_t;
 };
 
@@ -50,6 +52,10 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
   for (auto& hm : head_maps_) t.copies.emplace_back(block_index(hm.first), hm.second.data_ptr<float>());
   if (layer_map_ && spec_.layer_map_head >= 0)
     t.copies.emplace_back(block_index(spec_.layer_map_head), layer_map_t_.data_ptr<float>());
+  if (layer_map_ && spec_.layer_map_head < 0) {
+    t.mean_map = layer_map_t_.data_ptr<float>();
+    t.inv_heads = 1.0f / static_cast<float>(heads_);
+  }
   return t;
 }
 
@@ -77,6 +83,10 @@ void LayerAccumulator::take_row(const Rows& t, const float* p, int64_t keys, int
     if (from_rows_[f] == r) std::memcpy(t.from + (bh * n_from + f) * tk_, p, sizeof(float) * keys);
   for (const auto& c : t.copies)
     if (c.first == hb) std::memcpy(c.second + (b * tq_ + r) * tk_, p, sizeof(float) * keys);
+  if (t.mean_map) {  // tasks that add to one row of the mean never run at once (see add_sdpa)
+    float* row = t.mean_map + (b * tq_ + r) * tk_;
+    for (int64_t j = 0; j < keys; ++j) row[j] += p[j] * t.inv_heads;
+  }
 }
 
 namespace {
@@ -109,7 +119,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
                                 const torch::Tensor& mask, float hidden_below, bool causal,
                                 const torch::Tensor& row_keys, const RunContext& ctx, Workspace& ws,
                                 const torch::Tensor& v, const torch::Tensor& out) {
-  TORCH_INTERNAL_ASSERT(fused_ok() && q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
+  TORCH_INTERNAL_ASSERT(q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
                         k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
                         k.size(2) == tk_);
   const int64_t hb_n = q.size(1);
@@ -127,10 +137,11 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   // placed so causal parts hold equal work (row r costs ~r keys); 9 heads on 2 threads then
   // balance. With nothing summed over rows (full maps of a few heads) every block is a part.
   const int64_t n_blocks = (tq_ + block - 1) / block;
-  const int64_t n_part = std::min<int64_t>(n_blocks, t.recv_sum ? std::max(1, at::get_num_threads()) : n_blocks);
+  const bool by_threads = t.recv_sum || t.mean_map;
+  const int64_t n_part = std::min<int64_t>(n_blocks, by_threads ? std::max(1, at::get_num_threads()) : n_blocks);
   std::vector<int64_t> cut(static_cast<size_t>(n_part + 1), tq_);
   for (int64_t p = 0; p < n_part; ++p) {
-    const double f = t.recv_sum ? (causal || rk ? std::sqrt(double(p) / n_part) : double(p) / n_part)
+    const double f = by_threads ? (causal || rk ? std::sqrt(double(p) / n_part) : double(p) / n_part)
                                 : double(p) / n_part;
     cut[p] = p == 0 ? 0 : std::min(tq_, static_cast<int64_t>(std::llround(f * n_blocks)) * block);
   }
@@ -141,10 +152,17 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   }
   const int64_t per_thread = std::min(block, tq_) * tk_;
   const auto bufs = ws.get(4, {at::get_num_threads(), per_thread}, q.device());
-  at::parallel_for(0, batch_ * hb_n * n_part, 1, [&](int64_t begin, int64_t end) {
+  // A head-mean map adds every head into the same rows: then a task is (batch, part) and runs
+  // the heads one after another.
+  const bool heads_inside = t.mean_map != nullptr;
+  const int64_t n_task_heads = heads_inside ? 1 : hb_n;
+  at::parallel_for(0, batch_ * n_task_heads * n_part, 1, [&](int64_t begin, int64_t end) {
     float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_part / hb_n, hb = task / n_part % hb_n, part = task % n_part;
+    const int64_t b = task / n_part / n_task_heads, part = task % n_part;
+    const int64_t hb_begin = heads_inside ? 0 : task / n_part % n_task_heads;
+    const int64_t hb_end = heads_inside ? hb_n : hb_begin + 1;
+    for (int64_t hb = hb_begin; hb < hb_end; ++hb) {
       const int64_t r_begin = cut[part], r_end = cut[part + 1];
       Rows tp = t;  // this part's received sums go to its own partial buffer
       if (psum.defined()) {
@@ -183,6 +201,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
         }
       }
     }
+    }
   });
   if (psum.defined()) {
     recv_sum_.add_(psum.sum(0));
@@ -192,39 +211,6 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
 
 void LayerAccumulator::add_counts(const torch::Tensor& counts) {
   if (aggregates_ && spec_.received) recv_count_.add_(counts.to(recv_count_.device()));
-}
-
-void LayerAccumulator::add_scores(const torch::Tensor& scores, int64_t r0, double scale,
-                                  const torch::Tensor& mask, float hidden_below, bool causal,
-                                  const RunContext& ctx) {
-  TORCH_INTERNAL_ASSERT(scores.is_contiguous() && scores.scalar_type() == torch::kFloat &&
-                        scores.device().is_cpu() && scores.size(0) == batch_);
-  const int64_t hb_n = scores.size(1), rows = scores.size(2), keys_n = scores.size(3);
-  float* const zp = scores.data_ptr<float>();
-  const Rows t = rows_for(ctx);
-  const MaskView mv(mask, hidden_below);
-  const float sc = static_cast<float>(scale);
-  at::parallel_for(0, batch_ * hb_n, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / hb_n, hb = task % hb_n;
-      const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
-      for (int64_t i = 0; i < rows; ++i) {
-        const int64_t r = r0 + i;
-        float* z = zp + (task * rows + i) * keys_n;
-        const int64_t keys = causal ? std::min(keys_n, r + 1) : keys_n;
-        const RowMask m = mv.row(b, hb, i);
-        const float e = softmax_row(z, keys, sc, m);
-        // Zeros after the row's keys: the head mean below reads the whole block.
-        if (keys < keys_n) std::memset(z + keys, 0, sizeof(float) * (keys_n - keys));
-        if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;
-        take_row(t, z, keys, b, hb, r, m);
-      }
-    }
-  });
-  if (layer_map_ && spec_.layer_map_head < 0) {  // the head mean reduces over heads: after the rows
-    auto out = layer_map_t_.narrow(1, r0, rows).narrow(2, 0, keys_n);
-    torch::mean_out(out, scores, {1});
-  }
 }
 
 }  // namespace attnscope

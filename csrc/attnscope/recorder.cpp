@@ -152,7 +152,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   int64_t k_group = 1;  // query head h of the block reads ks head h / k_group
   if (all_heads) {
     qs = q.to(torch::kFloat);
-    if (!q.is_cuda() && acc->fused_ok()) {  // the fused route maps heads itself: no copies of K
+    if (!q.is_cuda()) {  // the fused route maps heads itself: no copies of K
       ks = k.to(torch::kFloat);
       k_group = group;
     } else {
@@ -187,7 +187,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       default: hidden_below = -std::numeric_limits<float>::max() / 2.0;
     }
   }
-  if (!q.is_cuda() && acc->fused_ok()) {  // fused route, the whole layer at once (fused_sdpa.cpp)
+  if (!q.is_cuda()) {  // fused route, the whole layer at once (fused_sdpa.cpp)
     torch::Tensor mf;  // the mask as bool / fp32 [B, H, Tq, Tk] view
     if (m.defined()) {
       mf = m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat ? m : m.to(torch::kFloat);
@@ -208,33 +208,13 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     if (acc->wants_visibility()) acc->add_counts(visible_counts(m, hidden_below, is_causal, tq, tk));
     return out;
   }
+  // CUDA: blocks of rows with ATen ops (materialised softmax per block, then add_block).
   const bool vis = acc->wants_visibility();
   torch::Tensor all_visible;
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
     // With is_causal, keys after the block's last row get probability exactly 0: skip them.
-    int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
-    if (!q.is_cuda()) {  // fused route: raw q·kᵀ products, then one pass per row (softmax_rows.h)
-      torch::Tensor mc;
-      if (m.defined()) {
-        mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
-        if (mc.size(3) > 1) {
-          // Keys after the last one any row of this block may see are hidden: not computed
-          // (causal trimming read from the real mask, so padding and windows keep it).
-          auto seen = mc.scalar_type() == torch::kBool ? mc : mc.gt(hidden_below);
-          auto cols = seen.flatten(0, 2).any(0).nonzero();
-          keys = std::max<int64_t>(1, cols.numel() ? cols[-1].item<int64_t>() + 1 : 0);
-          mc = mc.narrow(3, 0, keys);
-        }
-        if (mc.scalar_type() != torch::kBool && mc.scalar_type() != torch::kFloat) mc = mc.to(torch::kFloat);
-        mc = mc.expand({batch, static_cast<int64_t>(heads.size()), rows, keys});
-        if (mc.stride(3) > 1) mc = mc.contiguous();
-      }
-      auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
-      torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
-      acc->add_scores(scores, r0, s, mc, static_cast<float>(hidden_below), is_causal, ctx_);
-      continue;
-    }
+    const int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
     auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
     torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
     scores.mul_(s);

@@ -179,12 +179,13 @@ def test_sdpa_op_output_equals_sdpa(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", ["is_causal", "causal_padded", "encoder"])
 def test_long_rows_split_into_parts(tmp_path, kind):
-    # 700 tokens: several blocks of rows, each (batch, head) cut into per-thread parts whose
-    # partial received sums/max are merged; equal to the materialised route.
-    spec = dict(received=True, attn_entropy=True, sink_tokens=2, top_k=0)
+    # 700 tokens: several blocks of rows, cut into per-thread parts whose partial received
+    # sums/max are merged, and a head-mean map (tasks then run every head of their rows);
+    # equal to the materialised route.
+    spec = dict(received=True, attn_entropy=True, sink_tokens=2, layer_maps=[0], top_k=0)
     _, fused_path, ids, mask = export(tmp_path, kind, "op", t=700)
     _, mat_path, _, _ = export(tmp_path, kind, "materialised", t=700)
     got = attnscope.load(str(fused_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
     want = attnscope.load(str(mat_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
-    for n in ("received_mean", "received_max", "received_count", "attn_entropy", "sink_mass_rows"):
+    for n in ("received_mean", "received_max", "received_count", "attn_entropy", "sink_mass_rows", "layer_map/L0"):
         assert close(got.get(n), want.get(n)), (kind, n)
