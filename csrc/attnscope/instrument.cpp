@@ -227,7 +227,6 @@ Instrumented instrument(const torch::jit::Module& module) {
       Value* gqa = n->inputs().size() > 7 ? n->input(7) : graph->insertConstant(false);
       Value* out = graph->insert(sdpa_op, {n->input(0), n->input(1), n->input(2), n->input(3),
                                            n->input(4), n->input(5), scale, gqa, id});
-      out->setType(n->output()->type());
       n->output()->replaceAllUsesWith(out);
       n->destroy();
     } else {
