@@ -201,7 +201,9 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
         k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat && v.dim() == 4 &&
         v.size(0) == batch && v.size(1) == hkv && v.size(2) == tk) {
       vf = v;
-      out = torch::empty({batch, hq, tq, v.size(3)}, q.options());
+      // [B, Hq, Tq, Dv] over [B, Tq, Hq, Dv] memory, as the fused kernel lays it out: the
+      // model's usual transpose(1, 2).reshape(B, Tq, Hq * Dv) is then a view, not a copy.
+      out = torch::empty({batch, tq, hq, v.size(3)}, q.options()).transpose(1, 2);
     }
     acc->add_sdpa(qs, ks, k_group, s, mf, static_cast<float>(hidden_below), is_causal,
                   m.defined() ? row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, ws_, vf, out);
