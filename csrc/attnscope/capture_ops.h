@@ -1,8 +1,8 @@
-// The capture operators, registered with TORCH_LIBRARY as attnscope::capture and
-// attnscope::capture_sdpa. Each returns its first input unchanged so that a graph using the
-// result keeps the call; alias analysis is CONSERVATIVE so no pass moves or removes it.
-// With no active Recorder they are pass-throughs: an exported model runs anywhere the
-// library is loaded.
+// The capture operators, registered with TORCH_LIBRARY as attnscope::capture, capture_dim,
+// capture_sdpa and sdpa. The first three return their first input unchanged so that a graph
+// using the result keeps the call; sdpa returns the attention output. Alias analysis is
+// CONSERVATIVE so no pass moves or removes them. With no active Recorder they are
+// pass-throughs (sdpa is then aten SDPA): an exported model runs anywhere the library is loaded.
 #pragma once
 #include <torch/torch.h>
 

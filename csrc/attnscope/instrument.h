@@ -33,8 +33,8 @@ struct Instrumented {
 
 /// Clones `module` with clone(true) (parameters shared, types and methods copied), inlines
 /// forward, inserts attnscope::capture after each attention softmax (last dim, fed by a q·kᵀ
-/// product, feeding a product with V) and attnscope::capture_sdpa on the query of each
-/// aten::scaled_dot_product_attention. Throws when no site is found. `module` is unchanged.
+/// product, feeding a product with V) and replaces each aten::scaled_dot_product_attention with
+/// attnscope::sdpa. Throws when no site is found. `module` is unchanged.
 Instrumented instrument(const torch::jit::Module& module);
 
 /// Rows of the embedding table indexed directly by forward's first input (the vocabulary

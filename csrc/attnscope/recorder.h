@@ -69,7 +69,7 @@ class Recorder {
   bool layer_from_order_;
   RecordResult result_;
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
-  Workspace ws_;
+  Workspace ws_;  // slots 0-3: per-block temporaries (CUDA, softmax sites); 4: fused row buffers
   torch::Tensor rk_, rk_mask_;  // row_keys of the last mask seen, and that mask
   int64_t rk_version_ = -1;
   torch::Tensor counts_, counts_mask_;  // visible_counts of the last mask seen
