@@ -58,8 +58,13 @@ def test_cache_equals_full_forward_and_entropy_is_the_sampling_distribution(mode
     # the top-1 of the position before them, and the entropy is that of the same logits
     p = a.prompt_len
     assert torch.equal(a.topk_ids[0, p - 1:-1, 0], a.input_ids[0, p:])
-    ref = model.run(a.input_ids, capture={})
-    assert torch.allclose(a.entropy, ref.entropy) and torch.isfinite(a.entropy[0]).all()
+    ref = model.run(a.input_ids)  # the same capture as generate's run: the same numbers
+    assert torch.equal(a.entropy, ref.entropy) and torch.isfinite(a.entropy[0]).all()
+    # A run that captures nothing leaves the output to the fused SDPA kernel, the capturing run
+    # computes it from the recorder's probabilities: they agree to kernel-level rounding (the
+    # size of transformers' own eager-vs-SDPA difference on this model, ~6e-6 nats).
+    plain = model.run(a.input_ids, capture={})
+    assert (a.entropy - plain.entropy).abs().max() < 1e-4
 
 
 def test_seeded_sampling_repeats(model):
