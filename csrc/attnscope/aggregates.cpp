@@ -17,7 +17,7 @@ torch::Tensor Workspace::get(int slot, torch::IntArrayRef sizes, const torch::De
 
 LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64_t batch,
                                    int64_t heads, int64_t tq, int64_t tk,
-                                   const torch::Device& device)
+                                   const torch::Device& device, bool whole_rows)
     : spec_(spec), layer_(layer), batch_(batch), heads_(heads), tq_(tq), tk_(tk) {
   for (const auto& lh : spec.heads)
     if (lh.first == layer) {
@@ -64,9 +64,10 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
     if (!from_rows_.empty())
       from_ = torch::zeros({batch, heads, static_cast<int64_t>(from_rows_.size()), tk}, f32);
   }
-  // Zero-filled: blocks may skip key columns known to be zero (causal trimming).
-  if (layer_map_) layer_map_t_ = torch::zeros({batch, tq, tk}, f32);
-  for (int64_t h : map_heads_) head_maps_[h] = torch::zeros({batch, tq, tk}, f32);
+  // Zero-filled for add_block: blocks may skip key columns known to be zero (causal trimming).
+  auto map = [&] { return whole_rows ? torch::empty({batch, tq, tk}, f32) : torch::zeros({batch, tq, tk}, f32); };
+  if (layer_map_) layer_map_t_ = map();
+  for (int64_t h : map_heads_) head_maps_[h] = map();
 }
 
 int64_t LayerAccumulator::block_index(int64_t head) const {

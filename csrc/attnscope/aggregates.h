@@ -36,8 +36,10 @@ class Workspace {
 class LayerAccumulator {
  public:
   /// `heads` = query heads of the layer; Tq/Tk = query/key lengths of its attention.
+  /// `whole_rows`: the route writes every row of the maps whole (add_sdpa), so they are
+  /// allocated without zero-filling; add_block skips trimmed keys and needs zeros.
   LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64_t batch, int64_t heads,
-                   int64_t tq, int64_t tk, const torch::Device& device);
+                   int64_t tq, int64_t tk, const torch::Device& device, bool whole_rows = false);
 
   /// Heads each block must contain, in order; empty = all heads.
   const std::vector<int64_t>& block_heads() const { return block_heads_; }
@@ -94,8 +96,8 @@ class LayerAccumulator {
 
   struct Rows;  // where one row's results go (fused_sdpa.cpp)
   Rows rows_for(const RunContext& ctx);
-  void take_row(const Rows& t, const float* p, int64_t keys, int64_t b, int64_t hb, int64_t r,
-                const RowMask& m) const;
+  /// Takes what the spec asks from one row: probabilities e[j] * inv, j < keys.
+  void take_row(const Rows& t, const float* e, float inv, int64_t keys, int64_t b, int64_t hb, int64_t r) const;
 
   int64_t block_index(int64_t head) const;
   void init_sink_keys(const RunContext& ctx);

@@ -1,6 +1,7 @@
 // The fused route at SDPA sites on the CPU: q·kᵀ of a block of rows, then one pass per row
-// (softmax_rows.h) that leaves probabilities and entropy, and the aggregates take from that row
-// while it is in L1. No [B, H, Tq, Tk] tensor, no per-block ATen passes.
+// (softmax_rows.h) that leaves the row's exponentials, 1 / their sum and the entropy; the
+// aggregates take the probabilities (exponential x 1/sum) from that row while it is in L1.
+// No [B, H, Tq, Tk] tensor, no per-block ATen passes.
 #include <attnscope/aggregates.h>
 
 #include <ATen/Parallel.h>
@@ -15,7 +16,7 @@ namespace attnscope {
 struct LayerAccumulator::Rows {
   const bool* valid = nullptr;  // [B, T] real tokens
   int64_t t_all = 0, q_off = 0;
-  float *recv_sum = nullptr, *recv_max = nullptr, *recv_count = nullptr;  // [B, H, Tk]
+  float *recv_sum = nullptr, *recv_max = nullptr;  // [B, H, Tk]; the counts: add_counts
   float *entropy = nullptr, *sink = nullptr;                               // [B, H, Tq]
   int64_t k_sink = 0;
   const int64_t* sink_idx = nullptr;  // [B, k] with padding, else keys 0..k-1
@@ -36,7 +37,6 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
   if (aggregates_ && spec_.received) {
     t.recv_sum = recv_sum_.data_ptr<float>();
     t.recv_max = recv_max_.data_ptr<float>();
-    t.recv_count = recv_count_.data_ptr<float>();
   }
   if (aggregates_ && spec_.attn_entropy) t.entropy = entropy_.data_ptr<float>();
   if (aggregates_ && spec_.sink_tokens > 0) {
@@ -59,34 +59,38 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
   return t;
 }
 
-void LayerAccumulator::take_row(const Rows& t, const float* p, int64_t keys, int64_t b, int64_t hb,
-                                int64_t r, const RowMask& m) const {
+void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_t keys, int64_t b,
+                                int64_t hb, int64_t r) const {
   const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
   const int64_t bh = b * heads_ + h;  // row of the [B, H, *] accumulators
   if (t.recv_sum && t.valid[b * t.t_all + t.q_off + r])  // padded queries are left out
-    add_received(p, keys, t.recv_sum + bh * tk_, t.recv_max + bh * tk_, m,
-                 t.recv_count ? t.recv_count + bh * tk_ : nullptr);
+    add_received(e, inv, keys, t.recv_sum + bh * tk_, t.recv_max + bh * tk_);
   if (t.sink) {
     float s = 0.0f;
     if (!t.sink_idx) {
-      for (int64_t j = 0; j < std::min(t.k_sink, keys); ++j) s += p[j];
+      for (int64_t j = 0; j < std::min(t.k_sink, keys); ++j) s += e[j];
     } else {  // the row's first k real keys, wherever the padding is
       for (int64_t i = 0; i < t.k_sink; ++i) {
         const int64_t j = t.sink_idx[b * t.k_sink + i];
-        if (j < keys) s += p[j] * t.sink_w[b * t.k_sink + i];
+        if (j < keys) s += e[j] * t.sink_w[b * t.k_sink + i];
       }
     }
-    t.sink[bh * tq_ + r] = s;
+    t.sink[bh * tq_ + r] = s * inv;
   }
   const int64_t n_from = static_cast<int64_t>(from_rows_.size());
   for (int64_t f = 0; f < n_from; ++f)
-    if (from_rows_[f] == r) std::memcpy(t.from + (bh * n_from + f) * tk_, p, sizeof(float) * keys);
+    if (from_rows_[f] == r) scale_row(e, inv, keys, t.from + (bh * n_from + f) * tk_, false);
+  // Map rows are written whole, zeros after the row's last key included: the maps are
+  // allocated without zero-filling for this route (a 64 MB map at 4k tokens is written once).
+  auto whole_row = [&](float* row, float w, bool add) {
+    scale_row(e, w, keys, row, add);
+    if (!add && keys < tk_) std::memset(row + keys, 0, sizeof(float) * (tk_ - keys));
+  };
   for (const auto& c : t.copies)
-    if (c.first == hb) std::memcpy(c.second + (b * tq_ + r) * tk_, p, sizeof(float) * keys);
-  if (t.mean_map) {  // tasks that add to one row of the mean never run at once (see add_sdpa)
-    float* row = t.mean_map + (b * tq_ + r) * tk_;
-    for (int64_t j = 0; j < keys; ++j) row[j] += p[j] * t.inv_heads;
-  }
+    if (c.first == hb) whole_row(c.second + (b * tq_ + r) * tk_, inv, false);
+  // The heads of a mean map's row run one after another in one task (see add_sdpa): the first
+  // writes the row, the others add to it.
+  if (t.mean_map) whole_row(t.mean_map + (b * tq_ + r) * tk_, inv * t.inv_heads, hb > 0);
 }
 
 namespace {
@@ -124,26 +128,41 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
                         k.size(2) == tk_);
   const int64_t hb_n = q.size(1);
   Rows t = rows_for(ctx);
-  t.recv_count = nullptr;  // counted once per layer from the mask (add_counts), not per row
   const MaskView mv(mask, hidden_below);
-  const int64_t* rk = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
   // Rows per block: a [R, Tk] fp32 buffer of <= 1 MB per thread, so it mostly stays in cache
   // between the product and the row passes; at least 64 rows, below which the product's
   // per-call cost (packing k) dominates.
   const int64_t block = std::clamp<int64_t>((int64_t(1) << 18) / std::max<int64_t>(1, tk_), 64, 256);
   const float sc = static_cast<float>(scale);
-  // Tasks are (batch, head, part of the rows). With received sums each (batch, head) is cut into
-  // as many parts as threads, each summing into its own partial buffer (merged below), the cuts
-  // placed so causal parts hold equal work (row r costs ~r keys); 9 heads on 2 threads then
-  // balance. With nothing summed over rows (full maps of a few heads) every block is a part.
+  // Keys a block of rows [r0, r0 + rows) reads: none after the last one a row of it may see.
+  const int64_t* rk = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
+  auto block_keys = [&](int64_t r0, int64_t rows) {
+    int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
+    if (rk) keys = std::min(keys, *std::max_element(rk + r0, rk + r0 + rows));
+    return std::max<int64_t>(keys, 1);
+  };
+  // Tasks are (batch, head, part of the rows): each (batch, head) is cut into as many parts as
+  // threads, at block boundaries where the work (rows x keys read, from the real mask) is
+  // evenly split, so every task holds the same work. at::parallel_for hands each thread a
+  // contiguous range of tasks: equal tasks keep the threads equally busy (causal rows cost ~r,
+  // so equal row counts would leave a thread idle). With received sums each part sums into its
+  // own partial buffer, merged below.
   const int64_t n_blocks = (tq_ + block - 1) / block;
-  const bool by_threads = t.recv_sum || t.mean_map;
-  const int64_t n_part = std::min<int64_t>(n_blocks, by_threads ? std::max(1, at::get_num_threads()) : n_blocks);
+  const int64_t n_part = std::min<int64_t>(n_blocks, std::max(1, at::get_num_threads()));
   std::vector<int64_t> cut(static_cast<size_t>(n_part + 1), tq_);
-  for (int64_t p = 0; p < n_part; ++p) {
-    const double f = by_threads ? (causal || rk ? std::sqrt(double(p) / n_part) : double(p) / n_part)
-                                : double(p) / n_part;
-    cut[p] = p == 0 ? 0 : std::min(tq_, static_cast<int64_t>(std::llround(f * n_blocks)) * block);
+  {
+    std::vector<double> work(static_cast<size_t>(n_blocks + 1), 0.0);  // work of blocks before i
+    for (int64_t i = 0; i < n_blocks; ++i) {
+      const int64_t r0 = i * block, rows = std::min(block, tq_ - r0);
+      work[i + 1] = work[i] + double(rows) * double(block_keys(r0, rows));
+    }
+    cut[0] = 0;
+    for (int64_t p = 1, i = 0; p < n_part; ++p) {  // the block boundary nearest to p / n_part
+      const double target = work[n_blocks] * double(p) / double(n_part);
+      while (i < n_blocks && work[i + 1] <= target) ++i;
+      const int64_t at = i < n_blocks && work[i + 1] - target < target - work[i] ? i + 1 : i;
+      cut[p] = std::max(cut[p - 1], std::min(tq_, at * block));
+    }
   }
   torch::Tensor psum, pmax;  // [parts, B, H, Tk] partial received sums / max
   if (t.recv_sum && n_part > 1) {
@@ -158,6 +177,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   const int64_t n_task_heads = heads_inside ? 1 : hb_n;
   at::parallel_for(0, batch_ * n_task_heads * n_part, 1, [&](int64_t begin, int64_t end) {
     float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
+    float inv[256];  // 1 / row sum of each row of the block (block <= 256)
     for (int64_t task = begin; task < end; ++task) {
     const int64_t b = task / n_part / n_task_heads, part = task % n_part;
     const int64_t hb_begin = heads_inside ? 0 : task / n_part % n_task_heads;
@@ -178,10 +198,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
       }
       for (int64_t r0 = r_begin; r0 < r_end; r0 += block) {
         const int64_t rows = std::min(block, tq_ - r0);
-        // Keys after the last one a row of the block may see are not computed.
-        int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
-        if (rk) keys = std::min(keys, *std::max_element(rk + r0, rk + r0 + rows));
-        keys = std::max<int64_t>(keys, 1);
+        const int64_t keys = block_keys(r0, rows);
         auto out_blk = torch::from_blob(buf, {rows, keys}, torch::kFloat);
         at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
         for (int64_t i = 0; i < rows; ++i) {
@@ -189,15 +206,19 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
           int64_t n = causal ? std::min(keys, r + 1) : keys;
           if (rk) n = std::min(n, rk[r]);
           float* z = buf + i * keys;
-          const RowMask m = mv.row(b, hb, r);
-          const float e = softmax_row(z, n, sc, m);
-          if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = e;
-          take_row(tp, z, n, b, hb, r, m);
+          const RowSoftmax sm = softmax_row(z, n, sc, mv.row(b, hb, r));
+          if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
+          take_row(tp, z, sm.inv_sum, n, b, hb, r);
+          inv[i] = sm.inv_sum;
           if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
         }
-        if (out.defined()) {  // this block's output rows: P [rows, keys] · V [keys, Dv]
+        if (out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
           auto o = ob.narrow(0, r0, rows);
           at::mm_out(o, out_blk, vb.narrow(0, 0, keys));
+          for (int64_t i = 0; i < rows; ++i) {
+            float* orow = o.data_ptr<float>() + i * o.stride(0);
+            scale_row(orow, inv[i], o.size(1), orow, false);
+          }
         }
       }
     }

@@ -43,10 +43,10 @@ int64_t Recorder::resolve_layer(int64_t op_layer) {
 }
 
 LayerAccumulator* Recorder::accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
-                                        const torch::Device& device) {
+                                        const torch::Device& device, bool whole_rows) {
   result_.heads[layer] = heads;
   auto acc = std::make_unique<LayerAccumulator>(spec_, layer, ctx_.valid.size(0), heads, tq,
-                                                tk, device);
+                                                tk, device, whole_rows);
   if (acc->idle()) return nullptr;
   return (acc_[layer] = std::move(acc)).get();
 }
@@ -136,7 +136,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
               k.sizes(), " at layer ", layer, " do not match the ", ctx_.valid.size(1),
               " input tokens");
   result_.kv_heads[layer] = hkv;
-  LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device());
+  LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device(), /*whole_rows=*/q.is_cpu());
   if (!acc) return {};
 
   torch::NoGradGuard no_grad;
@@ -152,7 +152,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   int64_t k_group = 1;  // query head h of the block reads ks head h / k_group
   if (all_heads) {
     qs = q.to(torch::kFloat);
-    if (!q.is_cuda()) {  // the fused route maps heads itself: no copies of K
+    if (q.is_cpu()) {  // the fused route maps heads itself: no copies of K
       ks = k.to(torch::kFloat);
       k_group = group;
     } else {
@@ -187,7 +187,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       default: hidden_below = -std::numeric_limits<float>::max() / 2.0;
     }
   }
-  if (!q.is_cuda()) {  // fused route, the whole layer at once (fused_sdpa.cpp)
+  if (q.is_cpu()) {  // fused route, the whole layer at once (fused_sdpa.cpp)
     torch::Tensor mf;  // the mask as bool / fp32 [B, H, Tq, Tk] view
     if (m.defined()) {
       mf = m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat ? m : m.to(torch::kFloat);
@@ -285,9 +285,11 @@ torch::Tensor Recorder::visible_counts(const torch::Tensor& m, double hidden_bel
     auto seen = m.scalar_type() == torch::kBool ? m : m.gt(hidden_below);  // [B|1, H|1, Tq|1, Tk|1]
     seen = seen.expand({seen.size(0), seen.size(1), tq, tk});
     c = seen.logical_and(q_ok.view({q_ok.size(0), 1, tq, 1})).sum(2, false, torch::kFloat);
-  } else if (is_causal) {  // SDPA's is_causal: query r sees keys j <= r
-    auto vis = torch::ones({tq, tk}, torch::dtype(torch::kBool).device(q_ok.device())).tril();
-    c = vis.unsqueeze(0).logical_and(q_ok.unsqueeze(2)).sum(1, false, torch::kFloat).unsqueeze(1);
+  } else if (is_causal) {
+    // SDPA's is_causal: query r sees keys j <= r, so key j < Tq is seen by the valid queries
+    // r >= j (a suffix sum, O(T) instead of a [Tq, Tk] mask), keys j >= Tq by none.
+    c = torch::zeros({q_ok.size(0), 1, tk}, torch::dtype(torch::kFloat).device(q_ok.device()));
+    c.select(1, 0).narrow(1, 0, tq).copy_(q_ok.flip({1}).cumsum(1, torch::kFloat).flip({1}));
   } else {
     c = q_ok.sum(1, true, torch::kFloat).unsqueeze(1).expand({q_ok.size(0), 1, tk});
   }

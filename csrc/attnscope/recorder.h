@@ -55,7 +55,7 @@ class Recorder {
  private:
   int64_t resolve_layer(int64_t op_layer);
   LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
-                                const torch::Device& device);
+                                const torch::Device& device, bool whole_rows = false);
   int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk, bool cuda) const;
   /// [Tq] int64: for each query row, 1 + the last key the mask `m` ([B|1, H|1, Tq|1, Tk]) lets
   /// any batch row or head see; undefined when the mask is one value over the keys.

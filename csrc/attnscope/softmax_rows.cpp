@@ -68,14 +68,6 @@ inline f8 exp_nonpositive(f8 x) {
   return (f8)((i8)(y * (f8)two_n) & keep);
 }
 
-// s += x with the running compensation c (Kahan); the build has no -ffast-math to undo it.
-inline void kahan_add(f8& s, f8& c, f8 x) {
-  const f8 y = x - c;
-  const f8 t = s + y;
-  c = (t - s) - y;
-  s = t;
-}
-
 inline float hsum(f8 v) {
   float s = 0.0f;
   for (int i = 0; i < 8; ++i) s += v[i];
@@ -91,14 +83,48 @@ inline float hmax(f8 v) {
 /// Runs body(j, n) over [0, keys) in steps of 8: n == 8 (a compile-time constant, so loads and
 /// stores are plain vector moves) for full steps, then once with the tail's n < 8.
 template <class Body>
-inline void for_lanes(int64_t keys, Body&& body) {
+__attribute__((always_inline)) inline void for_lanes(int64_t keys, Body&& body) {
   int64_t j = 0;
   for (; j + 8 <= keys; j += 8) body(j, std::integral_constant<int64_t, 8>{});
   if (j < keys) body(j, keys - j);
 }
 
+/// Sums of e = exp(d) and e·d over [0, n), d = z·mul - sub clamped at -1e30 (a hidden key,
+/// -inf, adds 0·d = 0); e is stored back into z when `store_e`. Two fp32 vector accumulators per
+/// sum over chunks of 256 keys (each lane adds at most 16 terms), chunks added in double: as
+/// accurate as compensated sums, without their latency-bound dependency chain.
+// always_inline: compiled into each target clone of its callers (an out-of-line copy would
+// run the default, SSE, code).
+template <bool store_e>
+__attribute__((always_inline)) inline void exp_sums(float* z, int64_t n, float mul, float sub, double& sum, double& sum_ed) {
+  auto step = [&](int64_t j, auto m, f8& s, f8& ed) {
+    f8 d = load(z + j, m, -kInf) * mul - sub;
+    d = d > -1e30f ? d : splat(-1e30f);
+    const f8 e = exp_nonpositive(d);
+    s += e;
+    ed += e * d;
+    if (store_e) store(z + j, e, m);
+  };
+  constexpr std::integral_constant<int64_t, 8> full{};
+  for (int64_t c0 = 0; c0 < n; c0 += 256) {
+    const int64_t c1 = c0 + 256 < n ? c0 + 256 : n;
+    f8 s0 = f8{}, s1 = f8{}, ed0 = f8{}, ed1 = f8{};
+    int64_t j = c0;
+    for (; j + 16 <= c1; j += 16) {
+      step(j, full, s0, ed0);
+      step(j + 8, full, s1, ed1);
+    }
+    for (; j < c1; j += 8) {
+      if (j + 8 <= c1) step(j, full, s0, ed0);
+      else step(j, c1 - j, s0, ed0);
+    }
+    sum += hsum(s0 + s1);
+    sum_ed += hsum(ed0 + ed1);
+  }
+}
+
 ATTNSCOPE_CLONES
-float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask) {
+RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask) {
   // Pass 1: scale and mask (hidden keys: -inf, whose exp is exactly 0), and the row max. A mask
   // broadcast over the keys (stride 0) is one value for the whole row.
   const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
@@ -131,39 +157,28 @@ float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask) {
   if (nan || !(mx > -kInf)) {  // NaN scores, or no visible key (a fully masked padding row)
     const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
     for (int64_t j = 0; j < keys; ++j) z[j] = fill;
-    return fill;
+    return {fill, 1.0f};
   }
-  // Pass 2: e = exp(d), d = z - max (clamped so that a hidden key adds 0·d = 0 to sum(e·d)).
-  f8 vs = f8{}, ved = f8{}, cs = f8{}, ced = f8{};  // compensated sums (long rows)
-  for_lanes(keys, [&](int64_t j, auto n) {
-    f8 d = load(z + j, n, -kInf) - mx;
-    d = d > -1e30f ? d : splat(-1e30f);
-    const f8 e = exp_nonpositive(d);
-    kahan_add(vs, cs, e);
-    kahan_add(ved, ced, e * d);
-    store(z + j, e, n);
-  });
-  const float sum = hsum(vs), inv = 1.0f / sum;
-  // Pass 3: normalise. Entropy = -sum p log p = log S - sum(e·d) / S.
-  for_lanes(keys, [&](int64_t j, auto n) { store(z + j, load(z + j, n, 0.0f) * inv, n); });
-  return std::log(sum) - hsum(ved) * inv;
+  // Pass 2: e = exp(z - max), kept in z. Entropy = -sum p log p = log S - sum(e·d) / S.
+  double sum = 0.0, sum_ed = 0.0;
+  exp_sums<true>(z, keys, 1.0f, mx, sum, sum_ed);
+  return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(1.0 / sum)};
 }
 
 ATTNSCOPE_CLONES
-void add_received(const float* p, int64_t n, float* sum, float* max, const RowMask& mask, float* count) {
-  const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
-  const f8 row_seen = splat(bcast && !mask.visible(0) ? 0.0f : 1.0f);
+void add_received(const float* e, float inv, int64_t n, float* sum, float* max) {
   for_lanes(n, [&](int64_t j, auto m) {
-    const f8 v = load(p + j, m, 0.0f);
+    const f8 v = load(e + j, m, 0.0f) * inv;
     store(sum + j, load(sum + j, m, 0.0f) + v, m);
     const f8 old = load(max + j, m, 0.0f);
     store(max + j, v > old ? v : old, m);
-    if (!count) return;
-    f8 seen = row_seen;
-    if (!bcast && mask.vis) seen = select(visible_lanes(mask.vis + j, m), splat(1.0f), f8{});
-    else if (!bcast && mask.add) seen = select(load(mask.add + j, m, 0.0f) > mask.hidden_below, splat(1.0f), f8{});
-    store(count + j, load(count + j, m, 0.0f) + seen, m);
   });
+}
+
+ATTNSCOPE_CLONES
+void scale_row(const float* e, float inv, int64_t n, float* dst, bool add) {
+  if (add) for_lanes(n, [&](int64_t j, auto m) { store(dst + j, load(dst + j, m, 0.0f) + load(e + j, m, 0.0f) * inv, m); });
+  else for_lanes(n, [&](int64_t j, auto m) { store(dst + j, load(e + j, m, 0.0f) * inv, m); });
 }
 
 ATTNSCOPE_CLONES
@@ -200,18 +215,11 @@ RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, 
       kth = have == k ? vals[k - 1] : -kInf;
     }
   }
-  // Pass 2: S = sum e, sum e·d with d = z·inv_t - max (clamped: -inf logits add 0).
-  // Compensated (Kahan) sums: a vocabulary of 10^5 terms keeps fp32 accuracy.
-  f8 vs = f8{}, ved = f8{}, cs = f8{}, ced = f8{};
-  for_lanes(n, [&](int64_t j, auto m) {
-    f8 d = load(z + j, m, -kInf) * inv_t - mx;
-    d = d > -1e30f ? d : splat(-1e30f);
-    const f8 e = exp_nonpositive(d);
-    kahan_add(vs, cs, e);
-    kahan_add(ved, ced, e * d);
-  });
-  const float sum = hsum(vs);
-  return {std::log(sum) - hsum(ved) / sum, mx + std::log(sum), false};
+  // Pass 2: S = sum e, sum e·d with d = z·inv_t - max (clamped: -inf logits add 0); chunked
+  // sums (exp_sums) keep fp32 accuracy over a vocabulary of 10^5 terms.
+  double sum = 0.0, sum_ed = 0.0;
+  exp_sums<false>(const_cast<float*>(z), n, inv_t, mx, sum, sum_ed);
+  return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(mx + std::log(sum)), false};
 }
 
 }  // namespace attnscope

@@ -27,15 +27,25 @@ struct RowMask {
   }
 };
 
-/// In place: z[0..keys) holds q·k products of one row; afterwards it holds the probabilities
-/// softmax(z·scale + mask) (exactly 0 for hidden keys; a row with no visible key is all 0).
-/// Keys keys..n-1 are treated as hidden and not touched. Returns the row's entropy in nats
-/// (0 for a row with no visible key).
-float softmax_row(float* z, int64_t keys, float scale, const RowMask& mask);
+/// One row's softmax, left unnormalised: p[j] = z[j] * inv_sum.
+struct RowSoftmax {
+  /// Entropy of the row in nats (0 for a row with no visible key, NaN for NaN scores).
+  float entropy;
+  /// 1 / sum of the row's exponentials (1 for a row with no visible key or NaN scores).
+  float inv_sum;
+};
 
-/// sum[j] += p[j], max[j] = max(max[j], p[j]) and, when `count` is set, count[j] += 1 for
-/// each key j < n the mask lets through (the divisor of the received mean).
-void add_received(const float* p, int64_t n, float* sum, float* max, const RowMask& mask, float* count);
+/// In place: z[0..keys) holds q·k products of one row; afterwards it holds the exponentials
+/// exp(z·scale + mask - max), exactly 0 for hidden keys (a row with no visible key is all 0, a
+/// row with a NaN score all NaN). The probabilities are z[j] * inv_sum: consumers scale as they
+/// read, which saves a pass over the row. Keys keys..n-1 are treated as hidden and not touched.
+RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask);
+
+/// With p[j] = e[j] * inv: sum[j] += p[j], max[j] = max(max[j], p[j]) for each key j < n.
+void add_received(const float* e, float inv, int64_t n, float* sum, float* max);
+
+/// dst[j] = e[j] * inv (add = false) or dst[j] += e[j] * inv (add = true), j < n.
+void scale_row(const float* e, float inv, int64_t n, float* dst, bool add);
 
 /// Predictive statistics of one row of logits z[0..n) at inverse temperature `inv_t`, reading
 /// z twice and writing nothing: the entropy (nats) of softmax(z·inv_t), its log-sum-exp, and,
