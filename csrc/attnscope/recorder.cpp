@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <set>
 
 namespace attnscope {
 
@@ -311,7 +310,6 @@ RecordResult Recorder::finish() {
   for (int64_t l : spec_.layer_maps) need(l, "layer_maps");
   for (int64_t l : spec_.layers) need(l, "layers");
 
-  std::map<std::string, std::vector<torch::Tensor>> stacked;
   std::vector<int64_t> agg_layers;
   if (spec_.wants_aggregates()) {
     if (spec_.layers.empty())
@@ -319,21 +317,36 @@ RecordResult Recorder::finish() {
     else
       agg_layers = spec_.layers;
   }
-  std::set<int64_t> agg_set(agg_layers.begin(), agg_layers.end());
-  std::map<int64_t, std::map<std::string, torch::Tensor>> per_layer;
-  for (auto& kv : acc_) per_layer[kv.first] = kv.second->finish(ctx_);
-  for (auto& kv : per_layer)
-    for (auto& nt : kv.second)
-      if (nt.first.find('/') != std::string::npos) result_.captures[nt.first] = nt.second;
-  for (int64_t l : agg_layers) {
-    auto it = per_layer.find(l);
-    TORCH_CHECK(it != per_layer.end(), "layers: layer ", l, " ran no capture");
-    for (auto& nt : it->second)
-      if (nt.first.find('/') == std::string::npos) stacked[nt.first].push_back(nt.second);
-  }
-  for (auto& kv : stacked) {
-    // Layers may differ in head count only in exotic models; stacking then fails loudly.
-    result_.captures[kv.first] = torch::stack(kv.second);
+  for (int64_t l : agg_layers)
+    TORCH_CHECK(acc_.count(l), "layers: layer ", l, " ran no capture");
+  // Layer by layer: each layer's results go straight into the stacked [L, ...] tensors and its
+  // accumulators are freed before the next, so the run's peak (the logits are alive here) holds
+  // one copy of the aggregates, not three (accumulators, finished layers, stack).
+  std::map<std::string, torch::Tensor>& out = result_.captures;
+  for (auto& kv : acc_) {
+    const int64_t l = kv.first;
+    auto done = kv.second->finish(ctx_);
+    kv.second.reset();
+    for (auto& nt : done) {
+      if (nt.first.find('/') != std::string::npos) {  // maps keep their own names
+        out[nt.first] = std::move(nt.second);
+        continue;
+      }
+      for (size_t i = 0; i < agg_layers.size(); ++i) {  // a layer may be listed twice
+        if (agg_layers[i] != l) continue;
+        auto it = out.find(nt.first);
+        if (it == out.end()) {
+          std::vector<int64_t> sizes{static_cast<int64_t>(agg_layers.size())};
+          for (int64_t d : nt.second.sizes()) sizes.push_back(d);
+          it = out.emplace(nt.first, torch::empty(sizes, nt.second.options())).first;
+        }
+        // Layers differ in head count only in exotic models: refused by name, not broadcast.
+        TORCH_CHECK(it->second.sizes().slice(1) == nt.second.sizes(), nt.first, ": layer ", l, " gives ",
+                    nt.second.sizes(), " but an earlier layer gave ", it->second.sizes().slice(1),
+                    " (layers with different head counts cannot be stacked)");
+        it->second.select(0, static_cast<int64_t>(i)).copy_(nt.second);
+      }
+    }
   }
   if (!agg_layers.empty())
     result_.captures["aggregate_layers"] = torch::tensor(agg_layers, torch::kLong);
