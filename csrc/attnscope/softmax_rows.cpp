@@ -90,20 +90,20 @@ __attribute__((always_inline)) inline void for_lanes(int64_t keys, Body&& body) 
 }
 
 /// Sums of e = exp(d) and e·d over [0, n), d = z·mul - sub clamped at -1e30 (a hidden key,
-/// -inf, adds 0·d = 0); e is stored back into z when `store_e`. Two fp32 vector accumulators per
-/// sum over chunks of 256 keys (each lane adds at most 16 terms), chunks added in double: as
-/// accurate as compensated sums, without their latency-bound dependency chain.
-// always_inline: compiled into each target clone of its callers (an out-of-line copy would
-// run the default, SSE, code).
-template <bool store_e>
-__attribute__((always_inline)) inline void exp_sums(float* z, int64_t n, float mul, float sub, double& sum, double& sum_ed) {
+/// -inf, adds 0·d = 0); e is written to `e_out` when given (it may be z). Two fp32 vector
+/// accumulators per sum over chunks of 256 keys (each lane adds at most 16 terms), chunks added
+/// in double: as accurate as compensated sums, without their latency-bound dependency chain.
+/// Always inlined, so that it is compiled into each target clone of its callers (an
+/// out-of-line copy ran the default, SSE, code).
+__attribute__((always_inline)) inline void exp_sums(const float* z, float* e_out, int64_t n, float mul,
+                                                    float sub, double& sum, double& sum_ed) {
   auto step = [&](int64_t j, auto m, f8& s, f8& ed) {
     f8 d = load(z + j, m, -kInf) * mul - sub;
     d = d > -1e30f ? d : splat(-1e30f);
     const f8 e = exp_nonpositive(d);
     s += e;
     ed += e * d;
-    if (store_e) store(z + j, e, m);
+    if (e_out) store(e_out + j, e, m);
   };
   constexpr std::integral_constant<int64_t, 8> full{};
   for (int64_t c0 = 0; c0 < n; c0 += 256) {
@@ -161,7 +161,7 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask)
   }
   // Pass 2: e = exp(z - max), kept in z. Entropy = -sum p log p = log S - sum(e·d) / S.
   double sum = 0.0, sum_ed = 0.0;
-  exp_sums<true>(z, keys, 1.0f, mx, sum, sum_ed);
+  exp_sums(z, z, keys, 1.0f, mx, sum, sum_ed);
   return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(1.0 / sum)};
 }
 
@@ -177,8 +177,10 @@ void add_received(const float* e, float inv, int64_t n, float* sum, float* max) 
 
 ATTNSCOPE_CLONES
 void scale_row(const float* e, float inv, int64_t n, float* dst, bool add) {
-  if (add) for_lanes(n, [&](int64_t j, auto m) { store(dst + j, load(dst + j, m, 0.0f) + load(e + j, m, 0.0f) * inv, m); });
-  else for_lanes(n, [&](int64_t j, auto m) { store(dst + j, load(e + j, m, 0.0f) * inv, m); });
+  for_lanes(n, [&](int64_t j, auto m) {
+    const f8 p = load(e + j, m, 0.0f) * inv;
+    store(dst + j, add ? load(dst + j, m, 0.0f) + p : p, m);
+  });
 }
 
 ATTNSCOPE_CLONES
@@ -218,7 +220,7 @@ RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, 
   // Pass 2: S = sum e, sum e·d with d = z·inv_t - max (clamped: -inf logits add 0); chunked
   // sums (exp_sums) keep fp32 accuracy over a vocabulary of 10^5 terms.
   double sum = 0.0, sum_ed = 0.0;
-  exp_sums<false>(const_cast<float*>(z), n, inv_t, mx, sum, sum_ed);
+  exp_sums(z, nullptr, n, inv_t, mx, sum, sum_ed);
   return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(mx + std::log(sum)), false};
 }
 

@@ -181,6 +181,14 @@ CATCH_TEST_CASE("predictive entropy and top-k equal the formulas on the referenc
   auto tb = attnscope::top_k_predictions(big, 4, 1.0);
   CATCH_CHECK(test::max_abs(tb.first, std::get<0>(pb.topk(4, -1))) < 1e-6);
   CATCH_CHECK(tb.first.scalar_type() == torch::kFloat);
+  // A large vocabulary (2^17 near-uniform logits, entropy ~11.8 nats): the row sums, fp32 chunks
+  // added in double, keep the entropy within 1e-5 of float64.
+  {
+    auto gl = at::make_generator<at::CPUGeneratorImpl>(13);
+    auto zl = torch::randn({1, 3, 131072}, gl) * 0.1;
+    auto pl = zl.to(torch::kDouble).softmax(-1);
+    CATCH_CHECK(test::max_abs(attnscope::predictive_entropy(zl), -(pl * pl.log()).sum(-1)) < 1e-5);
+  }
   // One pass for both (what Model::run uses): the same numbers, against float64 references,
   // at a temperature, with -inf logits in some rows; either part can be left out.
   auto zt = big.to(torch::kFloat).clone();
