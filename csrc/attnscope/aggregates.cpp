@@ -88,7 +88,7 @@ void LayerAccumulator::init_sink_keys(const RunContext& ctx) {
 }
 
 void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx,
-                                 Workspace& ws, const torch::Tensor& visible) {
+                                 Workspace& ws, const torch::Tensor& visible, const torch::Tensor& entropy) {
   const int64_t rows = probs.size(2), keys = probs.size(3);  // keys <= tk_: the rest are zero
   const int64_t hb = probs.size(1);
   if (aggregates_) {
@@ -114,7 +114,9 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
         count.add_(seen.sum(2));
       }
     }
-    if (spec_.attn_entropy) {
+    if (spec_.attn_entropy && entropy.defined()) {
+      entropy_.narrow(2, r0, rows).copy_(entropy);
+    } else if (spec_.attn_entropy) {
       // -sum p log p; clamping keeps 0·log 0 = 0 on the vectorised log path.
       auto plogp = ws.get(0, probs.sizes(), probs.device());
       torch::clamp_min_out(plogp, probs, std::numeric_limits<float>::min());

@@ -47,6 +47,8 @@ class LayerAccumulator {
   bool idle() const { return idle_; }
   /// True when add_block uses `visible` (the received-mean divisor is asked for).
   bool wants_visibility() const { return aggregates_ && spec_.received; }
+  /// True when the layer's attention entropy is asked for.
+  bool wants_entropy() const { return aggregates_ && spec_.attn_entropy; }
 
   /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, K])` fp32,
   /// Hb = all heads or block_heads(), K <= Tk: keys K.. of these rows are known to be zero
@@ -54,9 +56,11 @@ class LayerAccumulator {
   /// `visible (Tensor[B|1, Hb|1, R, K] bool)`: which (query, key) pairs the model's mask let
   /// through (SDPA sites know it from the mask); undefined = the pairs with probability > 0
   /// (softmax sites: masked keys get exactly 0). It is the divisor of "received_mean".
+  /// `entropy (Tensor[B, Hb, R])`: the rows' entropy when the caller has it (from the
+  /// log-sum-exp, sdpa_blocks.cpp); undefined = −Σ p log p from `probs`.
   /// Uses `ws` slot 0 for its temporaries.
   void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws,
-                 const torch::Tensor& visible = {});
+                 const torch::Tensor& visible = {}, const torch::Tensor& entropy = {});
 
   /// SDPA sites on the CPU, the whole layer in one parallel pass (fused_sdpa.cpp):
   /// `q (Tensor[B, Hb, Tq, D])`, `k (Tensor[B, Hb / group, Tk, D])` fp32: block head h reads

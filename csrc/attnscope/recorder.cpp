@@ -1,5 +1,7 @@
 #include <attnscope/recorder.h>
 
+#include <attnscope/sdpa_blocks.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -50,11 +52,17 @@ LayerAccumulator* Recorder::accumulator(int64_t layer, int64_t heads, int64_t tq
   return (acc_[layer] = std::move(acc)).get();
 }
 
-int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk, bool cuda) const {
+int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk, const torch::Device& device) {
   // On the CPU, blocks of ~1 MB keep the aggregate passes in cache and avoid page-faulting
-  // fresh large temporaries; on the GPU, bigger blocks mean fewer kernel launches.
+  // fresh large temporaries; on a GPU, bigger blocks mean fewer kernel launches, as big as the
+  // memory left allows (measured once per run: later layers reuse the same buffers).
   constexpr int64_t kCpuBlock = int64_t(1) << 18;
-  const int64_t budget = cuda ? spec_.chunk_elements : std::min(spec_.chunk_elements, kCpuBlock);
+  if (device.is_cpu()) {
+    device_block_ = std::min(spec_.chunk_elements, kCpuBlock);
+  } else if (device_block_ < 0) {
+    device_block_ = device_block_elements(device, spec_.chunk_elements);
+  }
+  const int64_t budget = device_block_;
   return std::max<int64_t>(1, budget / std::max<int64_t>(1, batch * heads * tk));
 }
 
@@ -78,7 +86,7 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
   torch::Tensor sel = probs;
   if (!acc->block_heads().empty())
     sel = probs.index_select(1, torch::tensor(acc->block_heads(), torch::kLong).to(probs.device()));
-  const int64_t step = chunk_rows(batch, sel.size(1), tk, probs.is_cuda());
+  const int64_t step = chunk_rows(batch, sel.size(1), tk, probs.device());
   const int64_t off = tk - tq;
   // Causal trimming: keys after a block's last query are skipped. Checked, not assumed, on the
   // layer's first block (the one with the most keys to skip): if any is non-zero there the
@@ -135,10 +143,11 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
               k.sizes(), " at layer ", layer, " do not match the ", ctx_.valid.size(1),
               " input tokens");
   result_.kv_heads[layer] = hkv;
-  LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device(), /*whole_rows=*/q.is_cpu());
-  if (!acc) return {};
-
   torch::NoGradGuard no_grad;
+  const std::string route = sdpa_route();
+  const bool fused = q.is_cpu() && route == "auto";  // fused_sdpa.cpp; else sdpa_blocks.cpp
+  LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device(), /*whole_rows=*/fused);
+  if (!acc) return {};
   const int64_t group = hq / hkv;
   std::vector<int64_t> heads = acc->block_heads();
   const bool all_heads = heads.empty();
@@ -151,7 +160,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   int64_t k_group = 1;  // query head h of the block reads ks head h / k_group
   if (all_heads) {
     qs = q.to(torch::kFloat);
-    if (q.is_cpu()) {  // the fused route maps heads itself: no copies of K
+    if (fused) {  // the fused route maps heads itself: no copies of K
       ks = k.to(torch::kFloat);
       k_group = group;
     } else {
@@ -164,7 +173,6 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     qs = q.index_select(1, head_t).to(torch::kFloat);
     ks = k.index_select(1, torch::tensor(kv_idx, torch::kLong).to(dev)).to(torch::kFloat);
   }
-  auto kt = ks.transpose(-1, -2);
   const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(dim));
 
   torch::Tensor m;
@@ -173,8 +181,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     while (m.dim() < 4) m = m.unsqueeze(0);
     if (m.size(1) > 1 && !all_heads) m = m.index_select(1, head_t);
   }
-  const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk, q.is_cuda());
-  const float neg_inf = -std::numeric_limits<float>::infinity();
+  const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk, dev);
   // Additive masks hide a key with -inf or the dtype's lowest value (transformers' convention);
   // anything above half of it (ALiBi-style biases included) lets the key through.
   double hidden_below = 0.0;
@@ -186,7 +193,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
       default: hidden_below = -std::numeric_limits<float>::max() / 2.0;
     }
   }
-  if (q.is_cpu()) {  // fused route, the whole layer at once (fused_sdpa.cpp)
+  if (fused) {  // the whole layer at once (fused_sdpa.cpp)
     torch::Tensor mf;  // the mask as bool / fp32 [B, H, Tq, Tk] view
     if (m.defined()) {
       mf = m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat ? m : m.to(torch::kFloat);
@@ -209,49 +216,28 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
     if (acc->wants_visibility()) acc->add_counts(visible_counts(m, hidden_below, is_causal, tq, tk));
     return out;
   }
-  // CUDA: blocks of rows with ATen ops (materialised softmax per block, then add_block).
-  const bool vis = acc->wants_visibility();
-  torch::Tensor all_visible;
-  for (int64_t r0 = 0; r0 < tq; r0 += step) {
-    const int64_t rows = std::min(step, tq - r0);
-    // With is_causal, keys after the block's last row get probability exactly 0: skip them.
-    const int64_t keys = is_causal ? std::min(tk, r0 + rows) : tk;
-    auto scores = ws_.get(1, {batch, static_cast<int64_t>(heads.size()), rows, keys}, dev);
-    torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
-    scores.mul_(s);
-    torch::Tensor visible;  // [B|1, H|1, rows, keys]: pairs the mask lets through
-    if (m.defined()) {
-      auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
-      if (mc.size(3) > 1) mc = mc.narrow(3, 0, keys);
-      if (mc.scalar_type() == torch::kBool) {
-        scores.masked_fill_(mc.logical_not(), neg_inf);
-        if (vis) visible = mc;
-      } else {
-        scores.add_(mc.to(torch::kFloat));
-        if (vis) visible = mc.gt(hidden_below);
-      }
-      if (vis && (visible.size(2) != rows || visible.size(3) != keys))
-        visible = visible.expand({visible.size(0), visible.size(1), rows, keys});
+  // Elsewhere (CUDA, other devices, or the CPU when asked): ATen ops block by block
+  // (sdpa_blocks.cpp), with the site's output and each row's log-sum-exp from the device's
+  // fused kernel when V is given, so the site's attention runs once.
+  SdpaBlocks site;
+  site.q = qs;
+  site.k = ks;
+  site.mask = m;
+  site.hidden_below = hidden_below;
+  site.is_causal = is_causal;
+  site.scale = s;
+  AttentionLse fa;
+  if (v.defined() && dropout_p == 0.0 && route != "softmax") {
+    torch::Tensor m_all;  // every head's mask, for the kernel
+    if (mask.has_value() && mask->defined()) {
+      m_all = *mask;
+      while (m_all.dim() < 4) m_all = m_all.unsqueeze(0);
     }
-    if (is_causal) {  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
-      auto hide = torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1);
-      scores.masked_fill_(hide, neg_inf);
-      if (vis) visible = visible.defined() ? visible.logical_and(hide.logical_not())
-                                           : hide.logical_not().view({1, 1, rows, keys});
-    }
-    if (vis && !visible.defined()) {  // no mask at all: every key is visible (one buffer per site)
-      if (!all_visible.defined())
-        all_visible = torch::ones({1, 1, step, tk}, torch::dtype(torch::kBool).device(dev));
-      visible = all_visible.narrow(2, 0, rows).narrow(3, 0, keys);
-    }
-    auto probs = ws_.get(2, scores.sizes(), dev);
-    torch::_softmax_out(probs, scores, -1, false);
-    // Only an explicit mask can hide every key of a row (padding queries: 0/0 = NaN); with
-    // is_causal alone row i always sees keys 0..i, so the extra pass is skipped.
-    if (m.defined()) probs.nan_to_num_(0.0);
-    acc->add_block(probs, r0, ctx_, ws_, visible);
+    fa = attention_with_lse(q, k, v, m_all, is_causal, s);
+    if (fa.lse.defined()) site.lse = all_heads ? fa.lse : fa.lse.index_select(1, head_t);
   }
-  return {};  // the site's own SDPA gives the output
+  add_sdpa_blocks(*acc, site, step, ctx_, ws_);
+  return fa.out;  // undefined: the site runs SDPA itself
 }
 
 torch::Tensor Recorder::row_keys(const torch::Tensor& m, double hidden_below, int64_t tq) {

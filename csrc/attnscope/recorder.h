@@ -56,7 +56,8 @@ class Recorder {
   int64_t resolve_layer(int64_t op_layer);
   LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
                                 const torch::Device& device, bool whole_rows = false);
-  int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk, bool cuda) const;
+  /// Query rows per attention block of [B, heads, rows, Tk] elements on `device`.
+  int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk, const torch::Device& device);
   /// [Tq] int64: for each query row, 1 + the last key the mask `m` ([B|1, H|1, Tq|1, Tk]) lets
   /// any batch row or head see; undefined when the mask is one value over the keys.
   torch::Tensor row_keys(const torch::Tensor& m, double hidden_below, int64_t tq);
@@ -69,6 +70,7 @@ class Recorder {
   bool layer_from_order_;
   RecordResult result_;
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
+  int64_t device_block_ = -1;  // elements per block on a GPU, from its free memory (once per run)
   Workspace ws_;  // slots 0-3: per-block temporaries (CUDA, softmax sites); 4: fused row buffers
   torch::Tensor rk_, rk_mask_;  // row_keys of the last mask seen, and that mask
   int64_t rk_version_ = -1;

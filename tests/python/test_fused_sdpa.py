@@ -15,7 +15,8 @@ from attnscope._lib import load_library
 
 load_library()
 B, T, C, H, KV, D, V = 2, 11, 32, 4, 2, 8, 50
-KINDS = ["is_causal", "causal_padded", "window_padded", "encoder", "alibi_additive", "lowest_additive"]
+KINDS = ["is_causal", "causal_padded", "left_padded", "window_padded", "encoder", "alibi_additive",
+         "lowest_additive", "left_padded_lowest"]
 
 
 def allowed(kind, mask):
@@ -49,10 +50,12 @@ class Layer(torch.nn.Module):
         T = attention_mask.shape[1]
         if self.kind == "is_causal":
             return None, True, torch.zeros(T, T).masked_fill(~ok[0, 0], float("-inf"))
-        if self.kind in ("alibi_additive", "lowest_additive"):
+        if self.kind in ("alibi_additive", "lowest_additive", "left_padded_lowest"):
             dist = (torch.arange(T)[None, :] - torch.arange(T)[:, None]).float()
             bias = self.slopes * dist if self.kind == "alibi_additive" else torch.zeros(1, 1, T, T)
             hide = float("-inf") if self.kind == "alibi_additive" else torch.finfo(torch.float32).min
+            if self.kind == "left_padded_lowest":  # transformers' own left-padded causal mask
+                bias = torch.zeros(1, 1, T, T)
             add = bias.masked_fill(~ok, hide)
             return add, False, add
         return ok, False, torch.zeros(ok.shape).masked_fill(~ok, float("-inf"))
@@ -103,6 +106,8 @@ def export(tmp_path, kind, route, t=T):
     ids, mask = inputs(t)
     if kind == "is_causal":
         mask = torch.ones_like(mask)
+    if kind.startswith("left_padded"):  # the padded queries see no key at all: rows of -inf
+        mask = mask.flip(1)
     path = tmp_path / f"{kind}-{route}.pt"
     meta = {"num_layers": 1, "num_heads": H, "vocab_size": V, "causal": kind != "encoder"}
     torch.jit.save(torch.jit.trace(layer, (ids, mask), check_trace=False), str(path),
@@ -127,8 +132,14 @@ def close(a, b, tol=1e-5):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("spec", sorted(SPECS))
-@pytest.mark.parametrize("route", ["fused", "op"])
-def test_fused_equals_materialised_and_reference(tmp_path, kind, spec, route):
+@pytest.mark.parametrize("route", ["fused", "op", "op-blocks", "op-softmax"])
+def test_fused_equals_materialised_and_reference(tmp_path, monkeypatch, kind, spec, route):
+    # op-blocks / op-softmax: attnscope::sdpa through the GPU's ATen block route, run on the CPU
+    # (ATTNSCOPE_SDPA_ROUTE): probabilities exp(q·kᵀ·scale + mask − lse) with the flash kernel's
+    # log-sum-exp and entropy lse − q·(P·K), or a softmax per block.
+    if "-" in route:
+        route, sdpa_route = route.split("-")
+        monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", sdpa_route)
     layer, fused_path, ids, mask = export(tmp_path, kind, route)
     _, mat_path, _, _ = export(tmp_path, kind, "materialised")
     fused = attnscope.load(str(fused_path), device="cpu").run(ids, capture=SPECS[spec], attention_mask=mask)
@@ -156,7 +167,8 @@ def test_fused_equals_materialised_and_reference(tmp_path, kind, spec, route):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_sdpa_op_output_equals_sdpa(tmp_path, kind):
+@pytest.mark.parametrize("sdpa_route", ["auto", "blocks", "softmax"])
+def test_sdpa_op_output_equals_sdpa(tmp_path, monkeypatch, kind, sdpa_route):
     # Outside a run attnscope::sdpa is SDPA itself (bit for bit); in a run that captures every
     # head its output comes from the recorder's probabilities: the logits agree to fp32 rounding.
     layer, path, ids, mask = export(tmp_path, kind, "op")
@@ -167,6 +179,7 @@ def test_sdpa_op_output_equals_sdpa(tmp_path, kind):
     assert torch.equal(torch.ops.attnscope.sdpa(q, k, v, m, 0.0, causal, None, True, 0), want)
     model = attnscope.load(str(path), device="cpu")
     plain = model.run(ids, capture={"top_k": 3}, attention_mask=mask)  # nothing captured: SDPA
+    monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", sdpa_route)
     full = model.run(ids, capture={"received": True, "attn_entropy": True, "top_k": 3}, attention_mask=mask)
     ok = mask.bool()
     assert close(full.entropy[ok], plain.entropy[ok], 1e-5)
@@ -186,7 +199,8 @@ LONG_SPECS = {
 
 @pytest.mark.parametrize("kind", ["is_causal", "causal_padded", "window_padded", "encoder"])
 @pytest.mark.parametrize("spec", sorted(LONG_SPECS))
-def test_long_rows_split_into_parts(tmp_path, kind, spec):
+@pytest.mark.parametrize("sdpa_route", ["auto", "blocks"])
+def test_long_rows_split_into_parts(tmp_path, monkeypatch, kind, spec, sdpa_route):
     # 700 tokens: several blocks of rows, cut into per-thread parts where the work read from the
     # mask is evenly split (causal, windowed and encoder rows cost differently); partial received
     # sums/max merged; a head-mean map (tasks then run every head of their rows, the first
@@ -195,6 +209,7 @@ def test_long_rows_split_into_parts(tmp_path, kind, spec):
     spec = LONG_SPECS[spec]
     _, fused_path, ids, mask = export(tmp_path, kind, "op", t=700)
     _, mat_path, _, _ = export(tmp_path, kind, "materialised", t=700)
+    monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", sdpa_route)  # blocks: several blocks of rows (2^18 elements)
     got = attnscope.load(str(fused_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
     want = attnscope.load(str(mat_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
     names = sorted(n for n in want.captures if n != "aggregate_layers")

@@ -1,0 +1,189 @@
+#include <attnscope/sdpa_blocks.h>
+
+#if __has_include(<c10/core/CachingDeviceAllocator.h>)
+#include <c10/core/CachingDeviceAllocator.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#define ATTNSCOPE_DEVICE_ALLOCATOR 1
+#endif
+
+#include <algorithm>
+#include <cstdlib>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+namespace attnscope {
+
+std::string sdpa_route() {
+  const char* env = std::getenv("ATTNSCOPE_SDPA_ROUTE");
+  std::string r = env && *env ? env : "auto";
+  TORCH_CHECK(r == "auto" || r == "blocks" || r == "softmax", "ATTNSCOPE_SDPA_ROUTE=", r,
+              " is not a route: expected auto, blocks or softmax");
+  return r;
+}
+
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+// The memory-efficient CUDA kernel reads bias rows at aligned addresses: keys padded to a
+// multiple of 16 elements, as SDPA pads them itself.
+constexpr int64_t kBiasAlign = 16;
+
+/// The mask as the kernels take it: additive, in q's dtype (bool: 0 / -inf).
+torch::Tensor kernel_bias(const torch::Tensor& mask, const torch::Tensor& q, int64_t tk) {
+  if (!mask.defined()) return {};
+  torch::Tensor m = mask.scalar_type() == torch::kBool
+                        ? torch::where(mask, torch::zeros({}, q.options()), torch::full({}, -kInf, q.options()))
+                        : mask.to(q.scalar_type());
+  if (q.is_cpu()) return m;
+  // CUDA: last dimension contiguous, rows aligned (a broadcast key dimension is written out).
+  auto sizes = m.sizes().vec();
+  sizes.back() = (tk + kBiasAlign - 1) / kBiasAlign * kBiasAlign;
+  auto padded = torch::zeros(sizes, q.options()).narrow(-1, 0, tk);
+  auto want = m.sizes().vec();
+  want.back() = tk;
+  padded.copy_(m.expand(want));
+  return padded;
+}
+
+#ifdef ATTNSCOPE_DEVICE_ALLOCATOR
+// getMemoryInfo joined the device allocator interface in recent PyTorch: detected, not assumed.
+template <typename A, typename = void>
+struct HasMemoryInfo : std::false_type {};
+template <typename A>
+struct HasMemoryInfo<A, std::void_t<decltype(std::declval<A&>().getMemoryInfo(c10::DeviceIndex{0}))>>
+    : std::true_type {};
+
+template <typename A>
+int64_t available_bytes(A* alloc, c10::DeviceIndex idx) {
+  if constexpr (HasMemoryInfo<A>::value) {
+    const auto stats = alloc->getDeviceStats(idx);
+    // [0]: every pool. Memory the caching allocator holds unused is ours to take too.
+    const int64_t cached = stats.reserved_bytes[0].current - stats.allocated_bytes[0].current;
+    return static_cast<int64_t>(alloc->getMemoryInfo(idx).first) + std::max<int64_t>(0, cached);
+  } else {
+    return -1;
+  }
+}
+#endif
+
+}  // namespace
+
+AttentionLse attention_with_lse(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                const torch::Tensor& mask, bool is_causal, double scale) {
+  try {
+    auto bias = kernel_bias(mask, q, k.size(2));
+    std::optional<torch::Tensor> b;
+    if (bias.defined()) b = bias;
+    if (q.is_cpu()) {  // the flash kernel reads grouped K/V itself
+      auto r = at::_scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, is_causal, b, scale);
+      return {std::get<0>(r), std::get<1>(r).to(torch::kFloat)};
+    }
+    if (q.is_cuda()) {
+      const int64_t g = q.size(1) / k.size(1);
+      auto kr = g == 1 ? k : k.repeat_interleave(g, 1);
+      auto vr = g == 1 ? v : v.repeat_interleave(g, 1);
+      auto r = at::_scaled_dot_product_efficient_attention(q, kr, vr, b, /*compute_log_sumexp=*/true, 0.0,
+                                                           is_causal, scale);
+      // The kernel pads its log-sum-exp rows to a multiple of 32.
+      return {std::get<0>(r), std::get<1>(r).narrow(2, 0, q.size(2)).to(torch::kFloat)};
+    }
+  } catch (const c10::Error& e) {
+    TORCH_WARN_ONCE("attnscope: the fused attention kernel refused this site (", e.what_without_backtrace(),
+                    "); SDPA sites on ", q.device(), " take a softmax per block instead");
+  }
+  return {};
+}
+
+int64_t device_block_elements(const torch::Device& device, int64_t cap) {
+#ifdef ATTNSCOPE_DEVICE_ALLOCATOR
+  if (device.is_cpu()) return cap;
+  try {
+    const c10::DeviceIndex idx =
+        device.has_index() ? device.index() : c10::impl::getDeviceGuardImpl(device.type())->getDevice().index();
+    const int64_t avail = available_bytes(c10::getDeviceAllocator(device.type()), idx);
+    // Four fp32 copies of a block (scores = probabilities, a temporary, visibility, P·K) in a
+    // quarter of what is left: the next layers' activations still fit.
+    if (avail >= 0) return std::max<int64_t>(1, std::min(cap, avail / (4 * 4 * 4)));
+  } catch (const c10::Error&) {
+  }
+#endif
+  (void)device;
+  return cap;
+}
+
+void add_sdpa_blocks(LayerAccumulator& acc, const SdpaBlocks& s, int64_t step, const RunContext& ctx,
+                     Workspace& ws) {
+  const int64_t batch = s.q.size(0), hb = s.q.size(1), tq = s.q.size(2), tk = s.k.size(2);
+  const auto dev = s.q.device();
+  const bool vis = acc.wants_visibility();
+  const bool with_lse = s.lse.defined();
+  // Scale folded into q once per layer; with the log-sum-exp a block is exp(q_s·kᵀ − lse).
+  auto qs = s.q * s.scale;
+  auto kt = s.k.transpose(-1, -2);
+  torch::Tensor lse;
+  if (with_lse) {
+    // -inf marks a row no key is visible to: +inf turns its exp(-inf - lse) into 0, not NaN.
+    lse = s.lse.masked_fill(s.lse.isneginf(), kInf).unsqueeze(-1);  // [B, Hb, Tq, 1]
+  }
+  // Entropy without log p: H = −Σ p (z − lse) = lse − q_s·(P·K), z = q_s·k. An additive mask
+  // adds Σ p·bias (and -inf entries 0·-inf): such masks take −Σ p log p from the block.
+  const bool entropy_by_pk = with_lse && acc.wants_entropy() &&
+                             (!s.mask.defined() || s.mask.scalar_type() == torch::kBool);
+  torch::Tensor all_visible;
+  for (int64_t r0 = 0; r0 < tq; r0 += step) {
+    const int64_t rows = std::min(step, tq - r0);
+    // With is_causal, keys after the block's last row get probability exactly 0: skip them.
+    const int64_t keys = s.is_causal ? std::min(tk, r0 + rows) : tk;
+    auto scores = ws.get(1, {batch, hb, rows, keys}, dev);
+    auto q_blk = qs.narrow(2, r0, rows);
+    torch::matmul_out(scores, q_blk, kt.narrow(3, 0, keys));
+    torch::Tensor visible;  // [B|1, Hb|1, rows, keys]: pairs the mask lets through
+    if (s.mask.defined()) {
+      const auto& m = s.mask;
+      auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
+      if (mc.size(3) > 1) mc = mc.narrow(3, 0, keys);
+      if (mc.scalar_type() == torch::kBool) {
+        scores.masked_fill_(mc.logical_not(), -kInf);
+        if (vis) visible = mc;
+      } else {
+        scores.add_(mc.to(torch::kFloat));
+        if (vis) visible = mc.gt(s.hidden_below);
+      }
+      if (vis && (visible.size(2) != rows || visible.size(3) != keys))
+        visible = visible.expand({visible.size(0), visible.size(1), rows, keys});
+    }
+    torch::Tensor hide;  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
+    if (s.is_causal) hide = torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1);
+    if (vis && s.is_causal)
+      visible = visible.defined() ? visible.logical_and(hide.logical_not())
+                                  : hide.logical_not().view({1, 1, rows, keys});
+    if (vis && !visible.defined()) {  // no mask at all: every key is visible (one buffer per site)
+      if (!all_visible.defined())
+        all_visible = torch::ones({1, 1, step, tk}, torch::dtype(torch::kBool).device(dev));
+      visible = all_visible.narrow(2, 0, rows).narrow(3, 0, keys);
+    }
+    torch::Tensor probs, ent;
+    if (with_lse) {
+      scores.sub_(lse.narrow(2, r0, rows));
+      if (s.is_causal) scores.masked_fill_(hide, -kInf);
+      probs = scores.exp_();
+      if (entropy_by_pk) {
+        auto pk = torch::matmul(probs, s.k.narrow(2, 0, keys));  // [B, Hb, rows, D]
+        ent = lse.narrow(2, r0, rows).squeeze(-1) - (pk.mul_(q_blk)).sum(-1);
+        // Rows with no visible key have no distribution: entropy 0 (as the softmax route).
+        ent.masked_fill_(s.lse.narrow(2, r0, rows).isneginf(), 0.0);
+      }
+    } else {
+      if (s.is_causal) scores.masked_fill_(hide, -kInf);
+      probs = ws.get(2, scores.sizes(), dev);
+      torch::_softmax_out(probs, scores, -1, false);
+      // Only an explicit mask can hide every key of a row (padding queries: 0/0 = NaN); with
+      // is_causal alone row i always sees keys 0..i, so the extra pass is skipped.
+      if (s.mask.defined()) probs.nan_to_num_(0.0);
+    }
+    acc.add_block(probs, r0, ctx, ws, visible, ent);
+  }
+}
+
+}  // namespace attnscope
