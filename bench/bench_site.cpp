@@ -2,11 +2,14 @@
 // attnscope::sdpa with a recorder capturing every aggregate, one head's map, or the head-mean
 // map. The layer's projections and MLP are left out, so these ratios are what the capture costs
 // at the site itself (the model-level ratios of bench_capture are diluted by the rest of the
-// forward). Prints one table, minima of interleaved repetitions; asserts nothing.
+// forward). The last two columns run every aggregate through the GPU's block route in ATen ops
+// on the CPU (ATTNSCOPE_SDPA_ROUTE=blocks: the flash kernel's log-sum-exp; =softmax: a softmax
+// per block): what the log-sum-exp saves over a softmax with the same ATen ops. Prints one
+// table, minima of interleaved repetitions; asserts nothing.
 //
 // usage: bench_site [T ...]   env: HEADS (8), KV_HEADS (=HEADS), DIM (64); default T = 512 2048 4096;
-//        PROFILE=0..3 runs only that variant 20 times (0 aten SDPA, 1 every aggregate, 2 one head,
-//        3 head mean), for perf
+//        PROFILE=0..5 runs only that variant 20 times (0 aten SDPA, 1 every aggregate, 2 one head,
+//        3 head mean, 4 / 5 every aggregate on the block route with lse / softmax), for perf
 #include <attnscope/capture_ops.h>
 #include <attnscope/recorder.h>
 
@@ -51,7 +54,8 @@ int main(int argc, char** argv) {
 
   std::printf("one causal SDPA site: %lld query heads, %lld KV heads, head dim %lld, batch 1, %d threads\n",
               (long long)H, (long long)Hkv, (long long)D, torch::get_num_threads());
-  std::printf("| T | aten SDPA | every aggregate | one head's map | head-mean map |\n|---|---|---|---|---|\n");
+  std::printf("| T | aten SDPA | every aggregate | one head's map | head-mean map | every aggregate, "
+              "block route (lse) | every aggregate, block route (softmax) |\n|---|---|---|---|---|---|---|\n");
   for (int64_t T : lengths) {
     // Laid out as models make them: [B, T, H, D] memory viewed as [B, H, T, D].
     auto q = torch::randn({1, T, H, D}).transpose(1, 2);
@@ -68,7 +72,15 @@ int main(int argc, char** argv) {
         rec.finish();
       };
     };
-    std::vector<std::function<void()>> fns{plain, captured(all), captured(one_head), captured(mean_map)};
+    auto routed = [&](const char* route) {
+      return [&, route] {
+        setenv("ATTNSCOPE_SDPA_ROUTE", route, 1);
+        captured(all)();
+        unsetenv("ATTNSCOPE_SDPA_ROUTE");
+      };
+    };
+    std::vector<std::function<void()>> fns{plain, captured(all), captured(one_head), captured(mean_map),
+                                           routed("blocks"), routed("softmax")};
     if (std::getenv("PROFILE")) {
       for (int r = 0; r < 20; ++r) fns.at(env_int("PROFILE", 0))();
       continue;

@@ -207,9 +207,12 @@ def step_7b(rep, dev, quick, lengths):
     rep.add("\n## Time and peak GPU memory, Qwen2.5-7B shape, bf16, batch 1\n\n"
             "plain = transformers SDPA forward; attnscope = traced SDPA forward with every aggregate "
             "(received mean/max, attention entropy, sink mass, predictive entropy, top-5); "
-            "HF eager = transformers eager with output_attentions=True.\n\n"
-            "| T | plain s | plain GiB | attnscope s | attnscope GiB | ratio | HF eager s | HF eager GiB |\n"
-            "|---|---|---|---|---|---|---|---|")
+            "HF eager = transformers eager with output_attentions=True. attnscope takes each site's "
+            "log-sum-exp from the memory-efficient kernel; \"softmax route\" is the same run with "
+            "ATTNSCOPE_SDPA_ROUTE=softmax (a softmax per block, the route before).\n\n"
+            "| T | plain s | plain GiB | attnscope s | attnscope GiB | ratio | softmax route s | softmax route ratio "
+            "| HF eager s | HF eager GiB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|")
     res = {}
     for t in lengths:
         if rep.left() < (30 if t <= 4096 else 60):
@@ -225,6 +228,13 @@ def step_7b(rep, dev, quick, lengths):
         def ours():
             return am.run(ids.cpu(), capture="all")
 
+        def ours_softmax():
+            os.environ["ATTNSCOPE_SDPA_ROUTE"] = "softmax"
+            try:
+                return am.run(ids.cpu(), capture="all")
+            finally:
+                os.environ.pop("ATTNSCOPE_SDPA_ROUTE", None)
+
         def eager():
             model.set_attn_implementation("eager")
             try:
@@ -234,12 +244,14 @@ def step_7b(rep, dev, quick, lengths):
                 model.set_attn_implementation("sdpa")
 
         p, o = measure(plain, reps), measure(ours, reps)
+        sm = measure(ours_softmax, reps) if rep.left() > 60 else ("not run: time", None)
         e = measure(eager, 1) if rep.left() > 40 else ("not run: time", None)
-        ratio = f"{o[0] / p[0]:.2f}" if isinstance(p[0], float) and isinstance(o[0], float) else "-"
+        ratio = lambda r: f"{r[0] / p[0]:.2f}" if isinstance(p[0], float) and isinstance(r[0], float) else "-"  # noqa: E731
         cell = lambda r: (f"{r[0]:.3f}", f"{r[1]:.1f}") if isinstance(r[0], float) else (r[0], "-")  # noqa: E731
-        res[t] = {"plain": p, "attnscope": o, "hf_eager": e}
-        rep.add(f"| {t} | {' | '.join(cell(p))} | {' | '.join(cell(o))} | {ratio} | {' | '.join(cell(e))} |",
-                "bench_7b", res)
+        sm_s = f"{sm[0]:.3f}" if isinstance(sm[0], float) else sm[0]
+        res[t] = {"plain": p, "attnscope": o, "softmax_route": sm, "hf_eager": e}
+        rep.add(f"| {t} | {' | '.join(cell(p))} | {' | '.join(cell(o))} | {ratio(o)} | {sm_s} | {ratio(sm)} "
+                f"| {' | '.join(cell(e))} |", "bench_7b", res)
     del am, traced, model
     free()
 

@@ -1,6 +1,11 @@
 #include <attnscope/sdpa_blocks.h>
 
-#if __has_include(<c10/core/CachingDeviceAllocator.h>)
+#include <torch/version.h>
+
+// c10::DeviceAllocator (every accelerator's caching allocator behind one interface) arrived in
+// PyTorch 2.9; before it, GPU blocks keep the spec's chunk_elements.
+#if (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)) && \
+    __has_include(<c10/core/CachingDeviceAllocator.h>)
 #include <c10/core/CachingDeviceAllocator.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
 #define ATTNSCOPE_DEVICE_ALLOCATOR 1
@@ -118,65 +123,69 @@ void add_sdpa_blocks(LayerAccumulator& acc, const SdpaBlocks& s, int64_t step, c
   const auto dev = s.q.device();
   const bool vis = acc.wants_visibility();
   const bool with_lse = s.lse.defined();
-  // Scale folded into q once per layer; with the log-sum-exp a block is exp(q_s·kᵀ − lse).
-  auto qs = s.q * s.scale;
+  // With the log-sum-exp, hidden keys get the lowest finite logit instead of -inf: exp gives
+  // the same 0, and p·log p = 0·lowest stays 0 (0·-inf would be NaN) for the entropy below.
+  const float hidden = with_lse ? std::numeric_limits<float>::lowest() : -kInf;
+  auto qs = s.q * s.scale;  // scale folded into q once per layer
   auto kt = s.k.transpose(-1, -2);
   torch::Tensor lse;
   if (with_lse) {
-    // -inf marks a row no key is visible to: +inf turns its exp(-inf - lse) into 0, not NaN.
-    lse = s.lse.masked_fill(s.lse.isneginf(), kInf).unsqueeze(-1);  // [B, Hb, Tq, 1]
+    // A row no key is visible to: the CUDA kernel says -inf, the CPU one 0; 0 for both, so
+    // exp(lowest − 0) = 0 and the row's entropy is 0, as on the softmax route.
+    lse = s.lse.masked_fill(s.lse.isneginf(), 0.0f).unsqueeze(-1);  // [B, Hb, Tq, 1]
   }
-  // Entropy without log p: H = −Σ p (z − lse) = lse − q_s·(P·K), z = q_s·k. An additive mask
-  // adds Σ p·bias (and -inf entries 0·-inf): such masks take −Σ p log p from the block.
-  const bool entropy_by_pk = with_lse && acc.wants_entropy() &&
-                             (!s.mask.defined() || s.mask.scalar_type() == torch::kBool);
   torch::Tensor all_visible;
   for (int64_t r0 = 0; r0 < tq; r0 += step) {
     const int64_t rows = std::min(step, tq - r0);
     // With is_causal, keys after the block's last row get probability exactly 0: skip them.
     const int64_t keys = s.is_causal ? std::min(tk, r0 + rows) : tk;
     auto scores = ws.get(1, {batch, hb, rows, keys}, dev);
-    auto q_blk = qs.narrow(2, r0, rows);
-    torch::matmul_out(scores, q_blk, kt.narrow(3, 0, keys));
+    torch::matmul_out(scores, qs.narrow(2, r0, rows), kt.narrow(3, 0, keys));
     torch::Tensor visible;  // [B|1, Hb|1, rows, keys]: pairs the mask lets through
     if (s.mask.defined()) {
       const auto& m = s.mask;
       auto mc = m.size(2) > 1 ? m.narrow(2, r0, rows) : m;
       if (mc.size(3) > 1) mc = mc.narrow(3, 0, keys);
       if (mc.scalar_type() == torch::kBool) {
-        scores.masked_fill_(mc.logical_not(), -kInf);
+        scores.masked_fill_(mc.logical_not(), hidden);
         if (vis) visible = mc;
       } else {
         scores.add_(mc.to(torch::kFloat));
+        if (with_lse) scores.clamp_min_(hidden);  // a -inf bias: the lowest finite logit
         if (vis) visible = mc.gt(s.hidden_below);
       }
       if (vis && (visible.size(2) != rows || visible.size(3) != keys))
         visible = visible.expand({visible.size(0), visible.size(1), rows, keys});
     }
-    torch::Tensor hide;  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
-    if (s.is_causal) hide = torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1);
-    if (vis && s.is_causal)
-      visible = visible.defined() ? visible.logical_and(hide.logical_not())
-                                  : hide.logical_not().view({1, 1, rows, keys});
+    if (s.is_causal) {  // SDPA's causal mask is top-left aligned: key j > query row i is hidden
+      auto hide = torch::ones({rows, keys}, torch::dtype(torch::kBool).device(dev)).triu(r0 + 1);
+      scores.masked_fill_(hide, hidden);
+      if (vis) visible = visible.defined() ? visible.logical_and(hide.logical_not())
+                                           : hide.logical_not().view({1, 1, rows, keys});
+    }
     if (vis && !visible.defined()) {  // no mask at all: every key is visible (one buffer per site)
       if (!all_visible.defined())
         all_visible = torch::ones({1, 1, step, tk}, torch::dtype(torch::kBool).device(dev));
       visible = all_visible.narrow(2, 0, rows).narrow(3, 0, keys);
     }
-    torch::Tensor probs, ent;
+    auto probs = ws.get(2, scores.sizes(), dev);
+    torch::Tensor ent;
     if (with_lse) {
-      scores.sub_(lse.narrow(2, r0, rows));
-      if (s.is_causal) scores.masked_fill_(hide, -kInf);
-      probs = scores.exp_();
-      if (entropy_by_pk) {
-        auto pk = torch::matmul(probs, s.k.narrow(2, 0, keys));  // [B, Hb, rows, D]
-        ent = lse.narrow(2, r0, rows).squeeze(-1) - (pk.mul_(q_blk)).sum(-1);
-        // Rows with no visible key have no distribution: entropy 0 (as the softmax route).
-        ent.masked_fill_(s.lse.narrow(2, r0, rows).isneginf(), 0.0);
+      scores.sub_(lse.narrow(2, r0, rows));  // log p
+      torch::exp_out(probs, scores);
+      if (acc.wants_entropy()) {
+        // −Σ p log p with log p = z − lse at hand (no log, no clamp), over the row's own sum S
+        // (1 up to the kernel's rounding of lse): H = log S − Σ p·(z − lse) / S, else lse's
+        // rounding comes back times H (on 700-token rows 3.5e-6 nats from float64, 1.7e-6
+        // with S). ATen's sums (cascaded), not a batched dot product: its fp32 lane sums were
+        // 1.6e-5 off.
+        auto plogp = ws.get(0, probs.sizes(), dev);
+        torch::mul_out(plogp, probs, scores);
+        auto sum = probs.sum(-1);
+        ent = plogp.sum(-1);
+        ent.div_(sum).neg_().add_(sum.log()).masked_fill_(sum.eq(0), 0.0);  // no visible key: 0
       }
     } else {
-      if (s.is_causal) scores.masked_fill_(hide, -kInf);
-      probs = ws.get(2, scores.sizes(), dev);
       torch::_softmax_out(probs, scores, -1, false);
       // Only an explicit mask can hide every key of a row (padding queries: 0/0 = NaN); with
       // is_causal alone row i always sees keys 0..i, so the extra pass is skipped.

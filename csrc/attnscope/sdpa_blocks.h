@@ -2,8 +2,9 @@
 // ATTNSCOPE_SDPA_ROUTE=blocks|softmax): the site's attention runs once through the device's
 // fused kernel that also returns each row's log-sum-exp, then each block of query rows gets its
 // probabilities as exp(scale·q·kᵀ + mask − lse) (no max, no sum, no normalisation, no NaN pass)
-// and each row's entropy as lse − scale·q·(P·K). Without a log-sum-exp (no such kernel for the
-// inputs, no V given, dropout) blocks take a materialised softmax instead.
+// and each row's entropy as −Σ p·(z − lse), one batched dot product with the block's logits z.
+// Without a log-sum-exp (no such kernel for the inputs, no V given, dropout) blocks take a
+// materialised softmax instead.
 #pragma once
 #include <attnscope/aggregates.h>
 

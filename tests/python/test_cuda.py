@@ -35,7 +35,10 @@ def _ids(vocab, b=2, t=12, pad=3):
 
 @pytest.mark.parametrize("name", ["hf_llama_sdpa.pt", "hf_llama_eager.pt", "hf_qwen2_sdpa.pt",
                                   "hf_gpt2_sdpa.pt", "hf_gpt2_eager.pt"])
-def test_cpu_and_cuda_agree(name):
+@pytest.mark.parametrize("route", ["auto", "softmax"])
+def test_cpu_and_cuda_agree(monkeypatch, name, route):
+    # auto: SDPA sites on the GPU take the kernel's log-sum-exp; softmax: a softmax per block
+    monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", route)
     path = _fixture(name)
     cpu, gpu = attnscope.load(path, device="cpu"), attnscope.load(path, device="cuda")
     ids, mask = _ids(cpu.vocab_size if cpu.vocab_size > 0 else 64)

@@ -136,7 +136,7 @@ def close(a, b, tol=1e-5):
 def test_fused_equals_materialised_and_reference(tmp_path, monkeypatch, kind, spec, route):
     # op-blocks / op-softmax: attnscope::sdpa through the GPU's ATen block route, run on the CPU
     # (ATTNSCOPE_SDPA_ROUTE): probabilities exp(q·kᵀ·scale + mask − lse) with the flash kernel's
-    # log-sum-exp and entropy lse − q·(P·K), or a softmax per block.
+    # log-sum-exp and entropy −Σ p·(z − lse), or a softmax per block.
     if "-" in route:
         route, sdpa_route = route.split("-")
         monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", sdpa_route)
