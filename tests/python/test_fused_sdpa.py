@@ -217,3 +217,11 @@ def test_long_rows_split_into_parts(tmp_path, monkeypatch, kind, spec, sdpa_rout
     assert len(names) >= (1 if "received" not in spec else 9), names
     for n in names:
         assert close(got.get(n), want.get(n)), (kind, n)
+
+
+def test_unknown_sdpa_route_is_refused_by_name(tmp_path, monkeypatch):
+    _, path, ids, mask = export(tmp_path, "causal_padded", "op")
+    model = attnscope.load(str(path), device="cpu")
+    monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", "fastest")
+    with pytest.raises(RuntimeError, match="ATTNSCOPE_SDPA_ROUTE=fastest is not a route: expected auto, blocks or softmax"):
+        model.run(ids, capture={"received": True, "top_k": 0}, attention_mask=mask)
