@@ -107,8 +107,8 @@ int64_t device_block_elements(const torch::Device& device, int64_t cap) {
     const c10::DeviceIndex idx =
         device.has_index() ? device.index() : c10::impl::getDeviceGuardImpl(device.type())->getDevice().index();
     const int64_t avail = available_bytes(c10::getDeviceAllocator(device.type()), idx);
-    // Four fp32 copies of a block (scores = probabilities, a temporary, visibility, P·K) in a
-    // quarter of what is left: the next layers' activations still fit.
+    // Four fp32 copies of a block (logits, probabilities, a temporary, the visibility and
+    // ATen's own temporaries) in a quarter of what is left: the next layers still fit.
     if (avail >= 0) return std::max<int64_t>(1, std::min(cap, avail / (4 * 4 * 4)));
   } catch (const c10::Error&) {
   }

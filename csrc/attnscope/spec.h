@@ -38,8 +38,9 @@ struct CaptureSpec {
   double temperature = 1.0;
   /// Move every captured tensor to the CPU at the end of the run.
   bool to_cpu = true;
-  /// Upper bound on the elements of one attention block [B, H_sel, rows, Tk] on CUDA
-  /// (256 MiB in fp32: few kernel launches at 32k tokens; the CPU caps blocks at 2^18).
+  /// Upper bound on the elements of one attention block [B, H_sel, rows, Tk] on a GPU
+  /// (256 MiB in fp32: few kernel launches at 32k tokens), lowered when the device has less
+  /// memory left (sdpa_blocks.h); the CPU caps blocks at 2^18.
   int64_t chunk_elements = int64_t(1) << 26;
 
   /// Every aggregate for every layer (received, entropy, sink mass of the first token).
