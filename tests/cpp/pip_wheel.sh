@@ -1,21 +1,43 @@
 #!/usr/bin/env bash
-# pip's route as a new user takes it: a fresh venv that has only torch (the version the test
-# venv has), `pip wheel` with pip's default build isolation — which must not download a second
-# torch —, the wheel installed into that venv with its dependencies, then imported and run
-# on a fixture model from outside the source tree. Also checks the wheel's metadata: torch
-# pinned to the X.Y it was built against, the LICENSE, no absolute RUNPATH.
+# pip's route as a new user takes it: a copy of the source tree (its tracked and unignored
+# files) with a fresh .venv inside that has only torch (the version the test venv has),
+# `pip wheel .` with pip's default build isolation — which must not download a second torch —,
+# the wheel installed into that venv with its dependencies, then imported and run on a
+# fixture model from outside the source tree. Also checks the wheel's metadata: torch pinned
+# to the X.Y it was built against, the LICENSE, no absolute RUNPATH.
+# The copy is laid out like the main checkout (.venv/ and build/ at its root) and ccache hashes
+# paths relative to the root (CCACHE_BASEDIR), so the wheel's compile reuses the main build's
+# objects when ccache is installed (tools/setup.sh); the ccache hit count is printed.
 set -euo pipefail
 src=$1 py=$2 model=$3
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+mkdir "$work/src"
+if git -C "$src" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  (cd "$src" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar -cf - --ignore-failed-read) \
+    | tar -C "$work/src" -xf -
+else
+  cp -r "$src"/. "$work/src"
+  rm -rf "$work/src/build" "$work/src/.venv" "$work"/src/python/attnscope/_core*.so
+fi
 torch_v=$("$py" -c 'import torch; print(torch.__version__.split("+")[0])')
-"$py" -m venv "$work/venv"
-vpy="$work/venv/bin/python"
+"$py" -m venv "$work/src/.venv"
+vpy="$work/src/.venv/bin/python"
 "$vpy" -m pip install -q --disable-pip-version-check "torch==$torch_v" 2>/dev/null
-if ! "$vpy" -m pip wheel -v --disable-pip-version-check --no-deps "$src" -w "$work/wheel" \
-     --config-settings=build-dir="$work/build" >"$work/pip.log" 2>&1; then
+echo "venv with torch: ${SECONDS} s"
+launcher=()
+if command -v ccache >/dev/null; then
+  launcher=(env CCACHE_BASEDIR="$work/src" CCACHE_NOHASHDIR=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  ccache -z >/dev/null
+fi
+if ! (cd "$work/src" && "${launcher[@]}" "$vpy" -m pip wheel -v --disable-pip-version-check --no-deps . \
+     -w "$work/wheel" --config-settings=build-dir="$work/src/build") >"$work/pip.log" 2>&1; then
   grep -v "WARNING: Location" "$work/pip.log" | tail -40
   exit 1
+fi
+echo "pip wheel: ${SECONDS} s"
+if [ ${#launcher[@]} -gt 0 ]; then
+  echo "ccache during the wheel build: $(ccache --print-stats | awk -F'\t' '/^(direct_cache_hit|preprocessed_cache_hit|cache_miss)\t/ {printf "%s=%s ", $1, $2}')"
 fi
 if grep -E "^ *(Collecting|Downloading|Processing) .*torch" "$work/pip.log"; then
   echo "FAIL: the isolated build environment fetched a torch"
@@ -35,17 +57,18 @@ assert "Apache License" in z.read(next(n for n in names if n.endswith("licenses/
 print("metadata OK:", want)
 PY
 "$vpy" -m pip install -q --disable-pip-version-check "$whl" 2>/dev/null
-for so in "$work"/venv/lib/python*/site-packages/attnscope/*.so; do
+echo "wheel installed with its dependencies: ${SECONDS} s"
+for so in "$work"/src/.venv/lib/python*/site-packages/attnscope/*.so; do
   if readelf -d "$so" | grep -E "R(UN)?PATH" | grep -q "\[/\|:/"; then
     echo "FAIL: absolute RUNPATH in $so: $(readelf -d "$so" | grep -E 'R(UN)?PATH')"
     exit 1
   fi
 done
-cd "$work"
+cd "$work"  # outside the source copy: the installed package is imported
 "$vpy" - "$model" <<'PY'
 import sys
 import attnscope
-assert "/venv/" in attnscope.__file__, attnscope.__file__
+assert "/.venv/" in attnscope.__file__, attnscope.__file__
 t = attnscope.load(sys.argv[1], device="cpu").run("t2 t3 t4", capture={"heads": [(0, 1)]})
 print("wheel OK:", attnscope.__file__, sorted(t.captures))
 PY

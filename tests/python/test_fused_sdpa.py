@@ -14,6 +14,18 @@ import attnscope
 from attnscope._lib import load_library
 
 load_library()
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    """Rows are cut into one part per thread: test with two even where the run gives one
+    (pytest-xdist workers compute on one thread each)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 B, T, C, H, KV, D, V = 2, 11, 32, 4, 2, 8, 50
 KINDS = ["is_causal", "causal_padded", "left_padded", "window_padded", "encoder", "alibi_additive",
          "lowest_additive", "left_padded_lowest"]

@@ -3,12 +3,12 @@ greedy generate on the same GGUF; the KV-cache decode path equals a full forward
 seeded sampling repeats; the chat template renders as transformers renders it; the capture run
 over prompt + response holds the entropy of the distributions the tokens came from; bad
 arguments are refused by message."""
-import os
 
 import pytest
 import torch
 
 import attnscope
+from conftest import gguf_reference
 
 transformers = pytest.importorskip("transformers")
 from attnscope.models import default_gguf  # noqa: E402
@@ -32,10 +32,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def reference():
-    d, f = os.path.split(GGUF)
-    tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
-    return tok, ref
+    return gguf_reference(GGUF)
 
 
 def test_greedy_equals_transformers(model, reference):

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 import torch
-from conftest import BUILD
+from conftest import BUILD, gguf_reference
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gguf")
@@ -28,11 +28,7 @@ TRICKY = ["", " ", "  leading and   inner   spaces", "tabs\tand\nnewlines\n\n",
 
 @pytest.fixture(scope="module")
 def reference():
-    d, f = os.path.split(GGUF)
-    tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
-    model = transformers.AutoModelForCausalLM.from_pretrained(
-        d, gguf_file=f, dtype=torch.float32, attn_implementation="eager").eval()
-    return tok, model
+    return gguf_reference(GGUF, attn_implementation="eager")
 
 
 @pytest.fixture(scope="module")

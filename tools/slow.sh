@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The slow tier (CI runs it after tools/test.sh; it also runs alone): the pip wheel built and
+# installed in a fresh venv (tests/cpp/pip_wheel.sh: ccache reuses the main build's objects),
+# then tools/sanitize.sh: the C++ core, Catch2 suite, CLI and reader fuzzer under ASan+UBSan
+# (ATTNSCOPE_FUZZ_ITERS inputs, default 200000).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. tools/stages.sh
+BUILD=${ATTNSCOPE_BUILD:-build}
+if [ ! -f "$BUILD/fixtures/toy_hf_eager.pt" ]; then  # run alone: set up and make the fixtures
+  stage "setup + build + fixtures"
+  bash tools/setup.sh
+  (cd "$BUILD" && ctest --output-on-failure -R fixtures)
+  stage_done
+fi
+stage "wheel: pip wheel + install in a fresh venv"
+(cd "$BUILD" && ctest --output-on-failure -L slow)
+stage_done
+bash tools/sanitize.sh
