@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "python"))
 import torch  # noqa: E402
 
 from attnscope.models import default_gguf  # noqa: E402
-from attnscope.models.export import default_model_path  # noqa: E402
+from attnscope.models import default_model_path  # noqa: E402
 
 
 def main():

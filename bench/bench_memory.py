@@ -50,7 +50,7 @@ def main():
     ap.add_argument("--child", nargs=2)
     a = ap.parse_args()
     if a.model is None:
-        from attnscope.models.export import default_model_path
+        from attnscope.models import default_model_path
         a.model = default_model_path()
     if a.child:
         return child(a.model, a.child[0], int(a.child[1]), a.threads)

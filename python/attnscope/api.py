@@ -6,6 +6,7 @@ import warnings
 import torch
 
 from . import _core
+from .labels import readable
 from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
@@ -28,29 +29,6 @@ def _spec(capture):
             raise ValueError(f"capture: unknown field {k!r}; expected one of {', '.join(_SPEC_FIELDS)}")
         setattr(s, k, [tuple(x) for x in v] if k == "heads" else v)
     return s
-
-
-_BYTE_LEVEL = {"\u0120": " ", "\u010a": "\n", "\u0109": "\t"}  # GPT-2 byte-level markers
-
-
-def readable(token):
-    """A token label that shows whitespace and control characters: ␣ for spaces, ↵ for newlines,
-    ⇥ for tabs, \\xNN for other control characters."""
-    for k, v in _BYTE_LEVEL.items():
-        token = token.replace(k, v)
-    out = []
-    for ch in token:
-        if ch == " ":
-            out.append("␣")
-        elif ch == "\n":
-            out.append("↵")
-        elif ch == "\t":
-            out.append("⇥")
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out) or "∅"
 
 
 class Model:

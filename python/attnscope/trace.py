@@ -11,6 +11,8 @@ model: asking it for something missing raises the error that says how to capture
 import json
 import re
 
+from .labels import readable
+
 _HEAD = re.compile(r"head_map/L(\d+)H(\d+)$")
 _LAYER = re.compile(r"layer_map/L(\d+)$")
 # Per-layer aggregates (stacked over aggregate_layers) and the spec field that makes them.
@@ -31,7 +33,6 @@ class Trace:
         b, t = core.input_ids.shape
         raw = list(core.tokens) or [f"<{i}>" for i in core.input_ids.flatten().tolist()]
         self.tokens = [raw[r * t:(r + 1) * t] for r in range(b)]
-        from .api import readable
         self.labels = labels or [[readable(x) for x in row] for row in self.tokens]
 
     def __getattr__(self, name):  # n_layers, n_heads, kv_head_of, ... from the core

@@ -134,3 +134,24 @@ def test_readme_ten_lines_run_as_written(tmp_path, monkeypatch):
     for f in ("heads.png", "received.png", "layers.pdf", "answer_layers.png"):
         assert (tmp_path / f).stat().st_size > 10_000, f
     assert len(r.stdout.strip()) > 100  # the model's answer
+
+
+def test_damaged_compressed_member_is_a_clear_error(tmp_path):
+    # A deflated member whose bytes were overwritten fails in zlib before its CRC is checked:
+    # still a ValueError naming the archive (and the member), and the cache treats it as damaged.
+    import zipfile
+
+    from attnscope.models.export import read_extra_file
+    path = tmp_path / "a.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a/extra/attnscope.json", "{}")
+        z.writestr("a/code.py", "".join(f"x{i} = {i * i}\n" for i in range(20000)))
+    info = zipfile.ZipFile(path).getinfo("a/code.py")
+    with open(path, "r+b") as f:  # the member's compressed data start after its local header
+        f.seek(info.header_offset + 30 + len(info.filename) + 200)
+        f.write(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match=r"a\.pt: damaged TorchScript archive: member 'a/code\.py'"):
+        checkpoints.verify_archive(str(path))
+    with pytest.raises(ValueError, match=r"a\.pt: damaged archive"):
+        read_extra_file(str(path), "attnscope.json", verify=True)
+    assert not checkpoints._intact(str(path))

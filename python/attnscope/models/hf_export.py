@@ -169,16 +169,19 @@ def observed_causal(model, vocab, device):
 def attention_diffs(am, model, ids, mask):
     """Per layer: max |captured - eager output_attentions| over real query rows (lists `raw`),
     and the same beyond the reference's own rounding (`beyond`: bf16/fp16 references hold 8/11
-    significant bits). am: an attnscope Model of `model`; ids/mask [B, T]."""
-    L, H = am.n_layers, am.n_heads
-    trace = am.run(ids.cpu(), capture={"heads": [(l, h) for l in range(L) for h in range(H)], "top_k": 0},
-                   attention_mask=mask.cpu())
+    significant bits). am: an attnscope Model (or its _core.Model) of `model`; ids/mask [B, T]."""
+    from .. import _core
+    core = getattr(am, "_core", am)  # an attnscope.Model or the _core.Model it wraps
+    L, H = core.n_layers, core.n_heads
+    spec = _core.CaptureSpec()
+    spec.heads, spec.top_k = [(l, h) for l in range(L) for h in range(H)], 0
+    caps = core.run(ids.cpu(), spec, mask.cpu()).captures
     ref = eager_attentions(model, ids, mask)
     ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
     ok = mask.cpu().bool()[:, None, :, None]
     raw, beyond = [], []
     for l in range(L):
-        got = torch.stack([trace.get(f"head_map/L{l}H{h}") for h in range(H)], 1).float()  # [B, H, T, T]
+        got = torch.stack([caps[f"head_map/L{l}H{h}"] for h in range(H)], 1).float()  # [B, H, T, T]
         want = ref[l].float().cpu()
         d = (got - want).abs().masked_fill(~ok, 0)
         raw.append(float(d.max()))
@@ -367,8 +370,8 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
 
 def _verify(model, archive, ids, mask, tol):
     """Max |captured - eager output_attentions| over layers, real query rows."""
-    from ..api import load
-    worst = max(attention_diffs(load(archive, device=str(ids.device)), model, ids, mask)[0])
+    from .. import _core  # the archive as the C++ core loads it (models never call attnscope.load)
+    worst = max(attention_diffs(_core.Model.load(str(archive), str(ids.device)), model, ids, mask)[0])
     if not worst <= tol:
         raise ValueError(f"captured attention differs from the eager reference's attentions by {worst:.3g} "
                          f"(> {tol:g}): this {model.config.model_type} model's attention is not reproduced")

@@ -6,7 +6,6 @@ Two attention back ends, both numbering layers 0..L-1:
   "eager": softmax materialised in fp32 -> attnscope::capture(probs, layer)
   "sdpa":  attnscope::sdpa (scaled_dot_product_attention with the capture built in)
 """
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 

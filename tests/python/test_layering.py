@@ -1,0 +1,153 @@
+"""The Python package's imports point one way (docs/architecture.md): every import of an
+attnscope module, at module level or inside a function, is checked against the table below,
+and the whole graph has no cycle. No package code is imported: the sources are parsed."""
+import ast
+import os
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "python")
+PKG = os.path.join(ROOT, "attnscope")
+
+# module -> the attnscope modules it may import ("models.*": any module of attnscope.models).
+# Keep in step with docs/architecture.md.
+LOW = {"_lib", "_core", "labels", "marks"}
+ALLOWED = {
+    "_lib": {"_core"},
+    "_core": set(),
+    "labels": set(),
+    "marks": set(),
+    "models": {"models.*", "_lib", "_core"},  # models produce archives: never api, trace or figures
+    "chat": set(),
+    "trace": {"_core", "labels"},
+    "api": {"_core", "labels", "trace", "chat", "models", "models.*"},
+    "dataset": {"_core", "api", "trace", "labels"},
+    "figure": {"marks"},
+    "plotting": {"figure", "marks", "dataset", "plotting.*"},
+    "view": {"marks", "labels"},
+    "cli": LOW | {"__init__", "api", "trace", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
+    "__main__": {"cli"},
+    "__init__": None,  # the package's face re-exports everything
+}
+
+
+def _modules():
+    """{dotted name relative to the package: path}, e.g. "models.export"."""
+    out = {}
+    for dirpath, _, files in os.walk(PKG):
+        for f in files:
+            if f.endswith(".py"):
+                rel = os.path.relpath(os.path.join(dirpath, f), PKG)[:-3].replace(os.sep, ".")
+                out[rel] = os.path.join(dirpath, f)
+    return out
+
+
+MODULES = _modules()
+KNOWN = set(MODULES) | {"_core"}
+
+
+def _package_of(name):
+    """The package a module's relative imports start from."""
+    if name.endswith("__init__"):
+        return name[: -len("__init__")].rstrip(".")
+    return name.rpartition(".")[0]
+
+
+def _resolve(base):
+    """The attnscope module `base` names ("" = the package itself, i.e. __init__)."""
+    if base in KNOWN:
+        return base
+    if f"{base}.__init__" in KNOWN:
+        return f"{base}.__init__"
+    return "__init__" if base == "" else base
+
+
+def imports_of(name):
+    """attnscope modules imported by module `name` (package-relative dotted names)."""
+    tree = ast.parse(open(MODULES[name], encoding="utf-8").read(), MODULES[name])
+    pkg = _package_of(name)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == "attnscope" or a.name.startswith("attnscope."):
+                    found.add(_resolve(a.name[len("attnscope."):] if "." in a.name else ""))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = pkg.split(".") if pkg else []
+                parts = parts[: len(parts) - (node.level - 1)] if node.level > 1 else parts
+                base = ".".join(p for p in parts + ([node.module] if node.module else []) if p)
+            elif node.module and (node.module == "attnscope" or node.module.startswith("attnscope.")):
+                base = node.module[len("attnscope."):] if "." in node.module else ""
+            else:
+                continue
+            for a in node.names:  # `from . import x`: the submodule x, or a name from __init__
+                sub = f"{base}.{a.name}" if base else a.name
+                found.add(_resolve(sub) if (sub in KNOWN or f"{sub}.__init__" in KNOWN) else _resolve(base))
+    found.discard(name)
+    return found
+
+
+def _group(name):
+    """The table's key for a module: "models.llama" -> "models", "plotting.maps" -> "plotting"."""
+    head = name.split(".")[0]
+    return "__init__" if name == "__init__" else head
+
+
+def _matches(target, allowed):
+    head = target.split(".")[0]
+    if target.endswith("__init__") and target != "__init__":
+        target = target[: -len(".__init__")]
+    return target in allowed or (f"{head}.*" in allowed and "." in target) or head in allowed and "." not in target
+
+
+def test_every_module_is_in_the_table():
+    missing = sorted({_group(m) for m in MODULES} - set(ALLOWED))
+    assert not missing, f"add these modules to ALLOWED and to docs/architecture.md: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_imports_point_down(name):
+    allowed = ALLOWED[_group(name)]
+    if allowed is None:
+        return
+    bad = sorted(t for t in imports_of(name) if _group(t) != _group(name) and not _matches(t, allowed))
+    assert not bad, f"attnscope.{name} imports {bad}; allowed: {sorted(allowed)} (docs/architecture.md)"
+
+
+def test_no_cycles():
+    graph = {m: imports_of(m) & set(MODULES) for m in MODULES if m != "__init__"}
+    for deps in graph.values():
+        deps.discard("__init__")
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d in graph and not state.get(d):
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if not state.get(m):
+            visit(m)
+
+
+def test_nothing_but_the_face_imports_the_package():
+    """Modules below the CLI (the package's own user) never reach back up into attnscope/__init__."""
+    offenders = sorted(m for m in MODULES if _group(m) not in ("__init__", "cli", "__main__")
+                       and "__init__" in imports_of(m))
+    assert not offenders, f"these modules import attnscope's __init__: {offenders}"
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The parser finds function-level and relative imports (a check that cannot fail is none)."""
+    assert "api" in imports_of("dataset")
+    assert "labels" in imports_of("trace")
+    assert "models.hf_export" in imports_of("models.checkpoints")
+    assert not _matches("api", ALLOWED["models"])
+    assert _matches("models.export", ALLOWED["api"])
