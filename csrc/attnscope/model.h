@@ -1,8 +1,11 @@
-// Model: a TorchScript causal LM loaded for attention capture.
+// Model: a TorchScript causal LM loaded for attention capture: loading, the graph pass and the
+// facts here (model.cpp); Model::run in run.cpp, Model::generate in generate.cpp.
 #pragma once
 #include <memory>
 #include <mutex>
+#include <attnscope/generate.h>
 #include <attnscope/instrument.h>
+#include <attnscope/model_info.h>
 #include <attnscope/spec.h>
 #include <attnscope/trace.h>
 #include <attnscope/vocab.h>
@@ -13,53 +16,6 @@
 #include <vector>
 
 namespace attnscope {
-
-/// How Model::generate picks each new token.
-struct GenerateOptions {
-  /// Tokens to add at most (>= 1); generation also stops at the model's context length.
-  int64_t max_new_tokens = 64;
-  /// 0 = greedy (argmax); > 0 divides the logits before sampling.
-  double temperature = 0.0;
-  /// Sample among the k most likely tokens only (0 = all).
-  int64_t top_k = 0;
-  /// Nucleus sampling: the smallest set of tokens whose probability reaches top_p, in (0, 1].
-  double top_p = 1.0;
-  /// Seed of the sampling generator (a CPU generator: the same seed gives the same draws on
-  /// CPU and CUDA for the same logits).
-  uint64_t seed = 0;
-  /// A row stops after emitting one of these (EOS, the chat template's end of turn).
-  std::vector<int64_t> stop_ids;
-  /// Id written after a row has stopped (its attention_mask is 0 there).
-  int64_t pad_id = 0;
-  /// Use the archive's `decode` method (KV cache, one token per step) when it has one;
-  /// false, or archives without it: a full forward per step.
-  bool use_cache = true;
-};
-
-/// Architecture facts, from the archive's attnscope.json or inferred (-1 = unknown).
-struct ModelInfo {
-  int64_t n_layers = -1, n_heads = -1, n_kv_heads = -1, head_dim = -1, vocab_size = -1;
-  int64_t bos_id = -1, eos_id = -1;
-  std::string family, tokenizer_kind;
-  /// Query i sees keys j <= i (decoder LMs); false for encoders. Used to skip the keys after
-  /// a block's last query at softmax sites (checked on each layer's first block); the
-  /// received-mean divisors come from the mask the model really used, not from this flag.
-  bool causal = true;
-  /// True when attnscope.json states "causal"; otherwise a dry run at load decides it.
-  bool causal_stated = false;
-  /// "logits" (forward returns [B, T, V]: predictive entropy and top-k) or "hidden_states"
-  /// (an encoder without LM head: no predictive entropy, Trace.entropy is NaN).
-  std::string output = "logits";
-  /// Longest input the model takes (its position table or max_position_embeddings); -1 = unknown.
-  int64_t context_length = -1;
-  /// Fields that were inferred (from the graph or a run) instead of read from attnscope.json.
-  std::vector<std::string> inferred;
-
-  /// Facts from attnscope.json text (num_layers, num_heads, num_kv_heads, head_dim,
-  /// vocab_size, bos_token_id, family, tokenizer, causal, output, context_length); absent
-  /// fields stay unknown.
-  static ModelInfo from_json(const std::string& text);
-};
 
 class Model {
  public:
@@ -138,8 +94,5 @@ class Model {
   /// Number of device constants retargeted to the model's device when it was loaded.
   int64_t retargeted_constants() const { return retargeted_; }
 };
-
-/// Resolves "cpu", "cuda", "cuda:N", "auto"; throws naming the string when it is not usable.
-torch::Device resolve_device(const std::string& device);
 
 }  // namespace attnscope

@@ -46,26 +46,21 @@ void check_maps_equal_reference(const std::string& name, const char* kind, doubl
 
 }  // namespace
 
-CATCH_TEST_CASE("HF-eager style: additive mask, fp32 softmax cast back", "[instrument]") {
-  check_maps_equal_reference("toy_hf_eager", "softmax", 1e-6);
-}
-CATCH_TEST_CASE("GPT-2 style: torch.where mask, division by sqrt(d)", "[instrument]") {
-  check_maps_equal_reference("toy_gpt2", "softmax", 1e-6);
-}
-CATCH_TEST_CASE("baddbmm/bmm style on [B*H, T, T]", "[instrument]") {
-  check_maps_equal_reference("toy_bmm", "softmax", 1e-6);
-}
-CATCH_TEST_CASE("einsum style", "[instrument]") {
-  check_maps_equal_reference("toy_einsum", "softmax", 1e-6);
-}
-CATCH_TEST_CASE("GQA with repeat_kv (expand + reshape), eager", "[instrument]") {
-  check_maps_equal_reference("toy_eager_gqa", "softmax", 1e-6);
-}
-CATCH_TEST_CASE("SDPA with is_causal", "[instrument]") {
-  check_maps_equal_reference("toy_sdpa_causal", "sdpa", 1e-6);
-}
-CATCH_TEST_CASE("SDPA with an explicit bool mask and explicit scale, left padding", "[instrument]") {
-  check_maps_equal_reference("toy_sdpa_mask", "sdpa", 1e-6);
+CATCH_TEST_CASE("every attention style: maps equal the reference", "[instrument]") {
+  struct Style { const char* fixture; const char* kind; const char* what; };
+  static const Style styles[] = {
+      {"toy_hf_eager", "softmax", "HF-eager style: additive mask, fp32 softmax cast back"},
+      {"toy_gpt2", "softmax", "GPT-2 style: torch.where mask, division by sqrt(d)"},
+      {"toy_bmm", "softmax", "baddbmm/bmm style on [B*H, T, T]"},
+      {"toy_einsum", "softmax", "einsum style"},
+      {"toy_eager_gqa", "softmax", "GQA with repeat_kv (expand + reshape), eager"},
+      {"toy_sdpa_causal", "sdpa", "SDPA with is_causal"},
+      {"toy_sdpa_mask", "sdpa", "SDPA with an explicit bool mask and explicit scale, left padding"},
+      {"toy_own_ops", "own", "archive with its own capture ops is used as exported"},
+  };
+  for (const Style& st : styles) {
+    CATCH_DYNAMIC_SECTION(st.what) { check_maps_equal_reference(st.fixture, st.kind, 1e-6); }
+  }
 }
 CATCH_TEST_CASE("SDPA with enable_gqa: KV heads read per query head", "[instrument]") {
   check_maps_equal_reference("toy_sdpa_gqa", "sdpa", 1e-6);
@@ -80,9 +75,6 @@ CATCH_TEST_CASE("bidirectional attention without metadata: causal trimming is ch
   check_maps_equal_reference("toy_bidirectional", "softmax", 1e-6);
   check_maps_equal_reference("toy_bidirectional", "softmax", 1e-6, 2 * 4 * 12 * 3);  // 3-row blocks
   check_maps_equal_reference("toy_hf_eager", "softmax", 1e-6, 2 * 4 * 12 * 3);       // trimmed
-}
-CATCH_TEST_CASE("archive with its own capture ops is used as exported", "[instrument]") {
-  check_maps_equal_reference("toy_own_ops", "own", 1e-6);
 }
 
 CATCH_TEST_CASE("instrument() leaves the original module untouched and shares weights", "[instrument]") {

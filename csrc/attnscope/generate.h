@@ -1,0 +1,30 @@
+// GenerateOptions: how Model::generate (generate.cpp) picks each new token.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace attnscope {
+
+/// How Model::generate picks each new token.
+struct GenerateOptions {
+  /// Tokens to add at most (>= 1); generation also stops at the model's context length.
+  int64_t max_new_tokens = 64;
+  /// 0 = greedy (argmax); > 0 divides the logits before sampling.
+  double temperature = 0.0;
+  /// Sample among the k most likely tokens only (0 = all).
+  int64_t top_k = 0;
+  /// Nucleus sampling: the smallest set of tokens whose probability reaches top_p, in (0, 1].
+  double top_p = 1.0;
+  /// Seed of the sampling generator (a CPU generator: the same seed gives the same draws on
+  /// CPU and CUDA for the same logits).
+  uint64_t seed = 0;
+  /// A row stops after emitting one of these (EOS, the chat template's end of turn).
+  std::vector<int64_t> stop_ids;
+  /// Id written after a row has stopped (its attention_mask is 0 there).
+  int64_t pad_id = 0;
+  /// Use the archive's `decode` method (KV cache, one token per step) when it has one;
+  /// false, or archives without it: a full forward per step.
+  bool use_cache = true;
+};
+
+}  // namespace attnscope

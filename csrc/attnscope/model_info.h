@@ -1,0 +1,39 @@
+// ModelInfo: a model's architecture facts (attnscope.json or inferred), and device names.
+#pragma once
+#include <torch/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace attnscope {
+
+/// Architecture facts, from the archive's attnscope.json or inferred (-1 = unknown).
+struct ModelInfo {
+  int64_t n_layers = -1, n_heads = -1, n_kv_heads = -1, head_dim = -1, vocab_size = -1;
+  int64_t bos_id = -1, eos_id = -1;
+  std::string family, tokenizer_kind;
+  /// Query i sees keys j <= i (decoder LMs); false for encoders. Used to skip the keys after
+  /// a block's last query at softmax sites (checked on each layer's first block); the
+  /// received-mean divisors come from the mask the model really used, not from this flag.
+  bool causal = true;
+  /// True when attnscope.json states "causal"; otherwise a dry run at load decides it.
+  bool causal_stated = false;
+  /// "logits" (forward returns [B, T, V]: predictive entropy and top-k) or "hidden_states"
+  /// (an encoder without LM head: no predictive entropy, Trace.entropy is NaN).
+  std::string output = "logits";
+  /// Longest input the model takes (its position table or max_position_embeddings); -1 = unknown.
+  int64_t context_length = -1;
+  /// Fields that were inferred (from the graph or a run) instead of read from attnscope.json.
+  std::vector<std::string> inferred;
+
+  /// Facts from attnscope.json text (num_layers, num_heads, num_kv_heads, head_dim,
+  /// vocab_size, bos_token_id, family, tokenizer, causal, output, context_length); absent
+  /// fields stay unknown.
+  static ModelInfo from_json(const std::string& text);
+};
+
+/// Resolves "cpu", "cuda", "cuda:N", "auto"; throws naming the string when it is not usable.
+torch::Device resolve_device(const std::string& device);
+
+}  // namespace attnscope

@@ -1,0 +1,228 @@
+// Model::run: one forward with the capture spec's recorder installed, then the Trace
+// (captures, predictive entropy and top-k, warnings).
+#include <attnscope/model.h>
+
+#include <attnscope/entropy.h>
+#include <attnscope/recorder.h>
+
+#include <algorithm>
+#include <limits>
+#include <set>
+#include <sstream>
+
+namespace attnscope {
+
+namespace {
+
+/// Collects the warnings of one run (thread-local handler) and passes them on.
+class CollectWarnings : public c10::WarningHandler {
+ public:
+  explicit CollectWarnings(c10::WarningHandler* next) : next_(next) {}
+  void process(const c10::Warning& w) override {
+    messages.push_back(w.msg());
+    if (next_) next_->process(w);
+  }
+  std::vector<std::string> messages;
+
+ private:
+  c10::WarningHandler* next_;
+};
+
+}  // namespace
+
+Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
+                 const torch::Tensor& attention_mask) {
+  TORCH_CHECK(input_ids.defined(), "input_ids is undefined");
+  TORCH_CHECK(!input_ids.is_floating_point() && !input_ids.is_complex() &&
+                  input_ids.scalar_type() != torch::kBool,
+              "input_ids must be integer token ids, got dtype ", input_ids.scalar_type());
+  TORCH_CHECK(input_ids.dim() == 1 || input_ids.dim() == 2, "input_ids must be [T] or [B, T], got ",
+              input_ids.sizes());
+  auto ids = (input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids).to(torch::kLong).cpu();
+  const int64_t batch = ids.size(0), len = ids.size(1);
+  TORCH_CHECK(batch > 0 && len > 0, "empty sequence: input_ids has shape ", input_ids.sizes(),
+              "; at least one token is needed");
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0, "token id ", lo, " at position ", ids.argmin().item<int64_t>() % len,
+              " is negative: ids must be in [0, vocab_size)");
+  if (info_.vocab_size > 0)
+    TORCH_CHECK(hi < info_.vocab_size, "token id ", hi, " at position ",
+                ids.argmax().item<int64_t>() % len, " out of range: vocabulary has ",
+                info_.vocab_size, " entries");
+  torch::Tensor mask;
+  if (attention_mask.defined()) {
+    auto am = attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask;
+    TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(),
+                " does not match input_ids ", ids.sizes());
+    TORCH_CHECK_VALUE(!at::isFloatingType(am.scalar_type()) && !at::isComplexType(am.scalar_type()),
+                      "attention_mask has dtype ", am.scalar_type(), ": expected bool or an integer type holding 0 "
+                      "(padding) and 1 (token); a fractional mask is not a padding layout");
+    mask = am.to(torch::kLong).cpu();
+    const auto bad = (mask != 0).logical_and(mask != 1);
+    TORCH_CHECK_VALUE(!bad.any().item<bool>(), "attention_mask must hold only 0 (padding) and 1 (token); got ",
+                      mask.masked_select(bad)[0].item<int64_t>(), " in row ",
+                      bad.any(1).to(torch::kLong).argmax().item<int64_t>());
+    TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
+                "attention_mask has a row with no tokens: every sequence needs at least one");
+    // Positions are taken from the mask (left padding) or run past the tokens (right
+    // padding); a gap inside a row is neither.
+    auto first = mask.argmax(1), count = mask.sum(1);
+    auto pos = torch::arange(len, torch::kLong).unsqueeze(0);
+    auto contiguous = (pos >= first.unsqueeze(1)).logical_and(pos < (first + count).unsqueeze(1));
+    TORCH_CHECK(mask.to(torch::kBool).equal(contiguous), "attention_mask: each row's tokens must be "
+                "one contiguous run (left or right padding); row ",
+                (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
+                " has padding between tokens");
+  } else {
+    mask = torch::ones_like(ids);
+  }
+  TORCH_CHECK_VALUE(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
+              " tokens is longer than the model's context of ", info_.context_length,
+              " tokens (attnscope.json context_length): shorten the text or split it");
+  spec.validate(info_.n_layers, info_.n_heads, len);
+
+  CollectWarnings collect(c10::WarningUtils::get_warning_handler());
+  c10::WarningUtils::WarningHandlerGuard warning_guard(&collect);
+  RunContext ctx;
+  ctx.valid = mask.to(torch::kBool).to(device_);
+  ctx.has_padding = !mask.all().item<bool>();
+  ctx.causal = info_.causal;
+  Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
+  std::vector<torch::jit::IValue> inputs{ids.to(device_)};
+  if (takes_mask_) inputs.emplace_back(mask.to(device_));
+  TORCH_CHECK(takes_mask_ || !ctx.has_padding, "attention_mask has padding but the model's "
+              "forward takes no attention_mask argument");
+  c10::IValue out;
+  try {
+    torch::NoGradGuard no_grad;
+    RecorderScope scope(&rec);
+    out = module_.forward(inputs);
+  } catch (const std::exception& e) {
+    // The interpreter wraps errors (ours from the capture ops included) in a TorchScript
+    // traceback; lead with the final error line so the cause is read first.
+    std::string msg = e.what();
+    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+    std::string last = msg.substr(msg.rfind('\n') == std::string::npos ? 0 : msg.rfind('\n') + 1);
+    const std::string prefix = "RuntimeError: ";
+    if (last.rfind(prefix, 0) == 0) last = last.substr(prefix.size());
+    std::string hint;
+    if (last.find("index out of range in self") != std::string::npos)  // an embedding lookup failed
+      hint = info_.context_length > 0
+                 ? std::string(": an embedding lookup failed (an id beyond the model's vocabulary?)")
+                 : ": an embedding lookup failed: the input (" + std::to_string(len) +
+                       " tokens) is probably longer than the model's position table (its context length; "
+                       "attnscope.json has no context_length to check it before running), or an id is beyond "
+                       "its vocabulary";
+    TORCH_CHECK(false, last, hint, "\n(raised in the model's forward; TorchScript traceback:\n", msg, ")");
+  }
+  torch::Tensor logits;
+  if (out.isTensor()) logits = out.toTensor();
+  else if (out.isTuple() && !out.toTupleRef().elements().empty() &&
+           out.toTupleRef().elements()[0].isTensor())
+    logits = out.toTupleRef().elements()[0].toTensor();
+  else if (out.isList() && !out.toListRef().empty() && out.toListRef()[0].isTensor())
+    logits = out.toListRef()[0].toTensor();
+  else if (out.isGenericDict()) {
+    auto d = out.toGenericDict();
+    auto it = d.find(c10::IValue(std::string("logits")));
+    if (it == d.end() && d.size() > 0) it = d.begin();
+    if (it != d.end() && it->value().isTensor()) logits = it->value().toTensor();
+  }
+  const char* what = info_.output == "logits" ? "logits [B, T, V]" : "hidden states [B, T, D]";
+  TORCH_CHECK(logits.defined(), "forward returned ", out.tagKind(), "; expected ", what,
+              " or a tuple/list/dict whose first element is that");
+  TORCH_CHECK(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == len,
+              "forward returned a tensor of shape ", logits.sizes(), "; expected ", what,
+              " with B = ", batch, ", T = ", len);
+  // What the output is, from this run; written into the model's facts only by the dry run at
+  // load (single-threaded), so concurrent runs never write shared state.
+  std::string output = info_.output;
+  if (output == "logits" && info_.vocab_size > 0 && logits.size(2) != info_.vocab_size &&
+      std::find(info_.inferred.begin(), info_.inferred.end(), "vocab_size (embedding table)") !=
+          info_.inferred.end()) {
+    // No attnscope.json, and the last dim is not the vocabulary: an encoder's hidden states.
+    output = "hidden_states";
+    if (loading_) {
+      info_.output = output;
+      info_.inferred.push_back("output: hidden states (last dim " + std::to_string(logits.size(2)) +
+                               " != the " + std::to_string(info_.vocab_size) + " embedding rows)");
+    }
+  }
+  const bool has_logits = output == "logits";
+  if (has_logits && info_.vocab_size < 0 && loading_) {
+    info_.vocab_size = logits.size(2);
+    info_.inferred.push_back("vocab_size (logits)");
+  }
+  if (has_logits)
+    TORCH_CHECK(hi < logits.size(2), "token id ", hi, " out of range: vocabulary has ",
+                logits.size(2), " entries");
+
+  RecordResult res = rec.finish();
+  // The graph wins over attnscope.json: a stated head count the captured shapes do not have
+  // would split every map at the wrong head.
+  if (info_.n_heads > 0)
+    for (size_t l = 0; l < res.heads.size(); ++l)
+      TORCH_CHECK_VALUE(res.heads[l] <= 0 || res.heads[l] == info_.n_heads, "attnscope.json says num_heads ",
+                        info_.n_heads, ", but layer ", l, "'s attention has ", res.heads[l],
+                        " heads: fix or remove num_heads");
+  Trace t;
+  t.spec = spec;
+  t.input_ids = ids;
+  t.attention_mask = mask;
+  const auto nan_at_pads = [&](const torch::Tensor& x) {  // [B, T, ...]: undefined at padding
+    if (!ctx.has_padding) return x;
+    auto ok = mask.to(torch::kBool).to(x.device());
+    while (ok.dim() < x.dim()) ok = ok.unsqueeze(-1);
+    return torch::where(ok, x, std::numeric_limits<float>::quiet_NaN());
+  };
+  // Predictive entropy and top-k in one pass over the logits (each block in fp32 once).
+  const int64_t k = has_logits ? std::min<int64_t>(spec.top_k, logits.size(2)) : 0;
+  auto ps = predictive_stats(logits, has_logits && spec.predictive_entropy, k, spec.temperature);
+  if (ps.entropy.defined()) {
+    t.entropy = nan_at_pads(ps.entropy);
+  } else {  // not asked for, or no next-token distribution: NaN
+    t.entropy = torch::full({batch, len}, std::numeric_limits<float>::quiet_NaN(),
+                            torch::dtype(torch::kFloat).device(logits.device()));
+  }
+  if (k > 0) {
+    t.topk_probs = nan_at_pads(ps.probs);
+    t.topk_ids = ps.ids;
+  }
+  t.captures = std::move(res.captures);
+
+  // The trace gets the facts this run saw; the model's own facts are fixed at load (from
+  // attnscope.json and the dry run), so concurrent runs never write shared state except the
+  // idle-site list, which is guarded.
+  int64_t h = -1, kv = -1;
+  for (int64_t x : res.heads) if (x > 0) { h = x; break; }
+  for (int64_t x : res.kv_heads) if (x > 0) { kv = x; break; }
+  t.n_layers = res.layers_run;
+  t.n_heads = info_.n_heads > 0 ? info_.n_heads : h;
+  t.n_kv_heads = info_.n_kv_heads > 0 ? info_.n_kv_heads : (kv > 0 ? kv : t.n_heads);
+  if (t.n_heads > 0 && t.n_kv_heads > 0 && t.n_heads % t.n_kv_heads == 0)
+    t.kv_head_of = torch::arange(t.n_heads, torch::kLong).div(t.n_heads / t.n_kv_heads, "floor");
+  {
+    std::set<int64_t> ran(res.site_of_layer.begin(), res.site_of_layer.end());
+    std::vector<int64_t> idle;
+    for (const auto& s : sites_)
+      if (!ran.count(s.id)) idle.push_back(s.id);
+    std::lock_guard<std::mutex> lock(*idle_mutex_);
+    idle_sites_ = std::move(idle);
+  }
+  for (int64_t site : res.site_of_layer)
+    t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
+  if (!vocab_.empty()) {
+    auto acc = ids.accessor<int64_t, 2>();
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t i = 0; i < len; ++i) t.tokens.push_back(vocab_.token(acc[b][i]));
+  }
+  t.warnings = collect.messages;
+  if (spec.to_cpu) {
+    t.entropy = t.entropy.cpu();
+    if (t.topk_probs.defined()) { t.topk_probs = t.topk_probs.cpu(); t.topk_ids = t.topk_ids.cpu(); }
+    for (auto& kv : t.captures) kv.second = kv.second.cpu();
+  }
+  return t;
+}
+
+}  // namespace attnscope

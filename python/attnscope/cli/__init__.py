@@ -1,0 +1,98 @@
+"""attnscope command line: `attnscope demo | generate | plot | run | dataset | export` (also
+`python -m attnscope`). One module per family of subcommands: answer.py (demo, generate, plot,
+run), dataset.py, export.py; common.py holds what they share."""
+import argparse
+import os
+import sys
+
+from . import answer, dataset, export
+from .answer import DEMO_HEADS, DEMO_LAYERS, DEMO_PATTERN_HEADS, DEMO_PROMPT, DEMO_QUESTION, entropy_table  # noqa: F401
+from .common import save_figure  # noqa: F401
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="attnscope", description="Attention capture and figures for language models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", help="TorchScript archive, Hugging Face checkpoint folder or GGUF file (exported once into the cache; default: SmolLM2-135M-Instruct)")
+    common.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    common.add_argument("--dpi", type=int, default=150)
+    d = sub.add_parser("demo", parents=[common], help="the three figures + high-entropy table on a built-in prompt")
+    d.add_argument("--out", default="out", help="output folder (default: out)")
+    d.add_argument("--text", help="capture this text instead of letting the model answer the built-in question")
+    d.set_defaults(fn=answer.demo)
+    g = sub.add_parser("generate", parents=[common], help="let the model answer, then the three figures, "
+                       "the trace and its most uncertain tokens with their alternatives")
+    g.add_argument("--prompt", required=True)
+    g.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    g.add_argument("--system", help="system message (with --chat)")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--layers-heads", help="LAYER:HEAD,... for the heads and patterns figures")
+    g.add_argument("--layers", help="LAYER,... for the layers grid")
+    g.add_argument("--out", required=True, help="output folder")
+    g.set_defaults(fn=answer.generate)
+    q = sub.add_parser("plot", parents=[common], help="one figure for a text")
+    q.add_argument("--text", required=True)
+    q.add_argument("--kind", choices=("heads", "patterns", "layers"), required=True)
+    q.add_argument("--layers-heads", help="LAYER:HEAD,... for heads/patterns (default 0:0)")
+    q.add_argument("--layers", help="LAYER,... for layers (default 0)")
+    q.add_argument("--head", type=int, help="one head instead of the head mean (layers)")
+    q.add_argument("--pattern", default="mean", help="mean | max | specific_token (patterns)")
+    q.add_argument("--token-idx", type=int, help="query position for specific_token")
+    q.add_argument("--entropy-threshold", type=float, help="mark entropies above this many nats "
+                   "(default: the --entropy-quantile of the sequence)")
+    q.add_argument("--entropy-quantile", type=float, default=0.8)
+    q.add_argument("--max-marks", type=int, default=8, help="at most this many marks (the highest)")
+    q.add_argument("--no-entropy", action="store_true", help="no high-entropy marks")
+    q.add_argument("--out", required=True, help="figure file (.png, .svg, .pdf)")
+    q.set_defaults(fn=answer.plot)
+    r = sub.add_parser("run", parents=[common], help="run with capture, save the trace")
+    r.add_argument("--text", required=True)
+    r.add_argument("--layers-heads", help="LAYER:HEAD,... full maps to keep")
+    r.add_argument("--layer-maps", help="LAYER,... head-mean maps to keep")
+    r.add_argument("--save", required=True, help="trace file (safetensors)")
+    r.set_defaults(fn=answer.run)
+    e = sub.add_parser("export", parents=[common], help="Hugging Face folder or GGUF -> TorchScript archive with capture ops")
+    e.add_argument("--hf", required=True, help="checkpoint folder (config.json + weights) or .gguf file")
+    e.add_argument("--out", required=True, help="archive to write (.pt)")
+    e.add_argument("--attention", choices=("sdpa", "eager"), default="sdpa")
+    e.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
+    e.add_argument("--no-verify", action="store_true", help="skip the check against eager attentions")
+    e.set_defaults(fn=export.export)
+    s = sub.add_parser("dataset", parents=[common], help="attention statistics over many texts "
+                       "(runs data-parallel under torchrun)")
+    s.add_argument("--input", required=True, help=".txt (one text per line) or .jsonl (\"text\" field)")
+    s.add_argument("--length", type=int, default=16, help="tokens per sequence (0: whole texts, padded)")
+    s.add_argument("--num", "--num-sequences", type=int, default=256, dest="num",
+                   help="sequences (0: every text); spell it --num-sequences after torchrun, whose "
+                        "parser takes --num for its --numa-binding")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--epsilon", type=float, default=0.3, help="Sink threshold on alpha_1")
+    s.add_argument("--skip-short", action="store_true", help="drop texts shorter than --length")
+    s.add_argument("--bos", action="store_true", help="prepend the model's BOS token")
+    s.add_argument("--head-maps", action="store_true", help="also average every head's map")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torch.distributed; "
+                   "or launch with torchrun)")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(fn=dataset.dataset)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    import matplotlib
+    if not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")  # files only; never a window
+    try:
+        args.fn(args)
+    except (ValueError, RuntimeError, OSError) as e:  # OSError: missing files, full disk, permissions
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"attnscope {args.cmd}: {msg}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

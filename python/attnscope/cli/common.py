@@ -1,0 +1,57 @@
+"""What every subcommand shares: argument parsing helpers, output checks, saving figures."""
+import os
+
+
+def _pairs(text):
+    try:
+        return [tuple(int(x) for x in p.split(":")) for p in text.split(",") if p]
+    except ValueError:
+        raise SystemExit(f"attnscope: {text!r} is not a list of LAYER:HEAD pairs (e.g. 0:0,14:2)")
+
+
+def _ints(text):
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise SystemExit(f"attnscope: {text!r} is not a comma-separated list of integers")
+
+
+def save_figure(fig, path, dpi):
+    """Saves next to `path` and renames over it: a full disk or a kill leaves no truncated figure
+    under the final name (the error names the file)."""
+    ext = os.path.splitext(path)[1].lower().lstrip(".")
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        fig.savefig(tmp, dpi=dpi, format=ext)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path!r}: {e.strerror or e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+
+
+def _check_writable_file(out, exts):
+    """Before the model loads: the extension, and a folder that exists and can be written."""
+    if os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a folder: expected a file path ending in {', '.join(exts)}")
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in exts:
+        raise ValueError(f"--out {out!r}: expected a {', '.join(exts[:-1])} or {exts[-1]} file")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {out!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {out!r}: folder {folder!r} is not writable")
+
+
+def _check_out_dir(out):
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} exists and is not a folder")
+
+
+def _layer_picks(n):
+    """Up to 8 layers spread over the model, first and last included (the paper's layout)."""
+    return sorted({round(i * (n - 1) / 7) for i in range(8)}) if n > 8 else list(range(n))

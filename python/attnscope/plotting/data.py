@@ -1,0 +1,88 @@
+"""Data for the figures: checks of layer/head/batch arguments and selection of maps and
+aggregates from a Trace (computed on demand by the trace, never here)."""
+import numpy as np
+
+
+def _check_layer(trace, layer):
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.n_layers:
+        raise ValueError(f"layer {layer!r} out of range: the trace has {trace.n_layers} layers "
+                         f"(0..{trace.n_layers - 1})")
+
+
+def _check_head(trace, head):
+    if not isinstance(head, (int, np.integer)) or not 0 <= head < trace.n_heads:
+        raise ValueError(f"head {head!r} out of range: the trace has {trace.n_heads} heads "
+                         f"(0..{trace.n_heads - 1})")
+
+
+def _pairs(trace, layers_heads):
+    pairs = list(layers_heads)
+    if not pairs:
+        raise ValueError("layers_heads is empty: give at least one (layer, head) pair")
+    for p in pairs:
+        if len(p) != 2:
+            raise ValueError(f"layers_heads entry {p!r} is not a (layer, head) pair")
+        _check_layer(trace, p[0])
+        _check_head(trace, p[1])
+    return pairs
+
+
+def _check_batch(trace, batch):
+    B = trace.input_ids.shape[0]
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 0 <= batch < B:
+        raise ValueError(f"batch {batch!r} out of range: the trace has {B} sequence(s) (0..{B - 1})")
+
+
+def _ensure(trace, names):
+    """Asks the trace to compute what this figure needs and lacks, in one run (a Trace that
+    keeps its model does; files and dataset traces have what they have)."""
+    ensure = getattr(trace, "ensure", None)
+    if ensure is not None:
+        ensure(names)
+
+
+def _has_from(trace, token_idx):
+    pos = [p % trace.input_ids.shape[1] for p in trace.spec.get("from_tokens", [])] if "from" in trace.captures else []
+    return token_idx in pos
+
+
+def _capture(trace, name, hint):
+    if name not in trace.captures:
+        if getattr(trace, "is_dataset", False):
+            raise ValueError(f"the dataset trace has no {name!r}: {trace.missing_hint(name)}")
+        why = (" (it was read from a file or released its model, so it cannot compute it)"
+               if hasattr(trace, "can_compute") and not trace.can_compute else "")
+        raise ValueError(f"the trace has no {name!r}{why}: run with capture={hint}")
+    return trace.captures[name]
+
+
+def _head_map(trace, layer, head, batch):
+    return _capture(trace, f"head_map/L{layer}H{head}", f"{{'heads': [({layer}, {head})]}}")[batch]
+
+
+def _layer_map(trace, layer, head, batch):
+    if head is None:
+        return _capture(trace, f"layer_map/L{layer}", f"{{'layer_maps': [{layer}]}}")[batch]
+    name = f"head_map/L{layer}H{head}"
+    if name in trace.captures:
+        return trace.captures[name][batch]
+    if f"layer_map/L{layer}" in trace.captures and trace.spec.get("layer_map_head") == head:
+        return trace.captures[f"layer_map/L{layer}"][batch]
+    if getattr(trace, "is_dataset", False):
+        raise ValueError(f"the dataset trace has no map of layer {layer} head {head}: "
+                         f"{trace.missing_hint('head_map')}")
+    raise ValueError(f"the trace has no map of layer {layer} head {head}: run with "
+                     f"capture={{'heads': [({layer}, {head})]}}")
+
+
+def _aggregate(trace, name, layer, head, batch):
+    t = _capture(trace, name, "'all'")
+    layers = trace.captures["aggregate_layers"].tolist()
+    if layer not in layers:
+        raise ValueError(f"layer {layer} has no aggregates in this trace (it has {layers}): "
+                         f"run with capture={{'received': True}} and layers including {layer}")
+    return t[layers.index(layer), batch, head]
+
+
+def _labels(trace, batch):
+    return list(trace.labels[batch])

@@ -1,0 +1,122 @@
+"""visualize_attention_patterns: 1D bars of the attention each position receives (mean or
+max over the queries that see it) or that one token sends."""
+import numpy as np
+
+from ..figure import (check_options as _check_options, closing_on_error, grid as _grid, panel_for_labels,
+                      rank_labels as _rank_labels, ticks as _ticks)
+from ..marks import (ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, _entropy_label, _prompt_divider,
+                     high_entropy_positions)
+from .data import _pairs, _check_batch, _ensure, _has_from, _aggregate, _labels
+from .style import _axes_legend, _legend
+
+PATTERN_TYPES = ("mean", "max", "specific_token")
+
+
+def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
+                                 batch=0, top_k=3, mask_first=False, yscale="linear",
+                                 entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
+                                 max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None, ax=None):
+    """Bar chart per (layer, head) over key positions, x labels = tokens.
+
+    pattern_type "mean"/"max": attention each position receives, averaged / maximised over the
+    queries that can see it (captures received_mean/received_max, capture="all");
+    "specific_token": attention FROM position `token_idx` (negative counts from the end; from
+    the head's full map, or a `from_tokens` capture). The top_k bars are outlined in red and
+    numbered 1..top_k above the bar (staggered so no two collide); the x-axis label lists them
+    with their tokens and values. With "max", the first real key of a causal model is 1 by
+    construction (its query sees only itself): the axis label says so; mask_first=True leaves
+    the first real position out (hatched) so the rest gets the scale. yscale "linear" or "log".
+    High-entropy positions get yellow edges. Returns the Figure, or the Axes when given `ax=`
+    (one pair)."""
+    if pattern_type not in PATTERN_TYPES:
+        raise ValueError(f"pattern_type {pattern_type!r}: expected one of {PATTERN_TYPES}")
+    pairs = _pairs(trace, layers_heads)
+    T = trace.input_ids.shape[1]
+    if pattern_type == "specific_token":
+        if token_idx is None or isinstance(token_idx, bool) or not isinstance(token_idx, (int, np.integer)) \
+                or not -T <= token_idx < T:
+            raise ValueError(f"token_idx {token_idx!r} out of range: expected an int in -{T}..{T - 1}")
+        token_idx = int(token_idx) % T
+    _check_batch(trace, batch)
+    _check_options(top_k=top_k, max_labels=max_labels, ncols=ncols, panel=panel, yscale=yscale)
+    if pattern_type == "specific_token":
+        if not _has_from(trace, token_idx):
+            _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
+    else:
+        _ensure(trace, [f"received_{pattern_type}"] + (["received_count"] if pattern_type == "max" else []))
+    labels = _labels(trace, batch)
+    hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
+                                entropy_quantile=entropy_quantile, max_marks=max_marks)
+    hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
+    real = np.nonzero(trace.attention_mask[batch].numpy())[0]
+    first = int(real[0]) if len(real) else 0
+    if panel is None:
+        panel = (panel_for_labels(min(T, max_labels or 1), 4.0), 4.0)
+    fig, axes, own = _grid(len(pairs), ncols, panel, ax)
+    with closing_on_error(fig, own):
+        for ax_, (l, h) in zip(axes, pairs):
+            values = _pattern(trace, l, h, pattern_type, token_idx, batch)
+            v = np.nan_to_num(values, nan=0.0)
+            if mask_first:
+                v[first] = 0.0
+            bars = ax_.bar(np.arange(T), v, color="#4c72b0", width=0.8)
+            if mask_first:
+                bars[first].set(height=0, hatch="///")
+                ax_.axvspan(first - 0.5, first + 0.5, color="0.9", hatch="///", ec="0.6", lw=0, zorder=0)
+            for p in hi:
+                bars[p].set_edgecolor(HIGH_ENTROPY_COLOR)
+                bars[p].set_linewidth(2)
+            top = [int(p) for p in np.argsort(-v, kind="stable")[:top_k] if v[p] > 0]
+            levels = _rank_labels(ax_, top, v, T)
+            if yscale == "log":
+                pos = v[v > 0]
+                ax_.set_yscale("log")
+                ax_.set_ylim(max(float(pos.min()) * 0.5, 1e-6) if len(pos) else 1e-6,
+                             max(float(v.max()), 1e-6) * 10 ** (0.25 + 0.12 * levels))
+            else:
+                ax_.set_ylim(0, max(float(v.max()), 1e-9) * (1.15 + 0.08 * levels))  # room for the ranks
+            _prompt_divider(ax_, trace, "x", color="0.35")
+            name = {"mean": "Mean", "max": "Max"}.get(pattern_type) or f"From {token_idx} {labels[token_idx]}"
+            ax_.set_title(f"L{l}H{h} {name}")
+            xlabel = "key position"
+            if top:
+                xlabel += "\ntop: " + "   ".join(f"{r + 1} {labels[p]} ({p}) {v[p]:.3f}" for r, p in enumerate(top))
+            if pattern_type == "max" and not mask_first and _first_query_sees_only_itself(trace, l, h, batch, first):
+                xlabel += f"\nposition {first} is 1 by construction (its query sees only itself); mask_first=True leaves it out"
+            ax_.set_xlabel(xlabel, fontsize=7)
+            ax_.set_ylabel("attention")
+            _ticks(ax_, labels, "x", max_labels, hi)
+        if ax is not None:
+            return _axes_legend(axes[0], hi, hi_label)
+        _legend(fig, hi, hi_label)
+    return fig
+
+
+def _first_query_sees_only_itself(trace, l, h, batch, first):
+    """True when the first real query has one visible key (a causal mask): its max is 1 trivially.
+    Read from received_count (queries that see each key): a causal mask, whatever its window,
+    lets only the last query see the last key."""
+    if "received_count" not in trace.captures or "aggregate_layers" not in trace.captures:
+        return False
+    layers = trace.captures["aggregate_layers"].tolist()
+    if l not in layers:
+        return False
+    c = trace.captures["received_count"][layers.index(l), batch, h].numpy()
+    real = np.nonzero(trace.attention_mask[batch].numpy())[0]
+    return len(real) > 1 and c[real[-1]] == 1
+
+
+def _pattern(trace, l, h, pattern_type, token_idx, batch):
+    if pattern_type == "mean":
+        return _aggregate(trace, "received_mean", l, h, batch).numpy()
+    if pattern_type == "max":
+        return _aggregate(trace, "received_max", l, h, batch).numpy()
+    name = f"head_map/L{l}H{h}"
+    if name in trace.captures:
+        return trace.captures[name][batch, token_idx].numpy()
+    if "from" in trace.captures:
+        pos = [p % trace.input_ids.shape[1] for p in trace.spec.get("from_tokens", [])]
+        if token_idx in pos:
+            return _aggregate(trace, "from", l, h, batch)[pos.index(token_idx)].numpy()
+    raise ValueError(f"the trace has no attention from token {token_idx} at layer {l} head {h}: "
+                     f"run with capture={{'from_tokens': [{token_idx}]}} or {{'heads': [({l}, {h})]}}")
