@@ -1,5 +1,13 @@
-"""Writes notebooks/*.ipynb (without outputs) from the cell sources below; the tests execute them."""
+"""Writes notebooks/*.ipynb from the cell sources below and executes them, so the committed
+notebooks show their figures on a repository browser (the tests execute them again and check
+that these sources and the committed ones agree). `--no-execute` writes them without outputs.
+
+    .venv/bin/python tools/make_notebooks.py            # needs the build (python/attnscope/_core*.so)
+"""
+import argparse
 import os
+import sys
+import tempfile
 
 import nbformat as nbf
 
@@ -115,18 +123,58 @@ NOTEBOOKS = {
 }
 
 
-def main():
+HTML_LIMIT = 200_000  # bytes: a larger HTML output (the interactive view) is not committed
+
+
+def build(name):
+    """The notebook `name` from its cell sources, without outputs."""
+    nb = nbf.v4.new_notebook()
+    nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
+                for kind, src in NOTEBOOKS[name]]
+    for i, c in enumerate(nb.cells):  # fixed ids: regenerating changes nothing that did not change
+        c.id = f"cell-{i}"
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+def execute(nb, workdir, timeout=900):
+    """Runs `nb` in a kernel (inline figures) with this tree's package, in `workdir`."""
+    import nbclient
+    env_path = os.path.join(ROOT, "python") + os.pathsep + os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = env_path
+    os.environ.pop("MPLBACKEND", None)  # the kernel's own inline backend: figures become outputs
+    nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": workdir}}).execute()
+    for c in nb.cells:
+        if c.cell_type != "code":
+            continue
+        c.metadata.pop("execution", None)
+        for o in c.get("outputs", []):
+            html = o.get("data", {}).get("text/html")
+            if html is not None and len(html) > HTML_LIMIT:
+                del o["data"]["text/html"]  # the interactive view runs in Jupyter, not on a repository page
+                o["data"]["text/plain"] = ("(interactive view: run the notebook in Jupyter to see it; "
+                                           f"{len(html) / 1e6:.1f} MB of HTML)")
+    return nb
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-execute", action="store_true", help="write the notebooks without outputs")
+    ap.add_argument("names", nargs="*", help="notebooks to write (default: all)")
+    args = ap.parse_args(argv)
     out = os.path.join(ROOT, "notebooks")
     os.makedirs(out, exist_ok=True)
-    for name, cells in NOTEBOOKS.items():
-        nb = nbf.v4.new_notebook()
-        nb.cells = [nbf.v4.new_markdown_cell(src) if kind == "md" else nbf.v4.new_code_cell(src)
-                    for kind, src in cells]
-        for i, c in enumerate(nb.cells):  # fixed ids: regenerating changes nothing that did not change
-            c.id = f"cell-{i}"
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    names = args.names or list(NOTEBOOKS)
+    for name in names:
+        if name not in NOTEBOOKS:
+            sys.exit(f"make_notebooks: unknown notebook {name!r}; expected one of {', '.join(NOTEBOOKS)}")
+        nb = build(name)
+        if not args.no_execute:
+            with tempfile.TemporaryDirectory() as tmp:
+                execute(nb, tmp)
         nbf.write(nb, os.path.join(out, name))
-    print("wrote", ", ".join(NOTEBOOKS))
+        print("wrote", name, flush=True)
 
 
 if __name__ == "__main__":
