@@ -105,12 +105,14 @@ def panel_for_labels(n, base):
     return max(base, n * label_fontsize(n) * 1.25 / 72 + 1.8)
 
 
-def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None):
+def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None, start=0):
     """Token labels, thinned to about `max_labels` so no two overlap. Marked (high-entropy)
     positions always get a tick and come first for a label (bold on yellow); a marked position
     within one label's height of another marked label keeps its tick and yellow marker but not
-    its text."""
+    its text. `labels` are those of positions start, start+1, ... (a window of the sequence);
+    `marked` holds absolute positions."""
     n = len(labels)
+    marked = [int(p) - start for p in marked]
     step = max(1, math.ceil(n / max_labels)) if max_labels else n + 1
     marked = sorted(int(p) for p in marked if 0 <= int(p) < n)
     named = []
@@ -124,12 +126,16 @@ def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None):
     idx = sorted(set(named) | set(marked)) if max_labels else []
     text = {i: labels[i] for i in named}
     fs = fontsize or label_fontsize(len(named))
+    at = [start + i for i in idx]
     if axis in ("x", "both"):
-        ax.set_xticks(idx)
+        ax.set_xticks(at)
         ax.set_xticklabels([text.get(i, "") for i in idx], rotation=90, fontsize=fs)
     if axis in ("y", "both"):
-        ax.set_yticks(idx)
+        ax.set_yticks(at)
         ax.set_yticklabels([text.get(i, "") for i in idx], fontsize=fs)
+    for getter in (ax.get_xticklabels, ax.get_yticklabels):
+        for t in getter():
+            t.set_parse_math(False)  # token text is data: a '$' must not start mathtext
     mark = set(named) & set(marked)
     for getter in ((ax.get_xticklabels,) if axis == "x" else (ax.get_yticklabels,) if axis == "y"
                    else (ax.get_xticklabels, ax.get_yticklabels)):
@@ -164,9 +170,10 @@ def check_options(*, vmin=None, vmax=None, scale="linear", gamma=0.5, max_labels
         raise ValueError(f"yscale {yscale!r}: expected 'linear' or 'log'")
 
 
-def rank_labels(ax, top, v, T):
+def rank_labels(ax, top, v, T, start=0):
     """Rank numbers above the top bars; a number within ~2 bars of one already placed goes one
-    line higher, so none overlap. Returns the number of extra lines used."""
+    line higher, so none overlap. `top` and `v` are indexed by absolute position; the T bars
+    drawn are those of positions start..start+T-1. Returns the number of extra lines used."""
     placed, most = [], 0
     axes_pt = ax.get_position().width * ax.figure.get_figwidth() * 72 * 0.85  # after the layout, about
     width = max(1.0, 7.0 / max(axes_pt / T, 1e-9))  # bars one 7-pt label spans
@@ -182,6 +189,6 @@ def rank_labels(ax, top, v, T):
                     ha="center", va="bottom", fontsize=7, color="#c44e52", fontweight="bold")
     for c in ax.containers[-1:]:
         for p in top:
-            c[p].set_edgecolor("#c44e52")
-            c[p].set_linewidth(2)
+            c[p - start].set_edgecolor("#c44e52")
+            c[p - start].set_linewidth(2)
     return most

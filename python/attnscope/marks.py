@@ -75,20 +75,41 @@ def _entropy_label(entropy_threshold, entropy_quantile, n=None):
     return f"high predictive entropy: {what}{shown}\n(the entropy at i is that of the prediction of token i+1)"
 
 
-def _crosshairs(ax, positions, n, causal=False):
-    """Yellow crosshairs: a thin translucent line along row i and column i (for a causal map only
-    over the cells that hold attention: row i up to the diagonal, column i below it), and a
-    solid marker on the left and bottom edges so each mark is found without covering the map."""
+def _marks_line(positions, labels, window=None, width=100):
+    """Every mark named with its position and token ("marked: 12 ␣the · 15 ␣cat"), wrapped to
+    lines of about `width` characters: tick labels of close marks may lack the room. Only the
+    marks inside `window` = (start, stop), when given. "" when there are none."""
+    lo, hi = window or (0, len(labels))
+    items = [f"{int(p)} {labels[int(p)]}" for p in positions if lo <= p < hi]
+    if not items:
+        return ""
+    lines, cur = [], "marked:"
+    for it in items:
+        it = it if len(it) <= 40 else it[:39] + "…"
+        if len(cur) + len(it) + 3 > width and cur != "marked:":
+            lines.append(cur)
+            cur = "   "
+        cur += (" " if cur.endswith(":") or not cur.strip() else " · ") + it
+    return "\n".join(lines + [cur])
+
+
+def _crosshairs(ax, positions, stop, causal=False, start=0):
+    """Yellow crosshairs on a map drawn over positions start..stop-1: a thin translucent line
+    along row i and column i (for a causal map only over the cells that hold attention: row i
+    up to the diagonal, column i below it), and a solid marker on the left and bottom edges so
+    each mark is found without covering the map. Positions outside the window are skipped."""
+    positions = [int(p) for p in positions if start <= p < stop]
+    lo, hi = start - 0.5, stop - 0.5
     for p in positions:
-        ax.plot([-0.5, p if causal else n - 0.5], [p, p], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
-        ax.plot([p, p], [p if causal else -0.5, n - 0.5], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
+        ax.plot([lo, p if causal else hi], [p, p], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
+        ax.plot([p, p], [p if causal else lo, hi], color=HIGH_ENTROPY_COLOR, lw=0.6, alpha=0.45)
     if len(positions):
         kw = dict(color=HIGH_ENTROPY_COLOR, markeredgecolor="black", markeredgewidth=0.4, ms=5,
                   clip_on=False, ls="none", zorder=5)
-        ax.plot(np.full(len(positions), -0.5), positions, marker=">", **kw)
-        ax.plot(positions, np.full(len(positions), n - 0.5), marker="^", **kw)
-    ax.set_xlim(-0.5, n - 0.5)
-    ax.set_ylim(n - 0.5, -0.5)
+        ax.plot(np.full(len(positions), lo), positions, marker=">", **kw)
+        ax.plot(positions, np.full(len(positions), hi), marker="^", **kw)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(hi, lo)
 
 
 def _upper_empty(a):
@@ -97,10 +118,13 @@ def _upper_empty(a):
     return not np.any(up)
 
 
-def _prompt_divider(ax, trace, axes="both", color="white"):
-    """Generated traces: a dashed line between the prompt and the response."""
+def _prompt_divider(ax, trace, axes="both", color="white", window=None):
+    """Generated traces: a dashed line between the prompt and the response (when it falls
+    inside `window` = (start, stop), if given)."""
     p = getattr(trace, "prompt_len", -1)
     if p is None or p <= 0 or p >= trace.input_ids.shape[1]:
+        return
+    if window is not None and not window[0] < p < window[1]:
         return
     style = dict(color=color, lw=0.9, ls=(0, (3, 2)), alpha=0.9)
     if axes in ("both", "x"):

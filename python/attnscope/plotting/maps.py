@@ -4,64 +4,71 @@ import numpy as np
 
 from ..figure import (check_options as _check_options, closing_on_error, grid as _grid, panel_for_labels,
                       ticks as _ticks)
-from ..marks import (ENTROPY_QUANTILE, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
+from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
-from .data import _check_layer, _check_head, _pairs, _check_batch, _ensure, _head_map, _layer_map, _labels
+from .data import _check_batch, _check_head, _check_layer, _ensure, _head_map, _labels, _layer_map, _pairs, _window
 from .style import _norm, _prepare, _default_vmin, _cmap, _axes_legend, _legend
 
 
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
                         scale="linear", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
                         entropy_threshold=None, max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None,
-                        ax=None):
+                        tokens=None, ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
     both axes (every token up to `max_labels`, then thinned; the panel grows to fit them when
     `panel` is None), title "Layer L Head H", a colorbar each.
 
     Needs the full maps `head_map/L{l}H{h}` (capture={'heads': [...]}): `Tensor[B, T, T]`.
     High-entropy positions (entropy at i predicts token i+1) get yellow crosshairs.
+    tokens: which positions to draw — None (the row's real tokens: padding left out),
+    (start, stop) to zoom in (queries and keys start..stop-1; the colour scale fits what is
+    shown), or "response" (a generated trace's answer). Axes keep absolute positions.
     Returns the Figure, or the Axes when given `ax=` (one pair)."""
     pairs = _pairs(trace, layers_heads)
     _check_batch(trace, batch)
     _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
+    s, e = _window(trace, batch, tokens)
     _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
-    labels = _labels(trace, batch)
+    labels = _labels(trace, batch)[s:e]
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
+    named = _marks_line(hi, _labels(trace, batch), (s, e))
     if panel is None:
         panel = panel_for_labels(min(len(labels), max_labels or 1), 4.0)
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
     with closing_on_error(fig, own):
         for ax_, (l, h) in zip(axes, pairs):
-            a = _prepare(_head_map(trace, l, h, batch), mask_first)
+            a = _prepare(_head_map(trace, l, h, batch), mask_first)[s:e, s:e]
             lo = _default_vmin(a, scale) if vmin is None else vmin
             up = np.nanmax(a) if vmax is None else vmax
-            im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest")
-            _crosshairs(ax_, hi, a.shape[0], _upper_empty(a))
-            _prompt_divider(ax_, trace)
+            im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest",
+                            extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
+            _crosshairs(ax_, hi, e, _upper_empty(a), start=s)
+            _prompt_divider(ax_, trace, window=(s, e))
             ax_.set_title(f"Layer {l} Head {h}")
             ax_.set_xlabel("key")
             ax_.set_ylabel("query")
-            _ticks(ax_, labels, "both", max_labels, hi)
+            _ticks(ax_, labels, "both", max_labels, hi, start=s)
             fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
         if ax is not None:
             return _axes_legend(axes[0], hi, hi_label)
-        _legend(fig, hi, hi_label)
+        _legend(fig, hi, f"{hi_label}\n{named}" if named else hi_label)
     return fig
 
 
 def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
                                vmin=None, vmax=None, scale="linear", gamma=0.5, mask_first=False,
                                entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None, max_marks=MAX_MARKS, paper=True,
-                               max_labels=None, ncols=None, panel=2.6):
+                               max_labels=None, ncols=None, panel=2.6, tokens=None):
     """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
     head_idx is None (capture={'layer_maps': [...]}), else that head; ONE shared colorbar (same
     vmin/vmax on every panel), RdBu_r by default; titles "L{l} Avg" / "L{l} H{h}". Token
     labels on the outer panels (y on the first column, x on the bottom row), thinned to what a
     panel holds (`max_labels`, default from `panel`), high-entropy tokens always named, so the
     stripes the overview shows can be read off; a dataset trace labels positions. `paper`:
-    compact fonts. Returns the Figure."""
+    compact fonts. tokens: None (real tokens), (start, stop) or "response", as in
+    visualize_attention. Returns the Figure."""
     layers = list(layer_indices)
     if not layers:
         raise ValueError("layer_indices is empty: give at least one layer")
@@ -71,35 +78,38 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
         _check_head(trace, head_idx)
     _check_batch(trace, batch)
     _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
+    s, e = _window(trace, batch, tokens)
     _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
-    maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first) for l in layers]
+    maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first)[s:e, s:e] for l in layers]
     lo = min(_default_vmin(m, scale) for m in maps) if vmin is None else vmin
     up = max(np.nanmax(m) for m in maps) if vmax is None else vmax
     norm = _norm(scale, lo, up, gamma)
-    labels = _labels(trace, batch)
+    labels = _labels(trace, batch)[s:e]
     if max_labels is None:  # what one panel's map holds (~62 % of the panel after titles, labels and
         max_labels = max(4, int(panel * 72 * 0.62 / (5.5 * 1.3)))  # the colorbar) at 5.5 pt, 30 % spacing
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
+    named = _marks_line(hi, _labels(trace, batch), (s, e))
     fig, axes, _ = _grid(len(layers), ncols, panel)
     ncol = ncols or min(len(layers), 4)
     title_fs = 9 if paper else None
     fs = 5.5 if paper or len(labels) > 48 else None
     with closing_on_error(fig, True):
         for k, (ax, l, m) in enumerate(zip(axes, layers, maps)):
-            im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest")
-            _crosshairs(ax, hi, m.shape[0], _upper_empty(m))
-            _prompt_divider(ax, trace)
+            im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest",
+                           extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
+            _crosshairs(ax, hi, e, _upper_empty(m), start=s)
+            _prompt_divider(ax, trace, window=(s, e))
             ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}", fontsize=title_fs)
-            _ticks(ax, labels, "both", max_labels, hi, fontsize=fs)
+            _ticks(ax, labels, "both", max_labels, hi, fontsize=fs, start=s)
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
             ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
         cb = fig.colorbar(im, ax=axes, shrink=0.8)
         cb.set_label("attention", fontsize=title_fs)
         if paper:
             cb.ax.tick_params(labelsize=7)
-        _legend(fig, hi, hi_label)
+        _legend(fig, hi, f"{hi_label}\n{named}" if named else hi_label)
         if getattr(trace, "is_dataset", False):
             fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
     return fig

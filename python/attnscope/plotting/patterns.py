@@ -4,9 +4,9 @@ import numpy as np
 
 from ..figure import (check_options as _check_options, closing_on_error, grid as _grid, panel_for_labels,
                       rank_labels as _rank_labels, ticks as _ticks)
-from ..marks import (ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, _entropy_label, _prompt_divider,
+from ..marks import (ENTROPY_QUANTILE, _marks_line, HIGH_ENTROPY_COLOR, MAX_MARKS, _entropy_label, _prompt_divider,
                      high_entropy_positions)
-from .data import _pairs, _check_batch, _ensure, _has_from, _aggregate, _labels
+from .data import _aggregate, _check_batch, _ensure, _has_from, _labels, _pairs, _window
 from .style import _axes_legend, _legend
 
 PATTERN_TYPES = ("mean", "max", "specific_token")
@@ -15,7 +15,8 @@ PATTERN_TYPES = ("mean", "max", "specific_token")
 def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token_idx=None, *,
                                  batch=0, top_k=3, mask_first=False, yscale="linear",
                                  entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None,
-                                 max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None, ax=None):
+                                 max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None, tokens=None,
+                                 ax=None):
     """Bar chart per (layer, head) over key positions, x labels = tokens.
 
     pattern_type "mean"/"max": attention each position receives, averaged / maximised over the
@@ -24,8 +25,10 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
     the head's full map, or a `from_tokens` capture). The top_k bars are outlined in red and
     numbered 1..top_k above the bar (staggered so no two collide); the x-axis label lists them
     with their tokens and values. With "max", the first real key of a causal model is 1 by
-    construction (its query sees only itself): the axis label says so; mask_first=True leaves
-    the first real position out (hatched) so the rest gets the scale. yscale "linear" or "log".
+    construction (its query sees only itself): it is never ranked and the axis label says so;
+    mask_first=True leaves the first real position out (hatched) so the rest gets the scale.
+    yscale "linear" or "log". tokens: None (real tokens), (start, stop) or "response", as in
+    visualize_attention (the bars of those positions; ranks among them).
     High-entropy positions get yellow edges. Returns the Figure, or the Axes when given `ax=`
     (one pair)."""
     if pattern_type not in PATTERN_TYPES:
@@ -44,14 +47,16 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
     else:
         _ensure(trace, [f"received_{pattern_type}"] + (["received_count"] if pattern_type == "max" else []))
+    s, e = _window(trace, batch, tokens)
     labels = _labels(trace, batch)
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
+    named = _marks_line(hi, _labels(trace, batch), (s, e))
     real = np.nonzero(trace.attention_mask[batch].numpy())[0]
     first = int(real[0]) if len(real) else 0
     if panel is None:
-        panel = (panel_for_labels(min(T, max_labels or 1), 4.0), 4.0)
+        panel = (panel_for_labels(min(e - s, max_labels or 1), 4.0), 4.0)
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
     with closing_on_error(fig, own):
         for ax_, (l, h) in zip(axes, pairs):
@@ -59,36 +64,43 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             v = np.nan_to_num(values, nan=0.0)
             if mask_first:
                 v[first] = 0.0
-            bars = ax_.bar(np.arange(T), v, color="#4c72b0", width=0.8)
-            if mask_first:
-                bars[first].set(height=0, hatch="///")
+            bars = ax_.bar(np.arange(s, e), v[s:e], color="#4c72b0", width=0.8)
+            if mask_first and s <= first < e:
+                bars[first - s].set(height=0, hatch="///")
                 ax_.axvspan(first - 0.5, first + 0.5, color="0.9", hatch="///", ec="0.6", lw=0, zorder=0)
             for p in hi:
-                bars[p].set_edgecolor(HIGH_ENTROPY_COLOR)
-                bars[p].set_linewidth(2)
-            top = [int(p) for p in np.argsort(-v, kind="stable")[:top_k] if v[p] > 0]
-            levels = _rank_labels(ax_, top, v, T)
+                if s <= p < e:
+                    bars[p - s].set_edgecolor(HIGH_ENTROPY_COLOR)
+                    bars[p - s].set_linewidth(2)
+            trivial = pattern_type == "max" and not mask_first and _first_query_sees_only_itself(trace, l, h, batch, first)
+            rank = v.copy()
+            rank[:s], rank[e:] = -np.inf, -np.inf
+            if trivial:
+                rank[first] = -np.inf  # 1 by construction: ranking it says nothing about the head
+            top = [int(p) for p in np.argsort(-rank, kind="stable")[:top_k] if rank[p] > 0]
+            levels = _rank_labels(ax_, top, v, e - s, start=s)
+            ax_.set_xlim(s - 0.6, e - 0.4)
             if yscale == "log":
                 pos = v[v > 0]
                 ax_.set_yscale("log")
                 ax_.set_ylim(max(float(pos.min()) * 0.5, 1e-6) if len(pos) else 1e-6,
-                             max(float(v.max()), 1e-6) * 10 ** (0.25 + 0.12 * levels))
+                             max(float(v[s:e].max()), 1e-6) * 10 ** (0.25 + 0.12 * levels))
             else:
-                ax_.set_ylim(0, max(float(v.max()), 1e-9) * (1.15 + 0.08 * levels))  # room for the ranks
-            _prompt_divider(ax_, trace, "x", color="0.35")
+                ax_.set_ylim(0, max(float(v[s:e].max()), 1e-9) * (1.15 + 0.08 * levels))  # room for the ranks
+            _prompt_divider(ax_, trace, "x", color="0.35", window=(s, e))
             name = {"mean": "Mean", "max": "Max"}.get(pattern_type) or f"From {token_idx} {labels[token_idx]}"
-            ax_.set_title(f"L{l}H{h} {name}")
+            ax_.set_title(f"L{l}H{h} {name}").set_parse_math(False)
             xlabel = "key position"
             if top:
                 xlabel += "\ntop: " + "   ".join(f"{r + 1} {labels[p]} ({p}) {v[p]:.3f}" for r, p in enumerate(top))
-            if pattern_type == "max" and not mask_first and _first_query_sees_only_itself(trace, l, h, batch, first):
-                xlabel += f"\nposition {first} is 1 by construction (its query sees only itself); mask_first=True leaves it out"
-            ax_.set_xlabel(xlabel, fontsize=7)
+            if trivial and s <= first < e:
+                xlabel += f"\nposition {first} is 1 by construction (its query sees only itself): not ranked"
+            ax_.set_xlabel(xlabel, fontsize=7).set_parse_math(False)
             ax_.set_ylabel("attention")
-            _ticks(ax_, labels, "x", max_labels, hi)
+            _ticks(ax_, labels[s:e], "x", max_labels, hi, start=s)
         if ax is not None:
             return _axes_legend(axes[0], hi, hi_label)
-        _legend(fig, hi, hi_label)
+        _legend(fig, hi, f"{hi_label}\n{named}" if named else hi_label)
     return fig
 
 

@@ -43,12 +43,20 @@ def _cmap(name):
 
 def _axes_legend(ax, positions, label):
     if len(positions):
-        ax.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2, label=label)],
-                  loc="upper right", fontsize=7)
+        leg = ax.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2, label=label)],
+                        loc="upper right", fontsize=7)
+        _plain_text(leg.get_texts())
     return ax
 
 
 def _legend(fig, positions, label):
     if len(positions):
-        fig.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2, label=label)],
-                   loc="outside lower center", fontsize=8, frameon=False)
+        leg = fig.legend(handles=[Line2D([], [], color=HIGH_ENTROPY_COLOR, lw=2, label=label)],
+                         loc="outside lower center", fontsize=8, frameon=False)
+        _plain_text(leg.get_texts())
+
+
+def _plain_text(texts):
+    """Token text is data, never markup: a '$' in a token must not start mathtext."""
+    for t in texts:
+        t.set_parse_math(False)
