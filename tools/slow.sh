@@ -14,6 +14,6 @@ if [ ! -f "$BUILD/fixtures/toy_hf_eager.pt" ]; then  # run alone: set up and mak
   stage_done
 fi
 stage "wheel: pip wheel + install in a fresh venv"
-(cd "$BUILD" && ctest --output-on-failure -L slow)
+(cd "$BUILD" && ctest --output-on-failure -V -L slow)  # -V: the wheel test prints its phases and ccache hits
 stage_done
 bash tools/sanitize.sh

@@ -9,16 +9,6 @@
 namespace attnscope {
 
 namespace {
-constexpr const char* kFormat = "attnscope-dataset";
-constexpr int64_t kVersion = 1;
-
-/// Position axes (trailing) of each state tensor; resize() pads them.
-int position_dims(const std::string& name) {
-  if (name == "layer_map_sum" || name == "head_map_sum") return 2;
-  if (name == "n_sequences" || name == "sink_hits") return 0;
-  return 1;
-}
-
 torch::Tensor pad_positions(const torch::Tensor& t, int dims, int64_t length) {
   if (dims == 0 || t.size(-1) >= length) return t;
   int64_t extra = length - t.size(-1);
@@ -28,44 +18,13 @@ torch::Tensor pad_positions(const torch::Tensor& t, int dims, int64_t length) {
   return torch::constant_pad_nd(t, pad, 0);
 }
 
-std::string parts_string(const DatasetParts& p) {
-  std::string s;
-  auto add = [&](bool on, const char* n) { if (on) s += (s.empty() ? "" : ",") + std::string(n); };
-  add(p.layer_maps, "layer_maps");
-  add(p.head_maps, "head_maps");
-  add(p.received, "received");
-  add(p.attn_entropy, "attn_entropy");
-  return s;
-}
-
-DatasetParts parse_parts(const std::string& s) {
-  DatasetParts p{false, false, false, false};
-  size_t a = 0;
-  while (a <= s.size()) {
-    size_t b = s.find(',', a);
-    if (b == std::string::npos) b = s.size();
-    std::string w = s.substr(a, b - a);
-    if (w == "layer_maps") p.layer_maps = true;
-    else if (w == "head_maps") p.head_maps = true;
-    else if (w == "received") p.received = true;
-    else if (w == "attn_entropy") p.attn_entropy = true;
-    else TORCH_CHECK(w.empty(), "dataset file: unknown part '", w, "' in metadata 'parts'");
-    a = b + 1;
-  }
-  return p;
-}
-
-std::string exact(double x) {
-  std::ostringstream o;
-  o.precision(17);
-  o << x;
-  return o.str();
-}
-
-bool same_parts(const DatasetParts& a, const DatasetParts& b) {
-  return parts_string(a) == parts_string(b);
-}
 }  // namespace
+
+int DatasetStats::position_dims(const std::string& name) {
+  if (name == "layer_map_sum" || name == "head_map_sum") return 2;
+  if (name == "n_sequences" || name == "sink_hits") return 0;
+  return 1;
+}
 
 CaptureSpec dataset_capture_spec(const DatasetParts& parts, int64_t n_layers, int64_t n_heads) {
   TORCH_CHECK(n_layers > 0 && n_heads > 0, "dataset_capture_spec: the model's layers (", n_layers,
@@ -217,8 +176,8 @@ void DatasetStats::merge(const DatasetStats& other) {
                     other.model_id_, ")");
   if (model_id_.empty()) model_id_ = other.model_id_;
   if (other.n_layers_ < 0) return;
-  TORCH_CHECK(same_parts(parts_, other.parts_), "DatasetStats.merge: parts differ (",
-              parts_string(parts_), " vs ", parts_string(other.parts_), ")");
+  TORCH_CHECK(parts_.to_string() == other.parts_.to_string(), "DatasetStats.merge: parts differ (",
+              parts_.to_string(), " vs ", other.parts_.to_string(), ")");
   TORCH_CHECK(epsilon_ == other.epsilon_, "DatasetStats.merge: epsilon differs (", epsilon_,
               " vs ", other.epsilon_, ")");
   if (n_layers_ < 0) {
@@ -297,50 +256,6 @@ torch::Tensor DatasetStats::head_entropy() const {
 torch::Tensor DatasetStats::predictive_entropy() const {
   auto s = need("pred_entropy_sum", "layer_maps");
   return (s / need("position_count", "layer_maps").clamp_min(1)).to(torch::kFloat);
-}
-
-void DatasetStats::save(const std::string& path) const {
-  TORCH_CHECK(n_layers_ >= 0, "DatasetStats.save: the dataset is empty: add at least one sequence");
-  SafetensorsFile f;
-  f.tensors = state_;
-  f.metadata = {{"format", kFormat},
-                {"version", std::to_string(kVersion)},
-                {"parts", parts_string(parts_)},
-                {"epsilon", exact(epsilon_)},
-                {"n_layers", std::to_string(n_layers_)},
-                {"n_heads", std::to_string(n_heads_)},
-                {"length", std::to_string(length_)},
-                {"model", model_id_}};
-  write_safetensors(path, f);
-}
-
-DatasetStats DatasetStats::load(const std::string& path) {
-  auto f = read_safetensors(path);
-  auto meta = [&](const char* k) {
-    auto it = f.metadata.find(k);
-    TORCH_CHECK(it != f.metadata.end(), path, ": not an attnscope dataset file (no metadata '", k, "')");
-    return it->second;
-  };
-  TORCH_CHECK(meta("format") == kFormat, path, ": format is '", meta("format"), "', expected '",
-              kFormat, "' (a single-run trace loads with Trace.load)");
-  DatasetStats d(parse_parts(meta("parts")), meta_double(f, "epsilon", path));
-  d.n_layers_ = meta_int(f, "n_layers", path, 1, 100000);
-  d.n_heads_ = meta_int(f, "n_heads", path, 1, 65536);
-  d.length_ = meta_int(f, "length", path, 0, int64_t(1) << 40);
-  // The sizes come from the file's metadata: each must agree with the tensors it holds (a
-  // dataset of 2.5 KB saying length=1e8 would otherwise be padded to gigabytes on merge).
-  for (const auto& kv : f.tensors) {
-    const int dims = position_dims(kv.first);
-    const auto& t = kv.second;
-    TORCH_CHECK_VALUE(t.dim() >= dims, "'", path, "': '", kv.first, "' has shape ", t.sizes(), ", expected ",
-                      dims, " position axes");
-    for (int k = 1; k <= dims; ++k)
-      TORCH_CHECK_VALUE(t.size(-k) == d.length_, "'", path, "': '", kv.first, "' has shape ", t.sizes(),
-                        ": its position axes must be the file's length ", d.length_);
-  }
-  d.state_ = f.tensors;
-  if (auto it = f.metadata.find("model"); it != f.metadata.end()) d.model_id_ = it->second;
-  return d;
 }
 
 }  // namespace attnscope

@@ -23,6 +23,11 @@ struct DatasetParts {
   bool received = true;
   /// Attention entropy per head and query position (capture attn_entropy).
   bool attn_entropy = true;
+
+  /// "layer_maps,received,..." (the dataset file's metadata).
+  std::string to_string() const;
+  /// The parts named in `s` (as to_string writes them); throws on an unknown name.
+  static DatasetParts parse(const std::string& s);
 };
 
 /// The CaptureSpec a dataset run needs for `parts` on a model with these many layers/heads.
@@ -90,6 +95,8 @@ class DatasetStats {
   static DatasetStats load(const std::string& path);
 
  private:
+  /// Position axes (trailing) of state tensor `name`; resize() pads them.
+  static int position_dims(const std::string& name);
   void init(const Trace& t, const torch::Device& device);
   const torch::Tensor& need(const std::string& name, const char* part) const;
 

@@ -2,6 +2,7 @@
 // forward, and keeps only what the CaptureSpec asks for. One recorder is active per thread.
 #pragma once
 #include <attnscope/aggregates.h>
+#include <attnscope/mask_facts.h>
 #include <attnscope/spec.h>
 
 #include <torch/torch.h>
@@ -58,12 +59,6 @@ class Recorder {
                                 const torch::Device& device, bool whole_rows = false);
   /// Query rows per attention block of [B, heads, rows, Tk] elements on `device`.
   int64_t chunk_rows(int64_t batch, int64_t heads, int64_t tk, const torch::Device& device);
-  /// [Tq] int64: for each query row, 1 + the last key the mask `m` ([B|1, H|1, Tq|1, Tk]) lets
-  /// any batch row or head see; undefined when the mask is one value over the keys.
-  torch::Tensor row_keys(const torch::Tensor& m, double hidden_below, int64_t tq);
-  /// [B|1, H|1, Tk] fp32: valid queries that mask `m` (or is_causal, or nothing) lets see each
-  /// key; once per run for a mask every layer shares.
-  torch::Tensor visible_counts(const torch::Tensor& m, double hidden_below, bool is_causal, int64_t tq, int64_t tk);
 
   CaptureSpec spec_;
   RunContext ctx_;
@@ -72,11 +67,7 @@ class Recorder {
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
   int64_t device_block_ = -1;  // elements per block on a GPU, from its free memory (once per run)
   Workspace ws_;  // slots 0-3: per-block temporaries (CUDA, softmax sites); 4: fused row buffers
-  torch::Tensor rk_, rk_mask_;  // row_keys of the last mask seen, and that mask
-  int64_t rk_version_ = -1;
-  torch::Tensor counts_, counts_mask_;  // visible_counts of the last mask seen
-  int64_t counts_version_ = -1, counts_tq_ = -1;
-  bool counts_causal_ = false;  // slot 0: aggregate temporaries; 1, 2: SDPA scores and probabilities
+  MaskFacts masks_;  // per-run facts of the mask every layer shares
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.
