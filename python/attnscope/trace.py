@@ -115,6 +115,17 @@ class Trace:
         """Drops the kept model and inputs' link to it: nothing more is computed on demand."""
         self._model = None
 
+    def token_label(self, token_id, batch=0):
+        """Readable label of vocabulary id `token_id` (e.g. a top-k alternative): from the
+        model's tokenizer while the trace keeps its model, else the label of a position of row
+        `batch` that holds the id, else "<id>"."""
+        token_id = int(token_id)
+        m = self._model
+        if m is not None and getattr(m, "tokenizer", None) is not None:
+            return m.label(token_id)
+        row = self.input_ids[batch].tolist()
+        return self.labels[batch][row.index(token_id)] if token_id in row else f"<{token_id}>"
+
     # ------------------------------------------------------------------ generation
     @property
     def is_generated(self):

@@ -24,7 +24,7 @@ def test_help():
 def test_demo_default_model(tmp_path):
     r = cli("demo", "--out", str(tmp_path), "--dpi", "60")
     assert r.returncode == 0, r.stderr
-    for f in ("attention_heads.png", "attention_patterns.png", "attention_layers.png"):
+    for f in ("attention_heads.png", "attention_patterns.png", "attention_layers.png", "entropy.png"):
         assert (tmp_path / f).stat().st_size > 10_000, f
     assert "Q: Is 3599 a prime number?" in r.stdout and "A: " in r.stdout
     assert "| position | token | next token | entropy (nats) | top-5 alternatives |" in r.stdout
@@ -49,7 +49,8 @@ def test_generate_command(tmp_path):
 
 @pytest.mark.parametrize("kind,extra", [("heads", ["--layers-heads", "0:1,2:3"]),
                                         ("patterns", ["--layers-heads", "1:0", "--pattern", "max"]),
-                                        ("layers", ["--layers", "0,1,2"])])
+                                        ("layers", ["--layers", "0,1,2"]),
+                                        ("entropy", [])])
 def test_plot_kinds(tmp_path, kind, extra):
     if not os.path.exists(TOY):
         pytest.skip("fixtures not built")

@@ -37,7 +37,7 @@ def main(argv=None):
     g.set_defaults(fn=answer.generate)
     q = sub.add_parser("plot", parents=[common], help="one figure for a text")
     q.add_argument("--text", required=True)
-    q.add_argument("--kind", choices=("heads", "patterns", "layers"), required=True)
+    q.add_argument("--kind", choices=("heads", "patterns", "layers", "entropy"), required=True)
     q.add_argument("--layers-heads", help="LAYER:HEAD,... for heads/patterns (default 0:0)")
     q.add_argument("--layers", help="LAYER,... for layers (default 0)")
     q.add_argument("--head", type=int, help="one head instead of the head mean (layers)")

@@ -49,6 +49,7 @@ def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None):
         "attention_heads.png": attnscope.visualize_attention(trace, heads, **opts),
         "attention_patterns.png": attnscope.visualize_attention_patterns(trace, pheads, "mean", **opts),
         "attention_layers.png": attnscope.visualize_attention_layers(trace, layers, **opts),
+        "entropy.png": attnscope.visualize_entropy(trace, show_prob=True, **opts),
     }
     for name, fig in figs.items():
         save_figure(fig, os.path.join(out, name), dpi)
@@ -119,7 +120,9 @@ def plot(args):
     opts = dict(entropy_threshold=False if args.no_entropy else args.entropy_threshold,
                 entropy_quantile=args.entropy_quantile, max_marks=args.max_marks)
     trace = model.run(args.text)  # what the figure lacks is computed when it asks
-    if args.kind == "heads":
+    if args.kind == "entropy":
+        fig = attnscope.visualize_entropy(trace, show_prob=True, **opts)
+    elif args.kind == "heads":
         fig = attnscope.visualize_attention(trace, _pairs(args.layers_heads or "0:0"), **opts)
     elif args.kind == "patterns":
         fig = attnscope.visualize_attention_patterns(trace, _pairs(args.layers_heads or "0:0"), args.pattern,
