@@ -64,8 +64,9 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
                     " tokens with room to generate: shorten it");
   int64_t budget = o.max_new_tokens;
   if (info_.context_length > 0) budget = std::min(budget, info_.context_length - plen);
-  std::vector<int64_t> stop = o.stop_ids;
-  if (stop.empty() && info_.eos_id >= 0) stop.push_back(info_.eos_id);
+  std::vector<int64_t> stop;
+  if (o.stop_ids) stop = *o.stop_ids;
+  else if (info_.eos_id >= 0) stop.push_back(info_.eos_id);
   auto stop_t = torch::tensor(stop.empty() ? std::vector<int64_t>{-1} : stop, torch::kLong);
 
   const bool cached = o.use_cache && has_decode();
@@ -110,6 +111,12 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
     for (int64_t b = 0; b < batch; ++b)
       if (hit_cpu[b].item<bool>()) reason[b] = "stop token";
     finished = finished.logical_or(hit);
+    if (o.on_step && !o.on_step(steps + 1, next.cpu())) {
+      for (int64_t b = 0; b < batch; ++b)
+        if (reason[b] == "max_new_tokens" && !hit_cpu[b].item<bool>()) reason[b] = "stopped by the caller";
+      ++steps;
+      break;
+    }
     if (finished.all().item<bool>() || steps + 1 == budget) {
       ++steps;
       break;

@@ -1,6 +1,10 @@
 // GenerateOptions: how Model::generate (generate.cpp) picks each new token.
 #pragma once
+#include <torch/types.h>
+
 #include <cstdint>
+#include <functional>
+#include <optional>
 #include <vector>
 
 namespace attnscope {
@@ -18,13 +22,18 @@ struct GenerateOptions {
   /// Seed of the sampling generator (a CPU generator: the same seed gives the same draws on
   /// CPU and CUDA for the same logits).
   uint64_t seed = 0;
-  /// A row stops after emitting one of these (EOS, the chat template's end of turn).
-  std::vector<int64_t> stop_ids;
+  /// A row stops after emitting one of these (EOS, the chat template's end of turn). Unset:
+  /// the model's EOS; empty: no stop token (only max_new_tokens and the context end a row).
+  std::optional<std::vector<int64_t>> stop_ids;
   /// Id written after a row has stopped (its attention_mask is 0 there).
   int64_t pad_id = 0;
   /// Use the archive's `decode` method (KV cache, one token per step) when it has one;
   /// false, or archives without it: a full forward per step.
   bool use_cache = true;
+  /// Called after every step with the step number (1-based) and each row's new token
+  /// (`Tensor[B]` int64 on the CPU; pad_id for rows that had stopped): progress bars and
+  /// streaming. Returning false ends generation there (stop reason "stopped by the caller").
+  std::function<bool(int64_t step, const torch::Tensor& next)> on_step;
 };
 
 }  // namespace attnscope

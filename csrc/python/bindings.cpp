@@ -4,6 +4,9 @@
 
 #include <torch/extension.h>
 
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+
 namespace py = pybind11;
 using attnscope::CaptureSpec;
 using attnscope::DatasetParts;
@@ -104,7 +107,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("seed", &attnscope::GenerateOptions::seed)
       .def_readwrite("stop_ids", &attnscope::GenerateOptions::stop_ids)
       .def_readwrite("pad_id", &attnscope::GenerateOptions::pad_id)
-      .def_readwrite("use_cache", &attnscope::GenerateOptions::use_cache);
+      .def_readwrite("use_cache", &attnscope::GenerateOptions::use_cache)
+      .def_readwrite("on_step", &attnscope::GenerateOptions::on_step);
 
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
       .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",

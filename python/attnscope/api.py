@@ -7,6 +7,7 @@ import torch
 
 from . import _core
 from .labels import readable
+from .streaming import Progress, TokenStream
 from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
@@ -157,16 +158,22 @@ class Model:
         return sorted(set(int(i) for i in ids))
 
     def generate(self, prompt, *, max_new_tokens=128, chat=False, system=None, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=0, stop=None, capture="all", use_cache=True):
+                 top_p=1.0, seed=0, stop=None, capture="all", use_cache=True, progress=True, stream=False):
         """Makes the model answer `prompt`, then captures prompt + response in ONE run -> Trace
         with `response`, `prompt_len` and `generation`.
 
         prompt: text, a list of texts (a batch, left-padded), ids [P] / [B, P], or with chat=True
         a str (one user turn) or a list of {"role", "content"} messages rendered with the model's
         chat template (`system` replaces the system turn). temperature 0 = greedy; > 0 samples
-        (top_k, top_p, seed: the same seed gives the same tokens). stop: ids that end a row
-        (default: stop_ids()). The trace's entropy is at temperature 1: that of the distribution
-        each token was drawn from before tempering; `generation["temperature"]` is the one used."""
+        (top_k, top_p, seed: the same seed gives the same tokens). stop: ids that end a row;
+        None (default): stop_ids() — EOS and the chat template's end of turn; [] never stops
+        early (only max_new_tokens and the model's context end a row). The trace's entropy is
+        at temperature 1: that of the distribution each token was drawn from before tempering;
+        `generation["temperature"]` is the one used.
+
+        progress: a tqdm bar with tokens/s while it generates (False: silent). stream=True
+        returns a TokenStream instead: iterating it yields the answer's text as it comes, and
+        its `trace` is this Trace once the iteration ends."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens {max_new_tokens!r} must be an int >= 1")
         for name, v in (("temperature", temperature), ("top_p", top_p)):
@@ -178,6 +185,14 @@ class Model:
             raise ValueError(f"top_p {top_p!r} must be in (0, 1]")
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
             raise ValueError(f"top_k {top_k!r} must be an int >= 0 (0 = no limit)")
+        if stop is not None:
+            if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):
+                raise ValueError(f"stop {stop!r}: expected a list of token ids, [] (never stop early) or None")
+            stop = list(stop)
+            V = self.vocab_size if self.vocab_size > 0 else float("inf")
+            bad = [i for i in stop if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < V]
+            if bad:
+                raise ValueError(f"stop: {bad[0]!r} is not a token id of this model (expected ints in 0..{V - 1})")
         if isinstance(prompt, str) and not prompt.strip() and not chat:
             raise ValueError("empty prompt: give the model something to answer")
         if chat:
@@ -191,12 +206,27 @@ class Model:
         opts = _core.GenerateOptions()
         opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p = max_new_tokens, float(temperature), top_k, float(top_p)
         opts.seed, opts.pad_id, opts.use_cache = int(seed), self.pad_id, bool(use_cache)
-        opts.stop_ids = list(stop) if stop is not None else self.stop_ids()
+        opts.stop_ids = stop if stop is not None else self.stop_ids()
         spec = _spec(capture)
-        trace = self._core.generate(ids, opts, spec, mask)
-        for w in trace.warnings:
-            warnings.warn(w, stacklevel=2)
-        return Trace(trace, self._labels(trace), model=self)
+
+        def run(on_step):
+            opts.on_step = on_step
+            core = self._core.generate(ids, opts, spec, mask)
+            for w in core.warnings:
+                warnings.warn(w, stacklevel=3)
+            return Trace(core, self._labels(core), model=self)
+
+        bar = Progress(max_new_tokens) if progress else None
+        if stream:
+            decode = None
+            if self.tokenizer is not None:
+                decode = lambda i: self.tokenizer.decode(i, skip_special_tokens=True)  # noqa: E731
+            return TokenStream(run, decode, ids.shape[0], progress=bar)
+        try:
+            return run(bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def label(self, token_id):
         """Readable label of one token: decoded text (special tokens kept), else its raw string."""

@@ -19,8 +19,9 @@ ALLOWED = {
     "marks": set(),
     "models": {"models.*", "_lib", "_core"},  # models produce archives: never api, trace or figures
     "chat": set(),
+    "streaming": set(),
     "trace": {"_core", "labels"},
-    "api": {"_core", "labels", "trace", "chat", "models", "models.*"},
+    "api": {"_core", "labels", "trace", "chat", "streaming", "models", "models.*"},
     "dataset": {"_core", "api", "trace", "labels"},
     "figure": {"marks"},
     "plotting": {"figure", "marks", "dataset", "plotting.*"},

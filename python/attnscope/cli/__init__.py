@@ -20,6 +20,8 @@ def main(argv=None):
     d = sub.add_parser("demo", parents=[common], help="the three figures + high-entropy table on a built-in prompt")
     d.add_argument("--out", default="out", help="output folder (default: out)")
     d.add_argument("--text", help="capture this text instead of letting the model answer the built-in question")
+    d.add_argument("--view", action="store_true", help="also write the interactive view (view.html)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar while generating")
     d.set_defaults(fn=answer.demo)
     g = sub.add_parser("generate", parents=[common], help="let the model answer, then the three figures, "
                        "the trace and its most uncertain tokens with their alternatives")
@@ -34,6 +36,8 @@ def main(argv=None):
     g.add_argument("--layers-heads", help="LAYER:HEAD,... for the heads and patterns figures")
     g.add_argument("--layers", help="LAYER,... for the layers grid")
     g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--view", action="store_true", help="also write the interactive view (view.html)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar while generating")
     g.set_defaults(fn=answer.generate)
     q = sub.add_parser("plot", parents=[common], help="one figure for a text")
     q.add_argument("--text", required=True)

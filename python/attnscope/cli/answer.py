@@ -41,7 +41,7 @@ def entropy_table(trace, model=None, k=10, batch=0):
     return "\n".join(rows)
 
 
-def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None):
+def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None, view=False):
     import attnscope
     opts = opts or {}
     os.makedirs(out, exist_ok=True)
@@ -58,6 +58,10 @@ def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None):
     with open(os.path.join(out, "high_entropy_tokens.md"), "w") as f:
         f.write(table + "\n")
     written = sorted(figs) + ["trace.safetensors", "high_entropy_tokens.md"]
+    if view:
+        print("writing the interactive view (view.html) ...", flush=True)
+        attnscope.show(trace).save(os.path.join(out, "view.html"))
+        written.append("view.html")
     if trace.is_generated:
         with open(os.path.join(out, "response.txt"), "w") as f:
             f.write(trace.response if isinstance(trace.response, str) else "\n---\n".join(trace.response))
@@ -79,9 +83,10 @@ def demo(args):
     if args.text:
         trace = model.run(args.text)
     else:  # the model answers a question that takes a few steps; the figures show where it hesitated
-        trace = model.generate(DEMO_QUESTION, chat=model.chat_template is not None, max_new_tokens=96)
+        trace = model.generate(DEMO_QUESTION, chat=model.chat_template is not None, max_new_tokens=96,
+                               progress=not args.no_progress)
         print(f"Q: {DEMO_QUESTION}\nA: {trace.response}\n")
-    table, written = _write_figures(trace, model, args.out, args.dpi, heads, pheads, layers)
+    table, written = _write_figures(trace, model, args.out, args.dpi, heads, pheads, layers, view=args.view)
     print(f"{trace.input_ids.shape[1]} tokens, {trace.n_layers} layers x {trace.n_heads} heads")
     print("highest predictive entropy (entropy at i is that of the distribution predicting token i+1):")
     print(table)
@@ -98,9 +103,10 @@ def generate(args):
     if args.layers:
         layers = _ints(args.layers)
     trace = model.generate(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                           progress=not args.no_progress)
     print(f"{trace.response}\n")
-    table, written = _write_figures(trace, model, args.out, args.dpi, heads, pheads, layers)
+    table, written = _write_figures(trace, model, args.out, args.dpi, heads, pheads, layers, view=args.view)
     g = trace.generation
     print(f"{g['steps']} tokens generated ({g['stop_reason'][0]}; temperature {g['temperature']:g}, "
           f"{'KV cache' if g['kv_cache'] else 'full forward per step'})")
