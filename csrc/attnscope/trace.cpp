@@ -41,6 +41,14 @@ std::vector<std::string> Trace::names() const {
   return n;
 }
 
+void Trace::set_generation(int64_t p, const std::string& g) {
+  const int64_t T = input_ids.defined() ? input_ids.size(-1) : 0;
+  TORCH_CHECK_VALUE(p >= 0 && p <= T, "prompt_len ", p, " out of range: the trace has ", T, " positions");
+  TORCH_CHECK_VALUE(json::parse(g, "generation").is_object(), "generation: expected a JSON object");
+  prompt_len = p;
+  generation = g;
+}
+
 void Trace::save(const std::string& path) const {
   SafetensorsFile f;
   auto put = [&](const std::string& k, const torch::Tensor& t) {

@@ -49,6 +49,9 @@ struct Trace {
   const torch::Tensor& get(const std::string& name) const;
   /// Names of the captured tensors.
   std::vector<std::string> names() const;
+  /// Marks the trace as generated (a branch of an answer records where the answer began and
+  /// where it forked): `prompt_len` in [0, T], `generation` a JSON object.
+  void set_generation(int64_t prompt_len, const std::string& generation);
 
   /// Writes `path` as safetensors: tensors input_ids, attention_mask, entropy, topk_probs,
   /// topk_ids, kv_head_of and "captures/<name>"; metadata format="attnscope-trace", version,

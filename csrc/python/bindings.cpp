@@ -45,6 +45,8 @@ PYBIND11_MODULE(_core, m) {
       .def("drop_capture", [](Trace& t, const std::string& name) { t.captures.erase(name); }, py::arg("name"),
            "remove a capture")
       .def_readonly("prompt_len", &Trace::prompt_len)
+      .def("set_generation", &Trace::set_generation, py::arg("prompt_len"), py::arg("generation"),
+           "mark as generated: where the answer begins, how it was made (JSON)")
       .def_readonly("generation", &Trace::generation)
       .def_readonly("topk_probs", &Trace::topk_probs)
       .def_readonly("topk_ids", &Trace::topk_ids)

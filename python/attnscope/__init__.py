@@ -5,6 +5,7 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 """
 from ._lib import library_path, load_library
 from .api import Model, from_module, load, readable
+from .branches import TurningPoints, final_answer, turning_points
 from .streaming import TokenStream
 from .trace import Trace
 from .view import AttentionView, show
@@ -33,7 +34,7 @@ def export_hf(model, tokenizer, path, **kwargs):
     return _export_hf(model, tokenizer, path, **kwargs)
 
 
-__all__ = ["Model", "Trace", "TokenStream", "load", "from_module", "readable", "visualize_attention",
+__all__ = ["Model", "Trace", "TokenStream", "turning_points", "TurningPoints", "final_answer", "load", "from_module", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "high_entropy_positions",
            "visualize_head_summary", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
            "export_hf", "show", "AttentionView", "library_path", "load_library", "__version__"]

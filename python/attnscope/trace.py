@@ -137,6 +137,21 @@ class Trace:
         return json.loads(g) if g else None
 
     @property
+    def fork(self):
+        """A branch of an answer (Trace.branch): where it forked — position, the chosen and the
+        forced token with their probabilities and rank; None otherwise."""
+        g = self.generation
+        return g.get("fork") if g else None
+
+    def branch(self, position, *, rank=None, token=None, max_new_tokens=None, temperature=None, seed=None,
+               progress=False):
+        """This answer with another token where the model chose at `position` (rank-th most
+        likely, or `token`), continued by the model -> Trace (attnscope.branches.branch)."""
+        from .branches import branch
+        return branch(self, position, rank=rank, token=token, max_new_tokens=max_new_tokens,
+                      temperature=temperature, seed=seed, progress=progress)
+
+    @property
     def response(self):
         """Generated text of each row (a str for a batch of one); None for a trace of given text."""
         if not self.is_generated:

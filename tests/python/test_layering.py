@@ -20,7 +20,8 @@ ALLOWED = {
     "models": {"models.*", "_lib", "_core"},  # models produce archives: never api, trace or figures
     "chat": set(),
     "streaming": set(),
-    "trace": {"_core", "labels"},
+    "branches": {"marks"},
+    "trace": {"_core", "labels", "branches"},
     "api": {"_core", "labels", "trace", "chat", "streaming", "models", "models.*"},
     "dataset": {"_core", "api", "trace", "labels"},
     "figure": {"marks"},

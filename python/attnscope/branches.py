@@ -1,0 +1,198 @@
+"""Turning points: take another token where the model hesitated and see where the answer goes.
+
+`branch(answer, position, rank=2)` forces an alternative at one position of a generated answer
+and lets the model continue with the answer's own settings; `turning_points(answer)` runs the
+branches at the most uncertain positions and tells which ones change the final answer.
+Positions follow the marks: the distribution at position i chose token i+1, so branching at i
+replaces token i+1.
+"""
+import json
+import re
+
+from .marks import high_entropy_positions
+
+NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
+
+
+def final_answer(text, answer_of=None):
+    """What counts as a text's final answer. answer_of: None (default: the last number in the
+    text, commas dropped), a regex (its last match; group 1 when it has groups) or a callable
+    text -> str. None when nothing matches."""
+    if callable(answer_of):
+        return answer_of(text)
+    pattern = NUMBER if answer_of is None else answer_of
+    if not isinstance(pattern, str):
+        raise ValueError(f"answer_of {answer_of!r}: expected None (the last number), a regex or a callable")
+    try:
+        found = list(re.finditer(pattern, text))
+    except re.error as e:
+        raise ValueError(f"answer_of {pattern!r} is not a regular expression ({e})") from None
+    if not found:
+        return None
+    m = found[-1]
+    out = m.group(1) if m.re.groups else m.group(0)
+    return out.replace(",", "") if answer_of is None else out
+
+
+def _generated(answer):
+    g = getattr(answer, "generation", None)
+    if not g or getattr(answer, "_model", None) is None:
+        raise ValueError("branch needs a generated trace that keeps its model (Model.generate; not one read "
+                         "from a file or released)")
+    if answer.input_ids.shape[0] != 1:
+        raise ValueError(f"branch works on one answer: this trace has {answer.input_ids.shape[0]} rows")
+    return g
+
+
+def _span(answer):
+    """(first, last) positions that may fork: the prompt's last position (it chose the first
+    answer token) up to the one before the answer's last real token."""
+    real = [i for i, m in enumerate(answer.attention_mask[0].tolist()) if m]
+    return answer.prompt_len - 1, real[-1] - 1
+
+
+def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temperature=None, seed=None,
+           progress=False):
+    """The answer with a different token at `position + 1`, continued by the model -> Trace.
+
+    position: where the model chose (the distribution at `position` chose token position+1;
+    the marks' positions), from the prompt's last position to the answer's second last.
+    rank: force the rank-th most likely token of that distribution (1 = the most likely; from
+    the trace's top-k); token: force this token instead (a str that is one token, or an id).
+    The continuation uses the answer's settings (greedy, or its temperature/top-k/top-p/seed
+    and stop ids) unless `temperature`/`seed` are given; max_new_tokens defaults to what is
+    left of the answer's own budget. The returned Trace's prompt ends where the answer's did,
+    and `trace.fork` says where it forked: position, chosen and forced token with their
+    probabilities and rank."""
+    g = _generated(answer)
+    if (rank is None) == (token is None):
+        raise ValueError("branch: give exactly one of rank= (1 = the most likely token) or token=")
+    lo, hi = _span(answer)
+    if isinstance(position, bool) or not isinstance(position, int) or not lo <= position <= hi:
+        raise ValueError(f"position {position!r} out of range: the answer's choices are at {lo}..{hi} "
+                         "(the distribution at i chose token i+1)")
+    ids = answer.input_ids[0].tolist()
+    chosen = ids[position + 1]
+    k_ids = answer.topk_ids[0, position].tolist() if answer.topk_ids is not None and answer.topk_ids.numel() else []
+    k_p = answer.topk_probs[0, position].tolist() if k_ids else []
+    if rank is not None:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= len(k_ids):
+            raise ValueError(f"rank {rank!r} out of range: the trace keeps the top {len(k_ids)} tokens at each "
+                             f"position (1..{len(k_ids)}; capture top_k for more)")
+        forced = k_ids[rank - 1]
+    else:
+        forced = _token_id(answer, token)
+    if forced == chosen:
+        raise ValueError(f"the answer already chose {answer.token_label(forced)!r} at position {position}: "
+                         "pick another rank or token")
+    model = answer._model
+    used = position + 1 - answer.prompt_len  # answer tokens kept before the forced one
+    if max_new_tokens is None:
+        max_new_tokens = max(1, int(g.get("max_new_tokens", used + 2)) - used - 1)
+    prefix = ids[: position + 1] + [forced]  # one row: its prompt has no padding
+    t = model.generate([prefix], max_new_tokens=max_new_tokens, progress=progress,
+                       temperature=g["temperature"] if temperature is None else temperature,
+                       top_k=g.get("top_k", 0), top_p=g.get("top_p", 1.0),
+                       seed=g.get("seed", 0) if seed is None else seed, stop=g.get("stop_ids"),
+                       capture=answer._core.spec)  # what the answer captured
+    p_of = dict(zip(k_ids, k_p))
+    fork = {"position": position, "chosen_id": chosen, "chosen": answer.token_label(chosen),
+            "chosen_p": p_of.get(chosen), "forced_id": forced, "forced": answer.token_label(forced),
+            "forced_p": p_of.get(forced), "rank": k_ids.index(forced) + 1 if forced in k_ids else None}
+    t._core.set_generation(answer.prompt_len, json.dumps({**t.generation, "fork": fork}))
+    return t
+
+
+def _token_id(answer, token):
+    if isinstance(token, int) and not isinstance(token, bool):
+        V = answer._model.vocab_size
+        if not 0 <= token < (V if V > 0 else float("inf")):
+            raise ValueError(f"token {token} is not a token id of this model (0..{V - 1})")
+        return token
+    if not isinstance(token, str) or answer._model.tokenizer is None:
+        raise ValueError(f"token {token!r}: expected a str (with the model's tokenizer) or a token id")
+    enc = answer._model.tokenizer.encode(token, add_special_tokens=False).ids
+    if len(enc) != 1:
+        raise ValueError(f"token {token!r} is {len(enc)} tokens for this model's tokenizer: give one token "
+                         "(e.g. ' yes' with its leading space) or its id")
+    return enc[0]
+
+
+class TurningPoints:
+    """The table turning_points() returns: `rows` (a dict per branch), `to_pandas()`, Markdown
+    as str(), an HTML table in Jupyter, and `branches` (the Traces, in row order)."""
+
+    COLUMNS = ("position", "entropy", "chosen", "chosen_p", "alternative", "alternative_p", "rank",
+               "continuation", "answer", "original_answer", "changed")
+
+    def __init__(self, rows, branches):
+        self.rows, self.branches = rows, branches
+
+    def __len__(self):
+        return len(self.rows)
+
+    def to_pandas(self):
+        import pandas as pd
+        return pd.DataFrame(self.rows, columns=self.COLUMNS)
+
+    def __str__(self):
+        def cell(v):
+            s = f"{v:.3f}" if isinstance(v, float) else str(v)
+            return s.replace("|", "\\|").replace("\n", "↵")
+        lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
+        lines += ["| " + " | ".join(cell(r[c]) for c in self.COLUMNS) + " |" for r in self.rows]
+        return "\n".join(lines)
+
+    def _repr_html_(self):
+        import html
+        head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(f'{r[c]:.3f}' if isinstance(r[c], float) else str(r[c]))}"
+                                        "</td>" for c in self.COLUMNS) + "</tr>" for r in self.rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_of=None, positions=None,
+                   progress=True):
+    """Which hesitations change the answer: at the answer's `k` most uncertain positions (the
+    marks, or `positions`), force each of the `alternatives` most likely other tokens and let
+    the model continue (branch()). Returns a TurningPoints table, one row per branch: position,
+    entropy (nats), chosen token and p, alternative and p, rank, the branch's continuation,
+    its final answer, the original's, and whether it changed. answer_of: what counts as the
+    final answer (default the last number; a regex or a callable, see final_answer)."""
+    _generated(answer)
+    for name, v in (("k", k), ("alternatives", alternatives)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} {v!r} must be an int >= 1")
+    if positions is None:
+        positions = sorted(high_entropy_positions(answer, max_marks=k).tolist(),
+                           key=lambda p: -float(answer.entropy[0, p]))
+    original = final_answer(answer.response, answer_of)
+    ids = answer.input_ids[0].tolist()
+    rows, traces = [], []
+    bar = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(positions) * alternatives, desc="branches", unit="branch")
+        except ImportError:  # pragma: no cover
+            bar = None
+    try:
+        for p in positions:
+            k_ids = answer.topk_ids[0, p].tolist()
+            alts = [r + 1 for r, i in enumerate(k_ids) if i != ids[p + 1]][:alternatives]
+            for rank in alts:
+                t = branch(answer, int(p), rank=rank, max_new_tokens=max_new_tokens)
+                f = t.generation["fork"]
+                text = t.response
+                got = final_answer(text, answer_of)
+                rows.append({"position": int(p), "entropy": float(answer.entropy[0, p]), "chosen": f["chosen"],
+                             "chosen_p": f["chosen_p"], "alternative": f["forced"], "alternative_p": f["forced_p"],
+                             "rank": rank, "continuation": text[-200:], "answer": got,
+                             "original_answer": original, "changed": got != original})
+                traces.append(t)
+                if bar is not None:
+                    bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return TurningPoints(rows, traces)

@@ -1,0 +1,119 @@
+"""Turning points on the default model: a branch keeps the answer up to the fork, takes the
+forced token there, and continues exactly as transformers' greedy generate does from that
+prefix; the fork's probabilities equal a softmax of transformers' logits; turning_points
+tabulates the branches and whether the final answer changed; every bad argument is refused
+by message."""
+import pytest
+import torch
+from conftest import gguf_reference
+
+import attnscope
+from attnscope import final_answer, turning_points
+
+transformers = pytest.importorskip("transformers")
+from attnscope.models import default_gguf  # noqa: E402
+
+QUESTION = "What is 7 times 8?"
+
+
+@pytest.fixture(scope="module")
+def model():
+    return attnscope.load(device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def answer(model):
+    return model.generate(QUESTION, chat=True, max_new_tokens=24, progress=False)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return gguf_reference(default_gguf())[1]
+
+
+def test_final_answer():
+    assert final_answer("so 3,599 = 59 x 61, it is 3599.") == "3599"
+    assert final_answer("no digits") is None
+    assert final_answer("Answer: yes. Later: Answer: no", r"Answer: (\w+)") == "no"
+    assert final_answer("a b c", lambda t: t.split()[-1]) == "c"
+    with pytest.raises(ValueError, match=r"answer_of '\(' is not a regular expression"):
+        final_answer("x", "(")
+    with pytest.raises(ValueError, match="answer_of 3: expected None"):
+        final_answer("x", 3)
+
+
+def test_branch_continues_like_transformers(answer, reference):
+    p0 = answer.prompt_len
+    p = p0 + 2
+    t = answer.branch(p, rank=2)
+    ids, new = answer.input_ids[0].tolist(), t.input_ids[0].tolist()
+    assert new[: p + 1] == ids[: p + 1]
+    forced = answer.topk_ids[0, p, 1].item()
+    assert new[p + 1] == forced != ids[p + 1]
+    assert t.prompt_len == p0 and t.is_generated
+    f = t.fork
+    assert (f["position"], f["forced_id"], f["chosen_id"], f["rank"]) == (p, forced, ids[p + 1], 2)
+    with torch.no_grad():
+        logits = reference(torch.tensor([ids[: p + 1]])).logits[0, -1].double()
+    probs = torch.softmax(logits, -1)
+    assert f["forced_p"] == pytest.approx(float(probs[forced]), abs=1e-5)
+    assert f["chosen_p"] == pytest.approx(float(probs[ids[p + 1]]), abs=1e-5)
+    # the continuation: transformers' greedy generate from the same prefix
+    real = [i for i, m in zip(new, t.attention_mask[0].tolist()) if m]
+    n = len(real) - (p + 2)
+    with torch.no_grad():
+        want = reference.generate(torch.tensor([new[: p + 2]]), max_new_tokens=n, do_sample=False,
+                                  attention_mask=torch.ones(1, p + 2, dtype=torch.long))[0].tolist()
+    assert real == want[: len(real)]
+
+
+def test_fork_survives_a_file(answer, tmp_path):
+    t = answer.branch(answer.prompt_len, rank=2, max_new_tokens=3)
+    t.save(tmp_path / "b.safetensors")
+    back = attnscope.Trace.load(tmp_path / "b.safetensors")
+    assert back.fork == t.fork and back.prompt_len == answer.prompt_len
+    assert t.generation["steps"] <= 3
+
+
+def test_branch_by_token_text(model, answer):
+    t = answer.branch(answer.prompt_len, token=" Seven", max_new_tokens=4)
+    assert t.input_ids[0, answer.prompt_len + 1].item() == model.encode(" Seven")[0]  # position i forces token i+1
+    assert t.fork["forced"] == model.label(model.encode(" Seven")[0])
+
+
+def test_turning_points_table(answer):
+    tp = turning_points(answer, k=2, alternatives=2, max_new_tokens=6, progress=False)
+    assert len(tp) == 4 and len(tp.branches) == 4
+    original = final_answer(answer.response)
+    for row, t in zip(tp.rows, tp.branches):
+        assert row["original_answer"] == original
+        assert row["answer"] == final_answer(t.response)
+        assert row["changed"] == (row["answer"] != original)
+        assert t.fork["position"] == row["position"] and t.fork["rank"] == row["rank"]
+    assert str(tp).splitlines()[0].startswith("| position | entropy | chosen |")
+    assert "<table>" in tp._repr_html_()
+
+
+@pytest.mark.parametrize("kw,message", [
+    ({}, "give exactly one of rank= .* or token="),
+    ({"rank": 2, "token": "x"}, "give exactly one of"),
+    ({"position": 0, "rank": 2}, r"position 0 out of range: the answer's choices are at"),
+    ({"rank": 99}, r"rank 99 out of range: the trace keeps the top 5 tokens"),
+    ({"token": " seventy eight hundred"}, r"token ' seventy eight hundred' is \d+ tokens"),
+    ({"token": -3}, "token -3 is not a token id"),
+])
+def test_bad_branches(answer, kw, message):
+    kw = {"position": answer.prompt_len, **kw}
+    with pytest.raises(ValueError, match=message):
+        answer.branch(kw.pop("position"), **kw)
+
+
+def test_branch_needs_the_answer_and_its_model(model, answer, tmp_path):
+    chosen = answer.input_ids[0, answer.prompt_len].item()
+    with pytest.raises(ValueError, match="the answer already chose"):
+        answer.branch(answer.prompt_len - 1, token=chosen)
+    answer.save(tmp_path / "a.safetensors")
+    with pytest.raises(ValueError, match="branch needs a generated trace that keeps its model"):
+        attnscope.Trace.load(tmp_path / "a.safetensors").branch(answer.prompt_len, rank=2)
+    with pytest.raises(ValueError, match="branch needs a generated trace"):
+        model.run("plain text").branch(1, rank=2)
