@@ -120,6 +120,40 @@ NOTEBOOKS = {
                "layer and head; click to pin. The yellow underlines are the same hesitations."),
         ("code", "attnscope.show(trace)"),
     ],
+    "06_turning_points.ipynb": [
+        ("md", "# Turning points: does one hesitation change the answer?\nThe default model is asked whether "
+               "3599 is prime. It is not: 3599 = 59 × 61 (= 60² − 1²). Where does the model hesitate, and "
+               "does taking another token at one of those places change its verdict?"),
+        ("code", "import attnscope\nmodel = attnscope.load()\n"
+                 "answer = model.generate(\"Is 3599 a prime number? Think step by step.\", chat=True, max_new_tokens=120,\n"
+                 "                        progress=False)\nprint(answer.response)"),
+        ("md", "## Where it hesitated\nThe predictive entropy along the answer; the numbered marks are the most "
+               "uncertain choices, listed under the axis with the token chosen and the alternatives."),
+        ("code", "fig = attnscope.visualize_entropy(answer, show_prob=True)"),
+        ("md", "## Branch at the turning points\nAt the 3 most uncertain positions, force each of the 2 next "
+               "most likely tokens and let the model continue (greedy, as the answer was). What counts as the "
+               "verdict: the last statement \"3599 is (not) (a) prime\" that is not a question (\"if 3599 is "
+               "prime\"); None when the text never states one."),
+        ("code", "import re\n\n"
+                 "def VERDICT(text):\n"
+                 "    found = re.findall(r\"(?<!if )3599 is (not |indeed )?(?:a )?prime\", text)\n"
+                 "    return None if not found else (\"not prime\" if found[-1] == \"not \" else \"prime\")\n\n"
+                 "print(\"original verdict:\", VERDICT(answer.response))\n"
+                 "tp = attnscope.turning_points(answer, k=3, alternatives=2, max_new_tokens=60, answer_of=VERDICT,\n"
+                 "                              progress=False)\n"
+                 "for r in tp.rows:\n"
+                 "    print(f\"at {r['position']:3d} chose {r['chosen']!r} ({r['chosen_p']:.2f}) -> forced \"\n"
+                 "          f\"{r['alternative']!r} ({r['alternative_p']:.2f}): verdict {r['answer']!r}\"\n"
+                 "          f\"{'  <- changed' if r['changed'] else ''}\")"),
+        ("md", "## What the attention did after the fork\nThe branch that moved furthest from the original "
+               "(a changed verdict if any, else the first), its layers around the fork; the dashed line is "
+               "where the answer begins."),
+        ("code", "changed = [t for r, t in zip(tp.rows, tp.branches) if r['changed']]\n"
+                 "b = changed[0] if changed else tp.branches[0]\n"
+                 "p = b.fork['position']\n"
+                 "print(b.fork)\nprint(b.response)\n"
+                 "fig = attnscope.visualize_attention_layers(b, [2, 14, 29], tokens=(max(p - 30, 0), p + 20))"),
+    ],
 }
 
 
