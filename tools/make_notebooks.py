@@ -145,14 +145,14 @@ NOTEBOOKS = {
                  "    print(f\"at {r['position']:3d} chose {r['chosen']!r} ({r['chosen_p']:.2f}) -> forced \"\n"
                  "          f\"{r['alternative']!r} ({r['alternative_p']:.2f}): verdict {r['answer']!r}\"\n"
                  "          f\"{'  <- changed' if r['changed'] else ''}\")"),
-        ("md", "## What the attention did after the fork\nThe branch that moved furthest from the original "
-               "(a changed verdict if any, else the first), its layers around the fork; the dashed line is "
-               "where the answer begins."),
+        ("md", "## What the attention did differently there\nThe branch whose verdict changed (else the first), "
+               "against the original: branch − original of the head-mean maps around the fork (green: the "
+               "first different token; rows before it are identical in a causal model)."),
         ("code", "changed = [t for r, t in zip(tp.rows, tp.branches) if r['changed']]\n"
                  "b = changed[0] if changed else tp.branches[0]\n"
                  "p = b.fork['position']\n"
                  "print(b.fork)\nprint(b.response)\n"
-                 "fig = attnscope.visualize_attention_layers(b, [2, 14, 29], tokens=(max(p - 30, 0), p + 20))"),
+                 "fig = attnscope.visualize_attention_diff(answer, b, [2, 14, 29], tokens=(max(p - 20, 0), p + 30))"),
     ],
 }
 

@@ -1,13 +1,14 @@
 """The figure functions. Data come from a Trace (computed by the C++ core); this package only
 selects, validates and draws: data.py (selection and checks), style.py (colour scales, masked
 cells, legends), maps.py (heatmaps and the layers grid), patterns.py (bars), entropy.py (the entropy
-curve), heads.py (per-head grid).
+curve), diff.py (two traces compared), heads.py (per-head grid).
 
 High-entropy tokens (attnscope.marks): the predictive entropy at position i is the entropy of
 the distribution that predicts token i+1 (nats); by default the top 20 % of the sequence, at
 most 8, get yellow marks on heatmaps (edge markers, labels, thin row/column lines) and yellow bars.
 """
 from ..marks import ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, high_entropy_positions
+from .diff import visualize_attention_diff
 from .entropy import visualize_entropy
 from .heads import HEAD_METRICS, visualize_head_summary
 from .maps import visualize_attention, visualize_attention_layers
@@ -15,5 +16,6 @@ from .patterns import PATTERN_TYPES, visualize_attention_patterns
 from .style import MASKED_COLOR
 
 __all__ = ["visualize_attention", "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy",
+           "visualize_attention_diff",
            "visualize_head_summary", "high_entropy_positions", "PATTERN_TYPES", "HEAD_METRICS",
            "MASKED_COLOR", "ENTROPY_QUANTILE", "HIGH_ENTROPY_COLOR", "MAX_MARKS"]
