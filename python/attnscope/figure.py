@@ -145,7 +145,7 @@ def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None, start=0):
                 t.set_bbox(dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8))
 
 
-def check_options(*, vmin=None, vmax=None, scale="linear", gamma=0.5, max_labels=1, ncols=None, panel=None,
+def check_options(*, vmin=None, vmax=None, scale="sqrt", gamma=0.5, max_labels=1, ncols=None, panel=None,
                    top_k=0, yscale="linear"):
     """ValueError naming the option for values that would draw a wrong or empty figure."""
     def num(name, v):
@@ -155,8 +155,8 @@ def check_options(*, vmin=None, vmax=None, scale="linear", gamma=0.5, max_labels
     num("vmax", vmax)
     if vmin is not None and vmax is not None and vmin >= vmax:
         raise ValueError(f"vmin {vmin!r} must be below vmax {vmax!r}")
-    if scale not in ("linear", "log", "power"):
-        raise ValueError(f"scale {scale!r}: expected 'linear', 'log' or 'power'")
+    if scale not in ("sqrt", "linear", "log", "power"):
+        raise ValueError(f"scale {scale!r}: expected 'sqrt', 'linear', 'log' or 'power'")
     if scale == "log" and vmin is not None and vmin <= 0:
         raise ValueError(f"vmin {vmin!r} must be > 0 with scale='log'")
     if scale == "power" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):

@@ -143,3 +143,24 @@ def test_dollar_signs_in_tokens_are_text(trace, tmp_path):
         fig.savefig(tmp_path / "f.png")  # mathtext would raise ParseException on "$$"
     ax = visualize_attention(t, [(0, 0)]).axes[0]
     assert [x.get_text() for x in ax.get_xticklabels()][:3] == ["$x$", "Pay", "$$"]
+
+
+def test_default_sqrt_scale_hatched_mask_and_even_ticks(trace):
+    from matplotlib.colors import PowerNorm
+    fig = visualize_attention(trace, [(1, 2)])
+    ax, cax = fig.axes[0], fig.axes[1]
+    norm = ax.get_images()[0].norm
+    assert isinstance(norm, PowerNorm) and norm.gamma == 0.5 and norm.vmin == 0
+    assert cax.get_ylabel() == "attention (√ scale)"
+    ticks = np.array(cax.get_yticks())
+    pos = norm(ticks)
+    assert len(ticks) >= 4 and np.all(np.diff(pos) > 0.1)  # spread over the bar, not bunched at the top
+    hatched = [p for p in ax.patches if p.get_hatch() == "////"]
+    assert len(hatched) == 1
+    path = hatched[0].get_path().vertices
+    assert path[:, 0].min() == pytest.approx(0.5) and path[:, 1].min() == pytest.approx(-0.5)
+    fig = visualize_attention(trace, [(1, 2)], scale="linear")
+    assert fig.axes[1].get_ylabel() == "attention"
+    fig = visualize_attention_layers(trace, [0, 1], tokens=(2, 7))
+    hatched = [p for p in fig.axes[0].patches if p.get_hatch() == "////"]
+    assert hatched and hatched[0].get_path().vertices[:, 0].min() == pytest.approx(2.5)

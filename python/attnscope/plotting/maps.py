@@ -7,11 +7,12 @@ from ..figure import (check_options as _check_options, closing_on_error, grid as
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
 from .data import _check_batch, _check_head, _check_layer, _ensure, _head_map, _labels, _layer_map, _pairs, _window
-from .style import _norm, _prepare, _default_vmin, _cmap, _axes_legend, _legend
+from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmin, _hatch_masked, _legend, _norm, _prepare,
+                    _scale_label)
 
 
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
-                        scale="linear", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
+                        scale="sqrt", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
                         entropy_threshold=None, max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None,
                         tokens=None, ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
@@ -44,13 +45,16 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
             up = np.nanmax(a) if vmax is None else vmax
             im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest",
                             extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
+            _hatch_masked(ax_, a, s)
             _crosshairs(ax_, hi, e, _upper_empty(a), start=s)
             _prompt_divider(ax_, trace, window=(s, e))
             ax_.set_title(f"Layer {l} Head {h}")
             ax_.set_xlabel("key")
             ax_.set_ylabel("query")
             _ticks(ax_, labels, "both", max_labels, hi, start=s)
-            fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
+            cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
+            cb.set_label(_scale_label(scale, gamma), fontsize=8)
+            _colorbar_ticks(cb, im.norm, scale)
         if ax is not None:
             return _axes_legend(axes[0], hi, hi_label)
         _legend(fig, hi, f"{hi_label}\n{named}" if named else hi_label)
@@ -58,7 +62,7 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
 
 
 def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
-                               vmin=None, vmax=None, scale="linear", gamma=0.5, mask_first=False,
+                               vmin=None, vmax=None, scale="sqrt", gamma=0.5, mask_first=False,
                                entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None, max_marks=MAX_MARKS, paper=True,
                                max_labels=None, ncols=None, panel=2.6, tokens=None):
     """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
@@ -99,6 +103,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
         for k, (ax, l, m) in enumerate(zip(axes, layers, maps)):
             im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest",
                            extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
+            _hatch_masked(ax, m, s)
             _crosshairs(ax, hi, e, _upper_empty(m), start=s)
             _prompt_divider(ax, trace, window=(s, e))
             ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}", fontsize=title_fs)
@@ -106,7 +111,8 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
             ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
         cb = fig.colorbar(im, ax=axes, shrink=0.8)
-        cb.set_label("attention", fontsize=title_fs)
+        cb.set_label(_scale_label(scale, gamma), fontsize=title_fs)
+        _colorbar_ticks(cb, norm, scale)
         if paper:
             cb.ax.tick_params(labelsize=7)
         _legend(fig, hi, f"{hi_label}\n{named}" if named else hi_label)
