@@ -144,7 +144,8 @@ NOTEBOOKS = {
                  "for r in tp.rows:\n"
                  "    print(f\"at {r['position']:3d} chose {r['chosen']!r} ({r['chosen_p']:.2f}) -> forced \"\n"
                  "          f\"{r['alternative']!r} ({r['alternative_p']:.2f}): verdict {r['answer']!r}\"\n"
-                 "          f\"{'  <- changed' if r['changed'] else ''}\")"),
+                 "          f\"{'  <- changed' if r['changed'] else ''}\")\n"
+                 "fig = attnscope.visualize_turning_points(tp)"),
         ("md", "## What the attention did differently there\nThe branch whose verdict changed (else the first), "
                "against the original: branch − original of the head-mean maps around the fork (green: the "
                "first different token; rows before it are identical in a causal model)."),

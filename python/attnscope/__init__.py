@@ -15,7 +15,7 @@ from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
 # machines without matplotlib) import attnscope without it.
 _PLOTTING = ("high_entropy_positions", "visualize_attention", "visualize_attention_layers",
              "visualize_attention_patterns", "visualize_entropy", "visualize_attention_diff",
-             "visualize_head_summary")
+             "visualize_turning_points", "visualize_head_summary")
 
 
 def __getattr__(name):
@@ -36,6 +36,6 @@ def export_hf(model, tokenizer, path, **kwargs):
 
 
 __all__ = ["Model", "Trace", "TokenStream", "turning_points", "TurningPoints", "final_answer", "load", "from_module", "readable", "visualize_attention",
-           "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "visualize_attention_diff", "high_entropy_positions",
+           "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "visualize_attention_diff", "visualize_turning_points", "high_entropy_positions",
            "visualize_head_summary", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
            "export_hf", "show", "AttentionView", "library_path", "load_library", "__version__"]

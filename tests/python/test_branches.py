@@ -117,3 +117,25 @@ def test_branch_needs_the_answer_and_its_model(model, answer, tmp_path):
         attnscope.Trace.load(tmp_path / "a.safetensors").branch(answer.prompt_len, rank=2)
     with pytest.raises(ValueError, match="branch needs a generated trace"):
         model.run("plain text").branch(1, rank=2)
+
+
+def test_turning_points_figure(answer):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    tp = turning_points(answer, k=1, alternatives=2, max_new_tokens=4, answer_of=lambda t: t[-3:], progress=False)
+    fig = attnscope.visualize_turning_points(tp)
+    ax = fig.axes[0]
+    changed = sum(r["changed"] for r in tp.rows)
+    assert ax.get_title() == f"Turning points: {changed} of 2 branches change the answer"
+    notes = [t for t in ax.texts if t.get_text().startswith("at ")]
+    assert len(notes) == 2
+    for t, r in zip(notes, tp.rows):
+        assert t.get_text().startswith(f"at {r['position']}: {r['alternative']}")
+        assert (t.get_color() == "#c44e52") == r["changed"]
+    for bad, msg in (("x", "table: expected the TurningPoints"), ):
+        with pytest.raises(ValueError, match=msg):
+            attnscope.visualize_turning_points(bad)
+    with pytest.raises(ValueError, match="wrap 5 must be an int >= 20"):
+        attnscope.visualize_turning_points(tp, wrap=5)
+    plt.close("all")

@@ -8,6 +8,7 @@ the distribution that predicts token i+1 (nats); by default the top 20 % of the 
 most 8, get yellow marks on heatmaps (edge markers, labels, thin row/column lines) and yellow bars.
 """
 from ..marks import ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, high_entropy_positions
+from .branches import visualize_turning_points
 from .diff import visualize_attention_diff
 from .entropy import visualize_entropy
 from .heads import HEAD_METRICS, visualize_head_summary
@@ -16,6 +17,6 @@ from .patterns import PATTERN_TYPES, visualize_attention_patterns
 from .style import MASKED_COLOR
 
 __all__ = ["visualize_attention", "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy",
-           "visualize_attention_diff",
+           "visualize_attention_diff", "visualize_turning_points",
            "visualize_head_summary", "high_entropy_positions", "PATTERN_TYPES", "HEAD_METRICS",
            "MASKED_COLOR", "ENTROPY_QUANTILE", "HIGH_ENTROPY_COLOR", "MAX_MARKS"]
