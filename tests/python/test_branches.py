@@ -139,3 +139,23 @@ def test_turning_points_figure(answer):
     with pytest.raises(ValueError, match="wrap 5 must be an int >= 20"):
         attnscope.visualize_turning_points(tp, wrap=5)
     plt.close("all")
+
+
+def test_cli_branch(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import ROOT
+    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), MPLBACKEND="Agg")
+    r = subprocess.run([sys.executable, "-m", "attnscope", "branch", "--prompt", QUESTION, "--chat",
+                        "--max-new-tokens", "16", "--k", "1", "--alternatives", "2", "--branch-tokens", "4",
+                        "--out", str(tmp_path), "--dpi", "40", "--no-progress"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    table = (tmp_path / "turning_points.md").read_text().splitlines()
+    assert table[0].startswith("| position | entropy | chosen |") and len(table) == 4
+    for f in ("turning_points.png", "entropy.png", "response.txt", "trace.safetensors"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    assert "branches change it" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "attnscope", "branch", "--prompt", "x", "--k", "0", "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    assert r.returncode == 1 and "--k 0 must be >= 1" in r.stderr

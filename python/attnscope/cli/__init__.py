@@ -1,11 +1,11 @@
-"""attnscope command line: `attnscope demo | generate | plot | run | dataset | export` (also
+"""attnscope command line: `attnscope demo | generate | branch | plot | run | dataset | export` (also
 `python -m attnscope`). One module per family of subcommands: answer.py (demo, generate, plot,
-run), dataset.py, export.py; common.py holds what they share."""
+run), branch.py, dataset.py, export.py; common.py holds what they share."""
 import argparse
 import os
 import sys
 
-from . import answer, dataset, export
+from . import answer, branch, dataset, export
 from .answer import DEMO_HEADS, DEMO_LAYERS, DEMO_PATTERN_HEADS, DEMO_PROMPT, DEMO_QUESTION, entropy_table  # noqa: F401
 from .common import save_figure  # noqa: F401
 
@@ -39,6 +39,22 @@ def main(argv=None):
     g.add_argument("--view", action="store_true", help="also write the interactive view (view.html)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar while generating")
     g.set_defaults(fn=answer.generate)
+    b = sub.add_parser("branch", parents=[common], help="let the model answer, then take other tokens where it "
+                       "hesitated: which turning points change the final answer")
+    b.add_argument("--prompt", required=True)
+    b.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    b.add_argument("--system", help="system message (with --chat)")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--k", type=int, default=5, help="turning points: the k most uncertain positions")
+    b.add_argument("--alternatives", type=int, default=3, help="other tokens tried at each")
+    b.add_argument("--branch-tokens", type=int, help="tokens per branch (default: the answer's remaining budget)")
+    b.add_argument("--answer-regex", help="what counts as the final answer: the regex's last match "
+                   "(group 1 if any); default the last number")
+    b.add_argument("--no-progress", action="store_true", help="no progress bars")
+    b.add_argument("--out", required=True, help="output folder")
+    b.set_defaults(fn=branch.branch)
     q = sub.add_parser("plot", parents=[common], help="one figure for a text")
     q.add_argument("--text", required=True)
     q.add_argument("--kind", choices=("heads", "patterns", "layers", "entropy"), required=True)

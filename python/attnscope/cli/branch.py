@@ -1,0 +1,34 @@
+"""`attnscope branch`: the model answers, then the branches at its turning points — which
+hesitations change the final answer."""
+import os
+
+from .common import _check_out_dir, save_figure
+
+
+def branch(args):
+    import attnscope
+    _check_out_dir(args.out)
+    for name in ("k", "alternatives", "max_new_tokens"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {v} must be >= 1")
+    model = attnscope.load(args.model, device=args.device)
+    answer = model.generate(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, seed=args.seed, progress=not args.no_progress)
+    print(f"{answer.response}\n")
+    tp = attnscope.turning_points(answer, k=args.k, alternatives=args.alternatives,
+                                  max_new_tokens=args.branch_tokens, answer_of=args.answer_regex,
+                                  progress=not args.no_progress)
+    os.makedirs(args.out, exist_ok=True)
+    table = str(tp)
+    with open(os.path.join(args.out, "turning_points.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "response.txt"), "w") as f:
+        f.write(answer.response)
+    save_figure(attnscope.visualize_turning_points(tp), os.path.join(args.out, "turning_points.png"), args.dpi)
+    save_figure(attnscope.visualize_entropy(answer, show_prob=True), os.path.join(args.out, "entropy.png"), args.dpi)
+    answer.save(os.path.join(args.out, "trace.safetensors"))
+    changed = [r for r in tp.rows if r["changed"]]
+    print(f"final answer: {tp.rows[0]['original_answer']!r}; {len(changed)} of {len(tp.rows)} branches change it")
+    print(table)
+    print("wrote turning_points.md, turning_points.png, entropy.png, response.txt, trace.safetensors to " + args.out)
