@@ -77,6 +77,15 @@ def closing_on_error(fig, own):
         raise
 
 
+MAX_WIDTH = 16.0  # inches: the widest default figure (wider ones wrap their panels into rows)
+
+
+def columns(n, ncols, width):
+    """Columns of a grid of n panels `width` inches wide: `ncols` when given, else at most 4,
+    wrapping into rows so the figure stays within MAX_WIDTH (a notebook cell or a page)."""
+    return ncols or max(1, min(n, 4, int(MAX_WIDTH // width)))
+
+
 def grid(n, ncols, panel, ax=None):
     """(figure, axes, own): n panels of `panel` inches (a number, or (width, height)), or the
     caller's one Axes."""
@@ -85,9 +94,9 @@ def grid(n, ncols, panel, ax=None):
             raise ValueError(f"ax= draws one panel, but {n} were asked for: pass one (layer, head) "
                              "or one layer, or leave ax=None for a grid")
         return ax.figure, [ax], False
-    ncols = ncols or min(n, 4)
-    nrows = math.ceil(n / ncols)
     w, h = panel if isinstance(panel, tuple) else (panel, panel)
+    ncols = columns(n, ncols, w)
+    nrows = math.ceil(n / ncols)
     fig, axes = subplots(nrows, ncols, (w * ncols, h * nrows))
     for a in axes.flat[n:]:
         a.set_visible(False)

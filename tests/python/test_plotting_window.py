@@ -164,3 +164,24 @@ def test_default_sqrt_scale_hatched_mask_and_even_ticks(trace):
     fig = visualize_attention_layers(trace, [0, 1], tokens=(2, 7))
     hatched = [p for p in fig.axes[0].patches if p.get_hatch() == "////"]
     assert hatched and hatched[0].get_path().vertices[:, 0].min() == pytest.approx(2.5)
+
+
+def test_huge_tokens_are_cut_for_display(trace):
+    from attnscope.labels import MAX_LABEL, readable
+    assert readable("a b") == "a␣b"
+    long = readable("x" * 10_000_000)
+    assert len(long) == MAX_LABEL and long.endswith("…")
+    t = attnscope.Trace(trace._core, [[readable("y" * 5_000_000)] + trace.labels[0][1:]], model=trace._model)
+    fig = visualize_attention(t, [(0, 0)], entropy_threshold=False)
+    assert len(fig.axes[0].get_xticklabels()[0].get_text()) == MAX_LABEL
+
+
+def test_wide_grids_wrap_into_rows(model):
+    from attnscope.figure import MAX_WIDTH
+    t = model.run(torch.tensor([list(range(1, 61))]))  # 60 labelled tokens: ~6.5 in panels
+    fig = visualize_attention(t, [(0, 0), (1, 1), (2, 2), (0, 3)])
+    w, h = fig.get_size_inches()
+    assert w <= MAX_WIDTH and h > 2 * 6  # wrapped into rows instead of one 26-inch row
+    assert len([a for a in fig.axes if a.get_title()]) == 4
+    fig = visualize_attention(t, [(0, 0), (1, 1), (2, 2), (0, 3)], ncols=4)  # asked for: kept
+    assert fig.get_size_inches()[0] > MAX_WIDTH

@@ -4,7 +4,8 @@ position over the length they share, on a diverging scale centred at 0."""
 import numpy as np
 from matplotlib import colors as mcolors
 
-from ..figure import check_options as _check_options, closing_on_error, grid as _grid, ticks as _ticks
+from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
+                      ticks as _ticks)
 from .data import _check_batch, _check_head, _check_layer, _ensure, _layer_map
 from .style import _cmap
 
@@ -85,7 +86,7 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
     if max_labels is None:
         max_labels = max(4, int(panel * 72 * 0.62 / (5.5 * 1.3)))
     fig, axes, _ = _grid(len(layers), ncols, panel)
-    ncol = ncols or min(len(layers), 4)
+    ncol = _columns(len(layers), ncols, panel)
     with closing_on_error(fig, True):
         for k, (ax, l, dm) in enumerate(zip(axes, layers, diffs)):
             im = ax.imshow(dm, cmap=_cmap(cmap).with_extremes(bad=MASKED_DIFF), norm=norm, interpolation="nearest",

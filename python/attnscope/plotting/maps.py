@@ -2,8 +2,8 @@
 visualize_attention_layers (the paper-style grid, one map per layer, one shared colorbar)."""
 import numpy as np
 
-from ..figure import (check_options as _check_options, closing_on_error, grid as _grid, panel_for_labels,
-                      ticks as _ticks)
+from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
+                      panel_for_labels, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
 from .data import _check_batch, _check_head, _check_layer, _ensure, _head_map, _labels, _layer_map, _pairs, _window
@@ -96,7 +96,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
     named = _marks_line(hi, _labels(trace, batch), (s, e))
     fig, axes, _ = _grid(len(layers), ncols, panel)
-    ncol = ncols or min(len(layers), 4)
+    ncol = _columns(len(layers), ncols, panel)
     title_fs = 9 if paper else None
     fs = 5.5 if paper or len(labels) > 48 else None
     with closing_on_error(fig, True):
