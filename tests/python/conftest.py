@@ -14,6 +14,20 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_model():
+    """The toy fixture archive (3 layers, 4 heads, word-level tokenizer), or a skip when ctest
+    has not built the fixtures."""
+    path = os.path.join(BUILD, "fixtures", "toy_hf_eager.pt")
+    if not os.path.exists(path):
+        pytest.skip("fixtures not built (ctest runs make_fixtures first)")
+    import attnscope
+    return attnscope.load(path, device="cpu")
+
+
 def gguf_reference(gguf, attn_implementation="sdpa"):
     """(tokenizer, model): transformers' own load of the default model's GGUF, fp32 (the
     independent reference). Dequantizing the GGUF takes transformers ~15 s, so the first test

@@ -1,7 +1,6 @@
 """visualize_attention_diff: the image is b − a of the maps (checked against the maps the
 traces hold), aligned on the shared positions, centred at 0, the first different token marked
 in green and labelled "a→b"; what cannot be compared is refused by message."""
-import os
 
 import matplotlib
 
@@ -10,9 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import BUILD  # noqa: E402
 
-import attnscope  # noqa: E402
 from attnscope import visualize_attention_diff  # noqa: E402
 
 A = [1, 5, 9, 12, 3, 40, 22, 7, 18, 2]
@@ -20,11 +17,8 @@ B = [1, 5, 9, 12, 30, 40, 22, 7]  # differs at 4, shorter
 
 
 @pytest.fixture(scope="module")
-def model():
-    path = os.path.join(BUILD, "fixtures", "toy_hf_eager.pt")
-    if not os.path.exists(path):
-        pytest.skip("fixtures not built")
-    return attnscope.load(path, device="cpu")
+def model(toy_model):
+    return toy_model
 
 
 @pytest.fixture(autouse=True)

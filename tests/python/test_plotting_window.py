@@ -1,7 +1,6 @@
 """tokens= on the three figure functions: a zoomed window keeps absolute positions (image
 extent, ticks, marks, divider), padding is left out by default, the `max` bars never rank the
 trivial first key, and bad windows are refused by message. Toy fixture (3 layers, 4 heads)."""
-import os
 
 import matplotlib
 
@@ -10,7 +9,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from conftest import BUILD  # noqa: E402
 
 import attnscope  # noqa: E402
 from attnscope import visualize_attention, visualize_attention_layers, visualize_attention_patterns  # noqa: E402
@@ -19,11 +17,8 @@ IDS = [1, 5, 9, 12, 3, 40, 22, 7, 18, 2]
 
 
 @pytest.fixture(scope="module")
-def model():
-    path = os.path.join(BUILD, "fixtures", "toy_hf_eager.pt")
-    if not os.path.exists(path):
-        pytest.skip("fixtures not built")
-    return attnscope.load(path, device="cpu")
+def model(toy_model):
+    return toy_model
 
 
 @pytest.fixture(scope="module")

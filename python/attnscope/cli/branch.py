@@ -14,7 +14,8 @@ def branch(args):
             raise ValueError(f"--{name.replace('_', '-')} {v} must be >= 1")
     model = attnscope.load(args.model, device=args.device)
     answer = model.generate(args.prompt, chat=args.chat, system=args.system, max_new_tokens=args.max_new_tokens,
-                            temperature=args.temperature, seed=args.seed, progress=not args.no_progress)
+                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                            progress=not args.no_progress)
     print(f"{answer.response}\n")
     tp = attnscope.turning_points(answer, k=args.k, alternatives=args.alternatives,
                                   max_new_tokens=args.branch_tokens, answer_of=args.answer_regex,

@@ -15,6 +15,18 @@ def _check_head(trace, head):
                          f"(0..{trace.n_heads - 1})")
 
 
+def _layers(trace, layer_indices, head_idx):
+    """The layers of a per-layer figure, checked (and the head, when one is asked for)."""
+    layers = list(layer_indices)
+    if not layers:
+        raise ValueError("layer_indices is empty: give at least one layer")
+    for l in layers:
+        _check_layer(trace, l)
+    if head_idx is not None:
+        _check_head(trace, head_idx)
+    return layers
+
+
 def _pairs(trace, layers_heads):
     pairs = list(layers_heads)
     if not pairs:

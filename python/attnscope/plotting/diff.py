@@ -6,7 +6,7 @@ from matplotlib import colors as mcolors
 
 from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
                       ticks as _ticks)
-from .data import _check_batch, _check_head, _check_layer, _ensure, _layer_map
+from .data import _check_batch, _ensure, _layer_map, _layers
 from .style import _cmap
 
 DIVERGE_COLOR = "#2ca02c"
@@ -46,13 +46,7 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
     if (a.n_layers, a.n_heads) != (b.n_layers, b.n_heads):
         raise ValueError(f"the traces come from different models: a has {a.n_layers} layers x {a.n_heads} heads, "
                          f"b has {b.n_layers} x {b.n_heads}")
-    layers = list(layer_indices)
-    if not layers:
-        raise ValueError("layer_indices is empty: give at least one layer")
-    for l in layers:
-        _check_layer(a, l)
-    if head_idx is not None:
-        _check_head(a, head_idx)
+    layers = _layers(a, layer_indices, head_idx)
     _check_batch(a, batch_a)
     _check_batch(b, batch_b)
     _check_options(vmax=vmax, max_labels=max_labels, ncols=ncols, panel=panel)

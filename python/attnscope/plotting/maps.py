@@ -6,7 +6,7 @@ from ..figure import (check_options as _check_options, closing_on_error, columns
                       panel_for_labels, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
-from .data import _check_batch, _check_head, _check_layer, _ensure, _head_map, _labels, _layer_map, _pairs, _window
+from .data import _check_batch, _ensure, _head_map, _labels, _layer_map, _layers, _pairs, _window
 from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmin, _hatch_masked, _legend, _norm, _prepare,
                     _scale_label)
 
@@ -73,13 +73,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     stripes the overview shows can be read off; a dataset trace labels positions. `paper`:
     compact fonts. tokens: None (real tokens), (start, stop) or "response", as in
     visualize_attention. Returns the Figure."""
-    layers = list(layer_indices)
-    if not layers:
-        raise ValueError("layer_indices is empty: give at least one layer")
-    for l in layers:
-        _check_layer(trace, l)
-    if head_idx is not None:
-        _check_head(trace, head_idx)
+    layers = _layers(trace, layer_indices, head_idx)
     _check_batch(trace, batch)
     _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
     s, e = _window(trace, batch, tokens)
