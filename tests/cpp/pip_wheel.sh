@@ -9,7 +9,7 @@
 # paths relative to the root (CCACHE_BASEDIR), so the wheel's compile reuses the main build's
 # objects when ccache is installed (tools/setup.sh); the ccache hit count is printed.
 set -euo pipefail
-src=$1 py=$2 model=$3
+src=$1 py=$2 model=$3 cxx=${4:-}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir "$work/src"
@@ -27,7 +27,9 @@ vpy="$work/src/.venv/bin/python"
 echo "venv with torch: ${SECONDS} s"
 launcher=()
 if command -v ccache >/dev/null; then
-  launcher=(env CCACHE_BASEDIR="$work/src" CCACHE_NOHASHDIR=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  # The main build's compiler by the same name: ccache hashes the compiler's name, and pip's
+  # build would otherwise pick g++ where CMake picked c++ (every object a miss).
+  launcher=(env CCACHE_BASEDIR="$work/src" CCACHE_NOHASHDIR=1 CMAKE_CXX_COMPILER_LAUNCHER=ccache ${cxx:+CXX="$cxx"})
   ccache -z >/dev/null
 fi
 if ! (cd "$work/src" && "${launcher[@]}" "$vpy" -m pip wheel -v --disable-pip-version-check --no-deps . \
