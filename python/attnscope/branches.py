@@ -10,6 +10,7 @@ import json
 import re
 
 from .marks import high_entropy_positions
+from .streaming import Progress
 
 NUMBER = r"-?\d[\d,]*(?:\.\d+)?"
 
@@ -169,13 +170,7 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     original = final_answer(answer.response, answer_of)
     ids = answer.input_ids[0].tolist()
     rows, traces = [], []
-    bar = None
-    if progress:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=len(positions) * alternatives, desc="branches", unit="branch")
-        except ImportError:  # pragma: no cover
-            bar = None
+    bar = Progress(len(positions) * alternatives, desc="branches", unit="branch") if progress else None
     try:
         for p in positions:
             k_ids = answer.topk_ids[0, p].tolist()
@@ -191,7 +186,7 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
                              "original_answer": original, "changed": got != original})
                 traces.append(t)
                 if bar is not None:
-                    bar.update(1)
+                    bar()
     finally:
         if bar is not None:
             bar.close()

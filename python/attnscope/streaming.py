@@ -9,15 +9,15 @@ class Progress:
     """A tqdm bar (the notebook widget under Jupyter) counting generated tokens, with tokens/s;
     a no-op where tqdm is missing. Call it as the per-step callback; close() when done."""
 
-    def __init__(self, total, desc="generating"):
+    def __init__(self, total, desc="generating", unit="tok"):
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover - tqdm is a dependency
             self.bar = None
             return
-        self.bar = tqdm(total=total, desc=desc, unit="tok", dynamic_ncols=True)
+        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
-    def __call__(self, step, next_ids):
+    def __call__(self, step=None, next_ids=None):
         if self.bar is not None:
             self.bar.update(1)
         return True

@@ -20,7 +20,7 @@ ALLOWED = {
     "models": {"models.*", "_lib", "_core"},  # models produce archives: never api, trace or figures
     "chat": set(),
     "streaming": set(),
-    "branches": {"marks"},
+    "branches": {"marks", "streaming"},
     "trace": {"_core", "labels", "branches"},
     "api": {"_core", "labels", "trace", "chat", "streaming", "models", "models.*"},
     "dataset": {"_core", "api", "trace", "labels"},

@@ -62,7 +62,7 @@ def test_identical_traces_differ_by_nothing(model):
     (lambda a, b, p: visualize_attention_diff(a, b, [7]), "layer 7 out of range"),
     (lambda a, b, p: visualize_attention_diff(a, b, [0], head_idx=9), "head 9 out of range"),
     (lambda a, b, p: visualize_attention_diff(a, "x", [0]), "b: expected an attnscope.Trace, got str"),
-    (lambda a, b, p: visualize_attention_diff(a, b, [0], tokens=(0, 99)), r"tokens \(0, 99\): expected \(start, stop\) with 0 <= start < stop <= 8"),
+    (lambda a, b, p: visualize_attention_diff(a, b, [0], tokens=(0, 99)), r"tokens \(0, 99\) out of range: the traces share 8 positions \(0..7\)"),
     (lambda a, b, p: visualize_attention_diff(a, b, [0], vmax=-1), "vmax -1 must be > 0"),
     (lambda a, b, p: visualize_attention_diff(a, p, [0], batch_b=0), "trace b row 0 is left-padded"),
 ])

@@ -118,13 +118,19 @@ def _window(trace, batch, tokens):
         if p >= hi:
             raise ValueError(f"tokens='response': row {batch} has no response tokens")
         return max(p, lo), hi
+    return _range(tokens, T)
+
+
+def _range(tokens, T, what="the trace has"):
+    """(start, stop) of a `tokens=(start, stop)` over T positions (negative counts from the
+    end, None = the edge), checked."""
     ok = isinstance(tokens, (tuple, list)) and len(tokens) == 2 and all(
         t is None or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in tokens)
     if not ok:
         raise ValueError(f"tokens {tokens!r}: expected (start, stop) ints, 'response' or None")
     s, e = (0 if tokens[0] is None else int(tokens[0])), (T if tokens[1] is None else int(tokens[1]))
     if not (-T <= s < T and -T < e <= T):
-        raise ValueError(f"tokens {tokens!r} out of range: the trace has {T} positions (0..{T - 1})")
+        raise ValueError(f"tokens {tokens!r} out of range: {what} {T} positions (0..{T - 1})")
     s, e = s % T, (e % T if e < 0 else e)
     if s >= e:
         raise ValueError(f"tokens {tokens!r} selects no positions: start must come before stop")

@@ -6,7 +6,7 @@ from matplotlib import colors as mcolors
 
 from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
                       ticks as _ticks)
-from .data import _check_batch, _ensure, _layer_map, _layers
+from .data import _check_batch, _ensure, _layer_map, _layers, _range
 from .style import _cmap
 
 DIVERGE_COLOR = "#2ca02c"
@@ -36,7 +36,8 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
     every panel (`vmax`: its half-range; default the largest |difference|); cells a causal map
     masks are mid-grey, never the white of 0. The first position whose token differs is marked by green lines (a
     causal model's rows before it are identical: 0). Tick labels are a's tokens, "a→b" where
-    they differ. tokens: (start, stop) within 0..m-1 to zoom in. Returns the Figure.
+    they differ. tokens: (start, stop) within the m shared positions to zoom in (negative
+    counts from their end). Returns the Figure.
 
     Refused with a message: traces of models with other layer/head counts, left-padded rows,
     layers or heads out of range."""
@@ -53,14 +54,7 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
     if vmax is not None and vmax <= 0:
         raise ValueError(f"vmax {vmax!r} must be > 0 (the half-range of the scale)")
     m, d = _aligned(a, b, batch_a, batch_b)
-    s, e = 0, m
-    if tokens is not None:
-        ok = isinstance(tokens, (tuple, list)) and len(tokens) == 2 and all(
-            isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in tokens)
-        if not ok or not 0 <= tokens[0] < tokens[1] <= m:
-            raise ValueError(f"tokens {tokens!r}: expected (start, stop) with 0 <= start < stop <= {m} "
-                             "(the positions both traces hold)")
-        s, e = int(tokens[0]), int(tokens[1])
+    s, e = (0, m) if tokens is None else _range(tokens, m, "the traces share")
     names = [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers]
     _ensure(a, names)
     _ensure(b, names)

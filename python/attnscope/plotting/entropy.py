@@ -105,11 +105,21 @@ def _note(trace, batch, p, ids, k_ids, k_p, alternatives, T):
     if k_ids is None:
         return text
     row = k_ids[p]
-    text += f" {k_p[p, row.index(chosen)]:.2f}" if chosen in row else f" (< {k_p[p, -1]:.2f}, not in the top {len(row)})"
+    q, exact = _chosen_p(p, ids, k_ids, k_p)
+    text += f" {q:.2f}" if exact else f" (< {q:.2f}, not in the top {len(row)})"
     alts = [(i, q) for i, q in zip(row, k_p[p]) if i != chosen][:alternatives]
     if alts:
         text += "; alternatives " + " · ".join(f"{trace.token_label(i, batch)} {q:.2f}" for i, q in alts)
     return text
+
+
+def _chosen_p(p, ids, k_ids, k_p):
+    """(probability, exact) of the token chosen at p (token p+1): exact when it is among the
+    top-k, else the k-th probability (an upper bound)."""
+    row = k_ids[p]
+    if ids[p + 1] in row:
+        return float(k_p[p, row.index(ids[p + 1])]), True
+    return float(k_p[p, -1]), False
 
 
 def _chosen_prob(ax, s, e, ids, k_ids, k_p, T):
@@ -119,13 +129,9 @@ def _chosen_prob(ax, s, e, ids, k_ids, k_p, T):
         return
     xs, ys, bx, by = [], [], [], []
     for p in range(s, min(e, T - 1)):
-        row = k_ids[p]
-        if ids[p + 1] in row:
-            xs.append(p)
-            ys.append(k_p[p, row.index(ids[p + 1])])
-        else:
-            bx.append(p)
-            by.append(k_p[p, -1])
+        q, exact = _chosen_p(p, ids, k_ids, k_p)
+        (xs if exact else bx).append(p)
+        (ys if exact else by).append(q)
     twin = ax.twinx()
     twin.plot(xs, ys, ls="none", marker="s", ms=2, color=PROB, alpha=0.8, label="p(chosen token)")
     if bx:
