@@ -61,6 +61,7 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
                   " query positions (valid: ", -tq, "..", tq - 1, ")");
       from_rows_.push_back(p < 0 ? p + tq : p);
     }
+    if (spec.row_stats) stats_ = torch::empty({6, batch, heads, tq}, f32);
     if (!from_rows_.empty())
       from_ = torch::zeros({batch, heads, static_cast<int64_t>(from_rows_.size()), tk}, f32);
   }
@@ -139,6 +140,7 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
         torch::sum_out(out, probs.gather(3, idx).mul_(w), {-1});
       }
     }
+    if (spec_.row_stats) add_row_stats_block(probs, r0, ctx);
     for (size_t i = 0; i < from_rows_.size(); ++i) {
       int64_t t = from_rows_[i];
       if (t >= r0 && t < r0 + rows)
@@ -172,6 +174,10 @@ std::map<std::string, torch::Tensor> LayerAccumulator::finish(const RunContext& 
       out["sink_mass_rows"] = torch::where(q_ok, sink_rows_, nan);
       auto n = valid_q.to(torch::kFloat).sum(1).view({batch_, 1}).clamp_min(1);
       out["sink_mass"] = torch::where(q_ok, sink_rows_, 0.0f).sum(2) / n;
+    }
+    if (spec_.row_stats) {
+      if (!key_id_.defined()) init_row_tokens(ctx);
+      finish_row_stats(valid_q, out);
     }
     if (!from_rows_.empty()) {
       // A row that lands on padding is undefined.

@@ -20,6 +20,9 @@ struct RunContext {
   bool has_padding = false;
   /// Causal model: query i sees keys j <= i (+ Tk - Tq offset). Encoders: every valid key.
   bool causal = true;
+  /// [B, T] int64 token ids on the CPU: the row statistics' duplicate and induction masses
+  /// compare them (undefined: row statistics are refused).
+  torch::Tensor ids;
 };
 
 /// Reusable scratch buffers, so blocks do not allocate (and page-fault) fresh temporaries.
@@ -49,6 +52,8 @@ class LayerAccumulator {
   bool wants_visibility() const { return aggregates_ && spec_.received; }
   /// True when the layer's attention entropy is asked for.
   bool wants_entropy() const { return aggregates_ && spec_.attn_entropy; }
+  /// True when the layer's row statistics are asked for.
+  bool wants_row_stats() const { return aggregates_ && spec_.row_stats; }
 
   /// Adds probabilities of query rows [r0, r0 + R): `probs (Tensor[B, Hb, R, K])` fp32,
   /// Hb = all heads or block_heads(), K <= Tk: keys K.. of these rows are known to be zero
@@ -96,6 +101,13 @@ class LayerAccumulator {
   torch::Tensor from_;                  // [B, H, n, Tk]
   torch::Tensor entropy_, sink_rows_;   // [B, H, Tq]
   torch::Tensor layer_map_t_;           // [B, Tq, Tk]
+  torch::Tensor stats_;                 // [6, B, H, Tq]: row statistics (row_stats.cpp)
+  /// Token facts of the row statistics, from the ids and the padding (init_row_tokens):
+  /// key_id_/prev_id_ [B, Tk] int32 (id of key j / of key j−1; negative = padding or none),
+  /// query_id_ [B, Tq] int32, prev_ok_/has_dup_/has_ind_ [B, Tq] bool (the statistic is defined),
+  /// on the CPU; dev_ids_ = {key_id_, prev_id_, query_id_} on the accumulator's device.
+  torch::Tensor key_id_, prev_id_, query_id_, prev_ok_, has_dup_, has_ind_;
+  std::vector<torch::Tensor> dev_ids_;
   std::map<int64_t, torch::Tensor> head_maps_;  // head -> [B, Tq, Tk]
 
   struct Rows;  // where one row's results go (fused_sdpa.cpp)
@@ -105,6 +117,11 @@ class LayerAccumulator {
 
   int64_t block_index(int64_t head) const;
   void init_sink_keys(const RunContext& ctx);
+  void init_row_tokens(const RunContext& ctx);
+  /// Row statistics of a block of rows in ATen ops (add_block): `probs (Tensor[B, H, R, K])`.
+  void add_row_stats_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx);
+  /// The six "row_*" tensors [B, H, Tq], NaN where undefined.
+  void finish_row_stats(const torch::Tensor& valid_q, std::map<std::string, torch::Tensor>& out);
 };
 
 }  // namespace attnscope

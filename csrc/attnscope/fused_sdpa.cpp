@@ -22,6 +22,9 @@ struct LayerAccumulator::Rows {
   const int64_t* sink_idx = nullptr;  // [B, k] with padding, else keys 0..k-1
   const float* sink_w = nullptr;
   float* from = nullptr;  // [B, H, n, Tk]
+  float* stats = nullptr;  // [6, B, H, Tq] row statistics; planes stat_plane apart
+  int64_t stat_plane = 0, window = 0;
+  const int32_t *key_id = nullptr, *prev_id = nullptr, *query_id = nullptr;  // init_row_tokens
   std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
   float* mean_map = nullptr;  // [B, Tq, Tk] head-mean map: p / heads added per head
   float inv_heads = 0.0f;
@@ -49,6 +52,15 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
     }
   }
   if (!from_rows_.empty()) t.from = from_.data_ptr<float>();
+  if (aggregates_ && spec_.row_stats) {
+    if (!key_id_.defined()) init_row_tokens(ctx);
+    t.stats = stats_.data_ptr<float>();
+    t.stat_plane = batch_ * heads_ * tq_;
+    t.window = spec_.local_window;
+    t.key_id = key_id_.data_ptr<int32_t>();
+    t.prev_id = prev_id_.data_ptr<int32_t>();
+    t.query_id = query_id_.data_ptr<int32_t>();
+  }
   for (auto& hm : head_maps_) t.copies.emplace_back(block_index(hm.first), hm.second.data_ptr<float>());
   if (layer_map_ && spec_.layer_map_head >= 0)
     t.copies.emplace_back(block_index(spec_.layer_map_head), layer_map_t_.data_ptr<float>());
@@ -77,6 +89,9 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_
     }
     t.sink[bh * tq_ + r] = s * inv;
   }
+  if (t.stats)
+    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, t.key_id + b * tk_, t.prev_id + b * tk_,
+              t.query_id[b * tq_ + r], t.stats + bh * tq_ + r, t.stat_plane);
   const int64_t n_from = static_cast<int64_t>(from_rows_.size());
   for (int64_t f = 0; f < n_from; ++f)
     if (from_rows_[f] == r) scale_row(e, inv, keys, t.from + (bh * n_from + f) * tk_, false);

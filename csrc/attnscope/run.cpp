@@ -87,6 +87,7 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   ctx.valid = mask.to(torch::kBool).to(device_);
   ctx.has_padding = !mask.all().item<bool>();
   ctx.causal = info_.causal;
+  ctx.ids = ids;
   Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
   std::vector<torch::jit::IValue> inputs{ids.to(device_)};
   if (takes_mask_) inputs.emplace_back(mask.to(device_));

@@ -224,4 +224,61 @@ RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, 
   return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(mx + std::log(sum)), false};
 }
 
+namespace {
+/// Lanes [0, n) of int32 ids (n < 8: the rest -1, which no query id equals).
+template <class N>
+inline i8 load_ids(const int32_t* p, N n) {
+  i8 v;
+  if (n >= 8) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    v = i8{} - 1;
+    std::memcpy(&v, p, sizeof(int32_t) * n);
+  }
+  return v;
+}
+}  // namespace
+
+ATTNSCOPE_CLONES
+void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const int32_t* key_id,
+               const int32_t* prev_id, int32_t qid, float* out, int64_t out_stride) {
+  const f8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
+  const i8 q = i8{} + qid;
+  const i8 abs_mask = i8{} + 0x7fffffff;
+  double dist = 0.0, dup = 0.0, ind = 0.0;
+  // Keys before the query: distance, duplicate and induction mass in one pass; keys after it
+  // (encoders): distance only. Sums in fp32 vectors over chunks of 256 keys, chunks added in
+  // double (as in exp_sums). Full steps have a compile-time width: plain vector moves.
+  auto pass = [&](int64_t lo, int64_t hi, bool ids) {
+    for (int64_t c0 = lo; c0 < hi; c0 += 256) {
+      const int64_t c1 = c0 + 256 < hi ? c0 + 256 : hi;
+      f8 d8 = f8{}, u8s = f8{}, n8 = f8{};
+      auto step = [&](int64_t j, auto m) {
+        const f8 x = load(e + j, m, 0.0f);
+        d8 += x * (f8)((i8)(splat(static_cast<float>(i - j)) - lane) & abs_mask);  // |i − j|
+        if (ids) {
+          u8s += select(load_ids(key_id + j, m) == q, x, f8{});
+          n8 += select(load_ids(prev_id + j, m) == q, x, f8{});
+        }
+      };
+      int64_t j = c0;
+      for (; j + 8 <= c1; j += 8) step(j, std::integral_constant<int64_t, 8>{});
+      if (j < c1) step(j, c1 - j);
+      dist += hsum(d8);
+      dup += hsum(u8s);
+      ind += hsum(n8);
+    }
+  };
+  pass(0, i < n ? i : n, true);
+  if (i + 1 < n) pass(i + 1, n, false);
+  double local = 0.0;
+  for (int64_t j = i - w < 0 ? 0 : i - w; j <= i + w && j < n; ++j) local += e[j];
+  out[0] = i < n ? e[i] * inv : 0.0f;
+  out[out_stride] = i >= 1 && i - 1 < n ? e[i - 1] * inv : 0.0f;
+  out[2 * out_stride] = static_cast<float>(dist * inv);
+  out[3 * out_stride] = static_cast<float>(local * inv);
+  out[4 * out_stride] = static_cast<float>(dup * inv);
+  out[5 * out_stride] = static_cast<float>(ind * inv);
+}
+
 }  // namespace attnscope

@@ -47,6 +47,14 @@ void add_received(const float* e, float inv, int64_t n, float* sum, float* max);
 /// dst[j] = e[j] * inv (add = false) or dst[j] += e[j] * inv (add = true), j < n.
 void scale_row(const float* e, float inv, int64_t n, float* dst, bool add);
 
+/// Row statistics (CaptureSpec::row_stats) of p[j] = e[j] * inv over keys j < n, for the query
+/// at key index i: out[s * out_stride] for s = 0..5 is self (p[i]), prev (p[i−1]), distance
+/// Σ p[j]·|i−j| (tokens), local (Σ p[j], |i−j| <= w), duplicate (Σ p[j], j < i, key_id[j] == qid)
+/// and induction (Σ p[j], j < i, prev_id[j] == qid). `key_id`/`prev_id` [n]: the id of key j and
+/// of key j−1, negative where that token is padding or missing (no query id matches).
+void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const int32_t* key_id,
+               const int32_t* prev_id, int32_t qid, float* out, int64_t out_stride);
+
 /// Predictive statistics of one row of logits z[0..n) at inverse temperature `inv_t`, reading
 /// z twice and writing nothing: the entropy (nats) of softmax(z·inv_t), its log-sum-exp, and,
 /// when k > 0, the k largest logits as ids (decreasing; ties: lower id first) in `top_ids`.

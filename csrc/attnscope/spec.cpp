@@ -14,6 +14,7 @@ CaptureSpec CaptureSpec::all_aggregates() {
   s.received = true;
   s.attn_entropy = true;
   s.sink_tokens = 1;
+  s.row_stats = true;
   return s;
 }
 
@@ -43,7 +44,8 @@ std::string CaptureSpec::to_json() const {
     << ",\"layers\":" << ints(layers) << ",\"received\":" << (received ? "true" : "false")
     << ",\"from_tokens\":" << ints(from_tokens)
     << ",\"attn_entropy\":" << (attn_entropy ? "true" : "false")
-    << ",\"sink_tokens\":" << sink_tokens << ",\"predictive_entropy\":" << (predictive_entropy ? "true" : "false")
+    << ",\"sink_tokens\":" << sink_tokens << ",\"row_stats\":" << (row_stats ? "true" : "false")
+    << ",\"local_window\":" << local_window << ",\"predictive_entropy\":" << (predictive_entropy ? "true" : "false")
     << ",\"top_k\":" << top_k
     << ",\"temperature\":" << temperature << ",\"to_cpu\":" << (to_cpu ? "true" : "false")
     << ",\"chunk_elements\":" << chunk_elements << "}";
@@ -55,7 +57,7 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   TORCH_CHECK(v.is_object(), "capture spec: expected a JSON object");
   CaptureSpec s;
   static const char* known[] = {"heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                                "attn_entropy", "sink_tokens", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements"};
+                                "attn_entropy", "sink_tokens", "row_stats", "local_window", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements"};
   for (const auto& kv : v.obj)
     TORCH_CHECK_VALUE(std::find_if(std::begin(known), std::end(known), [&](const char* k) { return kv.first == k; }) !=
                           std::end(known),
@@ -75,6 +77,8 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   s.from_tokens = to_ints(v, "from_tokens", -kMaxIndex);
   s.attn_entropy = v.get_bool("attn_entropy", false);
   s.sink_tokens = v.get_int("sink_tokens", 0, 0, kMaxIndex);
+  s.row_stats = v.get_bool("row_stats", false);
+  s.local_window = v.get_int("local_window", 8, 0, kMaxIndex);
   s.predictive_entropy = v.get_bool("predictive_entropy", true);
   s.top_k = v.get_int("top_k", 5, 0, int64_t(1) << 24);
   s.temperature = v.get_double("temperature", 1.0);
@@ -105,6 +109,7 @@ void CaptureSpec::validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) c
   if (layer_map_head != -1) check_head(layer_map_head, "layer_map_head");
   for (int64_t l : layers) check_layer(l, "layers");
   TORCH_CHECK(sink_tokens >= 0, "sink_tokens ", sink_tokens, " must be >= 0");
+  TORCH_CHECK(local_window >= 0, "local_window ", local_window, " must be >= 0 (tokens on each side of the query)");
   TORCH_CHECK(top_k >= 0, "top_k ", top_k, " must be >= 0");
   TORCH_CHECK(temperature > 0, "temperature ", temperature, " must be > 0");
   TORCH_CHECK(chunk_elements > 0, "chunk_elements ", chunk_elements, " must be > 0");

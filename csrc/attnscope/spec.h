@@ -28,6 +28,14 @@ struct CaptureSpec {
   /// k > 0 keeps "sink_mass_rows" [L, B, H, Tq] (attention to the first k keys per query)
   /// and "sink_mass" [L, B, H] (its mean over valid queries).
   int64_t sink_tokens = 0;
+  /// Row statistics [L, B, H, Tq] per query row i (NaN where undefined): "row_self" (weight on
+  /// key i), "row_prev" (on key i-1; NaN at the first real token), "row_distance" (Σⱼ p·|i−j|,
+  /// tokens), "row_local" (mass on keys with |i−j| <= local_window), "row_duplicate" (mass on
+  /// earlier keys with the query's id; NaN without one), "row_induction" (mass on earlier keys j
+  /// whose previous token j−1 has the query's id, Olsson et al.; NaN without one).
+  bool row_stats = false;
+  /// Half-width w (tokens) of "row_local": keys j with |i − j| <= w, the query included.
+  int64_t local_window = 8;
 
   /// Predictive entropy per position (Trace::entropy, nats); false leaves it NaN and skips the
   /// pass over the logits (re-runs for missing maps do).
@@ -43,11 +51,11 @@ struct CaptureSpec {
   /// memory left (sdpa_blocks.h); the CPU caps blocks at 2^18.
   int64_t chunk_elements = int64_t(1) << 26;
 
-  /// Every aggregate for every layer (received, entropy, sink mass of the first token).
+  /// Every aggregate for every layer (received, entropy, sink mass of the first token, row statistics).
   static CaptureSpec all_aggregates();
   /// True when `layer` is among the aggregate layers.
   bool aggregates_layer(int64_t layer) const;
-  bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || !from_tokens.empty(); }
+  bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || row_stats || !from_tokens.empty(); }
 
   std::string to_json() const;
   static CaptureSpec from_json(const std::string& text);

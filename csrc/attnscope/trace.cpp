@@ -32,7 +32,7 @@ const torch::Tensor& Trace::get(const std::string& name) const {
   for (const auto& kv : captures) have << (have.tellp() > 0 ? ", " : "") << kv.first;
   TORCH_CHECK(false, "trace has no capture named '", name, "'; it holds [", have.str(),
               "]. Capture it with the matching CaptureSpec field (heads for head_map/L*H*, "
-              "layer_maps for layer_map/L*, received, attn_entropy, sink_tokens, from_tokens)");
+              "layer_maps for layer_map/L*, received, attn_entropy, sink_tokens, row_stats for row_*, from_tokens)");
 }
 
 std::vector<std::string> Trace::names() const {

@@ -11,8 +11,8 @@ from .streaming import Progress, TokenStream
 from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                "attn_entropy", "sink_tokens", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
-ALL_AGGREGATES = {"received": True, "attn_entropy": True, "sink_tokens": 1}
+                "attn_entropy", "sink_tokens", "row_stats", "local_window", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
+ALL_AGGREGATES = {"received": True, "attn_entropy": True, "sink_tokens": 1, "row_stats": True}
 
 
 def _spec(capture):
@@ -106,6 +106,39 @@ class Model:
         if _raw:
             return trace
         return Trace(trace, self._labels(trace), model=self)
+
+    def head_atlas(self, probe="induction", *, length=48, batch=4, seed=0):
+        """Runs a standard probe and returns its HeadAtlas (attnscope.head_atlas), so the
+        induction and previous-token heads are found in one call:
+          "induction": `batch` sequences of `length` random tokens, each repeated once
+                       (TransformerLens's test): scores of the second copy's rows, where every
+                       token has an earlier duplicate and a token after it to copy.
+          "random":    `batch` sequences of 2·`length` random tokens, every row.
+          a text or ids: that input (as run() takes it), every row.
+        Random tokens are drawn uniformly (seeded) from the vocabulary without the special
+        tokens the tokenizer knows (BOS, EOS, pad, chat markers)."""
+        from .atlas import head_atlas
+        if not isinstance(probe, str) or probe not in ("induction", "random"):
+            return head_atlas(self.run(probe))
+        if not (isinstance(length, int) and length >= 2):
+            raise ValueError(f"length={length!r}: expected an int >= 2 (tokens per copy)")
+        if not (isinstance(batch, int) and batch >= 1):
+            raise ValueError(f"batch={batch!r}: expected an int >= 1")
+        if self.context_length > 0 and 2 * length > self.context_length:
+            raise ValueError(f"length={length}: the probe's 2 x {length} tokens exceed the model's context "
+                             f"of {self.context_length}")
+        special = {self.pad_id, *self.stop_ids()}
+        if self.tokenizer is not None:
+            special |= {int(i) for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
+        allowed = torch.tensor([i for i in range(self.vocab_size) if i not in special])
+        if len(allowed) < 2:
+            raise ValueError(f"probe {probe!r}: the vocabulary has {len(allowed)} ordinary tokens")
+        g = torch.Generator().manual_seed(seed)
+        if probe == "induction":
+            half = allowed[torch.randint(len(allowed), (batch, length), generator=g)]
+            ids = torch.cat([half, half], 1)
+            return head_atlas(self.run(ids), rows=(length, 2 * length))
+        return head_atlas(self.run(allowed[torch.randint(len(allowed), (batch, 2 * length), generator=g)]))
 
     def _labels(self, trace):
         if self.tokenizer is None:

@@ -17,7 +17,8 @@ _HEAD = re.compile(r"head_map/L(\d+)H(\d+)$")
 _LAYER = re.compile(r"layer_map/L(\d+)$")
 # Per-layer aggregates (stacked over aggregate_layers) and the spec field that makes them.
 _AGGREGATES = {"received_mean": "received", "received_max": "received", "received_count": "received",
-               "attn_entropy": "attn_entropy", "sink_mass": "sink_tokens", "sink_mass_rows": "sink_tokens"}
+               "attn_entropy": "attn_entropy", "sink_mass": "sink_tokens", "sink_mass_rows": "sink_tokens",
+               **{f"row_{s}": "row_stats" for s in ("self", "prev", "distance", "local", "duplicate", "induction")}}
 
 
 class Trace:
@@ -84,7 +85,7 @@ class Trace:
             return
         # The re-run computes only what is missing: no predictive entropy, no top-k (kept from the first run).
         spec = {"heads": [], "layer_maps": [], "top_k": 0, "predictive_entropy": False,
-                "temperature": self.spec.get("temperature", 1.0)}
+                "temperature": self.spec.get("temperature", 1.0), "local_window": self.spec.get("local_window", 8)}
         for n in missing:
             if m := _HEAD.match(n):
                 spec["heads"].append((int(m[1]), int(m[2])))
@@ -106,6 +107,29 @@ class Trace:
                 self._core.set_capture(n, got[n])
         if "aggregate_layers" in got and "aggregate_layers" not in have:
             self._core.set_capture("aggregate_layers", got["aggregate_layers"])
+
+    def attention_from(self, position, *, batch=0):
+        """Attention of query `position` (negative counts from the end) of row `batch`, every
+        aggregate layer, head by head -> Tensor[L, H, T] (the rows a "from" capture keeps). Taken
+        from the trace's "from" capture when it holds that row, else computed with one run."""
+        T = self.input_ids.shape[1]
+        if not isinstance(position, int) or not -T <= position < T:
+            raise ValueError(f"position {position!r} out of range: the trace has {T} tokens (valid: {-T}..{T - 1})")
+        if not isinstance(batch, int) or not 0 <= batch < self.input_ids.shape[0]:
+            raise ValueError(f"batch {batch!r} out of range: the trace has {self.input_ids.shape[0]} rows")
+        position %= T
+        have = [p % T for p in self.spec.get("from_tokens", [])]
+        caps = self._core.captures
+        if "from" in caps and position in have:
+            return caps["from"][:, batch, :, have.index(position)]
+        if self._model is None:
+            raise ValueError(f"the trace has no attention row for position {position} and no model to compute "
+                             f"it: capture with from_tokens=[{position}]")
+        spec = {"from_tokens": [position], "top_k": 0, "predictive_entropy": False}
+        if "aggregate_layers" in caps:
+            spec["layers"] = caps["aggregate_layers"].tolist()
+        got = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True)
+        return got.captures["from"][:, batch, :, 0]
 
     def drop(self, name):
         """Frees one capture (it is computed again if asked for while the model is kept)."""

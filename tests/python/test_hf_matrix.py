@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from hf_families import FAMILIES, V
+from reference_stats import row_stats_reference
 
 import attnscope
 
@@ -18,7 +19,9 @@ transformers = pytest.importorskip("transformers")
 
 T, PAD, SINK = 11, 3, 2
 TOL = 1e-5
-CAPTURE = {"received": True, "attn_entropy": True, "sink_tokens": SINK, "from_tokens": [-1, 2], "top_k": 0}
+WINDOW = 2  # row_local half-width: small, so that T = 11 has keys inside and outside it
+CAPTURE = {"received": True, "attn_entropy": True, "sink_tokens": SINK, "from_tokens": [-1, 2], "top_k": 0,
+           "row_stats": True, "local_window": WINDOW}
 
 
 def eager_reference(model):
@@ -60,6 +63,7 @@ def visibility(valid, causal, window):
 def inputs(kind):
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(3, V, (2, T), generator=g)
+    ids[:, 6:] = ids[:, 1:6]  # a repeated run: duplicate and induction keys exist
     mask = torch.ones_like(ids)
     if kind == "left":
         mask[0, :PAD] = 0
@@ -114,6 +118,8 @@ def check_run(m, model, ref, kind, causal):
         rows = [T - 1, 2]
         frm = torch.stack([A[:, :, r].masked_fill(~valid[:, r, None, None], nan) for r in rows], 2)
         close(t.get("from")[l], frm, f"{where}, from rows")
+        for name, want in row_stats_reference(A, ids, valid, WINDOW).items():
+            close(t.get(name)[l], want, f"{where}, {name}")
     if m.output == "logits":
         logp = out.logits.double().log_softmax(-1)
         h = -(logp.exp() * logp).sum(-1).masked_fill(~valid, nan)

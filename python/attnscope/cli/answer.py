@@ -142,7 +142,7 @@ def plot(args):
 def run(args):
     import attnscope
     model = attnscope.load(args.model, device=args.device)
-    cap = {"received": True, "attn_entropy": True, "sink_tokens": 1}
+    cap = {"received": True, "attn_entropy": True, "sink_tokens": 1, "row_stats": True}
     if args.layers_heads:
         cap["heads"] = _pairs(args.layers_heads)
     if args.layer_maps:

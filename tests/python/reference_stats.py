@@ -1,0 +1,47 @@
+"""Row statistics, head atlas scores and token profiles written from their definitions
+(docs/python.md "Head atlas", docs/capture.md "Row statistics") over full attention maps, in
+float64: the independent reference the capture is checked against."""
+import torch
+
+
+def row_stats_reference(A, ids, valid, w):
+    """The six row statistics [B, H, T] from full attentions `A` [B, H, T, T] (double), written
+    from their definitions (docs/capture.md "Row statistics"), NaN where undefined."""
+    nan = float("nan")
+    n = ids.shape[1]
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    d = (i - j).double()
+    prev_ok = torch.zeros_like(valid)
+    prev_ok[:, 1:] = valid[:, 1:] & valid[:, :-1]                    # key j-1 and j are real
+    prev_id = torch.full_like(ids, -1)
+    prev_id[:, 1:] = ids[:, :-1]
+    dup = (ids[:, None, :] == ids[:, :, None]) & (j < i) & valid[:, None, :]               # [B, T, T]
+    ind = (prev_id[:, None, :] == ids[:, :, None]) & (j < i) & prev_ok[:, None, :]
+    q = valid[:, None]
+    out = {
+        "row_self": torch.diagonal(A, dim1=-2, dim2=-1).masked_fill(~q, nan),
+        "row_prev": torch.nn.functional.pad(torch.diagonal(A, -1, -2, -1), (1, 0)).masked_fill(~(q & prev_ok[:, None]), nan),
+        "row_distance": (A * d.abs()).sum(-1).masked_fill(~q, nan),
+        "row_local": (A * (d.abs() <= w)).sum(-1).masked_fill(~q, nan),
+        "row_duplicate": (A * dup[:, None]).sum(-1).masked_fill(~(q & dup.any(-1)[:, None]), nan),
+        "row_induction": (A * ind[:, None]).sum(-1).masked_fill(~(q & ind.any(-1)[:, None]), nan),
+    }
+    return out
+
+
+def atlas_reference(attentions, ids, valid, w, rows=None):
+    """{score: Tensor[L, H]}: means over the real query rows (of `rows`, a slice) where each score
+    is defined. `attentions`: per layer [B, H, T, T]."""
+    sl = rows or slice(None)
+    out = {}
+    for l, A in enumerate(attentions):
+        A = A.double()
+        st = row_stats_reference(A, ids, valid, w)
+        first = torch.stack([valid[b].nonzero()[0] for b in range(A.shape[0])]).flatten()
+        st["row_sink"] = torch.stack([A[b, :, :, first[b]] for b in range(A.shape[0])]).masked_fill(~valid[:, None], float("nan"))
+        st["row_entropy"] = (-(A * A.clamp_min(1e-300).log()).sum(-1)).masked_fill(~valid[:, None], float("nan"))
+        for name, x in st.items():
+            x = x[..., sl]
+            out.setdefault(name[4:], []).append(x.nanmean((0, 2)))
+    return {k: torch.stack(v) for k, v in out.items()}
