@@ -22,7 +22,7 @@ torch::Tensor pad_positions(const torch::Tensor& t, int dims, int64_t length) {
 
 int DatasetStats::position_dims(const std::string& name) {
   if (name == "layer_map_sum" || name == "head_map_sum") return 2;
-  if (name == "n_sequences" || name == "sink_hits") return 0;
+  if (name == "n_sequences" || name == "sink_hits" || name == "row_stat_sum" || name == "row_stat_count") return 0;
   return 1;
 }
 
@@ -39,13 +39,14 @@ CaptureSpec dataset_capture_spec(const DatasetParts& parts, int64_t n_layers, in
       for (int64_t h = 0; h < n_heads; ++h) s.heads.emplace_back(l, h);
   s.received = parts.received;
   s.attn_entropy = parts.attn_entropy;
+  s.row_stats = parts.row_stats;
   return s;
 }
 
 DatasetStats::DatasetStats(DatasetParts parts, double epsilon) : parts_(parts), epsilon_(epsilon) {
-  TORCH_CHECK(parts.layer_maps || parts.head_maps || parts.received || parts.attn_entropy,
+  TORCH_CHECK(parts.layer_maps || parts.head_maps || parts.received || parts.attn_entropy || parts.row_stats,
               "DatasetStats: every part is off; enable at least one of layer_maps, head_maps, "
-              "received, attn_entropy");
+              "received, attn_entropy, row_stats");
   TORCH_CHECK(epsilon >= 0 && epsilon < 1, "epsilon ", epsilon, " out of range: expected [0, 1)");
 }
 
@@ -72,6 +73,10 @@ void DatasetStats::init(const Trace& t, const torch::Device& device) {
     state_["sink_hits"] = torch::zeros({L, H}, o);
   }
   if (parts_.attn_entropy) state_["entropy_sum"] = torch::zeros({L, H, T}, o);
+  if (parts_.row_stats) {
+    state_["row_stat_sum"] = torch::zeros({6, L, H}, o);
+    state_["row_stat_count"] = torch::zeros({6, L, H}, o);
+  }
 }
 
 void DatasetStats::resize(int64_t length) {
@@ -107,7 +112,7 @@ void DatasetStats::add(const Trace& t) {
               "DatasetStats.add: sequences must be right-padded (attention_mask 1..1 0..0) and "
               "non-empty; got a mask with padding before a real token");
   auto layers = t.captures.count("aggregate_layers") ? t.captures.at("aggregate_layers") : torch::Tensor();
-  if (parts_.received || parts_.attn_entropy) {
+  if (parts_.received || parts_.attn_entropy || parts_.row_stats) {
     TORCH_CHECK(layers.defined() && layers.numel() == L &&
                     layers.cpu().equal(torch::arange(L, torch::kLong)),
                 "DatasetStats.add: the trace must hold aggregates of every layer 0..", L - 1,
@@ -116,6 +121,9 @@ void DatasetStats::add(const Trace& t) {
   std::vector<std::string> needed;
   if (parts_.received) needed = {"received_mean", "received_max"};
   if (parts_.attn_entropy) needed.push_back("attn_entropy");
+  static const char* const row_names[6] = {"row_self", "row_prev", "row_distance",
+                                           "row_local", "row_duplicate", "row_induction"};
+  if (parts_.row_stats) needed.insert(needed.end(), std::begin(row_names), std::end(row_names));
   for (int64_t l = 0; l < L; ++l) {
     if (parts_.layer_maps) needed.push_back("layer_map/L" + std::to_string(l));
     for (int64_t h = 0; parts_.head_maps && h < t.n_heads; ++h)
@@ -151,6 +159,13 @@ void DatasetStats::add(const Trace& t) {
     auto ent = t.get("attn_entropy").to(dev).to(torch::kDouble);      // [L, B, H, T]
     narrow_t(state_["entropy_sum"], 1).add_(torch::where(vk, ent, 0.0).sum(1));
   }
+  if (parts_.row_stats)
+    for (int s = 0; s < 6; ++s) {
+      auto x = t.get(row_names[s]).to(dev).to(torch::kDouble);  // [L, B, H, T], NaN = undefined or padding
+      auto ok = x.isnan().logical_not();
+      state_["row_stat_sum"][s].add_(torch::where(ok, x, 0.0).sum({1, 3}));
+      state_["row_stat_count"][s].add_(ok.sum({1, 3}, false, torch::kDouble));
+    }
   // [B, T, T]: both positions real (padded rows/columns of a map are left out of the sums)
   auto pair = valid.unsqueeze(2).logical_and(valid.unsqueeze(1));
   if (parts_.layer_maps) {
@@ -252,6 +267,14 @@ torch::Tensor DatasetStats::head_entropy() const {
   auto s = need("entropy_sum", "attn_entropy").sum(-1);
   return (s / need("position_count", "attn_entropy").sum().clamp_min(1)).to(torch::kFloat);
 }
+
+torch::Tensor DatasetStats::row_stats() const {
+  auto n = need("row_stat_count", "row_stats");
+  auto mean = need("row_stat_sum", "row_stats") / n.clamp_min(1);
+  return torch::where(n > 0, mean, std::numeric_limits<double>::quiet_NaN()).to(torch::kFloat);
+}
+
+torch::Tensor DatasetStats::row_stat_counts() const { return need("row_stat_count", "row_stats").clone(); }
 
 torch::Tensor DatasetStats::predictive_entropy() const {
   auto s = need("pred_entropy_sum", "layer_maps");

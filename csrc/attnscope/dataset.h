@@ -23,6 +23,8 @@ struct DatasetParts {
   bool received = true;
   /// Attention entropy per head and query position (capture attn_entropy).
   bool attn_entropy = true;
+  /// Row statistics per head, the head atlas's scores (capture row_stats): 6 x L x H sums.
+  bool row_stats = false;
 
   /// "layer_maps,received,..." (the dataset file's metadata).
   std::string to_string() const;
@@ -84,6 +86,11 @@ class DatasetStats {
   /// (mean over every real query row of every sequence).
   torch::Tensor attn_entropy() const;
   torch::Tensor head_entropy() const;
+  /// Row statistics per head [6, L, H] (self, prev, distance, local, duplicate, induction; the
+  /// order of CaptureSpec::row_stats): mean over every real query row of every sequence where
+  /// the statistic is defined, NaN where no row defines it; row_stat_counts: those rows.
+  torch::Tensor row_stats() const;
+  torch::Tensor row_stat_counts() const;
   /// Mean predictive entropy (nats) per position [T] (the distribution predicting token i+1).
   torch::Tensor predictive_entropy() const;
   /// Number of sequences that have position t [T].

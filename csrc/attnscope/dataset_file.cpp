@@ -28,11 +28,12 @@ std::string DatasetParts::to_string() const {
   add(p.head_maps, "head_maps");
   add(p.received, "received");
   add(p.attn_entropy, "attn_entropy");
+  add(p.row_stats, "row_stats");
   return s;
 }
 
 DatasetParts DatasetParts::parse(const std::string& s) {
-  DatasetParts p{false, false, false, false};
+  DatasetParts p{false, false, false, false, false};
   size_t a = 0;
   while (a <= s.size()) {
     size_t b = s.find(',', a);
@@ -42,6 +43,7 @@ DatasetParts DatasetParts::parse(const std::string& s) {
     else if (w == "head_maps") p.head_maps = true;
     else if (w == "received") p.received = true;
     else if (w == "attn_entropy") p.attn_entropy = true;
+    else if (w == "row_stats") p.row_stats = true;
     else TORCH_CHECK(w.empty(), "dataset file: unknown part '", w, "' in metadata 'parts'");
     a = b + 1;
   }

@@ -27,6 +27,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("from_tokens", &CaptureSpec::from_tokens)
       .def_readwrite("attn_entropy", &CaptureSpec::attn_entropy)
       .def_readwrite("sink_tokens", &CaptureSpec::sink_tokens)
+      .def_readwrite("row_stats", &CaptureSpec::row_stats)
+      .def_readwrite("local_window", &CaptureSpec::local_window)
       .def_readwrite("predictive_entropy", &CaptureSpec::predictive_entropy)
       .def_readwrite("top_k", &CaptureSpec::top_k)
       .def_readwrite("temperature", &CaptureSpec::temperature)
@@ -66,7 +68,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("layer_maps", &DatasetParts::layer_maps)
       .def_readwrite("head_maps", &DatasetParts::head_maps)
       .def_readwrite("received", &DatasetParts::received)
-      .def_readwrite("attn_entropy", &DatasetParts::attn_entropy);
+      .def_readwrite("attn_entropy", &DatasetParts::attn_entropy)
+      .def_readwrite("row_stats", &DatasetParts::row_stats);
 
   m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
         py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");
@@ -94,6 +97,8 @@ PYBIND11_MODULE(_core, m) {
       .def("sink1_per_layer", &DatasetStats::sink1_per_layer, "Sink_1 per layer [L]")
       .def("sink1", &DatasetStats::sink1, "Sink_1 of the model")
       .def("attn_entropy", &DatasetStats::attn_entropy, "mean attention entropy [L, H, T]")
+      .def("row_stats", &DatasetStats::row_stats, "mean row statistics per head [6, L, H]")
+      .def("row_stat_counts", &DatasetStats::row_stat_counts, "rows behind each mean [6, L, H]")
       .def("head_entropy", &DatasetStats::head_entropy, "mean attention entropy per head [L, H]")
       .def("predictive_entropy", &DatasetStats::predictive_entropy, "mean predictive entropy [T]")
       .def("position_count", &DatasetStats::position_count, "sequences having each position [T]")

@@ -5,6 +5,8 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 """
 from ._lib import library_path, load_library
 from .api import Model, from_module, load, readable
+from .atlas import HeadAtlas, head_atlas, top_heads
+from .profile import TokenProfile, token_profile
 from .branches import TurningPoints, final_answer, turning_points
 from .streaming import TokenStream
 from .trace import Trace
@@ -15,7 +17,8 @@ from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
 # machines without matplotlib) import attnscope without it.
 _PLOTTING = ("high_entropy_positions", "visualize_attention", "visualize_attention_layers",
              "visualize_attention_patterns", "visualize_entropy", "visualize_attention_diff",
-             "visualize_turning_points", "visualize_head_summary")
+             "visualize_turning_points", "visualize_head_summary", "visualize_head_atlas",
+             "visualize_token_profile")
 
 
 def __getattr__(name):
@@ -37,5 +40,6 @@ def export_hf(model, tokenizer, path, **kwargs):
 
 __all__ = ["Model", "Trace", "TokenStream", "turning_points", "TurningPoints", "final_answer", "load", "from_module", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "visualize_attention_diff", "visualize_turning_points", "high_entropy_positions",
-           "visualize_head_summary", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
+           "visualize_head_summary", "visualize_head_atlas", "HeadAtlas", "head_atlas", "top_heads",
+           "visualize_token_profile", "TokenProfile", "token_profile", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
            "export_hf", "show", "AttentionView", "library_path", "load_library", "__version__"]

@@ -19,7 +19,7 @@ import torch
 
 from . import _core
 
-PARTS = ("layer_maps", "head_maps", "received", "attn_entropy")
+PARTS = ("layer_maps", "head_maps", "received", "attn_entropy", "row_stats")
 _HINT = {"layer_map": "layer_maps", "head_map": "head_maps", "received_mean": "received",
          "received_max": "received", "attn_entropy": "attn_entropy"}
 
@@ -59,7 +59,7 @@ def read_texts(path):
 
 def _parts(capture):
     if capture == "all":
-        capture = {"layer_maps": True, "received": True, "attn_entropy": True}
+        capture = {"layer_maps": True, "received": True, "attn_entropy": True, "row_stats": True}
     if not isinstance(capture, dict):
         raise ValueError(f"capture={capture!r}: expected 'all' or a dict with some of {PARTS}")
     p = _core.DatasetParts()
@@ -158,8 +158,8 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
     model: an attnscope Model (or a path for attnscope.load). texts_or_ids: texts, id lists, or
     a Tensor [N, T]. Each sequence is cut to its first `length` tokens (None: kept whole, padded
     per batch); the first `num` sequences with enough tokens are used (None: all). capture:
-    "all" (layer maps, received attention, attention entropy) or a dict of parts
-    {"layer_maps", "head_maps", "received", "attn_entropy"}. Under torch.distributed (torchrun)
+    "all" (layer maps, received attention, attention entropy, row statistics: the head atlas)
+    or a dict of parts {"layer_maps", "head_maps", "received", "attn_entropy", "row_stats"}. Under torch.distributed (torchrun)
     each rank takes every world_size-th sequence and the sums are all-reduced, so every rank
     returns the whole dataset's result."""
     from .api import Model, load
@@ -328,7 +328,8 @@ class DatasetTrace:
         p.head_maps = False
         p.received = "received_mean" in caps
         p.attn_entropy = "attn_entropy" in caps
-        if not (p.layer_maps or p.received or p.attn_entropy):
+        p.row_stats = "row_self" in caps
+        if not (p.layer_maps or p.received or p.attn_entropy or p.row_stats):
             raise ValueError("the trace holds neither every layer's map nor aggregates: run with capture='all'")
         stats = _core.DatasetStats(p, float(epsilon))
         for t in traces:

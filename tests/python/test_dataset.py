@@ -199,3 +199,28 @@ def test_read_texts_errors(tmp_path, name, content, message):
 
 def test_state_names_match_core():
     assert _core.DatasetStats.max_state_names() == ["received_max"]
+
+
+def test_head_atlas_of_a_dataset(llama, tmp_path):
+    """The dataset atlas = the atlas of all sequences run as one batch: means of the row
+    statistics over every row where they are defined, whatever the batching; kept through
+    save, load and merge. Repeated halves give duplicate and induction rows."""
+    half = _ids(6, 6, llama.vocab_size, seed=3)
+    ids = torch.cat([half, half], 1)                                       # [6, 12]
+    kw = dict(length=12, num=None, batch_size=4, progress=False)
+    d = attnscope.aggregate_dataset(llama, ids, **kw)
+    atlas = attnscope.head_atlas(d)
+    want = attnscope.head_atlas(llama.run(ids))                            # one batch of 6
+    for name in ("self", "prev", "distance", "local", "duplicate", "induction", "entropy", "sink"):
+        assert torch.allclose(atlas[name], want[name], atol=1e-5, rtol=1e-5, equal_nan=True), name
+    assert atlas.counts["induction"].sum() == want.counts["induction"].sum() > 0
+    a = attnscope.aggregate_dataset(llama, ids[:2], **kw)
+    b = attnscope.aggregate_dataset(llama, ids[2:], **kw)
+    a.save(tmp_path / "a.safetensors")
+    m = attnscope.DatasetTrace.load(tmp_path / "a.safetensors").merge(b)
+    assert torch.allclose(attnscope.head_atlas(m)["induction"], atlas["induction"], atol=1e-6, equal_nan=True)
+    no_rows = attnscope.aggregate_dataset(llama, ids, capture={"received": True}, **kw)
+    with pytest.raises(ValueError, match="this dataset has no row statistics"):
+        attnscope.head_atlas(no_rows)
+    with pytest.raises(ValueError, match="rows= applies to a trace"):
+        attnscope.head_atlas(d, rows=(0, 4))

@@ -22,12 +22,14 @@ ALLOWED = {
     "streaming": set(),
     "branches": {"marks", "streaming"},
     "trace": {"_core", "labels", "branches"},
-    "api": {"_core", "labels", "trace", "chat", "streaming", "models", "models.*"},
+    "atlas": set(),
+    "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
+    "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*"},
     "dataset": {"_core", "api", "trace", "labels"},
     "figure": {"marks"},
-    "plotting": {"figure", "marks", "dataset", "plotting.*"},
+    "plotting": {"figure", "marks", "dataset", "atlas", "profile", "plotting.*"},
     "view": {"marks", "labels"},
-    "cli": LOW | {"__init__", "api", "trace", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
+    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},
     "__init__": None,  # the package's face re-exports everything
 }

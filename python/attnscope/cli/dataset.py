@@ -66,7 +66,7 @@ def _dataset(args, device, rank, dist):
     import attnscope
     model = attnscope.load(args.model, device=device)
     texts = attnscope.read_texts(args.input)
-    capture = {"layer_maps": True, "received": True, "attn_entropy": True, "head_maps": args.head_maps}
+    capture = {"layer_maps": True, "received": True, "attn_entropy": True, "row_stats": True, "head_maps": args.head_maps}
     d = attnscope.aggregate_dataset(
         model, texts, length=None if args.length == 0 else args.length,
         num=None if args.num == 0 else args.num, capture=capture, batch_size=args.batch_size,

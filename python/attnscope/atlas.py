@@ -1,0 +1,126 @@
+"""The head atlas: one row of scores per (layer, head), from a trace's row statistics.
+
+Scores (means over the real query rows where the score is defined; docs/python.md "Head atlas"):
+  self       weight of a query on itself
+  prev       weight on the previous token                         (previous-token heads)
+  distance   mean attention distance Σⱼ p·|i−j|, tokens            (looking back)
+  local      mass on keys within `local_window` tokens             (local vs global)
+  duplicate  mass on earlier keys with the query's id              (duplicate-token heads)
+  induction  mass on keys that follow an earlier copy of the query (induction heads, Olsson et al.)
+  sink       weight on the first real token                        (attention sinks)
+  entropy    attention entropy of the rows, nats                   (broad vs narrow)
+"""
+import torch
+
+SCORES = ("self", "prev", "distance", "local", "duplicate", "induction", "sink", "entropy")
+_CAPTURE = {"self": "row_self", "prev": "row_prev", "distance": "row_distance", "local": "row_local",
+            "duplicate": "row_duplicate", "induction": "row_induction", "sink": "sink_mass_rows",
+            "entropy": "attn_entropy"}
+# Row statistics of the dataset stats, in the C++ order (DatasetStats::row_stats).
+_ROW_ORDER = ("self", "prev", "distance", "local", "duplicate", "induction")
+
+
+class HeadAtlas:
+    """Scores per head: `scores` {name: Tensor[L, H]} (float64, NaN where no row defines the
+    score), `counts` {name: Tensor[L, H]} (rows averaged), `layers` (the model layer of each
+    row), `n_heads`, `source` (what was measured). `atlas["induction"]` is one score;
+    `to_pandas()` gives the long table (layer, head, one column per score)."""
+
+    def __init__(self, scores, counts, layers, source=""):
+        self.scores, self.counts = dict(scores), dict(counts)
+        self.layers = [int(x) for x in layers]
+        first = next(iter(self.scores.values()))
+        self.n_heads = int(first.shape[1])
+        self.source = source
+
+    def __getitem__(self, name):
+        if name not in self.scores:
+            raise ValueError(f"score {name!r}: expected one of {', '.join(self.scores)}")
+        return self.scores[name]
+
+    def __repr__(self):
+        return (f"<attnscope.HeadAtlas {len(self.layers)} layers x {self.n_heads} heads, "
+                f"scores {', '.join(self.scores)}{'; ' + self.source if self.source else ''}>")
+
+    def to_pandas(self):
+        """DataFrame with one row per (layer, head) and one column per score (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # an optional dependency
+            raise ImportError("HeadAtlas.to_pandas needs pandas: pip install pandas") from e
+        rows = {"layer": [l for l in self.layers for _ in range(self.n_heads)],
+                "head": [h for _ in self.layers for h in range(self.n_heads)]}
+        for name, t in self.scores.items():
+            rows[name] = t.flatten().tolist()
+        return pd.DataFrame(rows)
+
+    def top(self, score, k=5, *, largest=True):
+        """The k (layer, head) pairs with the largest (or smallest) `score`; NaN never ranks."""
+        return top_heads(self, score, k, largest=largest)
+
+
+def _check_rows(rows, T):
+    if rows is None:
+        return slice(0, T)
+    if not (isinstance(rows, (tuple, list)) and len(rows) == 2 and all(isinstance(x, int) for x in rows)):
+        raise ValueError(f"rows={rows!r}: expected (start, stop), query positions of the trace")
+    a, b = (x + T if x < 0 else x for x in rows)
+    if not 0 <= a < b <= T:
+        raise ValueError(f"rows={rows!r}: expected 0 <= start < stop <= {T} (the trace's tokens)")
+    return slice(a, b)
+
+
+def head_atlas(source, *, rows=None):
+    """HeadAtlas of a Trace (captured with "all", the default; a trace that keeps its model
+    computes missing row statistics now) or of a DatasetTrace from `aggregate_dataset` (its
+    "row_stats" part). `rows=(start, stop)`: only these query positions of a trace (e.g. the
+    second half of a repeated sequence); negative values count from the end."""
+    if getattr(source, "is_dataset", False):
+        if rows is not None:
+            raise ValueError("rows= applies to a trace; a dataset atlas averages every position")
+        return _dataset_atlas(source)
+    names = list(_CAPTURE.values())
+    source.ensure(names)
+    T = source.input_ids.shape[1]
+    sl = _check_rows(rows, T)
+    layers = source.get("aggregate_layers").tolist()
+    scores, counts = {}, {}
+    for name, cap in _CAPTURE.items():
+        x = source.get(cap)[..., sl].double()          # [L, B, H, t]
+        ok = ~x.isnan()
+        n = ok.sum((1, 3)).double()                     # [L, H]
+        scores[name] = torch.where(n > 0, x.nan_to_num(0).sum((1, 3)) / n.clamp_min(1), float("nan"))
+        counts[name] = n
+    b, _ = source.input_ids.shape
+    what = f"{b} sequence{'s' if b > 1 else ''} of {T} tokens" + (f", rows {sl.start}..{sl.stop - 1}" if rows else "")
+    return HeadAtlas(scores, counts, layers, what)
+
+
+def _dataset_atlas(ds):
+    stats = ds.stats
+    if not stats.parts.row_stats:
+        raise ValueError("this dataset has no row statistics: aggregate it with parts including 'row_stats'")
+    means, counts = stats.row_stats(), stats.row_stat_counts()   # [6, L, H]
+    scores = {name: means[i].double().cpu() for i, name in enumerate(_ROW_ORDER)}
+    cnt = {name: counts[i].double().cpu() for i, name in enumerate(_ROW_ORDER)}
+    if stats.parts.received:
+        scores["sink"] = stats.alpha()[..., 0].double().cpu()
+        cnt["sink"] = torch.full_like(scores["sink"], float(stats.n_sequences))
+    if stats.parts.attn_entropy:
+        scores["entropy"] = stats.head_entropy().double().cpu()
+        cnt["entropy"] = torch.full_like(scores["entropy"], float(stats.n_sequences))
+    return HeadAtlas(scores, cnt, range(stats.n_layers), f"dataset of {stats.n_sequences} sequences")
+
+
+def top_heads(atlas, score, k=5, *, largest=True):
+    """The k (layer, head) pairs of `atlas` (a HeadAtlas) with the largest (or smallest)
+    `score`, best first, as the figure functions take them; heads with a NaN score never rank."""
+    if not isinstance(atlas, HeadAtlas):
+        raise ValueError(f"top_heads: expected a HeadAtlas (attnscope.head_atlas(trace)), got {type(atlas).__name__}")
+    if not (isinstance(k, int) and k >= 1):
+        raise ValueError(f"k={k!r}: expected a positive int")
+    t = atlas[score].flatten()
+    ok = (~t.isnan()).nonzero().flatten()
+    order = t[ok].argsort(descending=largest, stable=True)[:k]
+    H = atlas.n_heads
+    return [(atlas.layers[int(i) // H], int(i) % H) for i in ok[order]]

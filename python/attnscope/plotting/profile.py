@@ -1,0 +1,78 @@
+"""visualize_token_profile: one query's attention layer by layer (attnscope.token_profile), as
+the seed's checklist asks: broad or narrow, looking back, self spikes, where it looks."""
+import numpy as np
+
+from ..figure import closing_on_error, subplots
+from ..profile import TokenProfile, token_profile
+
+_MAX_KEYS = 24  # columns of the "where it looks" panel
+# score -> (colour, legend text); all in [0, 1]
+_LINES = {
+    "breadth": ("#1b9e77", "breadth: entropy / its uniform maximum"),
+    "beyond_local": ("#d95f02", "mass beyond the local window"),
+    "self": ("#7570b3", "weight on itself"),
+    "prev": ("#e7298a", "weight on the previous token"),
+    "sink": ("#666666", "weight on the first token"),
+}
+
+
+def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=None):
+    """Two panels for query `position` of row `batch` (or a TokenProfile given as `profile`):
+    left, the head-mean scores per layer (breadth, mass beyond the local window, self, previous
+    token, first token; 0..1) with the mean distance in tokens on the right axis; right, where
+    it looks: the `top` keys of each layer's head-mean row (dot area = weight), keys labelled
+    by their tokens. Returns the Figure."""
+    if profile is None:
+        if position is None:
+            raise ValueError("position=None: give the query position to profile (or profile=)")
+        profile = token_profile(trace, position, batch=batch, top=top)
+    elif not isinstance(profile, TokenProfile):
+        raise ValueError(f"profile: expected a TokenProfile, got {type(profile).__name__}")
+    p = profile
+    layers = np.array(p.layer_ids)
+    fig, axes = subplots(1, 2, (10.0, 4.2))
+    ax, where = axes[0]
+    with closing_on_error(fig, True):
+        for name, (color, text) in _LINES.items():
+            ax.plot(layers, p.layers[name].numpy(), "-o", ms=3, lw=1.2, color=color, label=text)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("share of the attention (mean over heads)")
+        dist = ax.twinx()
+        dist.plot(layers, p.layers["distance"].numpy(), "--", lw=1.2, color="black", label="mean distance (tokens)")
+        dist.set_ylabel("mean distance (tokens)")
+        dist.set_ylim(bottom=0)
+        lines = ax.get_legend_handles_labels()
+        more = dist.get_legend_handles_labels()
+        fig.legend(lines[0] + more[0], lines[1] + more[1], fontsize=6, loc="outside lower left", ncols=3,
+                   frameon=False)
+        ax.set_title(f"Token profile: position {p.position} “{p.label}” (row {p.batch}), "
+                     f"local window ±{p.local_window}", fontsize=8).set_parse_math(False)
+        # where it looks: one column per distinct key (in position order), a dot per (layer, key)
+        weight = {}
+        for keys in p.top_keys:
+            for pos, _, w in keys:
+                weight[pos] = weight.get(pos, 0.0) + w
+        shown = sorted(sorted(weight, key=lambda x: -weight[x])[:_MAX_KEYS])
+        col = {x: c for c, x in enumerate(shown)}
+        xs, ys, ws = [], [], []
+        for y, keys in zip(layers, p.top_keys):
+            for pos, _, w in keys:
+                if pos in col:
+                    xs.append(col[pos]), ys.append(y), ws.append(w)
+        where.scatter(xs, ys, s=np.array(ws) * 120 + 4, color="#2c7fb8", alpha=0.8, edgecolors="none")
+        labels = {pos: lab for keys in p.top_keys for pos, lab, _ in keys}
+        short = {x: labels[x] if len(labels[x]) <= 16 else labels[x][:15] + "…" for x in shown}
+        where.set_xticks(range(len(shown)), [f"{x} {short[x]}" for x in shown], rotation=90, fontsize=6)
+        for x, t in zip(shown, where.get_xticklabels()):
+            t.set_parse_math(False)  # token text is data, never markup
+            if x == p.position:
+                t.set_color("#e31a1c")
+        where.set_xlim(-0.6, len(shown) - 0.4)
+        where.set_ylabel("layer")
+        dropped = len(weight) - len(shown)
+        where.set_title(f"Where it looks: top {max(len(k) for k in p.top_keys)} keys per layer (area = weight"
+                        f"{'; red = the query itself' if p.position in col else ''})"
+                        + (f"; {dropped} keys of little weight left out" if dropped else ""), fontsize=8)
+        where.set_ylim(layers.min() - 0.5, layers.max() + 0.5)
+    return fig
