@@ -43,24 +43,48 @@ NOTEBOOKS = {
         ("md", "## 2. Detailed heads of an interesting layer"),
         ("code", "layer = sink_layers[0] if sink_layers else model.n_layers // 2\n"
                  "fig = attnscope.visualize_attention(trace, [(layer, h) for h in range(4)])"),
+        ("md", "## 2b. Which heads do what: the head atlas\nOne call runs the standard probe (random tokens "
+               "repeated once) and scores every head: induction (attends to the token after an earlier copy of "
+               "the current one), previous token, duplicate token, self, first token (sink), distance, entropy."),
+        ("code", "atlas = model.head_atlas(\"induction\")\n"
+                 "print(\"induction heads:\", atlas.top(\"induction\", 3), \" previous-token heads:\", atlas.top(\"prev\", 3))\n"
+                 "fig = attnscope.visualize_head_atlas(atlas, [\"induction\", \"prev\", \"duplicate\", \"sink\"])"),
+        ("code", "fig = attnscope.visualize_attention(trace, atlas.top(\"induction\", 2) + atlas.top(\"prev\", 1))"),
         ("md", "## 3. Important tokens: attention received"),
         ("code", "fig = attnscope.visualize_attention_patterns(trace, [(layer, h) for h in range(3)], \"mean\", top_k=3)\n"
                  "print(trace)  # the maps the figures asked for are kept; trace.release() stops computing more"),
     ],
     "03_high_entropy_tokens.ipynb": [
-        ("md", "# High-entropy tokens\nThe predictive entropy at position i is the entropy (nats) of the "
-               "distribution that predicts token i+1. Where is the model unsure, and what do those positions attend to? "
-               "The figures mark the top 20 % of the sequence, at most 8 positions."),
-        ("code", f"import attnscope\nmodel = attnscope.load()\ntext = ({PROMPT})\n"
-                 "trace = model.run(text)\n"
-                 "hi = attnscope.high_entropy_positions(trace)\n"
+        ("md", "# High-entropy tokens: what the model does where it is unsure\nThe predictive entropy at position i "
+               "is the entropy (nats) of the distribution that predicts token i+1. The model answers a question; "
+               "the figures mark the answer's most uncertain positions (the top 20 %, at most 8), and a token "
+               "profile says, layer by layer, how each of them attends: broad or narrow, near or far back, on "
+               "itself, and on which tokens."),
+        ("code", "import attnscope\nmodel = attnscope.load()\n"
+                 "answer = model.generate(\"Why is the sky blue? Answer in two sentences.\", chat=True,\n"
+                 "                        max_new_tokens=60, progress=False)\n"
+                 "print(answer.response)\n"
+                 "hi = attnscope.high_entropy_positions(answer)   # only the answer's distributions\n"
                  "for p in hi:\n"
-                 "    print(p, trace.labels[0][p], round(float(trace.entropy[0, p]), 3))"),
-        ("md", "## What the most uncertain position attends to, across layers"),
-        ("code", "p = int(hi[trace.entropy[0, hi].argmax()])\n"
-                 "fig = attnscope.visualize_attention_patterns(trace, [(2, 0), (14, 0), (29, 0)], \"specific_token\",\n"
+                 "    print(p, repr(answer.labels[0][p]), \"->\", repr(answer.labels[0][p + 1]),\n"
+                 "          f\"H = {float(answer.entropy[0, p]):.2f} nats\")"),
+        ("md", "## The marked tokens, early → late layers\nFor each marked position: breadth (entropy over its "
+               "uniform maximum: 0 = one key, 1 = uniform), mean distance looked back (tokens), the share beyond "
+               "the local window (±8 tokens), the weight on itself and on the first token, per third of the layers."),
+        ("code", "for p in hi:\n"
+                 "    prof = attnscope.token_profile(answer, int(p))\n"
+                 "    print(f\"{int(p)} {prof.label!r}\")\n"
+                 "    for stage, v in prof.stages().items():\n"
+                 "        print(f\"  {stage:>6}: breadth {v['breadth']:.2f}  distance {v['distance']:5.1f}  \"\n"
+                 "              f\"beyond local {v['beyond_local']:.2f}  self {v['self']:.2f}  first {v['sink']:.2f}\")\n"
+                 "    print(\"   last layer looks at:\", \", \".join(f\"{lab} {w:.2f}\" for _, lab, w in prof.top_keys[-1]))"),
+        ("md", "## The most uncertain position, layer by layer"),
+        ("code", "p = int(max(hi, key=lambda p: float(answer.entropy[0, p])))\n"
+                 "fig = attnscope.visualize_token_profile(answer, p)"),
+        ("md", "## What it attends to in three layers, and the layers grid over the answer"),
+        ("code", "fig = attnscope.visualize_attention_patterns(answer, [(2, 0), (14, 0), (29, 0)], \"specific_token\",\n"
                  "                                             token_idx=p)"),
-        ("code", "fig = attnscope.visualize_attention_layers(trace, [2, 14, 29])"),
+        ("code", "fig = attnscope.visualize_attention_layers(answer, [2, 14, 29], tokens=\"response\")"),
     ],
     "04_attention_sinks.ipynb": [
         ("md", "# Attention sinks over a dataset\nStreamingLLM (Xiao et al. 2024, Fig. 2) averages the attention maps "

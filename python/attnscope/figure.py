@@ -154,7 +154,7 @@ def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None, start=0):
                 t.set_bbox(dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8))
 
 
-def check_options(*, vmin=None, vmax=None, scale="sqrt", gamma=0.5, max_labels=1, ncols=None, panel=None,
+def check_options(*, vmin=None, vmax=None, scale="uniform", gamma=0.5, max_labels=1, ncols=None, panel=None,
                    top_k=0, yscale="linear"):
     """ValueError naming the option for values that would draw a wrong or empty figure."""
     def num(name, v):
@@ -164,10 +164,10 @@ def check_options(*, vmin=None, vmax=None, scale="sqrt", gamma=0.5, max_labels=1
     num("vmax", vmax)
     if vmin is not None and vmax is not None and vmin >= vmax:
         raise ValueError(f"vmin {vmin!r} must be below vmax {vmax!r}")
-    if scale not in ("sqrt", "linear", "log", "power"):
-        raise ValueError(f"scale {scale!r}: expected 'sqrt', 'linear', 'log' or 'power'")
-    if scale == "log" and vmin is not None and vmin <= 0:
-        raise ValueError(f"vmin {vmin!r} must be > 0 with scale='log'")
+    if scale not in ("uniform", "sqrt", "linear", "log", "power"):
+        raise ValueError(f"scale {scale!r}: expected 'uniform', 'sqrt', 'linear', 'log' or 'power'")
+    if scale in ("log", "uniform") and vmin is not None and vmin <= 0:
+        raise ValueError(f"vmin {vmin!r} must be > 0 with scale={scale!r}")
     if scale == "power" and (isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma > 0):
         raise ValueError(f"gamma {gamma!r} must be a number > 0")
     for name, v, least in (("max_labels", max_labels, 0), ("ncols", ncols, 1), ("top_k", top_k, 0)):

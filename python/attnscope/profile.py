@@ -35,7 +35,21 @@ class TokenProfile:
             keys = ", ".join(f"{p}:{lab} {w:.2f}" for p, lab, w in self.top_keys[i])
             lines.append(f"{l:>5} {v['breadth']:>7.2f} {v['entropy']:>7.2f} {v['distance']:>7.1f} "
                          f"{v['beyond_local']:>6.2f} {v['self']:>5.2f} {v['prev']:>5.2f} {v['sink']:>5.2f}  {keys}")
+        for name, v in self.stages().items():
+            lines.append(f"{name:>6} layers: breadth {v['breadth']:.2f}, distance {v['distance']:.1f} tokens, "
+                         f"beyond the local window {v['beyond_local']:.2f}, self {v['self']:.2f}, first token {v['sink']:.2f}")
         return "\n".join(lines)
+
+    def stages(self):
+        """{"early", "middle", "late": {score: mean}}: the head-mean scores averaged over the first,
+        middle and last third of the layers (how the attention changes with depth)."""
+        n = len(self.layer_ids)
+        cuts = [0, max(1, n // 3), max(1, n // 3) + max(1, (n - n // 3) // 2), n]
+        out = {}
+        for name, a, b in zip(("early", "middle", "late"), cuts[:-1], cuts[1:]):
+            if b > a:
+                out[name] = {k: float(v[a:b].nanmean()) for k, v in self.layers.items()}
+        return out
 
     def to_pandas(self):
         """DataFrame, one row per layer: the head means and the top keys (needs pandas)."""

@@ -50,6 +50,14 @@ def released(trace):
     return t
 
 
+
+def uniform(m):
+    """A map as scale="uniform" (the default) draws it: each row over its uniform share,
+    1 / (keys with weight > 0 in the row)."""
+    m = np.asarray(m, dtype=float)
+    return np.maximum(m * (m > 0).sum(1, keepdims=True), 1e-12)
+
+
 def test_visualize_attention(trace):
     fig = visualize_attention(trace, [(0, 0), (2, 3)], entropy_threshold=0.0, max_marks=None)
     axes = [a for a in fig.axes if a.get_title()]
@@ -57,7 +65,7 @@ def test_visualize_attention(trace):
     assert [t.get_text() for t in axes[0].get_xticklabels()] == trace.labels[0]
     assert [t.get_text() for t in axes[0].get_yticklabels()] == trace.labels[0]
     img = axes[1].get_images()[0]
-    assert np.allclose(img.get_array(), trace.get("head_map/L2H3")[0].numpy())
+    assert np.allclose(img.get_array(), uniform(trace.get("head_map/L2H3")[0]))
     hi = high_entropy_positions(trace, entropy_threshold=0.0, max_marks=None)
     assert crosshair_rows(axes[0]) == sorted(hi.tolist()) and len(hi) == 10
     # causal map: row i's line stops at the diagonal, so nothing is drawn over the empty half
@@ -100,7 +108,7 @@ def test_missing_maps_are_computed_in_one_run(trace, monkeypatch):
     monkeypatch.setattr(t._model, "run", lambda *a, **k: runs.append(k["capture"]) or real(*a, **k))
     fig = visualize_attention(t, [(1, 1), (1, 2), (0, 3)])
     assert len(runs) == 1 and sorted(runs[0]["heads"]) == [(0, 3), (1, 1), (1, 2)]
-    assert np.allclose(fig.axes[0].get_images()[0].get_array(), t.get("head_map/L1H1")[0].numpy())
+    assert np.allclose(fig.axes[0].get_images()[0].get_array(), uniform(t.get("head_map/L1H1")[0]))
     visualize_attention(t, [(1, 1)])
     assert len(runs) == 1  # kept
     t.drop("head_map/L1H1")
@@ -137,8 +145,11 @@ def test_visualize_attention_layers_shares_one_colorbar(trace):
     want = trace.get("layer_map/L1")[0].numpy()
     upper = np.triu(np.ones_like(want, dtype=bool), 1)
     assert np.ma.getmaskarray(shown)[upper].all()            # masked (future) cells drawn blank
-    assert np.allclose(shown.filled(0)[~upper], want[~upper])  # the rest is the map
-    assert panels[1].get_images()[0].norm.vmin == 0.0
+    assert np.allclose(shown.filled(0)[~upper], uniform(want)[~upper])  # the rest is the map, over uniform
+    assert (panels[1].get_images()[0].norm.vmin, panels[1].get_images()[0].norm.vmax) == (1 / 16, 16)
+    fig = visualize_attention_layers(trace, [0, 1], scale="linear")
+    assert np.allclose(fig.axes[1].get_images()[0].get_array().filled(0)[~upper], want[~upper])
+    assert fig.axes[1].get_images()[0].norm.vmin == 0.0
     fig = visualize_attention_layers(trace, [2], head_idx=3)
     assert fig.axes[0].get_title() == "L2 H3"
     fig = visualize_attention_layers(trace, [0, 1], mask_first=True)

@@ -40,7 +40,12 @@ def test_layers_grid_of_averages(data):
     assert [a.get_title() for a in axes] == ["L0 Avg", "L2 Avg"]
     assert fig._suptitle.get_text() == "mean over 9 sequences of 8 tokens"
     ims = [a.get_images()[0] for a in axes]
-    assert np.allclose(ims[1].get_array(), data.get("layer_map/L2")[0].numpy())
+    m = data.get("layer_map/L2")[0].numpy().astype(float)
+    assert np.allclose(ims[1].get_array(), np.maximum(m * (m > 0).sum(1, keepdims=True), 1e-12))  # over uniform
+    assert ims[0].get_clim() == ims[1].get_clim() == (1 / 16, 16)
+    fig = attnscope.visualize_attention_layers(data, [0, 2], scale="linear")
+    ims = [a.get_images()[0] for a in fig.axes if a.get_title()]
+    assert np.allclose(ims[1].get_array(), m)
     lo = min(data.get(f"layer_map/L{l}").min().item() for l in (0, 2))
     assert ims[0].get_clim() == ims[1].get_clim() and ims[0].get_clim()[0] == pytest.approx(lo)
     assert [t.get_text() for t in axes[0].get_xticklabels()] == [str(i) for i in range(8)]

@@ -33,10 +33,15 @@ def close():
 
 
 def test_zoomed_heatmap_keeps_absolute_positions(trace):
+    full = trace.get("head_map/L1H2")[0].numpy().astype(float)
     fig = visualize_attention(trace, [(1, 2)], tokens=(3, 8), entropy_threshold=0.0, max_marks=None)
+    got = np.ma.filled(fig.axes[0].get_images()[0].get_array().astype(float), np.nan)
+    ratio = np.maximum(full * (full > 0).sum(1, keepdims=True), 1e-12)[3:8, 3:8]  # each row's uniform share: its whole row
+    assert np.allclose(np.nan_to_num(got), np.tril(ratio))
+    fig = visualize_attention(trace, [(1, 2)], tokens=(3, 8), entropy_threshold=0.0, max_marks=None, scale="linear")
     ax = fig.axes[0]
     img = ax.get_images()[0]
-    want = trace.get("head_map/L1H2")[0, 3:8, 3:8].numpy()
+    want = full[3:8, 3:8]
     got = np.ma.filled(img.get_array().astype(float), np.nan)
     assert np.allclose(np.nan_to_num(got), np.triu(want, 1) * 0 + np.tril(want))  # future cells masked
     assert img.get_extent() == [2.5, 7.5, 7.5, 2.5]
@@ -140,9 +145,16 @@ def test_dollar_signs_in_tokens_are_text(trace, tmp_path):
     assert [x.get_text() for x in ax.get_xticklabels()][:3] == ["$x$", "Pay", "$$"]
 
 
-def test_default_sqrt_scale_hatched_mask_and_even_ticks(trace):
-    from matplotlib.colors import PowerNorm
+def test_default_uniform_scale_hatched_mask_and_even_ticks(trace):
+    from matplotlib.colors import LogNorm, PowerNorm
     fig = visualize_attention(trace, [(1, 2)])
+    ax, cax = fig.axes[0], fig.axes[1]
+    norm = ax.get_images()[0].norm
+    assert isinstance(norm, LogNorm) and (norm.vmin, norm.vmax) == (1 / 16, 16)
+    assert cax.get_ylabel() == "attention ÷ uniform (1 / keys seen), log scale"
+    assert [t.get_text() for t in cax.get_yticklabels()] == ["1/16", "1/8", "1/4", "1/2", "1", "2", "4", "8", "16"]
+    assert np.allclose(np.diff(norm(np.array(cax.get_yticks()))), 1 / 8)  # evenly spread, 1 in the middle
+    fig = visualize_attention(trace, [(1, 2)], scale="sqrt")
     ax, cax = fig.axes[0], fig.axes[1]
     norm = ax.get_images()[0].norm
     assert isinstance(norm, PowerNorm) and norm.gamma == 0.5 and norm.vmin == 0

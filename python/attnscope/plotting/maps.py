@@ -1,18 +1,17 @@
 """The 2D figures: visualize_attention (one heatmap per (layer, head)) and
 visualize_attention_layers (the paper-style grid, one map per layer, one shared colorbar)."""
-import numpy as np
 
 from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
                       panel_for_labels, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
 from .data import _check_batch, _ensure, _head_map, _labels, _layer_map, _layers, _pairs, _window
-from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmin, _hatch_masked, _legend, _norm, _prepare,
-                    _scale_label)
+from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmax, _default_vmin, _hatch_masked, _legend, _norm,
+                    _prepare, _scale_label)
 
 
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
-                        scale="sqrt", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
+                        scale="uniform", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
                         entropy_threshold=None, max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None,
                         tokens=None, ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
@@ -24,6 +23,8 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     tokens: which positions to draw — None (the row's real tokens: padding left out),
     (start, stop) to zoom in (queries and keys start..stop-1; the colour scale fits what is
     shown), or "response" (a generated trace's answer). Axes keep absolute positions.
+    scale: "uniform" (default: each row over its uniform share 1/keys seen, log scale 1/16..16,
+    so structure shows at any length), or the raw weights "sqrt", "linear", "log", "power".
     Returns the Figure, or the Axes when given `ax=` (one pair)."""
     pairs = _pairs(trace, layers_heads)
     _check_batch(trace, batch)
@@ -40,9 +41,9 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
     with closing_on_error(fig, own):
         for ax_, (l, h) in zip(axes, pairs):
-            a = _prepare(_head_map(trace, l, h, batch), mask_first)[s:e, s:e]
+            a = _prepare(_head_map(trace, l, h, batch), mask_first, scale)[s:e, s:e]
             lo = _default_vmin(a, scale) if vmin is None else vmin
-            up = np.nanmax(a) if vmax is None else vmax
+            up = _default_vmax(a, scale) if vmax is None else vmax
             im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest",
                             extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
             _hatch_masked(ax_, a, s)
@@ -52,7 +53,7 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
             ax_.set_xlabel("key")
             ax_.set_ylabel("query")
             _ticks(ax_, labels, "both", max_labels, hi, start=s)
-            cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04)
+            cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04, extend="both" if scale == "uniform" else "neither")
             cb.set_label(_scale_label(scale, gamma), fontsize=8)
             _colorbar_ticks(cb, im.norm, scale)
         if ax is not None:
@@ -62,7 +63,7 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
 
 
 def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
-                               vmin=None, vmax=None, scale="sqrt", gamma=0.5, mask_first=False,
+                               vmin=None, vmax=None, scale="uniform", gamma=0.5, mask_first=False,
                                entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None, max_marks=MAX_MARKS, paper=True,
                                max_labels=None, ncols=None, panel=2.6, tokens=None):
     """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
@@ -71,16 +72,16 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     labels on the outer panels (y on the first column, x on the bottom row), thinned to what a
     panel holds (`max_labels`, default from `panel`), high-entropy tokens always named, so the
     stripes the overview shows can be read off; a dataset trace labels positions. `paper`:
-    compact fonts. tokens: None (real tokens), (start, stop) or "response", as in
-    visualize_attention. Returns the Figure."""
+    compact fonts. tokens: None (real tokens), (start, stop) or "response", and scale
+    ("uniform" by default), as in visualize_attention. Returns the Figure."""
     layers = _layers(trace, layer_indices, head_idx)
     _check_batch(trace, batch)
     _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
     s, e = _window(trace, batch, tokens)
     _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
-    maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first)[s:e, s:e] for l in layers]
+    maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first, scale)[s:e, s:e] for l in layers]
     lo = min(_default_vmin(m, scale) for m in maps) if vmin is None else vmin
-    up = max(np.nanmax(m) for m in maps) if vmax is None else vmax
+    up = max(_default_vmax(m, scale) for m in maps) if vmax is None else vmax
     norm = _norm(scale, lo, up, gamma)
     labels = _labels(trace, batch)[s:e]
     if max_labels is None:  # what one panel's map holds (~62 % of the panel after titles, labels and
@@ -104,7 +105,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
             _ticks(ax, labels, "both", max_labels, hi, fontsize=fs, start=s)
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
             ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
-        cb = fig.colorbar(im, ax=axes, shrink=0.8)
+        cb = fig.colorbar(im, ax=axes, shrink=0.8, extend="both" if scale == "uniform" else "neither")
         cb.set_label(_scale_label(scale, gamma), fontsize=title_fs)
         _colorbar_ticks(cb, norm, scale)
         if paper:
