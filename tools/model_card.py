@@ -157,7 +157,8 @@ percentile Wang et al. 2025 found for Qwen3).
 ## StreamingLLM Fig. 2 layout
 
 Head-averaged attention of layers 0, 1, 2, 9, 14, 18, 23, 29 on one chat prompt
-(`attnscope demo`'s), one shared colour scale; yellow lines: tokens above 0.672 nats.
+(`attnscope demo`'s), one shared colour scale (attention relative to uniform, log scale: red =
+more than an even share); yellow marks: the prompt's most uncertain tokens (top 20 %, at most 8).
 
 ![attention per layer](model_card_layers.png)
 """
