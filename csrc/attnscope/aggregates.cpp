@@ -62,6 +62,7 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
       from_rows_.push_back(p < 0 ? p + tq : p);
     }
     if (spec.row_stats) stats_ = torch::empty({6, batch, heads, tq}, f32);
+    if (spec.pooled_maps > 0) init_pooled(device);
     if (!from_rows_.empty())
       from_ = torch::zeros({batch, heads, static_cast<int64_t>(from_rows_.size()), tk}, f32);
   }
@@ -141,6 +142,7 @@ void LayerAccumulator::add_block(const torch::Tensor& probs, int64_t r0, const R
       }
     }
     if (spec_.row_stats) add_row_stats_block(probs, r0, ctx);
+    if (pool_n_ > 0) add_pooled_block(probs, r0, ctx);
     for (size_t i = 0; i < from_rows_.size(); ++i) {
       int64_t t = from_rows_[i];
       if (t >= r0 && t < r0 + rows)
@@ -175,6 +177,7 @@ std::map<std::string, torch::Tensor> LayerAccumulator::finish(const RunContext& 
       auto n = valid_q.to(torch::kFloat).sum(1).view({batch_, 1}).clamp_min(1);
       out["sink_mass"] = torch::where(q_ok, sink_rows_, 0.0f).sum(2) / n;
     }
+    if (pool_n_ > 0) finish_pooled(ctx, out);
     if (spec_.row_stats) {
       if (!key_id_.defined()) init_row_tokens(ctx);
       finish_row_stats(valid_q, out);

@@ -108,6 +108,11 @@ class LayerAccumulator {
   /// on the CPU; dev_ids_ = {key_id_, prev_id_, query_id_} on the accumulator's device.
   torch::Tensor key_id_, prev_id_, query_id_, prev_ok_, has_dup_, has_ind_;
   std::vector<torch::Tensor> dev_ids_;
+  // Pooled maps (pooled_maps.cpp): n tiles, bounds [n + 1] over the positions, the tile of each
+  // position [Tq] int64, and the sums over real query rows: [B, H, n, n] and (uniform) [B, n, n].
+  int64_t pool_n_ = 0;
+  std::vector<int64_t> pool_bounds_;
+  torch::Tensor pool_tile_, pool_sum_, uni_sum_;
   std::map<int64_t, torch::Tensor> head_maps_;  // head -> [B, Tq, Tk]
 
   struct Rows;  // where one row's results go (fused_sdpa.cpp)
@@ -122,6 +127,14 @@ class LayerAccumulator {
   void add_row_stats_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx);
   /// The six "row_*" tensors [B, H, Tq], NaN where undefined.
   void finish_row_stats(const torch::Tensor& valid_q, std::map<std::string, torch::Tensor>& out);
+  void init_pooled(const torch::Device& device);
+  /// Pooled maps of a block of rows in ATen ops (add_block): `probs (Tensor[B, H, R, K])`.
+  void add_pooled_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx);
+  /// Adds rows [r0, r0 + R) to the tile sums: `rows (Tensor[B, H, R, n])` tile sums of each row,
+  /// `uniform (Tensor[B, R, n])` a uniform row's; padded query rows are left out.
+  void fold_pooled_rows(const torch::Tensor& rows, const torch::Tensor& uniform, int64_t r0, const RunContext& ctx);
+  /// "pooled_map" [B, H, n, n] and "pooled_uniform" [B, n, n]: tile means, NaN where a tile has no real cell.
+  void finish_pooled(const RunContext& ctx, std::map<std::string, torch::Tensor>& out);
 };
 
 }  // namespace attnscope

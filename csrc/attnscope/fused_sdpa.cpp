@@ -25,6 +25,7 @@ struct LayerAccumulator::Rows {
   float* stats = nullptr;  // [6, B, H, Tq] row statistics; planes stat_plane apart
   int64_t stat_plane = 0, window = 0;
   const int32_t *key_id = nullptr, *prev_id = nullptr, *query_id = nullptr;  // init_row_tokens
+  float *pool = nullptr, *pool_uni = nullptr;  // [B, H, Tq, n] / [B, Tq, n] tile sums per row (add_sdpa)
   std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
   float* mean_map = nullptr;  // [B, Tq, Tk] head-mean map: p / heads added per head
   float inv_heads = 0.0f;
@@ -92,6 +93,9 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_
   if (t.stats)
     row_stats(e, inv, keys, tk_ - tq_ + r, t.window, t.key_id + b * tk_, t.prev_id + b * tk_,
               t.query_id[b * tq_ + r], t.stats + bh * tq_ + r, t.stat_plane);
+  if (t.pool)
+    pool_row(e, inv, keys, pool_bounds_.data(), pool_n_, t.pool + (bh * tq_ + r) * pool_n_,
+             h == 0 ? t.pool_uni + (b * tq_ + r) * pool_n_ : nullptr);
   const int64_t n_from = static_cast<int64_t>(from_rows_.size());
   for (int64_t f = 0; f < n_from; ++f)
     if (from_rows_[f] == r) scale_row(e, inv, keys, t.from + (bh * n_from + f) * tk_, false);
@@ -143,6 +147,13 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
                         k.size(2) == tk_);
   const int64_t hb_n = q.size(1);
   Rows t = rows_for(ctx);
+  torch::Tensor pool_rows, pool_uni;  // every row's tile sums, folded into tiles after the pass
+  if (pool_n_ > 0) {
+    pool_rows = ws.get(5, {batch_, heads_, tq_, pool_n_}, q.device());
+    pool_uni = ws.get(6, {batch_, tq_, pool_n_}, q.device());
+    t.pool = pool_rows.data_ptr<float>();
+    t.pool_uni = pool_uni.data_ptr<float>();
+  }
   const MaskView mv(mask, hidden_below);
   // Rows per block: a [R, Tk] fp32 buffer of <= 4 MB per thread (flat in T), as many rows as
   // fit up to 256. The products pack K (q·kᵀ) and V (P·V) once per block: with 64-row blocks
@@ -240,6 +251,7 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
     }
     }
   });
+  if (pool_n_ > 0) fold_pooled_rows(pool_rows, pool_uni, 0, ctx);
   if (psum.defined()) {
     recv_sum_.add_(psum.sum(0));
     torch::max_out(recv_max_, recv_max_, pmax.amax(0));

@@ -281,4 +281,30 @@ void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const
   out[5 * out_stride] = static_cast<float>(ind * inv);
 }
 
+ATTNSCOPE_CLONES
+void pool_row(const float* e, float inv, int64_t n, const int64_t* bounds, int64_t tiles, float* sums,
+              float* share) {
+  int64_t seen = 0;
+  for (int64_t c = 0; c < tiles; ++c) {
+    const int64_t lo = bounds[c], hi = bounds[c + 1] < n ? bounds[c + 1] : n;
+    f8 s = f8{}, cnt = f8{};
+    auto step = [&](int64_t j, auto m) {
+      const f8 x = load(e + j, m, 0.0f);
+      s += x;
+      cnt += (f8)((i8)splat(1.0f) & (x > 0.0f));
+    };
+    int64_t j = lo;
+    for (; j + 8 <= hi; j += 8) step(j, std::integral_constant<int64_t, 8>{});
+    if (j < hi) step(j, hi - j);
+    sums[c] = hsum(s) * inv;
+    if (share) {
+      const float k = hsum(cnt);
+      share[c] = k;
+      seen += static_cast<int64_t>(k);
+    }
+  }
+  if (share)
+    for (int64_t c = 0; c < tiles; ++c) share[c] = seen > 0 ? share[c] / static_cast<float>(seen) : 0.0f;
+}
+
 }  // namespace attnscope

@@ -55,6 +55,12 @@ void scale_row(const float* e, float inv, int64_t n, float* dst, bool add);
 void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const int32_t* key_id,
                const int32_t* prev_id, int32_t qid, float* out, int64_t out_stride);
 
+/// Tile sums of one row for pooled maps: sums[c] = Σ p[j] (p[j] = e[j] * inv) over the keys
+/// j < n of tile c, [bounds[c], bounds[c + 1]); with `share` given, share[c] = the tile's keys
+/// with weight > 0 over all such keys of the row (a uniform row's tile sum).
+void pool_row(const float* e, float inv, int64_t n, const int64_t* bounds, int64_t tiles, float* sums,
+              float* share);
+
 /// Predictive statistics of one row of logits z[0..n) at inverse temperature `inv_t`, reading
 /// z twice and writing nothing: the entropy (nats) of softmax(z·inv_t), its log-sum-exp, and,
 /// when k > 0, the k largest logits as ids (decreasing; ties: lower id first) in `top_ids`.

@@ -45,7 +45,7 @@ std::string CaptureSpec::to_json() const {
     << ",\"from_tokens\":" << ints(from_tokens)
     << ",\"attn_entropy\":" << (attn_entropy ? "true" : "false")
     << ",\"sink_tokens\":" << sink_tokens << ",\"row_stats\":" << (row_stats ? "true" : "false")
-    << ",\"local_window\":" << local_window << ",\"predictive_entropy\":" << (predictive_entropy ? "true" : "false")
+    << ",\"local_window\":" << local_window << ",\"pooled_maps\":" << pooled_maps << ",\"predictive_entropy\":" << (predictive_entropy ? "true" : "false")
     << ",\"top_k\":" << top_k
     << ",\"temperature\":" << temperature << ",\"to_cpu\":" << (to_cpu ? "true" : "false")
     << ",\"chunk_elements\":" << chunk_elements << "}";
@@ -57,7 +57,7 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   TORCH_CHECK(v.is_object(), "capture spec: expected a JSON object");
   CaptureSpec s;
   static const char* known[] = {"heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                                "attn_entropy", "sink_tokens", "row_stats", "local_window", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements"};
+                                "attn_entropy", "sink_tokens", "row_stats", "local_window", "pooled_maps", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements"};
   for (const auto& kv : v.obj)
     TORCH_CHECK_VALUE(std::find_if(std::begin(known), std::end(known), [&](const char* k) { return kv.first == k; }) !=
                           std::end(known),
@@ -79,6 +79,7 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   s.sink_tokens = v.get_int("sink_tokens", 0, 0, kMaxIndex);
   s.row_stats = v.get_bool("row_stats", false);
   s.local_window = v.get_int("local_window", 8, 0, kMaxIndex);
+  s.pooled_maps = v.get_int("pooled_maps", 0, 0, int64_t(1) << 16);
   s.predictive_entropy = v.get_bool("predictive_entropy", true);
   s.top_k = v.get_int("top_k", 5, 0, int64_t(1) << 24);
   s.temperature = v.get_double("temperature", 1.0);
@@ -109,6 +110,8 @@ void CaptureSpec::validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) c
   if (layer_map_head != -1) check_head(layer_map_head, "layer_map_head");
   for (int64_t l : layers) check_layer(l, "layers");
   TORCH_CHECK(sink_tokens >= 0, "sink_tokens ", sink_tokens, " must be >= 0");
+  TORCH_CHECK(pooled_maps >= 0 && pooled_maps <= 65536, "pooled_maps ", pooled_maps,
+              " out of range: expected 0 (off) or a tile count in 1..65536");
   TORCH_CHECK(local_window >= 0, "local_window ", local_window, " must be >= 0 (tokens on each side of the query)");
   TORCH_CHECK(top_k >= 0, "top_k ", top_k, " must be >= 0");
   TORCH_CHECK(temperature > 0, "temperature ", temperature, " must be > 0");

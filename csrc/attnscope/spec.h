@@ -36,6 +36,13 @@ struct CaptureSpec {
   bool row_stats = false;
   /// Half-width w (tokens) of "row_local": keys j with |i − j| <= w, the query included.
   int64_t local_window = 8;
+  /// n > 0: maps pooled into n x n tiles during the run, O(L·H·n²) memory whatever the length.
+  /// Tile k covers positions [floor(k·T/n), floor((k+1)·T/n)) (n is capped at T).
+  /// "pooled_map" [L, B, H, n, n]: mean attention over the tile's cells with a real query and a
+  /// real key (masked cells count as 0); "pooled_uniform" [L, B, n, n]: the same mean for a query
+  /// that spreads its attention evenly over the keys it sees (head 0's mask), the reference of
+  /// the figures' "uniform" scale. NaN where a tile has no real cell.
+  int64_t pooled_maps = 0;
 
   /// Predictive entropy per position (Trace::entropy, nats); false leaves it NaN and skips the
   /// pass over the logits (re-runs for missing maps do).
@@ -55,7 +62,7 @@ struct CaptureSpec {
   static CaptureSpec all_aggregates();
   /// True when `layer` is among the aggregate layers.
   bool aggregates_layer(int64_t layer) const;
-  bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || row_stats || !from_tokens.empty(); }
+  bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || row_stats || pooled_maps > 0 || !from_tokens.empty(); }
 
   std::string to_json() const;
   static CaptureSpec from_json(const std::string& text);

@@ -29,6 +29,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("sink_tokens", &CaptureSpec::sink_tokens)
       .def_readwrite("row_stats", &CaptureSpec::row_stats)
       .def_readwrite("local_window", &CaptureSpec::local_window)
+      .def_readwrite("pooled_maps", &CaptureSpec::pooled_maps)
       .def_readwrite("predictive_entropy", &CaptureSpec::predictive_entropy)
       .def_readwrite("top_k", &CaptureSpec::top_k)
       .def_readwrite("temperature", &CaptureSpec::temperature)

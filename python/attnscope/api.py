@@ -11,7 +11,7 @@ from .streaming import Progress, TokenStream
 from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                "attn_entropy", "sink_tokens", "row_stats", "local_window", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
+                "attn_entropy", "sink_tokens", "row_stats", "local_window", "pooled_maps", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
 ALL_AGGREGATES = {"received": True, "attn_entropy": True, "sink_tokens": 1, "row_stats": True}
 
 

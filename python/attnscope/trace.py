@@ -131,6 +131,31 @@ class Trace:
         got = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True)
         return got.captures["from"][:, batch, :, 0]
 
+    def pooled_maps(self, n):
+        """(pooled_map Tensor[L, B, H, n', n'], pooled_uniform Tensor[L, B, n', n'], bounds) with
+        n' = min(n, T) tiles; tile k covers positions bounds[k] .. bounds[k+1]-1, bounds[k] =
+        floor(k·T/n'). Taken from the captures when they hold n' tiles, else computed with one
+        run (capture={"pooled_maps": n} keeps them from the start)."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 65536:
+            raise ValueError(f"pooled maps: n={n!r} tiles, expected an int in 1..65536")
+        T = self.input_ids.shape[1]
+        m = min(n, T)
+        caps = self._core.captures
+        if not ("pooled_map" in caps and caps["pooled_map"].shape[-1] == m):
+            if self._model is None:
+                raise ValueError(f"the trace has no pooled maps of {m} tiles and no model to compute them: "
+                                 f"capture with {{'pooled_maps': {n}}}")
+            spec = {"pooled_maps": n, "top_k": 0, "predictive_entropy": False}
+            if "aggregate_layers" in caps:
+                spec["layers"] = caps["aggregate_layers"].tolist()
+            got = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True).captures
+            for name in ("pooled_map", "pooled_uniform"):
+                self._core.set_capture(name, got[name])
+            if "aggregate_layers" not in caps:
+                self._core.set_capture("aggregate_layers", got["aggregate_layers"])
+        caps = self._core.captures  # a fresh view: the dict read above predates the new captures
+        return caps["pooled_map"], caps["pooled_uniform"], [k * T // m for k in range(m + 1)]
+
     def drop(self, name):
         """Frees one capture (it is computed again if asked for while the model is kept)."""
         self._core.drop_capture(name)

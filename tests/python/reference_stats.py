@@ -45,3 +45,26 @@ def atlas_reference(attentions, ids, valid, w, rows=None):
             x = x[..., sl]
             out.setdefault(name[4:], []).append(x.nanmean((0, 2)))
     return {k: torch.stack(v) for k, v in out.items()}
+
+
+def pooled_reference(A, vis, valid, n):
+    """("pooled_map" [B, H, n, n], "pooled_uniform" [B, n, n]) from full attentions `A` [B, H, T, T]
+    and the mask `vis` [B, 1, T, T] (real query may see real key): tile k covers positions
+    floor(k·T/n) .. floor((k+1)·T/n) - 1; means over the tile's cells with a real query and a
+    real key; the uniform map gives each query 1/(keys it sees) on each key it sees."""
+    T = A.shape[-1]
+    n = min(n, T)
+    bounds = [k * T // n for k in range(n + 1)]
+    U = vis[:, 0].double() / vis[:, 0].sum(-1, keepdim=True).clamp_min(1)          # [B, T, T]
+    real = valid.double()
+    P = torch.zeros(T, n, dtype=torch.float64)                                     # position -> tile
+    for k in range(n):
+        P[bounds[k]:bounds[k + 1], k] = 1
+    w = real[:, :, None] * real[:, None, :]                                          # [B, T, T] real cells
+    sums = torch.einsum("ia,bhij,jc->bhac", P, A.double().nan_to_num(0) * w[:, None], P)
+    usum = torch.einsum("ia,bij,jc->bac", P, U * w, P)
+    per_tile = real @ P                                                              # [B, n]
+    cells = per_tile[:, :, None] * per_tile[:, None, :]
+    pm = torch.where(cells[:, None] > 0, sums / cells.clamp_min(1)[:, None], float("nan"))
+    pu = torch.where(cells > 0, usum / cells.clamp_min(1), float("nan"))
+    return pm, pu

@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 from hf_families import FAMILIES, V
-from reference_stats import row_stats_reference
+from reference_stats import pooled_reference, row_stats_reference
 
 import attnscope
 
@@ -21,7 +21,7 @@ T, PAD, SINK = 11, 3, 2
 TOL = 1e-5
 WINDOW = 2  # row_local half-width: small, so that T = 11 has keys inside and outside it
 CAPTURE = {"received": True, "attn_entropy": True, "sink_tokens": SINK, "from_tokens": [-1, 2], "top_k": 0,
-           "row_stats": True, "local_window": WINDOW}
+           "row_stats": True, "local_window": WINDOW, "pooled_maps": 4}
 
 
 def eager_reference(model):
@@ -120,6 +120,9 @@ def check_run(m, model, ref, kind, causal):
         close(t.get("from")[l], frm, f"{where}, from rows")
         for name, want in row_stats_reference(A, ids, valid, WINDOW).items():
             close(t.get(name)[l], want, f"{where}, {name}")
+        pm, pu = pooled_reference(A, vis, valid, 4)
+        close(t.get("pooled_map")[l], pm, f"{where}, pooled map")
+        close(t.get("pooled_uniform")[l], pu, f"{where}, pooled uniform")
     if m.output == "logits":
         logp = out.logits.double().log_softmax(-1)
         h = -(logp.exp() * logp).sum(-1).masked_fill(~valid, nan)

@@ -1,11 +1,13 @@
 """The 2D figures: visualize_attention (one heatmap per (layer, head)) and
 visualize_attention_layers (the paper-style grid, one map per layer, one shared colorbar)."""
+import numpy as np
 
 from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
                       panel_for_labels, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
 from .data import _check_batch, _ensure, _head_map, _labels, _layer_map, _layers, _pairs, _window
+from .pooled import draw_pooled, pool_tiles, pooled, range_labels
 from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmax, _default_vmin, _hatch_masked, _legend, _norm,
                     _prepare, _scale_label)
 
@@ -13,7 +15,7 @@ from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmax, _defaul
 def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=None, vmax=None,
                         scale="uniform", gamma=0.5, mask_first=False, entropy_quantile=ENTROPY_QUANTILE,
                         entropy_threshold=None, max_marks=MAX_MARKS, max_labels=80, ncols=None, panel=None,
-                        tokens=None, ax=None):
+                        tokens=None, pool=None, ax=None):
     """Grid of heatmaps, one per (layer, head): row = query i, column = key j, token labels on
     both axes (every token up to `max_labels`, then thinned; the panel grows to fit them when
     `panel` is None), title "Layer L Head H", a colorbar each.
@@ -25,28 +27,45 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     shown), or "response" (a generated trace's answer). Axes keep absolute positions.
     scale: "uniform" (default: each row over its uniform share 1/keys seen, log scale 1/16..16,
     so structure shows at any length), or the raw weights "sqrt", "linear", "log", "power".
+    pool: None (default) draws windows of more than 512 tokens as tile means computed by the
+    core (Trace.pooled_maps; about 256 tiles across the window, axes labelled by tile ranges,
+    marks still named), False always the full maps, an int that many tiles over the trace.
     Returns the Figure, or the Axes when given `ax=` (one pair)."""
     pairs = _pairs(trace, layers_heads)
     _check_batch(trace, batch)
     _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
     s, e = _window(trace, batch, tokens)
-    _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
-    labels = _labels(trace, batch)[s:e]
+    n_pool = pool_tiles(trace, s, e, pool)
+    if not n_pool:
+        _ensure(trace, [f"head_map/L{l}H{h}" for l, h in pairs])
     hi = high_entropy_positions(trace, batch=batch, entropy_threshold=entropy_threshold,
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
     named = _marks_line(hi, _labels(trace, batch), (s, e))
+    labels = _labels(trace, batch)[s:e]
+    if n_pool:
+        tiles = {(l, h): pooled(trace, n_pool, l, h, batch, scale) for l, h in pairs}
+        labels = _pooled_labels(_labels(trace, batch), next(iter(tiles.values()))[1], s, e, hi)
     if panel is None:
         panel = panel_for_labels(min(len(labels), max_labels or 1), 4.0)
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
     with closing_on_error(fig, own):
         for ax_, (l, h) in zip(axes, pairs):
-            a = _prepare(_head_map(trace, l, h, batch), mask_first, scale)[s:e, s:e]
+            if n_pool:
+                a, bounds = tiles[(l, h)]
+                if mask_first:
+                    a = a.copy()
+                    a[:, 0] = np.nan
+            else:
+                a = _prepare(_head_map(trace, l, h, batch), mask_first, scale)[s:e, s:e]
             lo = _default_vmin(a, scale) if vmin is None else vmin
             up = _default_vmax(a, scale) if vmax is None else vmax
-            im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest",
-                            extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
-            _hatch_masked(ax_, a, s)
+            if n_pool:
+                im = draw_pooled(ax_, a, bounds, s, e, _cmap(cmap), _norm(scale, lo, up, gamma))
+            else:
+                im = ax_.imshow(a, cmap=_cmap(cmap), norm=_norm(scale, lo, up, gamma), interpolation="nearest",
+                                extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
+                _hatch_masked(ax_, a, s)
             _crosshairs(ax_, hi, e, _upper_empty(a), start=s)
             _prompt_divider(ax_, trace, window=(s, e))
             ax_.set_title(f"Layer {l} Head {h}")
@@ -54,7 +73,7 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
             ax_.set_ylabel("query")
             _ticks(ax_, labels, "both", max_labels, hi, start=s)
             cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04, extend="both" if scale == "uniform" else "neither")
-            cb.set_label(_scale_label(scale, gamma), fontsize=8)
+            cb.set_label(_scale_label(scale, gamma) + (_pool_note(bounds) if n_pool else ""), fontsize=8)
             _colorbar_ticks(cb, im.norm, scale)
         if ax is not None:
             return _axes_legend(axes[0], hi, hi_label)
@@ -65,21 +84,30 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
 def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, cmap="RdBu_r",
                                vmin=None, vmax=None, scale="uniform", gamma=0.5, mask_first=False,
                                entropy_quantile=ENTROPY_QUANTILE, entropy_threshold=None, max_marks=MAX_MARKS, paper=True,
-                               max_labels=None, ncols=None, panel=2.6, tokens=None):
+                               max_labels=None, ncols=None, panel=2.6, tokens=None, pool=None):
     """Paper-style grid (StreamingLLM Fig. 2): one map per layer, averaged over all heads when
     head_idx is None (capture={'layer_maps': [...]}), else that head; ONE shared colorbar (same
     vmin/vmax on every panel), RdBu_r by default; titles "L{l} Avg" / "L{l} H{h}". Token
     labels on the outer panels (y on the first column, x on the bottom row), thinned to what a
     panel holds (`max_labels`, default from `panel`), high-entropy tokens always named, so the
     stripes the overview shows can be read off; a dataset trace labels positions. `paper`:
-    compact fonts. tokens: None (real tokens), (start, stop) or "response", and scale
-    ("uniform" by default), as in visualize_attention. Returns the Figure."""
+    compact fonts. tokens: None (real tokens), (start, stop) or "response", scale ("uniform"
+    by default) and pool (tile means above 512 tokens), as in visualize_attention. Returns the
+    Figure."""
     layers = _layers(trace, layer_indices, head_idx)
     _check_batch(trace, batch)
     _check_options(vmin=vmin, vmax=vmax, scale=scale, gamma=gamma, max_labels=max_labels, ncols=ncols, panel=panel)
     s, e = _window(trace, batch, tokens)
-    _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
-    maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first, scale)[s:e, s:e] for l in layers]
+    n_pool = pool_tiles(trace, s, e, pool)
+    if n_pool:
+        tiles = [pooled(trace, n_pool, l, head_idx, batch, scale) for l in layers]
+        maps, bounds = [a for a, _ in tiles], tiles[0][1]
+        if mask_first:
+            for a in maps:
+                a[:, 0] = np.nan
+    else:
+        _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
+        maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first, scale)[s:e, s:e] for l in layers]
     lo = min(_default_vmin(m, scale) for m in maps) if vmin is None else vmin
     up = max(_default_vmax(m, scale) for m in maps) if vmax is None else vmax
     norm = _norm(scale, lo, up, gamma)
@@ -90,15 +118,20 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
                                 entropy_quantile=entropy_quantile, max_marks=max_marks)
     hi_label = _entropy_label(entropy_threshold, entropy_quantile, len(hi))
     named = _marks_line(hi, _labels(trace, batch), (s, e))
+    if n_pool:
+        labels = _pooled_labels(_labels(trace, batch), bounds, s, e, hi)
     fig, axes, _ = _grid(len(layers), ncols, panel)
     ncol = _columns(len(layers), ncols, panel)
     title_fs = 9 if paper else None
     fs = 5.5 if paper or len(labels) > 48 else None
     with closing_on_error(fig, True):
         for k, (ax, l, m) in enumerate(zip(axes, layers, maps)):
-            im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest",
-                           extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
-            _hatch_masked(ax, m, s)
+            if n_pool:
+                im = draw_pooled(ax, m, bounds, s, e, _cmap(cmap), norm)
+            else:
+                im = ax.imshow(m, cmap=_cmap(cmap), norm=norm, interpolation="nearest",
+                               extent=(s - 0.5, e - 0.5, e - 0.5, s - 0.5))
+                _hatch_masked(ax, m, s)
             _crosshairs(ax, hi, e, _upper_empty(m), start=s)
             _prompt_divider(ax, trace, window=(s, e))
             ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}", fontsize=title_fs)
@@ -106,7 +139,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
             ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
         cb = fig.colorbar(im, ax=axes, shrink=0.8, extend="both" if scale == "uniform" else "neither")
-        cb.set_label(_scale_label(scale, gamma), fontsize=title_fs)
+        cb.set_label(_scale_label(scale, gamma) + (_pool_note(bounds) if n_pool else ""), fontsize=title_fs)
         _colorbar_ticks(cb, norm, scale)
         if paper:
             cb.ax.tick_params(labelsize=7)
@@ -114,3 +147,19 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
         if getattr(trace, "is_dataset", False):
             fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
     return fig
+
+
+def _pooled_labels(labels, bounds, s, e, marked):
+    """Tick labels of a pooled map: each position's tile range, marked positions their token."""
+    out = range_labels(labels, bounds, s, e)
+    for p in marked:
+        if s <= int(p) < e:
+            out[int(p) - s] = labels[int(p)]
+    return out
+
+
+def _pool_note(bounds):
+    """What the colorbar adds for a pooled map: the tiles' size."""
+    sizes = np.diff(bounds)
+    size = f"{sizes.min()}" if sizes.min() == sizes.max() else f"{sizes.min()}–{sizes.max()}"
+    return f"\nmeans over tiles of {size} tokens"
