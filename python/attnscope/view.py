@@ -1,7 +1,8 @@
 """Interactive attention view for Jupyter (and any browser): `attnscope.show(trace)`.
 
-A self-contained HTML fragment — tokens in a row; hover or click one to see what it attends to,
-or what attends to it, for any layer and head (or the head mean); high-entropy tokens
+A self-contained HTML fragment — a layers x heads overview of thumbnails (click one to open
+it), tokens in a row; hover or click one to see what it attends to, or what attends to it, for
+any layer and head (or the head mean), and its profile across layers; high-entropy tokens
 underlined in yellow. No server, network or notebook extension: the maps travel in the page as
 16-bit fixed point (resolution 1.5e-5; the lower triangle only for causal maps), bounded by
 `max_cells` values (counted as lower triangles; a bidirectional map stores its full square). Data come from the trace (missing maps are computed once when it keeps its model).
@@ -9,13 +10,18 @@ underlined in yellow. No server, network or notebook extension: the maps travel 
 import base64
 import html
 import json
+import math
 import os
 import re
+import sys
+import time
 import uuid
 
 import numpy as np
 
 MAX_CELLS = 4_000_000  # 16-bit values in the page: ~10.7 MB of base64 at most
+THUMB_TILES = 24  # tiles across each thumbnail of the layers x heads overview
+PROFILE = ("row_self", "row_prev", "row_local", "sink_mass_rows", "row_distance")  # hover profile, head means
 
 
 class AttentionView:
@@ -53,6 +59,28 @@ def _pack(a, causal):
         a = a[np.tril_indices(a.shape[0])]  # row-major: row i starts at i(i+1)/2
     q = np.clip(np.rint(a * 65535), 0, 65535).astype("<u2")
     return base64.b64encode(q.tobytes()).decode("ascii")
+
+
+def _pack_u16(a, top=1.0):
+    """Values in [0, top] -> base64 uint16 (round(v / top * 65534)); NaN -> 65535."""
+    a = np.asarray(a, dtype=np.float64)
+    q = np.where(np.isnan(a), 65535, np.clip(np.rint(np.nan_to_num(a) / top * 65534), 0, 65534)).astype("<u2")
+    return base64.b64encode(q.tobytes()).decode("ascii")
+
+
+def _thumbnails(pm, pu, layers, batch):
+    """Overview thumbnails [L, H + 1, n, n] as uint8 base64: 0 = nothing seen, else 1 + 254 ·
+    (log2(tile mean ÷ a uniform query's) clipped to ±4, mapped to 0..1); column H = head mean."""
+    out = []
+    u = pu[:, batch].double().numpy()                                    # [L, n, n]
+    m = pm[:, batch].double().numpy()                                    # [L, H, n, n]
+    m = np.concatenate([m, m.mean(1, keepdims=True)], 1)                 # + the head mean
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.log2(np.maximum(m / u[:, None], 2.0 ** -4))
+    code = np.where((u[:, None] > 0) & np.isfinite(r), 1 + np.rint((np.clip(r, -4, 4) + 4) / 8 * 254), 0)
+    for l in layers:
+        out.append(code[l])
+    return base64.b64encode(np.asarray(out, dtype=np.uint8).tobytes()).decode("ascii")
 
 
 def _int_list(name, values, n, what):
@@ -103,6 +131,12 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
     if with_heads:
         names += [f"head_map/L{l}H{h}" for l in layers for h in range(H)]
     before = set(trace.captures)
+    can_compute = getattr(trace, "can_compute", False)
+    missing = [n for n in names if n not in before]
+    started = time.perf_counter()
+    if missing and can_compute:  # a progress line: the run below may take seconds
+        print(f"attnscope.show: computing {len(missing)} maps of {T} tokens ({len(layers)} layers)...",
+              file=sys.stderr, flush=True)
     if hasattr(trace, "ensure"):
         trace.ensure(names)
     caps = trace.captures
@@ -130,6 +164,40 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
                 trace.drop(n)
     causal = all(not np.any(np.triu(np.nan_to_num(a, nan=0.0), 1)) for a in arrays.values())
     maps = {k: _pack(a, causal) for k, a in arrays.items()}
+    # Long traces: per-head maps as tile means (pooled during a run) within what max_cells leaves.
+    pooled, thumbs = None, None
+    pooled_maps = getattr(trace, "pooled_maps", None)
+    if not with_heads and heads == "auto" and pooled_maps is not None and can_compute:
+        n = min(T_all, math.isqrt(max(0, max_cells - mean_cells) // max(1, len(layers) * H)))
+        if n >= 8:
+            pm, _, bounds = pooled_maps(n)
+            order = trace.captures["aggregate_layers"].tolist()
+            pooled = {"bounds": [b - lo for b in bounds],
+                      "maps": {f"{l}/{h}": _pack(pm[order.index(l), batch, h].numpy(), False)
+                               for l in layers for h in range(H)}}
+            left_out = f"Per-head maps: tile means of {T_all // n}–{-(-T_all // n)} tokens (a long trace). "
+    if pooled_maps is not None and (can_compute or "pooled_map" in trace.captures):
+        try:
+            pm, pu, tb = pooled_maps(min(THUMB_TILES, T_all))
+            order = trace.captures["aggregate_layers"].tolist()
+            if all(l in order for l in layers):
+                idx = [order.index(l) for l in layers]
+                thumbs = {"n": len(tb) - 1, "data": _thumbnails(pm[idx], pu[idx], range(len(idx)), batch)}
+        except ValueError:
+            thumbs = None
+    profile = None
+    if hasattr(trace, "ensure"):
+        trace.ensure(list(PROFILE))
+    caps = trace.captures
+    if all(n in caps for n in PROFILE) and "aggregate_layers" in caps:
+        order = caps["aggregate_layers"].tolist()
+        if all(l in order for l in layers):
+            idx = [order.index(l) for l in layers]
+            vals = [caps[n][idx, batch][..., lo:hi].double().nanmean(1).numpy() for n in PROFILE]  # [L, T] each
+            vals[-1] = vals[-1] / max(1, T)  # distance as a share of the trace's length
+            profile = _pack_u16(np.stack(vals))
+    if missing and can_compute:
+        print(f"attnscope.show: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
 
     from .marks import high_entropy_positions
     ent = trace.entropy[batch].numpy().astype(float)[lo:hi]
@@ -143,6 +211,8 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
             + left_out)
     data = {"tokens": list(trace.labels[batch][lo:hi]), "layers": layers, "n_heads": H, "heads": with_heads,
             "causal": causal, "maps": maps, "offset": lo, "prompt_len": prompt_len,
+            "pooled": pooled, "thumbs": thumbs, "profile": profile,
+            "local_window": int((getattr(trace, "spec", None) or {}).get("local_window", 8)),
             "entropy": [None if not np.isfinite(e) else round(float(e), 4) for e in ent], "high": high, "note": note}
     view_id = "attnscope-" + uuid.uuid4().hex[:12]
     title = title if title is not None else (

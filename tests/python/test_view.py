@@ -31,7 +31,12 @@ HARNESS = """<script>
             high: Array.prototype.map.call(root.querySelectorAll('.as-tok.as-high'), function (s) { return +s.dataset.i; }),
             heads: root.querySelector('.as-head').options.length,
             divider: root.querySelectorAll('.as-divider').length,
-            note: root.querySelector('.as-note').textContent, n: toks.length};
+            note: root.querySelector('.as-note').textContent, n: toks.length,
+            layer: root.querySelector('.as-layer').value, head: root.querySelector('.as-head').value,
+            thumbs: root.querySelectorAll('.as-overview canvas').length,
+            cur: Array.prototype.map.call(root.querySelectorAll('.as-overview canvas.as-cur'), function (c) { return [+c.dataset.l, +c.dataset.h]; }),
+            profile: root.querySelector('.as-profile').dataset.values ? JSON.parse(root.querySelector('.as-profile').dataset.values) : null,
+            pooled: (root.querySelector('.as-pooled') || {}).textContent || ""};
   }
   function set(cls, v) { var el = root.querySelector(cls); el.value = v; el.dispatchEvent(new Event('change')); }
   function hover(i) { toks[i].dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); }
@@ -41,6 +46,8 @@ HARNESS = """<script>
     if (s.layer !== undefined) set('.as-layer', String(s.layer));
     if (s.head !== undefined) set('.as-head', String(s.head));
     if (s.dir) { var r = root.querySelector('input[value="' + s.dir + '"]'); r.checked = true; r.dispatchEvent(new Event('change')); }
+    if (s.thumb) root.querySelector('.as-overview canvas[data-l="' + s.thumb[0] + '"][data-h="' + s.thumb[1] + '"]')
+      .dispatchEvent(new MouseEvent('click', {bubbles: true}));
     if (s.hover !== undefined) hover(s.hover);
     if (s.click !== undefined) toks[s.click].dispatchEvent(new MouseEvent('click', {bubbles: true}));
     if (s.leave) root.querySelector('.as-tokens').dispatchEvent(new MouseEvent('mouseleave'));
@@ -166,3 +173,44 @@ def test_file_trace_without_maps_says_how(model, tmp_path):
     assert attnscope.show(back, layers=[0]).html  # what the file holds is enough
     with pytest.raises(ValueError, match=r"no head-mean map of layer 1 and cannot compute it"):
         attnscope.show(back, layers=[0, 1])
+
+
+@needs_browser
+def test_overview_thumbnails_profile_and_progress(answer, tmp_path, capsys):
+    """The layers x heads overview (one thumbnail per map plus the head mean; a click opens
+    it), the hovered token's profile (head means of the row statistics, from the trace), and the
+    progress line while the view computes."""
+    view = attnscope.show(answer)
+    err = capsys.readouterr().err
+    assert "attnscope.show: computing" in err and "done in" in err
+    k = answer.input_ids.shape[1] - 2
+    s = drive(view, tmp_path, [{"hover": k}, {"thumb": [14, 4]}, {"thumb": [3, -1]}])
+    L, H = answer.n_layers, answer.n_heads
+    assert s[0]["thumbs"] == L * (H + 1) and s[0]["cur"] == [[0, -1]]
+    assert (s[1]["layer"], s[1]["head"], s[1]["cur"]) == ("14", "4", [[14, 4]])
+    assert "layer 14, head 4, attends to:" in s[1]["summary"]
+    assert (s[2]["layer"], s[2]["head"]) == ("3", "-1")
+    prof = s[0]["profile"]
+    for name, cap in [("self", "row_self"), ("prev", "row_prev"), ("local", "row_local"), ("first token", "sink_mass_rows")]:
+        want = answer.get(cap)[:, 0, :, k].double().mean(1).numpy()
+        assert np.abs(np.array(prof[name], dtype=float) - want).max() <= 2e-5, name   # 16-bit fixed point
+    d = answer.get("row_distance")[:, 0, :, k].double().mean(1).numpy()
+    assert np.abs(np.array(prof["distance"], dtype=float) - d).max() <= 2e-5 * answer.input_ids.shape[1]
+
+
+@needs_browser
+def test_long_trace_per_head_rows_from_tiles(model, tmp_path):
+    """When per-head maps do not fit max_cells, heads come as tile means pooled by the core
+    (head means stay exact): a hovered token's weights are its tile's means."""
+    t = model.run("The cat sat on the mat because it was warm. " * 6)
+    T = t.input_ids.shape[1]
+    budget = 30 * T * (T + 1) // 2 + 30 * 9 * 16 * 16                    # head means + 16 x 16 tiles per head
+    view = attnscope.show(t, max_cells=budget)
+    assert '"heads": false' in view.html and "tile means of" in view.html
+    k = T - 5
+    s = drive(view, tmp_path, [{"layer": 14, "head": 2, "hover": k}])
+    pm, _, bounds = t.pooled_maps(16)
+    tile = np.searchsorted(bounds, np.arange(T), side="right") - 1
+    want = pm[14, 0, 2].numpy()[tile[k]][tile]
+    assert np.abs(np.array(s[0]["w"], dtype=float) - want).max() <= 1e-4
+    assert s[0]["pooled"].startswith("(head 2: tile means over tokens")
