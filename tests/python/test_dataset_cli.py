@@ -50,11 +50,13 @@ def test_single_process_writes_everything(texts, tmp_path):
     r = run(*_common(texts, tmp_path), "--num", "20")
     assert r.returncode == 0, r.stderr
     assert "20 sequences of 6 tokens, 3 layers x 4 heads" in r.stdout
-    for f in ("attention_layers.png", "head_summary_sink.png", "head_summary_entropy.png",
+    for f in ("attention_layers.png", "head_summary_sink.png", "head_summary_entropy.png", "head_atlas.png",
               "attention_patterns.png", "dataset.safetensors", "summary.json"):
         assert (tmp_path / f).stat().st_size > 300, f
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["n_sequences"] == 20 and len(s["sink1_per_layer"]) == 3 and 0 <= s["sink1"] <= 1
+    atlas = attnscope.head_atlas(attnscope.DatasetTrace.load(tmp_path / "dataset.safetensors"))
+    assert s["top_heads"]["prev"] == [list(p) for p in atlas.top("prev", 5)] and len(s["top_heads"]["induction"]) == 5
 
 
 def test_two_processes_equal_one(texts, tmp_path):

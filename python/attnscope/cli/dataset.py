@@ -77,6 +77,8 @@ def _dataset(args, device, rank, dist):
     os.makedirs(args.out, exist_ok=True)
     d.save(os.path.join(args.out, "dataset.safetensors"))
     summary = d.summary()
+    atlas = attnscope.head_atlas(d)
+    summary["top_heads"] = {s: [list(p) for p in atlas.top(s, 5)] for s in ("induction", "prev", "duplicate", "self")}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     layers = _layer_picks(d.n_layers)
@@ -84,6 +86,7 @@ def _dataset(args, device, rank, dist):
         "attention_layers.png": attnscope.visualize_attention_layers(d, layers),
         "head_summary_sink.png": attnscope.visualize_head_summary(d, "sink").figure,
         "head_summary_entropy.png": attnscope.visualize_head_summary(d, "entropy").figure,
+        "head_atlas.png": attnscope.visualize_head_atlas(atlas),
         "attention_patterns.png": attnscope.visualize_attention_patterns(
             d, [(l, 0) for l in layers[:4]], "mean"),
     }
