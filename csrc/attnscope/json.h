@@ -57,6 +57,10 @@ Value parse(const std::string& text, const std::string& what = "JSON");
 /// Quotes and escapes `s` as a JSON string literal.
 std::string quote(const std::string& s);
 
+/// `s` with every byte that is not part of well-formed UTF-8 written as the text "\xNN":
+/// token strings from files are data that Python and the page must be able to decode.
+std::string valid_utf8(const std::string& s);
+
 /// `v` as a JSON array of integers: [1,2,3].
 std::string int_array(const std::vector<int64_t>& v);
 

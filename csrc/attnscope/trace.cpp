@@ -111,6 +111,8 @@ Trace Trace::load(const std::string& path) {
   t.n_kv_heads = meta_int(f, "n_kv_heads", path, 1, t.n_heads);
   t.layer_paths = parse_string_array(meta("layer_paths"), "trace layer_paths");
   t.tokens = parse_string_array(meta("tokens"), "trace tokens");
+  for (auto* list : {&t.tokens, &t.layer_paths})  // files may hold any bytes; Python decodes UTF-8
+    for (auto& s : *list) s = json::valid_utf8(s);
   // Shapes agree with each other: ids [B, T] are the reference every reader indexes by.
   TORCH_CHECK_VALUE(t.input_ids.defined() && t.input_ids.dim() == 2 && t.input_ids.scalar_type() == torch::kLong,
                     "'", path, "': input_ids must be an int64 [B, T] tensor");
@@ -122,7 +124,9 @@ Trace Trace::load(const std::string& path) {
   TORCH_CHECK_VALUE(static_cast<int64_t>(t.tokens.size()) == 0 || static_cast<int64_t>(t.tokens.size()) == B * T,
                     "'", path, "': ", t.tokens.size(), " token strings for ", B, " x ", T, " ids");
   t.prompt_len = meta_int(f, "prompt_len", path, -1, T, false, -1);
-  t.generation = meta("generation");
+  t.generation = json::valid_utf8(meta("generation"));
+  TORCH_CHECK_VALUE(t.generation.empty() || json::parse(t.generation, "'" + path + "': generation").is_object(),
+                    "'", path, "': generation must be a JSON object or empty");
   return t;
 }
 

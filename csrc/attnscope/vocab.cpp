@@ -39,7 +39,7 @@ Vocab Vocab::from_tokenizer_json(const std::string& text) {
     TORCH_CHECK_VALUE(e.first < limit, "tokenizer.json: token id ", e.first, " ('", e.second.substr(0, 40),
                       "') is beyond what its ", entries.size(), " entries can number (ids below ", limit, ")");
     if (static_cast<int64_t>(v.tokens_.size()) <= e.first) v.tokens_.resize(e.first + 1);
-    v.tokens_[e.first] = e.second;
+    v.tokens_[e.first] = json::valid_utf8(e.second);
   }
   TORCH_CHECK_VALUE(!v.tokens_.empty(), "tokenizer.json: no vocabulary found under model.vocab or "
                     "added_tokens");
@@ -54,7 +54,7 @@ Vocab Vocab::from_token_list(const std::string& text) {
   for (size_t i = 0; i < root.arr.size(); ++i) {
     TORCH_CHECK_VALUE(root.arr[i].is_string(), "tokens.json[", i, "]: expected a token string, got ",
                       root.arr[i].describe());
-    v.tokens_.push_back(root.arr[i].str);
+    v.tokens_.push_back(json::valid_utf8(root.arr[i].str));
   }
   return v;
 }

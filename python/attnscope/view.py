@@ -220,8 +220,9 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
     template_path = os.path.join(os.path.dirname(__file__), "view_template.html")
     with open(template_path, encoding="utf-8") as f:
         template = f.read()
-    # JSON inside <script>: "</" would end the script element, so it is escaped.
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # JSON inside <script>: every "<" is written \u003c, so no text ("</script>", "<!--<script>")
+    # can end the element or switch the parser into its escaped states.
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     fill = {"__ID__": view_id, "__TITLE__": html.escape(title), "__DATA__": payload}
     fragment = re.sub("__ID__|__TITLE__|__DATA__", lambda m: fill[m[0]], template)  # one pass: token text stays as is
     return AttentionView(fragment, title)

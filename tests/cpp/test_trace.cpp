@@ -129,3 +129,14 @@ CATCH_TEST_CASE("safetensors writer/reader: dtypes, shapes, metadata with escape
   for (const auto& kv : f.tensors) CATCH_CHECK(g.tensors[kv.first].equal(kv.second));
   std::remove(path.c_str());
 }
+
+CATCH_TEST_CASE("token strings that are not UTF-8 become \\xNN text", "[trace]") {
+  using attnscope::json::valid_utf8;
+  CATCH_CHECK(valid_utf8("plain ␣ text é 𝄞") == "plain ␣ text é 𝄞");           // well-formed: unchanged
+  CATCH_CHECK(valid_utf8(std::string("a\xff" "b")) == "a\\xffb");                 // a byte that starts nothing
+  CATCH_CHECK(valid_utf8(std::string("\xc3(")) == "\\xc3(");                       // a lead byte without its pair
+  CATCH_CHECK(valid_utf8(std::string("\xc0\xaf")) == "\\xc0\\xaf");                // overlong '/'
+  CATCH_CHECK(valid_utf8(std::string("\xed\xa0\x80")) == "\\xed\\xa0\\x80");       // a UTF-16 surrogate
+  CATCH_CHECK(valid_utf8(std::string("\xf4\x90\x80\x80")) == "\\xf4\\x90\\x80\\x80");  // past U+10FFFF
+  CATCH_CHECK(valid_utf8(std::string("\xe2\x82")) == "\\xe2\\x82");                // truncated at the end
+}

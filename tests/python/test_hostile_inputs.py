@@ -87,6 +87,33 @@ def test_trace_metadata_checked(tmp_path, toy):
         attnscope.Trace.load(str(bad))
 
 
+def test_trace_strings_that_are_not_utf8_or_json(tmp_path, toy):
+    """Token strings are data: bytes that are not UTF-8 (a GGUF vocabulary, a C++-written or
+    edited file) load as "\\xNN" text; a generation field that is not a JSON object is refused."""
+    t = toy.run([1, 2, 3])
+    good = tmp_path / "good.safetensors"
+    t.save(good)
+    raw = good.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = raw[8:8 + n]
+    tok = json.loads(json.loads(header)["__metadata__"]["tokens"])[1]
+    needle = json.dumps(tok).encode()[1:-1]                       # the token as written in the header
+    assert header.count(needle) >= 1 and len(needle) >= 2
+    bad_bytes = (b"\xff\xc3" + b"a" * len(needle))[:len(needle)]  # a lone byte, then a lead byte without its pair
+    bad = tmp_path / "utf8.safetensors"
+    bad.write_bytes(raw[:8] + header.replace(needle, bad_bytes, 1) + raw[8 + n:])
+    got = attnscope.Trace.load(str(bad))
+    assert got.tokens[0][1].startswith("\\xff\\xc3") and got.labels[0][1].startswith("\\xff")
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    with safe_open(str(good), "pt") as f:
+        meta = f.metadata()
+    path = tmp_path / "gen.safetensors"
+    save_file(load_file(str(good)), str(path), metadata={**meta, "generation": "not json"})
+    with pytest.raises(ValueError, match=r"generation.*(malformed JSON|JSON object)"):
+        attnscope.Trace.load(str(path))
+
+
 def test_dataset_length_must_match_its_tensors(tmp_path, toy):
     d = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4]], length=4, num=None)
     d.save(str(tmp_path / "d.safetensors"))

@@ -126,6 +126,7 @@ def test_padded_row_bidirectional_model_and_hostile_token_text(tmp_path):
     mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]])
     t = m.run(ids, attention_mask=mask)
     t.labels[1][0] = "</script><b>x"  # token text is data, never markup
+    t.labels[1][1] = "<!--<script>"   # would switch a <script> element into its escaped state
     view = attnscope.show(t, batch=1, heads=True)
     s = drive(view, tmp_path, [{"hover": 3}, {"dir": "to", "layer": 1, "head": 1}])
     assert s[0]["n"] == 4  # padding left out
@@ -134,7 +135,7 @@ def test_padded_row_bidirectional_model_and_hostile_token_text(tmp_path):
     assert sum(w > 0 for w in s[0]["w"][3:]) == 1 and s[0]["w"][0] > 0  # bidirectional: keys on both sides
     col = t.get("head_map/L1H1")[1, :4, 3].numpy()
     assert np.abs(np.array(s[1]["w"]) - col).max() <= 1e-4
-    assert "<\\/script><b>x" in view.html  # escaped inside the page's JSON
+    assert "\\u003c/script>\\u003cb>x" in view.html and "<!--" not in view.html.split("<script>")[1]  # escaped in the JSON
 
 
 def test_bounded_size_and_what_is_left_out(model, tmp_path):
