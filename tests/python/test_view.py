@@ -36,7 +36,8 @@ HARNESS = """<script>
             thumbs: root.querySelectorAll('.as-overview canvas').length,
             cur: Array.prototype.map.call(root.querySelectorAll('.as-overview canvas.as-cur'), function (c) { return [+c.dataset.l, +c.dataset.h]; }),
             profile: root.querySelector('.as-profile').dataset.values ? JSON.parse(root.querySelector('.as-profile').dataset.values) : null,
-            pooled: (root.querySelector('.as-pooled') || {}).textContent || ""};
+            pooled: (root.querySelector('.as-pooled') || {}).textContent || "",
+            strip: Array.prototype.map.call(root.querySelectorAll('.as-strip span'), function (b) { return [b.dataset.e === "" ? null : +b.dataset.e, b.className]; })};
   }
   function set(cls, v) { var el = root.querySelector(cls); el.value = v; el.dispatchEvent(new Event('change')); }
   function hover(i) { toks[i].dispatchEvent(new MouseEvent('mouseover', {bubbles: true})); }
@@ -187,6 +188,12 @@ def test_overview_thumbnails_profile_and_progress(answer, tmp_path, capsys):
     k = answer.input_ids.shape[1] - 2
     s = drive(view, tmp_path, [{"hover": k}, {"thumb": [14, 4]}, {"thumb": [3, -1]}])
     L, H = answer.n_layers, answer.n_heads
+    # the entropy strip: one bar per token, the trace's entropy, marks yellow, the hovered one red
+    ent = answer.entropy[0].tolist()
+    assert [e for e, _ in s[0]["strip"]] == pytest.approx([round(x, 4) for x in ent], abs=1e-4)
+    marked = [int(p) for p in high_entropy_positions(answer)]
+    assert [i for i, (_, c) in enumerate(s[0]["strip"]) if "as-high" in c] == marked
+    assert [i for i, (_, c) in enumerate(s[0]["strip"]) if "as-sel" in c] == [k]
     assert s[0]["thumbs"] == L * (H + 1) and s[0]["cur"] == [[0, -1]]
     assert (s[1]["layer"], s[1]["head"], s[1]["cur"]) == ("14", "4", [[14, 4]])
     assert "layer 14, head 4, attends to:" in s[1]["summary"]
