@@ -12,6 +12,7 @@ from .trace import Trace
 
 _SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
                 "attn_entropy", "sink_tokens", "row_stats", "local_window", "pooled_maps", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
+MAX_NEW_TOKENS = 1 << 20  # per generate() call on a model that states no context length
 ALL_AGGREGATES = {"received": True, "attn_entropy": True, "sink_tokens": 1, "row_stats": True}
 
 
@@ -209,15 +210,24 @@ class Model:
         its `trace` is this Trace once the iteration ends."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens {max_new_tokens!r} must be an int >= 1")
+        if self.context_length <= 0 and max_new_tokens > MAX_NEW_TOKENS:
+            raise ValueError(f"max_new_tokens {max_new_tokens!r}: the model states no context length, so at most "
+                             f"{MAX_NEW_TOKENS:,} new tokens are generated per call")
         for name, v in (("temperature", temperature), ("top_p", top_p)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-                raise ValueError(f"{name} {v!r} must be a number")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+                raise ValueError(f"{name} {v!r} must be a finite number")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
+            raise ValueError(f"seed {seed!r} must be an int in 0..2**64-1")
+        if not isinstance(use_cache, bool):
+            raise ValueError(f"use_cache {use_cache!r} must be True or False")
         if temperature < 0:
             raise ValueError(f"temperature {temperature!r} must be >= 0 (0 = greedy)")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p {top_p!r} must be in (0, 1]")
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k < 2 ** 62:
             raise ValueError(f"top_k {top_k!r} must be an int >= 0 (0 = no limit)")
+        if self.vocab_size > 0:
+            top_k = min(top_k, self.vocab_size)  # more than the vocabulary is all of it
         if stop is not None:
             if isinstance(stop, (str, bytes)) or not hasattr(stop, "__iter__"):
                 raise ValueError(f"stop {stop!r}: expected a list of token ids, [] (never stop early) or None")
@@ -236,6 +246,14 @@ class Model:
         ids, mask = self._batch(prompt, "left")
         if ids.numel() == 0:
             raise ValueError("empty prompt: it has no tokens")
+        if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+            raise ValueError(f"prompt ids must be integer token ids, got dtype {ids.dtype}")
+        real = ids if mask is None else ids[mask.bool()]
+        if int(real.min()) < 0 or (self.vocab_size > 0 and int(real.max()) >= self.vocab_size):
+            bad = int(real.min()) if int(real.min()) < 0 else int(real.max())
+            pos = int((ids == bad).nonzero()[0, -1])
+            raise ValueError(f"token id {bad} at position {pos} is out of range: ids must be in [0, {self.vocab_size})"
+                             if self.vocab_size > 0 else f"token id {bad} at position {pos} is negative")
         opts = _core.GenerateOptions()
         opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p = max_new_tokens, float(temperature), top_k, float(top_p)
         opts.seed, opts.pad_id, opts.use_cache = int(seed), self.pad_id, bool(use_cache)

@@ -110,6 +110,17 @@ def test_batch_is_left_padded_and_rows_stop_apart(model):
     (dict(prompt="hi", top_p=1.5), r"top_p 1.5 must be in \(0, 1\]"),
     (dict(prompt="hi", top_k=-1), "top_k -1 must be an int >= 0"),
     (dict(prompt="word " * 9000), "prompt of 9001 tokens does not fit the model's context of 8192 tokens"),
+    (dict(prompt="hi", seed=-1), r"seed -1 must be an int in 0..2\*\*64-1"),
+    (dict(prompt="hi", seed=2 ** 70), r"seed 1180591620717411303424 must be an int"),
+    (dict(prompt="hi", seed=1.5), r"seed 1.5 must be an int"),
+    (dict(prompt="hi", seed="7"), r"seed '7' must be an int"),
+    (dict(prompt="hi", top_k=10 ** 20), r"top_k 100000000000000000000 must be an int >= 0"),
+    (dict(prompt="hi", temperature=float("inf")), r"temperature inf must be a finite number"),
+    (dict(prompt="hi", use_cache="no"), r"use_cache 'no' must be True or False"),
+    (dict(prompt="hi", stop=["a"]), r"stop: 'a' is not a token id of this model"),
+    (dict(prompt="hi", stop=[99999]), r"stop: 99999 is not a token id of this model \(expected ints in 0..49151\)"),
+    (dict(prompt=[-1]), r"token id -1 at position 0 is out of range: ids must be in \[0, 49152\)"),
+    (dict(prompt=torch.tensor([[5, 49152]])), r"token id 49152 at position 1 is out of range"),
 ])
 def test_bad_arguments(model, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -154,3 +165,10 @@ def test_text_batches_are_right_padded_for_run(model):
     alone = model.run("Hi")
     n = alone.input_ids.shape[1]
     assert torch.allclose(t.get("received_mean")[:, 0, :, :n], alone.get("received_mean")[:, 0], atol=1e-5)
+
+
+def test_unbounded_generation_is_refused_without_a_context_length(toy_model):
+    assert toy_model.context_length <= 0
+    with pytest.raises(ValueError, match=r"max_new_tokens 1000000000: the model states no context length, so at most "
+                                         r"1,048,576 new tokens"):
+        toy_model.generate([5, 6], max_new_tokens=10 ** 9)
