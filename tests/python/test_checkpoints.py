@@ -155,3 +155,35 @@ def test_damaged_compressed_member_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"a\.pt: damaged archive"):
         read_extra_file(str(path), "attnscope.json", verify=True)
     assert not checkpoints._intact(str(path))
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("drop q_proj", r"the checkpoint lacks 1 weight\(s\) the model needs \(model.layers.0.self_attn.q_proj.weight\)"),
+    ("drop layer 1", r"the checkpoint lacks 9 weight\(s\) the model needs \(model.layers.1."),
+    ("drop embeddings", r"lacks 1 weight\(s\) the model needs \(model.embed_tokens.weight\)"),
+    ("extra layer", r"holds 1 weight\(s\) the model does not use \(model.layers.7.mlp.up_proj.weight\)"),
+    ("wrong shape", r"1 weight\(s\) have shapes that do not match config.json \(model.layers.0.mlp.up_proj.weight"),
+])
+def test_folder_whose_weights_do_not_make_the_model_is_refused(tmp_path, cache, edit, message):
+    """A folder's weights must be the model's: transformers would fill what is missing or of the
+    wrong shape with random numbers (a 'newly initialized' log line) and attention of random
+    weights would be drawn; every such folder is refused, naming the weights."""
+    from safetensors.torch import load_file, save_file
+    make_folder(tmp_path / "ckpt")
+    f = tmp_path / "ckpt" / "model.safetensors"
+    w = load_file(str(f))
+    if edit == "drop q_proj":
+        del w["model.layers.0.self_attn.q_proj.weight"]
+    elif edit == "drop layer 1":
+        w = {k: v for k, v in w.items() if not k.startswith("model.layers.1.")}
+    elif edit == "drop embeddings":
+        del w["model.embed_tokens.weight"]
+        w["lm_head.weight"] = torch.zeros(len(WORDS), 32)
+    elif edit == "extra layer":
+        w["model.layers.7.mlp.up_proj.weight"] = torch.zeros(64, 32)
+    elif edit == "wrong shape":
+        w["model.layers.0.mlp.up_proj.weight"] = torch.zeros(65, 32)
+    save_file(w, str(f), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=message):
+        attnscope.load(str(tmp_path / "ckpt"), device="cpu")
+    assert archives(cache) == []  # nothing exported

@@ -285,9 +285,43 @@ def _load_any(src):
     cfg = AutoConfig.from_pretrained(src)
     archs = getattr(cfg, "architectures", None) or []
     causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or not archs
-    model = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(src)
+    # ignore_mismatched_sizes: transformers then lists the mismatches, and _check_loading refuses them by name
+    model, info = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(
+        src, output_loading_info=True, ignore_mismatched_sizes=True)
+    _check_loading(src, info, causal_lm)
     tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
     return model, tok
+
+
+# Checkpoint entries that are not weights of the model (buffers older versions saved) or heads
+# an encoder's base model leaves out: never the reason to refuse a folder.
+_HARMLESS = ("rotary_emb.inv_freq", ".masked_bias", ".attn.bias", "position_ids")
+_ENCODER_HEADS = ("cls.", "lm_head.", "classifier.", "pooler.", "qa_outputs.")
+
+
+def _check_loading(src, info, causal_lm):
+    """Refuses a checkpoint folder whose weights do not make the model: transformers fills what
+    is missing or mismatched with random numbers (and only logs it), and a figure of random
+    weights is the worst output an attention tool can give."""
+    def first(keys):
+        keys = sorted(keys)
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    missing = [k for k in info.get("missing_keys", []) if not k.endswith(_HARMLESS)]
+    if missing:
+        raise ValueError(f"{src}: the checkpoint lacks {len(missing)} weight(s) the model needs ({first(missing)}); "
+                         "transformers would fill them with random numbers. Check the safetensors files and "
+                         "config.json's model_type")
+    mismatched = info.get("mismatched_keys", [])
+    if mismatched:
+        names = [m[0] if isinstance(m, (tuple, list)) else str(m) for m in mismatched]
+        raise ValueError(f"{src}: {len(names)} weight(s) have shapes that do not match config.json "
+                         f"({first(names)}); transformers would replace them with random numbers")
+    unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(_HARMLESS)
+                  and (causal_lm or not k.startswith(_ENCODER_HEADS))]
+    if unexpected:
+        raise ValueError(f"{src}: the checkpoint holds {len(unexpected)} weight(s) the model does not use "
+                         f"({first(unexpected)}): config.json (model_type, layer count) does not describe "
+                         "these weights")
 
 
 def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback=True,
