@@ -5,6 +5,7 @@ padding; top_heads; the probes on the default model; the figures."""
 import warnings
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from hf_families import FAMILIES, V
@@ -161,3 +162,31 @@ def test_default_model_probe_finds_induction_and_previous_token_heads():
     (lp, hp), = atlas.top("prev", 1)
     assert atlas["prev"][lp, hp] > 0.5
     assert atlas["induction"].nanmedian() < 0.2  # most heads are not induction heads
+
+
+def test_compare_profiles_and_atlases(toy_model):
+    """Side by side: a trace and its variant — the profile figure draws both (the compared one
+    dashed), the atlas figure draws compare − atlas centred at 0, numbers from each one's own
+    token_profile / head_atlas."""
+    a = toy_model.run([5, 6, 7, 8, 5, 6, 7, 8])
+    b = toy_model.run([5, 6, 7, 9, 5, 6, 7, 9])
+    fig = attnscope.visualize_token_profile(a, 6, compare=b)
+    ax = fig.axes[0]
+    pa, pb = attnscope.token_profile(a, 6), attnscope.token_profile(b, 6)
+    solid = [l for l in ax.get_lines() if l.get_linestyle() == "-"]
+    dashed = [l for l in ax.get_lines() if l.get_linestyle() == "--"]
+    assert len(solid) == len(dashed) == 5
+    assert np.allclose(solid[0].get_ydata(), pa.layers["breadth"].numpy())
+    assert np.allclose(dashed[0].get_ydata(), pb.layers["breadth"].numpy())
+    assert len(fig.axes[1].collections) == 2                              # this one's keys, the compared one's
+    plt.close(fig)
+    fig = attnscope.visualize_head_atlas(attnscope.head_atlas(a), ["prev", "self"], compare=b)
+    im = fig.axes[0].images[0]
+    want = (attnscope.head_atlas(b)["prev"] - attnscope.head_atlas(a)["prev"]).numpy()
+    assert np.allclose(np.ma.filled(im.get_array(), np.nan), want, equal_nan=True)
+    lo, hi = im.get_clim()
+    assert lo == -hi and hi == pytest.approx(np.nanmax(np.abs(want))) and im.get_cmap().name == "RdBu_r"
+    plt.close(fig)
+    other = attnscope.HeadAtlas({"prev": torch.zeros(2, 4)}, {"prev": torch.ones(2, 4)}, [0, 1])
+    with pytest.raises(ValueError, match="compare: atlases of 3 layers x 4 heads and 2 x 4"):
+        attnscope.visualize_head_atlas(attnscope.head_atlas(a), compare=other)

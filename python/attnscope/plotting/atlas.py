@@ -18,14 +18,24 @@ _STYLE = {
 }
 
 
-def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None):
+def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None, compare=None):
     """One layers x heads grid per score of `atlas` (a HeadAtlas, or a Trace / DatasetTrace
     whose atlas is computed with attnscope.head_atlas), rows = layers, columns = heads. The
     `top` heads of each score are ringed and named in its title (distance and entropy rank
     the largest). `scores`: names to draw (default every score the atlas has, in SCORES order).
-    Returns the Figure."""
+    compare: a second atlas (or trace) of the same model: each grid then shows compare − atlas
+    on a diverging scale centred at 0, the `top` largest changes ringed. Returns the Figure."""
     if not isinstance(atlas, HeadAtlas):
         atlas = head_atlas(atlas)
+    if compare is not None:
+        other = compare if isinstance(compare, HeadAtlas) else head_atlas(compare)
+        if other.layers != atlas.layers or other.n_heads != atlas.n_heads:
+            raise ValueError(f"compare: atlases of {len(atlas.layers)} layers x {atlas.n_heads} heads and "
+                             f"{len(other.layers)} x {other.n_heads}: compare atlases of one model")
+        keep = [s for s in atlas.scores if s in other.scores]
+        diff = {s: other[s] - atlas[s] for s in keep}
+        atlas = HeadAtlas(diff, {s: atlas.counts[s] for s in keep}, atlas.layers,
+                          f"difference: ({other.source}) − ({atlas.source})")
     names = [s for s in SCORES if s in atlas.scores] if scores is None else list(scores)
     if not names:
         raise ValueError("scores=[]: name at least one score")
@@ -43,10 +53,17 @@ def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None):
             cmap, lim, label = _STYLE.get(name, ("viridis", None, name))
             finite = values[np.isfinite(values)]
             vmin, vmax = lim if lim else ((float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0))
+            if compare is not None:  # centred at 0: red = more in the compared one
+                half = float(np.abs(finite).max()) if finite.size and np.abs(finite).max() > 0 else 1.0
+                cmap, vmin, vmax, label = "RdBu_r", -half, half, f"Δ {label}"
             im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax,
                            aspect="auto", interpolation="nearest")
             im.cmap.set_bad("#d9d9d9")  # a head no row defines (no duplicates in the text): grey
-            best = top_heads(atlas, name, top) if top else []
+            if compare is not None:  # the largest changes either way
+                mag = HeadAtlas({name: atlas[name].abs()}, {name: atlas.counts[name]}, atlas.layers)
+                best = top_heads(mag, name, top) if top else []
+            else:
+                best = top_heads(atlas, name, top) if top else []
             for rank, (l, h) in enumerate(best):
                 y = atlas.layers.index(l)
                 ax.scatter([h], [y], s=40, facecolors="none", edgecolors="black" if rank else "#e31a1c",

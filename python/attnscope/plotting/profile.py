@@ -16,18 +16,31 @@ _LINES = {
 }
 
 
-def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=None):
+def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=None, compare=None,
+                            compare_position=None, compare_batch=0):
     """Two panels for query `position` of row `batch` (or a TokenProfile given as `profile`):
     left, the head-mean scores per layer (breadth, mass beyond the local window, self, previous
     token, first token; 0..1) with the mean distance in tokens on the right axis; right, where
     it looks: the `top` keys of each layer's head-mean row (dot area = weight), keys labelled
-    by their tokens. Returns the Figure."""
+    by their tokens. compare: another Trace (a branch, a variant prompt; or a TokenProfile) whose
+    profile at `compare_position` (default: the same position) is drawn dashed on the left and
+    in orange on the right, side by side with this one. Returns the Figure."""
     if profile is None:
         if position is None:
             raise ValueError("position=None: give the query position to profile (or profile=)")
         profile = token_profile(trace, position, batch=batch, top=top)
     elif not isinstance(profile, TokenProfile):
         raise ValueError(f"profile: expected a TokenProfile, got {type(profile).__name__}")
+    other = None
+    if compare is not None:
+        if isinstance(compare, TokenProfile):
+            other = compare
+        else:
+            pos = profile.position if compare_position is None else compare_position
+            other = token_profile(compare, pos, batch=compare_batch, top=top)
+        if list(other.layer_ids) != list(profile.layer_ids):
+            raise ValueError(f"compare: the profiles cover different layers ({profile.layer_ids[:3]}... vs "
+                             f"{other.layer_ids[:3]}...): traces of one model, captured alike, compare")
     p = profile
     layers = np.array(p.layer_ids)
     fig, axes = subplots(1, 2, (10.0, 4.2))
@@ -35,11 +48,16 @@ def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=Non
     with closing_on_error(fig, True):
         for name, (color, text) in _LINES.items():
             ax.plot(layers, p.layers[name].numpy(), "-o", ms=3, lw=1.2, color=color, label=text)
+            if other is not None:
+                ax.plot(layers, other.layers[name].numpy(), "--", lw=1.2, color=color)
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel("layer")
         ax.set_ylabel("share of the attention (mean over heads)")
         dist = ax.twinx()
-        dist.plot(layers, p.layers["distance"].numpy(), "--", lw=1.2, color="black", label="mean distance (tokens)")
+        dist.plot(layers, p.layers["distance"].numpy(), ":", lw=1.2, color="black", label="mean distance (tokens)")
+        if other is not None:
+            dist.plot(layers, other.layers["distance"].numpy(), "-.", lw=1.0, color="black",
+                      label=f"compared: dashed (position {other.position} “{other.label}”)")
         dist.set_ylabel("mean distance (tokens)")
         dist.set_ylim(bottom=0)
         lines = ax.get_legend_handles_labels()
@@ -50,7 +68,7 @@ def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=Non
                      f"local window ±{p.local_window}", fontsize=8).set_parse_math(False)
         # where it looks: one column per distinct key (in position order), a dot per (layer, key)
         weight = {}
-        for keys in p.top_keys:
+        for keys in p.top_keys + (other.top_keys if other is not None else []):
             for pos, _, w in keys:
                 weight[pos] = weight.get(pos, 0.0) + w
         shown = sorted(sorted(weight, key=lambda x: -weight[x])[:_MAX_KEYS])
@@ -62,6 +80,14 @@ def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=Non
                     xs.append(col[pos]), ys.append(y), ws.append(w)
         where.scatter(xs, ys, s=np.array(ws) * 120 + 4, color="#2c7fb8", alpha=0.8, edgecolors="none")
         labels = {pos: lab for keys in p.top_keys for pos, lab, _ in keys}
+        if other is not None:  # the compared profile's keys, in orange, a quarter column right
+            ox, oy, ow = [], [], []
+            for y, keys in zip(layers, other.top_keys):
+                for pos, lab, w in keys:
+                    if pos in col:
+                        ox.append(col[pos] + 0.25), oy.append(y), ow.append(w)
+                        labels.setdefault(pos, lab)
+            where.scatter(ox, oy, s=np.array(ow) * 120 + 4, color="#ff7f0e", alpha=0.8, edgecolors="none")
         short = {x: labels[x] if len(labels[x]) <= 16 else labels[x][:15] + "…" for x in shown}
         where.set_xticks(range(len(shown)), [f"{x} {short[x]}" for x in shown], rotation=90, fontsize=6)
         for x, t in zip(shown, where.get_xticklabels()):
@@ -72,7 +98,8 @@ def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=Non
         where.set_ylabel("layer")
         dropped = len(weight) - len(shown)
         where.set_title(f"Where it looks: top {max(len(k) for k in p.top_keys)} keys per layer (area = weight"
-                        f"{'; red = the query itself' if p.position in col else ''})"
-                        + (f"; {dropped} keys of little weight left out" if dropped else ""), fontsize=8)
+                        + ("; orange = compared" if other is not None else "")
+                        + ("; red label = the query" if p.position in col else "") + ")"
+                        + (f"\n{dropped} keys of little weight left out" if dropped else ""), fontsize=8)
         where.set_ylim(layers.min() - 0.5, layers.max() + 0.5)
     return fig
