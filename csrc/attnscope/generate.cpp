@@ -35,6 +35,22 @@ torch::Tensor pick(const torch::Tensor& logits, const GenerateOptions& o, at::Ge
 
 }  // namespace
 
+std::pair<torch::Tensor, torch::Tensor> Model::prefill(const torch::Tensor& ids_in) {
+  TORCH_CHECK_VALUE(has_decode(), "prefill: this archive has no decode method (no KV cache)");
+  TORCH_CHECK_VALUE(ids_in.defined() && ids_in.dim() == 2 && ids_in.numel() > 0 && !ids_in.is_floating_point(),
+                    "prefill: ids must be a non-empty [B, T] integer tensor");
+  TORCH_CHECK(info_.n_layers > 0 && info_.n_kv_heads > 0 && info_.head_dim > 0, "prefill: the archive's "
+              "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
+  torch::NoGradGuard no_grad;
+  auto ids = ids_in.to(torch::kLong).to(device_);
+  auto dtype = module_.parameters().begin() != module_.parameters().end()
+                   ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
+  auto empty = torch::zeros({info_.n_layers, ids.size(0), info_.n_kv_heads, 0, info_.head_dim},
+                            torch::dtype(dtype).device(device_));
+  auto out = module_.get_method("decode")({ids, torch::ones_like(ids), empty, empty}).toTuple();
+  return {out->elements()[1].toTensor(), out->elements()[2].toTensor()};
+}
+
 Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o, const CaptureSpec& spec,
                       const torch::Tensor& attention_mask) {
   TORCH_CHECK_VALUE(prompt_ids.defined() && prompt_ids.numel() > 0,
@@ -87,19 +103,39 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
     v_cache = out->elements()[2];
     return out->elements()[0].toTensor();
   };
+  int64_t from = 0;  // prompt positions already in the cache (a shared prefix)
+  if (o.past_k.defined() || o.past_v.defined()) {
+    TORCH_CHECK_VALUE(cached, "generate: a prefix KV cache (past_k/past_v) needs use_cache and an archive "
+                      "with the decode method");
+    TORCH_CHECK_VALUE(mask.all().item<bool>(), "generate: a prefix KV cache needs an unpadded prompt");
+    const auto& pk = o.past_k;
+    TORCH_CHECK_VALUE(pk.defined() && o.past_v.defined() && pk.sizes() == o.past_v.sizes() && pk.dim() == 5 &&
+                          pk.size(0) == info_.n_layers && (pk.size(1) == 1 || pk.size(1) == batch) &&
+                          pk.size(2) == info_.n_kv_heads && pk.size(4) == info_.head_dim && pk.size(3) < plen,
+                      "generate: past_k/past_v must both be [", info_.n_layers, ", 1 or ", batch, ", ",
+                      info_.n_kv_heads, ", P0 < ", plen, ", ", info_.head_dim, "], got ", pk.sizes(), " and ",
+                      o.past_v.defined() ? o.past_v.sizes() : c10::IntArrayRef{});
+    from = pk.size(3);
+  }
   if (cached) {
     TORCH_CHECK(info_.n_layers > 0 && info_.n_kv_heads > 0 && info_.head_dim > 0, "generate: the archive's "
                 "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
     auto dtype = module_.parameters().begin() != module_.parameters().end()
                      ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
-    auto empty = torch::zeros({info_.n_layers, batch, info_.n_kv_heads, 0, info_.head_dim},
-                              torch::dtype(dtype).device(device_));
-    k_cache = empty;
-    v_cache = empty;
+    if (from > 0) {
+      auto opt = torch::dtype(dtype).device(device_);
+      k_cache = o.past_k.to(opt).expand({-1, batch, -1, -1, -1}).contiguous();
+      v_cache = o.past_v.to(opt).expand({-1, batch, -1, -1, -1}).contiguous();
+    } else {
+      auto empty = torch::zeros({info_.n_layers, batch, info_.n_kv_heads, 0, info_.head_dim},
+                                torch::dtype(dtype).device(device_));
+      k_cache = empty;
+      v_cache = empty;
+    }
   }
   auto finished = torch::zeros({batch}, torch::dtype(torch::kBool).device(device_));
   std::vector<std::string> reason(batch, "max_new_tokens");
-  torch::Tensor logits = step(ids_d);
+  torch::Tensor logits = step(from > 0 ? ids_d.narrow(1, from, plen - from) : ids_d);
   int64_t steps = 0;
   for (; steps < budget; ++steps) {
     auto next = pick(logits.select(1, logits.size(1) - 1), o, gen);
@@ -133,6 +169,7 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
   g << "{\"temperature\": " << o.temperature << ", \"top_k\": " << o.top_k << ", \"top_p\": " << o.top_p
     << ", \"seed\": " << o.seed << ", \"max_new_tokens\": " << o.max_new_tokens
     << ", \"stop_ids\": " << json::int_array(stop) << ", \"kv_cache\": " << (cached ? "true" : "false")
+    << ", \"prefix_cached\": " << from
     << ", \"steps\": " << steps << ", \"stop_reason\": [";
   for (int64_t b = 0; b < batch; ++b) g << (b ? ", " : "") << "\"" << reason[b] << "\"";
   g << "]}";

@@ -34,6 +34,11 @@ struct GenerateOptions {
   /// (`Tensor[B]` int64 on the CPU; pad_id for rows that had stopped): progress bars and
   /// streaming. Returning false ends generation there (stop reason "stopped by the caller").
   std::function<bool(int64_t step, const torch::Tensor& next)> on_step;
+  /// KV cache of the prompt's first P0 positions, from Model::prefill of a sequence that starts
+  /// with them (the shared prefix of an answer's branches): `past_k`/`past_v (Tensor[L, 1|B,
+  /// KV, P0, D])`, P0 < P. Generation then computes positions P0.. only. Undefined: none. Needs
+  /// the decode method, an unpadded prompt and use_cache.
+  torch::Tensor past_k, past_v;
 };
 
 }  // namespace attnscope

@@ -41,6 +41,10 @@ class Model {
   /// from; rows that stopped early are right-padded (mask 0).
   Trace generate(const torch::Tensor& prompt_ids, const GenerateOptions& options,
                  const CaptureSpec& spec = {}, const torch::Tensor& attention_mask = {});
+  /// The KV cache of `ids (Tensor[B, T])` (no padding) from the archive's decode method:
+  /// {k, v} each [L, B, KV, T, D]. Slices [..., :P0, :] of it seed GenerateOptions::past_k/v for
+  /// any continuation of the first P0 tokens.
+  std::pair<torch::Tensor, torch::Tensor> prefill(const torch::Tensor& ids);
   /// True when the archive has the KV-cache `decode` method (see models/export.py).
   bool has_decode() const { return module_.find_method("decode").has_value(); }
 

@@ -116,7 +116,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("stop_ids", &attnscope::GenerateOptions::stop_ids)
       .def_readwrite("pad_id", &attnscope::GenerateOptions::pad_id)
       .def_readwrite("use_cache", &attnscope::GenerateOptions::use_cache)
-      .def_readwrite("on_step", &attnscope::GenerateOptions::on_step);
+      .def_readwrite("on_step", &attnscope::GenerateOptions::on_step)
+      .def_readwrite("past_k", &attnscope::GenerateOptions::past_k)
+      .def_readwrite("past_v", &attnscope::GenerateOptions::past_v);
 
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
       .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",
@@ -137,6 +139,8 @@ PYBIND11_MODULE(_core, m) {
                   },
                   py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
                   "wrap a torch.jit ScriptModule (attnscope.json text as info)")
+      .def("prefill", &Model::prefill, py::arg("ids"), "KV cache (k, v) [L, B, KV, T, D] of ids [B, T]",
+           py::call_guard<py::gil_scoped_release>())
       .def("generate",
            [](Model& self, const torch::Tensor& ids, const attnscope::GenerateOptions& o, const CaptureSpec& spec,
               const std::optional<torch::Tensor>& mask) {

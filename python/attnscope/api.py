@@ -192,7 +192,8 @@ class Model:
         return sorted(set(int(i) for i in ids))
 
     def generate(self, prompt, *, max_new_tokens=128, chat=False, system=None, temperature=0.0, top_k=0,
-                 top_p=1.0, seed=0, stop=None, capture="all", use_cache=True, progress=True, stream=False):
+                 top_p=1.0, seed=0, stop=None, capture="all", use_cache=True, progress=True, stream=False,
+                 _past=None):
         """Makes the model answer `prompt`, then captures prompt + response in ONE run -> Trace
         with `response`, `prompt_len` and `generation`.
 
@@ -258,6 +259,8 @@ class Model:
         opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p = max_new_tokens, float(temperature), top_k, float(top_p)
         opts.seed, opts.pad_id, opts.use_cache = int(seed), self.pad_id, bool(use_cache)
         opts.stop_ids = stop if stop is not None else self.stop_ids()
+        if _past is not None:  # the KV cache of the prompt's first positions (branches share their prefix)
+            opts.past_k, opts.past_v = _past
         spec = _spec(capture)
 
         def run(on_step):

@@ -53,7 +53,7 @@ def _span(answer):
 
 
 def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temperature=None, seed=None,
-           progress=False):
+           progress=False, _past=None):
     """The answer with a different token at `position + 1`, continued by the model -> Trace.
 
     position: where the model chose (the distribution at `position` chose token position+1;
@@ -95,7 +95,8 @@ def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temp
                        temperature=g["temperature"] if temperature is None else temperature,
                        top_k=g.get("top_k", 0), top_p=g.get("top_p", 1.0),
                        seed=g.get("seed", 0) if seed is None else seed, stop=g.get("stop_ids"),
-                       capture=answer._core.spec)  # what the answer captured
+                       capture=answer._core.spec,  # what the answer captured
+                       _past=None if _past is None else tuple(x[:, :, :, : position + 1] for x in _past))
     p_of = dict(zip(k_ids, k_p))
     fork = {"position": position, "chosen_id": chosen, "chosen": answer.token_label(chosen),
             "chosen_p": p_of.get(chosen), "forced_id": forced, "forced": answer.token_label(forced),
@@ -153,13 +154,16 @@ class TurningPoints:
 
 
 def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_of=None, positions=None,
-                   progress=True):
+                   progress=True, reuse_prefix=True):
     """Which hesitations change the answer: at the answer's `k` most uncertain positions (the
     marks, or `positions`), force each of the `alternatives` most likely other tokens and let
     the model continue (branch()). Returns a TurningPoints table, one row per branch: position,
     entropy (nats), chosen token and p, alternative and p, rank, the branch's continuation,
     its final answer, the original's, and whether it changed. answer_of: what counts as the
-    final answer (default the last number; a regex or a callable, see final_answer)."""
+    final answer (default the last number; a regex or a callable, see final_answer).
+    reuse_prefix: compute the answer's KV cache once and start every branch from its prefix
+    (archives with the decode method), so a branch computes only its own new tokens; False
+    regenerates each branch from its whole prompt (the same tokens, slower)."""
     _generated(answer)
     for name, v in (("k", k), ("alternatives", alternatives)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -170,13 +174,16 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     original = final_answer(answer.response, answer_of)
     ids = answer.input_ids[0].tolist()
     rows, traces = [], []
+    past = None
+    if reuse_prefix and answer._model.has_decode and bool(answer.attention_mask[0].all()):
+        past = answer._model._core.prefill(answer.input_ids[:, :max(positions) + 1]) if len(positions) else None
     bar = Progress(len(positions) * alternatives, desc="branches", unit="branch") if progress else None
     try:
         for p in positions:
             k_ids = answer.topk_ids[0, p].tolist()
             alts = [r + 1 for r, i in enumerate(k_ids) if i != ids[p + 1]][:alternatives]
             for rank in alts:
-                t = branch(answer, int(p), rank=rank, max_new_tokens=max_new_tokens)
+                t = branch(answer, int(p), rank=rank, max_new_tokens=max_new_tokens, _past=past)
                 f = t.generation["fork"]
                 text = t.response
                 got = final_answer(text, answer_of)

@@ -94,6 +94,24 @@ def test_turning_points_table(answer):
     assert "<table>" in tp._repr_html_()
 
 
+def test_branches_reuse_the_answers_prefix_cache(model, answer):
+    """turning_points computes the answer's KV cache once and starts each branch from its prefix:
+    the same tokens and the same captured numbers as regenerating each branch from its whole
+    prompt, with only the branch's own positions computed (generation["prefix_cached"])."""
+    fast = turning_points(answer, k=2, alternatives=1, max_new_tokens=5, progress=False)
+    slow = turning_points(answer, k=2, alternatives=1, max_new_tokens=5, progress=False, reuse_prefix=False)
+    for f, s_ in zip(fast.branches, slow.branches):
+        assert f.input_ids.tolist() == s_.input_ids.tolist()
+        assert f.generation["prefix_cached"] == f.fork["position"] + 1 and s_.generation["prefix_cached"] == 0
+        assert torch.allclose(f.entropy, s_.entropy, atol=1e-5, equal_nan=True)
+    # the cache a branch starts from must fit its prompt
+    k, v = model._core.prefill(answer.input_ids[:, :5])
+    with pytest.raises(ValueError, match=r"past_k/past_v must both be \[30, 1 or 1, 3, P0 < 4, 64\], got \[30, 1, 3, 5, 64\]"):
+        model.generate(answer.input_ids[:, :4], max_new_tokens=2, progress=False, _past=(k, v))
+    with pytest.raises(ValueError, match="a prefix KV cache .* needs use_cache"):
+        model.generate(answer.input_ids[:, :8], max_new_tokens=2, progress=False, use_cache=False, _past=(k, v))
+
+
 @pytest.mark.parametrize("kw,message", [
     ({}, "give exactly one of rank= .* or token="),
     ({"rank": 2, "token": "x"}, "give exactly one of"),
