@@ -94,12 +94,40 @@ def _int_list(name, values, n, what):
     return out
 
 
-def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, title=None):
+def _window(trace, batch, tokens, lo, hi):
+    """[start, stop) of the view: the row's real tokens [lo, hi), narrowed by `tokens`."""
+    T = trace.input_ids.shape[1]
+    if tokens is None:
+        return lo, hi
+    if tokens == "response":
+        p = getattr(trace, "prompt_len", -1)
+        if p is None or p < 0:
+            raise ValueError("tokens='response' needs a generated trace (Model.generate)")
+        if p >= hi:
+            raise ValueError(f"tokens='response': row {batch} has no response tokens")
+        return max(p, lo), hi
+    ok = isinstance(tokens, (tuple, list)) and len(tokens) == 2 and all(
+        t is None or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in tokens)
+    if not ok:
+        raise ValueError(f"tokens {tokens!r}: expected (start, stop) ints, 'response' or None")
+    s = 0 if tokens[0] is None else int(tokens[0])
+    e = T if tokens[1] is None else int(tokens[1])
+    if not (-T <= s < T and -T < e <= T):
+        raise ValueError(f"tokens {tokens!r} out of range: the trace has {T} positions (0..{T - 1})")
+    s, e = max(s % T, lo), min(e % T if e < 0 else e, hi)
+    if s >= e:
+        raise ValueError(f"tokens {tokens!r} selects no real tokens of row {batch} (they are {lo}..{hi - 1})")
+    return s, e
+
+
+def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, title=None, tokens=None):
     """Interactive view of `trace` -> AttentionView (displayed by Jupyter; `.save("x.html")`).
 
     layers: layer indices offered (default all). heads: True (per-head maps and the head mean),
     False (head mean only) or "auto" (per-head maps when they fit in `max_cells`). batch: the
-    row of a batched trace; its padding is left out. Maps the trace lacks are computed in one
+    row of a batched trace; its padding is left out. tokens: (start, stop) zooms in on those
+    positions (queries and keys; negative counts from the end, None = the edge) or "response"
+    (a generated trace's answer); the page keeps absolute positions. Maps the trace lacks are computed in one
     run when it keeps its model, and dropped again afterwards."""
     if not hasattr(trace, "input_ids") or not hasattr(trace, "labels"):
         raise ValueError(f"trace: expected an attnscope.Trace, got {type(trace).__name__}")
@@ -114,6 +142,7 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
     layers = list(range(L)) if layers is None else _int_list("layers", layers, L, "layers")
     valid = np.nonzero(trace.attention_mask[batch].numpy())[0]
     lo, hi = int(valid[0]), int(valid[-1]) + 1  # padding is one contiguous run (checked by the core)
+    lo, hi = _window(trace, batch, tokens, lo, hi)
     T = hi - lo
     # Budget: assume causal (lower triangle) for the size check; the packing below uses what the
     # maps show (nothing above the diagonal -> triangle, else full).
@@ -201,13 +230,14 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
 
     from .marks import high_entropy_positions
     ent = trace.entropy[batch].numpy().astype(float)[lo:hi]
-    high = [int(p) - lo for p in high_entropy_positions(trace, batch=batch)]
+    high = [int(p) - lo for p in high_entropy_positions(trace, batch=batch) if lo <= int(p) < hi]
     p = getattr(trace, "prompt_len", -1)
     prompt_len = p - lo if p is not None and p > lo else -1
     note = ("Colour: attention weight relative to the largest shown (first token left out of the scale when "
             "ticked; the numbers are the weights). "
             "Yellow underline: high predictive entropy (top 20 % of the sequence, at most 8; the entropy "
             "at i is that of the prediction of token i+1). "
+            + (f"Zoomed in on positions {lo}..{hi - 1}: keys outside are not shown. " if tokens is not None else "")
             + left_out)
     data = {"tokens": list(trace.labels[batch][lo:hi]), "layers": layers, "n_heads": H, "heads": with_heads,
             "causal": causal, "maps": maps, "offset": lo, "prompt_len": prompt_len,

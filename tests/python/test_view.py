@@ -222,3 +222,20 @@ def test_long_trace_per_head_rows_from_tiles(model, tmp_path):
     want = pm[14, 0, 2].numpy()[tile[k]][tile]
     assert np.abs(np.array(s[0]["w"], dtype=float) - want).max() <= 1e-4
     assert s[0]["pooled"].startswith("(head 2: tile means over tokens")
+
+
+@needs_browser
+def test_zoomed_view_keeps_absolute_positions(answer, tmp_path):
+    view = attnscope.show(answer, tokens=(5, 15))
+    s = drive(view, tmp_path, [{"hover": 7, "layer": 14, "head": 4}])
+    assert s[0]["n"] == 10 and "Zoomed in on positions 5..14" in s[0]["note"]
+    row = answer.get("head_map/L14H4")[0, 12, 5:15].numpy()       # token 7 of the window = position 12
+    assert np.abs(np.array(s[0]["w"], dtype=float) - row).max() <= 1e-4
+    assert f"(position 12" in s[0]["summary"]
+    resp = attnscope.show(answer, tokens="response", heads=False)
+    assert f'"offset": {answer.prompt_len}' in resp.html
+    for kw, msg in [({"tokens": (20, 10)}, r"tokens \(20, 10\) selects no real tokens"),
+                    ({"tokens": (0, 10 ** 6)}, r"out of range: the trace has \d+ positions"),
+                    ({"tokens": "all"}, r"tokens 'all': expected \(start, stop\) ints, 'response' or None")]:
+        with pytest.raises(ValueError, match=msg):
+            attnscope.show(answer, **kw)
