@@ -73,4 +73,26 @@ def test_heads_raw_scale_and_options(long_trace):
     t2.drop("pooled_map")
     with pytest.raises(ValueError, match=r"no pooled maps of 256 tiles and no model to compute them: "
                                          r"capture with \{'pooled_maps': 256\}"):
-        attnscope.visualize_attention_layers(t2, [0])
+        attnscope.visualize_attention_layers(t2, [0], pool=256)
+    with pytest.raises(ValueError, match=r"the trace has no 'layer_map/L0' \(it was read from a file"):
+        attnscope.visualize_attention_layers(t2, [0])         # auto: full maps, which it lacks
+
+
+def test_auto_pooling_falls_back_to_full_maps(long_trace, tmp_path):
+    """A trace read from a file (no model) draws the full maps it holds; a file that also holds
+    pooled maps draws those; the same for an explicit pool= that the file lacks: refused by name."""
+    t = long_trace
+    t.ensure(["layer_map/L0"])
+    path = tmp_path / "t.safetensors"
+    t.drop("pooled_map")
+    t.drop("pooled_uniform")
+    t.save(path)
+    f = attnscope.Trace.load(str(path))
+    fig = attnscope.visualize_attention_layers(f, [0])
+    assert fig.axes[0].get_images() and not [c for c in fig.axes[0].collections if isinstance(c, QuadMesh)]
+    plt.close(fig)
+    t.pooled_maps(256)
+    t.save(path)
+    fig = attnscope.visualize_attention_layers(attnscope.Trace.load(str(path)), [0])
+    assert [c for c in fig.axes[0].collections if isinstance(c, QuadMesh)]
+    plt.close(fig)

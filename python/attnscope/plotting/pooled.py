@@ -21,6 +21,12 @@ def pool_tiles(trace, start, stop, pool):
     if pool is None or pool is True:
         if stop - start <= POOL_ABOVE:
             return None
+        # Auto: only where pooled maps exist or can be computed (a dataset trace or a file without
+        # its model draws its full maps, as before).
+        can = getattr(trace, "pooled_maps", None) is not None and (
+            getattr(trace, "can_compute", False) or "pooled_map" in trace.captures)
+        if not can:
+            return None
         L, B, H = trace.n_layers, trace.input_ids.shape[0], trace.n_heads
         cap = max(16, int(math.isqrt(POOL_BUDGET // max(1, L * B * H))))
         return min(T, cap, math.ceil(POOL_TILES * T / (stop - start)))
