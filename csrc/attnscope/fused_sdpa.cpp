@@ -25,6 +25,8 @@ struct LayerAccumulator::Rows {
   float* stats = nullptr;  // [6, B, H, Tq] row statistics; planes stat_plane apart
   int64_t stat_plane = 0, window = 0;
   const int32_t *key_id = nullptr, *prev_id = nullptr, *query_id = nullptr;  // init_row_tokens
+  const bool* has_copy = nullptr;  // [B, Tq]: the query has an earlier copy or an induction key
+  torch::Tensor has_copy_t;
   float *pool = nullptr, *pool_uni = nullptr;  // [B, H, Tq, n] / [B, Tq, n] tile sums per row (add_sdpa)
   std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
   float* mean_map = nullptr;  // [B, Tq, Tk] head-mean map: p / heads added per head
@@ -61,6 +63,8 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
     t.key_id = key_id_.data_ptr<int32_t>();
     t.prev_id = prev_id_.data_ptr<int32_t>();
     t.query_id = query_id_.data_ptr<int32_t>();
+    t.has_copy_t = has_dup_.logical_or(has_ind_).contiguous();
+    t.has_copy = t.has_copy_t.data_ptr<bool>();
   }
   for (auto& hm : head_maps_) t.copies.emplace_back(block_index(hm.first), hm.second.data_ptr<float>());
   if (layer_map_ && spec_.layer_map_head >= 0)
@@ -90,9 +94,12 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_
     }
     t.sink[bh * tq_ + r] = s * inv;
   }
-  if (t.stats)
-    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, t.key_id + b * tk_, t.prev_id + b * tk_,
-              t.query_id[b * tq_ + r], t.stats + bh * tq_ + r, t.stat_plane);
+  if (t.stats) {
+    const bool copies = t.has_copy[b * tq_ + r];  // else duplicate and induction are NaN: no compares
+    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, copies ? t.key_id + b * tk_ : nullptr,
+              copies ? t.prev_id + b * tk_ : nullptr, t.query_id[b * tq_ + r], t.stats + bh * tq_ + r,
+              t.stat_plane);
+  }
   if (t.pool)
     pool_row(e, inv, keys, pool_bounds_.data(), pool_n_, t.pool + (bh * tq_ + r) * pool_n_,
              h == 0 ? t.pool_uni + (b * tq_ + r) * pool_n_ : nullptr);

@@ -269,7 +269,7 @@ void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const
       ind += hsum(n8);
     }
   };
-  pass(0, i < n ? i : n, true);
+  pass(0, i < n ? i : n, key_id != nullptr);  // no id compares for a query without earlier copies
   if (i + 1 < n) pass(i + 1, n, false);
   double local = 0.0;
   for (int64_t j = i - w < 0 ? 0 : i - w; j <= i + w && j < n; ++j) local += e[j];

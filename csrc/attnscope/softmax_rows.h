@@ -51,7 +51,8 @@ void scale_row(const float* e, float inv, int64_t n, float* dst, bool add);
 /// at key index i: out[s * out_stride] for s = 0..5 is self (p[i]), prev (p[i−1]), distance
 /// Σ p[j]·|i−j| (tokens), local (Σ p[j], |i−j| <= w), duplicate (Σ p[j], j < i, key_id[j] == qid)
 /// and induction (Σ p[j], j < i, prev_id[j] == qid). `key_id`/`prev_id` [n]: the id of key j and
-/// of key j−1, negative where that token is padding or missing (no query id matches).
+/// of key j−1, negative where that token is padding or missing (no query id matches); null
+/// when the query has no earlier copy and no induction key (both masses then undefined: 0 here).
 void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const int32_t* key_id,
                const int32_t* prev_id, int32_t qid, float* out, int64_t out_stride);
 
