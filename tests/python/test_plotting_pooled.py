@@ -45,8 +45,13 @@ def test_layers_grid_draws_tile_means(long_trace):
     # the head mean of the pooled head maps is the pooled head-mean map
     assert torch.allclose(pm[2, 0].mean(0).double(), want_pm[0, 0], atol=1e-6)
     assert fig.axes[1].get_xlim() == (-0.5, T - 0.5)
-    labels = [x.get_text() for x in fig.axes[0].get_yticklabels() if x.get_text()]
-    assert labels[0] == "0–1" and all("–" in x or x in t.labels[0] for x in labels)
+    # tick labels: the tile range of each ticked position, a marked position its token
+    marked = set(attnscope.high_entropy_positions(t).tolist())
+    ticks = [(int(p), x.get_text()) for p, x in zip(fig.axes[0].get_yticks(), fig.axes[0].get_yticklabels()) if x.get_text()]
+    assert sum(p not in marked for p, _ in ticks) >= 4
+    for p, text in ticks:
+        k = np.searchsorted(bounds, p, side="right") - 1
+        assert text == (t.labels[0][p] if p in marked else f"{bounds[k]}–{bounds[k + 1] - 1}"), (p, text)
     assert fig.axes[-1].get_ylabel().endswith("means over tiles of 2–3 tokens")
     assert [p for p in fig.axes[0].patches if p.get_hatch() == "////"]        # the masked half hatched
     plt.close(fig)
