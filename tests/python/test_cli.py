@@ -100,3 +100,15 @@ def test_save_figure_failure_names_the_file_and_leaves_nothing(tmp_path, monkeyp
         save_figure(fig, str(tmp_path / "f.svg"), 100)
     assert list(tmp_path.iterdir()) == []
     plt.close("all")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["demo", "--dpi", "100000"], "argument --dpi: 100000 out of range: expected 10..1200"),
+    (["demo", "--dpi", "x"], "argument --dpi: 'x' is not an integer"),
+    (["dataset", "--input", "a.txt", "--out", "o", "--nproc", "0"], "argument --nproc: 0 out of range: expected 1..1024"),
+    (["dataset", "--input", "a.txt", "--out", "o", "--nproc", "-1"], "argument --nproc: -1 out of range"),
+    (["generate", "--prompt", "hi", "--system", "be brief", "--out", "o"], "--system needs --chat"),
+])
+def test_careless_options_are_refused_before_any_work(args, message):
+    r = cli(*args)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr

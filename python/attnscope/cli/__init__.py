@@ -10,13 +10,26 @@ from .answer import DEMO_HEADS, DEMO_LAYERS, DEMO_PATTERN_HEADS, DEMO_PROMPT, DE
 from .common import save_figure  # noqa: F401
 
 
+def _int_in(lo, hi):
+    """An argparse type: an int in lo..hi, else a message naming the value and the range."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} out of range: expected {lo}..{hi}")
+        return v
+    return parse
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="attnscope", description="Attention capture and figures for language models.")
     sub = p.add_subparsers(dest="cmd", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="TorchScript archive, Hugging Face checkpoint folder or GGUF file (exported once into the cache; default: SmolLM2-135M-Instruct)")
     common.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
-    common.add_argument("--dpi", type=int, default=150)
+    common.add_argument("--dpi", type=_int_in(10, 1200), default=150, help="figure resolution (10..1200)")
     d = sub.add_parser("demo", parents=[common], help="the three figures + high-entropy table on a built-in prompt")
     d.add_argument("--out", default="out", help="output folder (default: out)")
     d.add_argument("--text", help="capture this text instead of letting the model answer the built-in question")
@@ -90,11 +103,13 @@ def main(argv=None):
     s.add_argument("--bos", action="store_true", help="prepend the model's BOS token")
     s.add_argument("--head-maps", action="store_true", help="also average every head's map")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--nproc", type=int, default=1, help="data-parallel processes (torch.distributed; "
+    s.add_argument("--nproc", type=_int_in(1, 1024), default=1, help="data-parallel processes (torch.distributed; "
                    "or launch with torchrun)")
     s.add_argument("--out", required=True, help="output folder")
     s.set_defaults(fn=dataset.dataset)
     args = p.parse_args(argv)
+    if getattr(args, "system", None) is not None and not getattr(args, "chat", False):
+        p.error("--system needs --chat: the system message goes into the model's chat template")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     import matplotlib
     if not os.environ.get("MPLBACKEND"):
