@@ -45,9 +45,14 @@ class AttentionView:
         page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
                 f"</head><body>\n{self.html}\n</body></html>\n")
         tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(page)
+            os.replace(tmp, path)
+        except OSError as e:  # a full disk, no permission: one error naming the file, no temporary left
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise OSError(f"cannot write the view to {path!r}: {e.strerror or e}") from None
         return path
 
 

@@ -239,3 +239,17 @@ def test_zoomed_view_keeps_absolute_positions(answer, tmp_path):
                     ({"tokens": "all"}, r"tokens 'all': expected \(start, stop\) ints, 'response' or None")]:
         with pytest.raises(ValueError, match=msg):
             attnscope.show(answer, **kw)
+
+
+def test_save_failure_names_the_file_and_leaves_no_temporary(model, tmp_path, monkeypatch):
+    view = attnscope.show(model.run("a b c"), layers=[0])
+    real = os.replace
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(os, "replace", full_disk)
+    target = tmp_path / "view.html"
+    with pytest.raises(OSError, match=r"cannot write the view to '.*view.html': No space left on device"):
+        view.save(target)
+    monkeypatch.setattr(os, "replace", real)
+    assert list(tmp_path.iterdir()) == []
