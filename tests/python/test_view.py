@@ -231,7 +231,7 @@ def test_zoomed_view_keeps_absolute_positions(answer, tmp_path):
     assert s[0]["n"] == 10 and "Zoomed in on positions 5..14" in s[0]["note"]
     row = answer.get("head_map/L14H4")[0, 12, 5:15].numpy()       # token 7 of the window = position 12
     assert np.abs(np.array(s[0]["w"], dtype=float) - row).max() <= 1e-4
-    assert f"(position 12" in s[0]["summary"]
+    assert "(position 12" in s[0]["summary"]
     resp = attnscope.show(answer, tokens="response", heads=False)
     assert f'"offset": {answer.prompt_len}' in resp.html
     for kw, msg in [({"tokens": (20, 10)}, r"tokens \(20, 10\) selects no real tokens"),
