@@ -25,8 +25,7 @@ struct LayerAccumulator::Rows {
   float* stats = nullptr;  // [6, B, H, Tq] row statistics; planes stat_plane apart
   int64_t stat_plane = 0, window = 0;
   const int32_t *key_id = nullptr, *prev_id = nullptr, *query_id = nullptr;  // init_row_tokens
-  const bool* has_copy = nullptr;  // [B, Tq]: the query has an earlier copy or an induction key
-  torch::Tensor has_copy_t;
+  const bool* has_copy = nullptr;  // [B, Tq]: the query has an earlier copy (an induction key implies one)
   float *pool = nullptr, *pool_uni = nullptr;  // [B, H, Tq, n] / [B, Tq, n] tile sums per row (add_sdpa)
   std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
   float* mean_map = nullptr;  // [B, Tq, Tk] head-mean map: p / heads added per head
@@ -63,8 +62,7 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
     t.key_id = key_id_.data_ptr<int32_t>();
     t.prev_id = prev_id_.data_ptr<int32_t>();
     t.query_id = query_id_.data_ptr<int32_t>();
-    t.has_copy_t = has_dup_.logical_or(has_ind_).contiguous();
-    t.has_copy = t.has_copy_t.data_ptr<bool>();
+    t.has_copy = has_dup_.data_ptr<bool>();
   }
   for (auto& hm : head_maps_) t.copies.emplace_back(block_index(hm.first), hm.second.data_ptr<float>());
   if (layer_map_ && spec_.layer_map_head >= 0)

@@ -12,6 +12,8 @@ Scores (means over the real query rows where the score is defined; docs/python.m
 """
 import torch
 
+from .windows import token_range
+
 SCORES = ("self", "prev", "distance", "local", "duplicate", "induction", "sink", "entropy")
 _CAPTURE = {"self": "row_self", "prev": "row_prev", "distance": "row_distance", "local": "row_local",
             "duplicate": "row_duplicate", "induction": "row_induction", "sink": "sink_mass_rows",
@@ -59,17 +61,6 @@ class HeadAtlas:
         return top_heads(self, score, k, largest=largest)
 
 
-def _check_rows(rows, T):
-    if rows is None:
-        return slice(0, T)
-    if not (isinstance(rows, (tuple, list)) and len(rows) == 2 and all(isinstance(x, int) for x in rows)):
-        raise ValueError(f"rows={rows!r}: expected (start, stop), query positions of the trace")
-    a, b = (x + T if x < 0 else x for x in rows)
-    if not 0 <= a < b <= T:
-        raise ValueError(f"rows={rows!r}: expected 0 <= start < stop <= {T} (the trace's tokens)")
-    return slice(a, b)
-
-
 def head_atlas(source, *, rows=None):
     """HeadAtlas of a Trace (captured with "all", the default; a trace that keeps its model
     computes missing row statistics now) or of a DatasetTrace from `aggregate_dataset` (its
@@ -82,7 +73,7 @@ def head_atlas(source, *, rows=None):
     names = list(_CAPTURE.values())
     source.ensure(names)
     T = source.input_ids.shape[1]
-    sl = _check_rows(rows, T)
+    sl = slice(*token_range(rows, T, name="rows")) if rows is not None else slice(0, T)
     layers = source.get("aggregate_layers").tolist()
     scores, counts = {}, {}
     for name, cap in _CAPTURE.items():

@@ -83,9 +83,7 @@ class Trace:
         missing = [n for n in dict.fromkeys(names) if n not in have]
         if not missing or self._model is None:
             return
-        # The re-run computes only what is missing: no predictive entropy, no top-k (kept from the first run).
-        spec = {"heads": [], "layer_maps": [], "top_k": 0, "predictive_entropy": False,
-                "temperature": self.spec.get("temperature", 1.0), "local_window": self.spec.get("local_window", 8)}
+        spec = {"heads": [], "layer_maps": []}
         for n in missing:
             if m := _HEAD.match(n):
                 spec["heads"].append((int(m[1]), int(m[2])))
@@ -93,15 +91,9 @@ class Trace:
                 spec["layer_maps"].append(int(m[1]))
             elif n in _AGGREGATES:
                 spec[_AGGREGATES[n]] = 1 if _AGGREGATES[n] == "sink_tokens" else True
-                layers = self.spec.get("layers") or []
-                if "aggregate_layers" in have:
-                    spec["layers"] = have["aggregate_layers"].tolist()
-                elif layers:
-                    spec["layers"] = layers
         if not (spec["heads"] or spec["layer_maps"] or any(k in spec for k in set(_AGGREGATES.values()))):
             return
-        extra = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True)
-        got = extra.captures
+        got = self._rerun(spec)
         for n in missing:
             if n in got:
                 self._core.set_capture(n, got[n])
@@ -125,11 +117,7 @@ class Trace:
         if self._model is None:
             raise ValueError(f"the trace has no attention row for position {position} and no model to compute "
                              f"it: capture with from_tokens=[{position}]")
-        spec = {"from_tokens": [position], "top_k": 0, "predictive_entropy": False}
-        if "aggregate_layers" in caps:
-            spec["layers"] = caps["aggregate_layers"].tolist()
-        got = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True)
-        return got.captures["from"][:, batch, :, 0]
+        return self._rerun({"from_tokens": [position]})["from"][:, batch, :, 0]
 
     def pooled_maps(self, n):
         """(pooled_map Tensor[L, B, H, n', n'], pooled_uniform Tensor[L, B, n', n'], bounds) with
@@ -145,16 +133,24 @@ class Trace:
             if self._model is None:
                 raise ValueError(f"the trace has no pooled maps of {m} tiles and no model to compute them: "
                                  f"capture with {{'pooled_maps': {n}}}")
-            spec = {"pooled_maps": n, "top_k": 0, "predictive_entropy": False}
-            if "aggregate_layers" in caps:
-                spec["layers"] = caps["aggregate_layers"].tolist()
-            got = self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True).captures
+            got = self._rerun({"pooled_maps": n})
             for name in ("pooled_map", "pooled_uniform"):
                 self._core.set_capture(name, got[name])
             if "aggregate_layers" not in caps:
                 self._core.set_capture("aggregate_layers", got["aggregate_layers"])
         caps = self._core.captures  # a fresh view: the dict read above predates the new captures
         return caps["pooled_map"], caps["pooled_uniform"], [k * T // m for k in range(m + 1)]
+
+    def _rerun(self, spec):
+        """Captures of one more run of the kept model with `spec`, over the trace's aggregate
+        layers and with its local window; no predictive entropy, no top-k (kept from the first
+        run)."""
+        spec = {"top_k": 0, "predictive_entropy": False, "local_window": self.spec.get("local_window", 8), **spec}
+        caps = self._core.captures
+        layers = caps["aggregate_layers"].tolist() if "aggregate_layers" in caps else self.spec.get("layers") or []
+        if layers:
+            spec.setdefault("layers", layers)
+        return self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True).captures
 
     def drop(self, name):
         """Frees one capture (it is computed again if asked for while the model is kept)."""

@@ -19,6 +19,8 @@ import uuid
 
 import numpy as np
 
+from .windows import token_window
+
 MAX_CELLS = 4_000_000  # 16-bit values in the page: ~10.7 MB of base64 at most
 THUMB_TILES = 24  # tiles across each thumbnail of the layers x heads overview
 PROFILE = ("row_self", "row_prev", "row_local", "sink_mass_rows", "row_distance")  # hover profile, head means
@@ -99,32 +101,6 @@ def _int_list(name, values, n, what):
     return out
 
 
-def _window(trace, batch, tokens, lo, hi):
-    """[start, stop) of the view: the row's real tokens [lo, hi), narrowed by `tokens`."""
-    T = trace.input_ids.shape[1]
-    if tokens is None:
-        return lo, hi
-    if tokens == "response":
-        p = getattr(trace, "prompt_len", -1)
-        if p is None or p < 0:
-            raise ValueError("tokens='response' needs a generated trace (Model.generate)")
-        if p >= hi:
-            raise ValueError(f"tokens='response': row {batch} has no response tokens")
-        return max(p, lo), hi
-    ok = isinstance(tokens, (tuple, list)) and len(tokens) == 2 and all(
-        t is None or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in tokens)
-    if not ok:
-        raise ValueError(f"tokens {tokens!r}: expected (start, stop) ints, 'response' or None")
-    s = 0 if tokens[0] is None else int(tokens[0])
-    e = T if tokens[1] is None else int(tokens[1])
-    if not (-T <= s < T and -T < e <= T):
-        raise ValueError(f"tokens {tokens!r} out of range: the trace has {T} positions (0..{T - 1})")
-    s, e = max(s % T, lo), min(e % T if e < 0 else e, hi)
-    if s >= e:
-        raise ValueError(f"tokens {tokens!r} selects no real tokens of row {batch} (they are {lo}..{hi - 1})")
-    return s, e
-
-
 def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, title=None, tokens=None):
     """Interactive view of `trace` -> AttentionView (displayed by Jupyter; `.save("x.html")`).
 
@@ -147,7 +123,10 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
     layers = list(range(L)) if layers is None else _int_list("layers", layers, L, "layers")
     valid = np.nonzero(trace.attention_mask[batch].numpy())[0]
     lo, hi = int(valid[0]), int(valid[-1]) + 1  # padding is one contiguous run (checked by the core)
-    lo, hi = _window(trace, batch, tokens, lo, hi)
+    s, e = token_window(trace, batch, tokens)
+    if max(s, lo) >= min(e, hi):
+        raise ValueError(f"tokens {tokens!r} selects no real tokens of row {batch} (they are {lo}..{hi - 1})")
+    lo, hi = max(s, lo), min(e, hi)
     T = hi - lo
     # Budget: assume causal (lower triangle) for the size check; the packing below uses what the
     # maps show (nothing above the diagonal -> triangle, else full).

@@ -109,7 +109,7 @@ def test_top_heads_ranking_and_errors():
 
 def test_atlas_and_profile_errors(toy_model):
     t = toy_model.run([5, 6, 7, 5, 6, 7])
-    with pytest.raises(ValueError, match=r"rows=\(4, 2\): expected 0 <= start < stop <= 6"):
+    with pytest.raises(ValueError, match=r"rows \(4, 2\) selects no positions: start must come before stop"):
         attnscope.head_atlas(t, rows=(4, 2))
     with pytest.raises(ValueError, match="position 9 out of range: the trace has 6 tokens"):
         attnscope.token_profile(t, 9)

@@ -22,14 +22,15 @@ ALLOWED = {
     "streaming": set(),
     "branches": {"marks", "streaming"},
     "trace": {"_core", "labels", "branches"},
-    "atlas": set(),
+    "windows": set(),  # token ranges: shared by plotting, view and atlas
+    "atlas": {"windows"},
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
     "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*"},
     "dataset": {"_core", "api", "trace", "labels"},
     "figure": {"marks"},
-    "plotting": {"figure", "marks", "dataset", "atlas", "profile", "plotting.*"},
-    "view": {"marks", "labels"},
-    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
+    "plotting": {"figure", "marks", "dataset", "atlas", "profile", "windows", "plotting.*"},
+    "view": {"marks", "labels", "windows"},
+    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},
     "__init__": None,  # the package's face re-exports everything
 }

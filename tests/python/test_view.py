@@ -234,9 +234,9 @@ def test_zoomed_view_keeps_absolute_positions(answer, tmp_path):
     assert "(position 12" in s[0]["summary"]
     resp = attnscope.show(answer, tokens="response", heads=False)
     assert f'"offset": {answer.prompt_len}' in resp.html
-    for kw, msg in [({"tokens": (20, 10)}, r"tokens \(20, 10\) selects no real tokens"),
+    for kw, msg in [({"tokens": (20, 10)}, r"tokens \(20, 10\) selects no positions: start must come before stop"),
                     ({"tokens": (0, 10 ** 6)}, r"out of range: the trace has \d+ positions"),
-                    ({"tokens": "all"}, r"tokens 'all': expected \(start, stop\) ints, 'response' or None")]:
+                    ({"tokens": "all"}, r"tokens 'all': expected \(start, stop\), 'response' or None")]:
         with pytest.raises(ValueError, match=msg):
             attnscope.show(answer, **kw)
 

@@ -2,6 +2,8 @@
 aggregates from a Trace (computed on demand by the trace, never here)."""
 import numpy as np
 
+from ..windows import token_range, token_window
+
 
 def _check_layer(trace, layer):
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.n_layers:
@@ -100,38 +102,6 @@ def _labels(trace, batch):
     return list(trace.labels[batch])
 
 
-def _window(trace, batch, tokens):
-    """(start, stop): the positions a figure draws, stop exclusive. tokens=None: the row's real
-    tokens (padding left out); (start, stop): those positions (negative counts from the end, as
-    in a slice; stop None = the end); "response": a generated trace's answer."""
-    T = trace.input_ids.shape[1]
-    real = np.nonzero(trace.attention_mask[batch].numpy())[0]
-    lo, hi = (int(real[0]), int(real[-1]) + 1) if len(real) else (0, T)
-    if tokens is None:
-        return lo, hi
-    if isinstance(tokens, str):
-        if tokens != "response":
-            raise ValueError(f"tokens {tokens!r}: expected (start, stop), 'response' or None")
-        p = getattr(trace, "prompt_len", -1)
-        if p is None or p < 0:
-            raise ValueError("tokens='response' needs a generated trace (Model.generate)")
-        if p >= hi:
-            raise ValueError(f"tokens='response': row {batch} has no response tokens")
-        return max(p, lo), hi
-    return _range(tokens, T)
-
-
-def _range(tokens, T, what="the trace has"):
-    """(start, stop) of a `tokens=(start, stop)` over T positions (negative counts from the
-    end, None = the edge), checked."""
-    ok = isinstance(tokens, (tuple, list)) and len(tokens) == 2 and all(
-        t is None or (isinstance(t, (int, np.integer)) and not isinstance(t, bool)) for t in tokens)
-    if not ok:
-        raise ValueError(f"tokens {tokens!r}: expected (start, stop) ints, 'response' or None")
-    s, e = (0 if tokens[0] is None else int(tokens[0])), (T if tokens[1] is None else int(tokens[1]))
-    if not (-T <= s < T and -T < e <= T):
-        raise ValueError(f"tokens {tokens!r} out of range: {what} {T} positions (0..{T - 1})")
-    s, e = s % T, (e % T if e < 0 else e)
-    if s >= e:
-        raise ValueError(f"tokens {tokens!r} selects no positions: start must come before stop")
-    return s, e
+# The window checks are shared with the view and the atlas (attnscope.windows).
+_window = token_window
+_range = token_range
