@@ -3,8 +3,11 @@
 // peak memory each adds above the RSS before the run.
 //
 // usage: bench_capture MODEL.pt [T ...]     (default T = 512 2048)
+//        PROFILE=0..5 runs only that column 8 times (0 plain, 1 every aggregate + row statistics,
+//        2 without row statistics, 3 one head, 4 head-mean maps, 5 nothing), for perf
 #include <attnscope/model.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -12,6 +15,7 @@
 #include <thread>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -112,11 +116,21 @@ int main(int argc, char** argv) {
     auto f_one = [&] { model.run(ids, one_head); };
     auto f_maps = [&] { model.run(ids, maps); };
     f_plain(); f_all();  // warm up (graph executor profiling runs)
+    std::vector<std::function<void()>> fns{f_plain, f_all, f_no_rows, f_one, f_maps, f_none};
+    if (const char* p = std::getenv("PROFILE")) {  // one variant only, for perf
+      for (int r = 0; r < 8; ++r) {
+        rusage u0, u1;
+        getrusage(RUSAGE_SELF, &u0);
+        const Time t = timed(fns.at(std::stoi(p)));
+        getrusage(RUSAGE_SELF, &u1);
+        std::printf("%.1f ms wall, %ld minor faults\n", t.wall_ms, u1.ru_minflt - u0.ru_minflt);
+      }
+      continue;
+    }
     f_plain(); f_all(); f_no_rows(); f_one(); f_none(); f_maps();
     const int reps = T <= 512 ? 40 : T <= 2048 ? 5 : 3;
     // Interleaved repetitions, minimum of each: noise from other tenants only ever adds time.
     // CPU time is reported too: it does not count time the process waited for a core.
-    std::vector<std::function<void()>> fns{f_plain, f_all, f_no_rows, f_one, f_maps, f_none};
     std::vector<Time> best(fns.size(), Time{1e18, 1e18});
     for (int r = 0; r < reps; ++r)
       for (size_t i = 0; i < fns.size(); ++i) {

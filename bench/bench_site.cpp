@@ -63,6 +63,9 @@ int main(int argc, char** argv) {
     auto v = torch::randn({1, T, Hkv, D}).transpose(1, 2);
     attnscope::RunContext ctx;
     ctx.valid = torch::ones({1, T}, torch::kBool);
+    // Ids from a small vocabulary, so most queries have earlier copies, as in natural text (the
+    // row statistics compare ids only for those; unrepeated ids would flatter them).
+    ctx.ids = torch::randint(0, 512, {1, T}, torch::kLong);
     auto plain = [&] { at::scaled_dot_product_attention(q, k, v, {}, 0.0, true, {}, Hkv != H); };
     auto captured = [&](const attnscope::CaptureSpec& spec) {
       return [&, spec] {

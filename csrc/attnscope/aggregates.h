@@ -7,10 +7,13 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
 namespace attnscope {
+
+struct RowTokens;
 
 /// What the recorder knows about the batch being run.
 struct RunContext {
@@ -23,6 +26,9 @@ struct RunContext {
   /// [B, T] int64 token ids on the CPU: the row statistics' duplicate and induction masses
   /// compare them (undefined: row statistics are refused).
   torch::Tensor ids;
+  /// The row statistics' token facts, built by the first layer that needs them and shared by the
+  /// others with the same query and key lengths (row_stats.cpp).
+  mutable std::shared_ptr<RowTokens> row_tokens;
 };
 
 /// Reusable scratch buffers, so blocks do not allocate (and page-fault) fresh temporaries.
@@ -107,6 +113,11 @@ class LayerAccumulator {
   /// query_id_ [B, Tq] int32, prev_ok_/has_dup_/has_ind_ [B, Tq] bool (the statistic is defined),
   /// on the CPU; dev_ids_ = {key_id_, prev_id_, query_id_} on the accumulator's device.
   torch::Tensor key_id_, prev_id_, query_id_, prev_ok_, has_dup_, has_ind_;
+  /// The earlier copies of each query's token, for the fused route's sparse sums: copy_pos_
+  /// [B, Tk] int32, the real keys of each row ordered by (id, position); copy_at_ [B, Tq] int32,
+  /// where the query's id begins in it; has_dup_ tells whether any copy precedes the query and
+  /// copy_n_ [B, Tq] int32 how many.
+  torch::Tensor copy_pos_, copy_at_, copy_n_;
   std::vector<torch::Tensor> dev_ids_;
   // Pooled maps (pooled_maps.cpp): n tiles, bounds [n + 1] over the positions, the tile of each
   // position [Tq] int64, and the sums over real query rows: [B, H, n, n] and (uniform) [B, n, n].

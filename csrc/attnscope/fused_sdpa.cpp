@@ -25,7 +25,7 @@ struct LayerAccumulator::Rows {
   float* stats = nullptr;  // [6, B, H, Tq] row statistics; planes stat_plane apart
   int64_t stat_plane = 0, window = 0;
   const int32_t *key_id = nullptr, *prev_id = nullptr, *query_id = nullptr;  // init_row_tokens
-  const bool* has_copy = nullptr;  // [B, Tq]: the query has an earlier copy (an induction key implies one)
+  const int32_t *copy_pos = nullptr, *copy_at = nullptr, *copy_n = nullptr;  // init_row_tokens' copy lists
   float *pool = nullptr, *pool_uni = nullptr;  // [B, H, Tq, n] / [B, Tq, n] tile sums per row (add_sdpa)
   std::vector<std::pair<int64_t, float*>> copies;  // (block head, [B, Tq, Tk] map) kept as rows
   float* mean_map = nullptr;  // [B, Tq, Tk] head-mean map: p / heads added per head
@@ -62,7 +62,9 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
     t.key_id = key_id_.data_ptr<int32_t>();
     t.prev_id = prev_id_.data_ptr<int32_t>();
     t.query_id = query_id_.data_ptr<int32_t>();
-    t.has_copy = has_dup_.data_ptr<bool>();
+    t.copy_pos = copy_pos_.data_ptr<int32_t>();
+    t.copy_at = copy_at_.data_ptr<int32_t>();
+    t.copy_n = copy_n_.data_ptr<int32_t>();
   }
   for (auto& hm : head_maps_) t.copies.emplace_back(block_index(hm.first), hm.second.data_ptr<float>());
   if (layer_map_ && spec_.layer_map_head >= 0)
@@ -93,9 +95,15 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_
     t.sink[bh * tq_ + r] = s * inv;
   }
   if (t.stats) {
-    const bool copies = t.has_copy[b * tq_ + r];  // else duplicate and induction are NaN: no compares
-    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, copies ? t.key_id + b * tk_ : nullptr,
-              copies ? t.prev_id + b * tk_ : nullptr, t.query_id[b * tq_ + r], t.stats + bh * tq_ + r,
+    RowIds ids;  // none without an earlier copy: duplicate and induction are then NaN
+    ids.n_copies = t.copy_n[b * tq_ + r];
+    if (ids.n_copies > 0) {
+      ids.key_id = t.key_id + b * tk_;
+      ids.prev_id = t.prev_id + b * tk_;
+      ids.qid = t.query_id[b * tq_ + r];
+      ids.copies = t.copy_pos + b * tk_ + t.copy_at[b * tq_ + r];
+    }
+    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, ids.n_copies > 0 ? &ids : nullptr, t.stats + bh * tq_ + r,
               t.stat_plane);
   }
   if (t.pool)
@@ -211,49 +219,46 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
     float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
     float inv[256];  // 1 / row sum of each row of the block (block <= 256)
     for (int64_t task = begin; task < end; ++task) {
-    const int64_t b = task / n_part / n_task_heads, part = task % n_part;
-    const int64_t hb_begin = heads_inside ? 0 : task / n_part % n_task_heads;
-    const int64_t hb_end = heads_inside ? hb_n : hb_begin + 1;
-    for (int64_t hb = hb_begin; hb < hb_end; ++hb) {
+      const int64_t b = task / n_part / n_task_heads, part = task % n_part;
+      const int64_t hb_begin = heads_inside ? 0 : task / n_part % n_task_heads;
+      const int64_t hb_end = heads_inside ? hb_n : hb_begin + 1;
       const int64_t r_begin = cut[part], r_end = cut[part + 1];
       Rows tp = t;  // this part's received sums go to its own partial buffer
       if (psum.defined()) {
         tp.recv_sum = psum.data_ptr<float>() + part * batch_ * heads_ * tk_;
         tp.recv_max = pmax.data_ptr<float>() + part * batch_ * heads_ * tk_;
       }
-      const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
-      const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb / group);  // [T, D]
-      torch::Tensor vb, ob;  // [Tk, Dv], [Tq, Dv]
-      if (out.defined()) {
-        vb = v.select(0, b).select(0, hb / group);
-        ob = out.select(0, b).select(0, hb);
-      }
+      // Blocks outside, heads inside: a head-mean map's block of rows stays in cache while
+      // every head adds to it (with heads outside, each head re-read the part's rows from memory).
       for (int64_t r0 = r_begin; r0 < r_end; r0 += block) {
         const int64_t rows = std::min(block, tq_ - r0);
         const int64_t keys = block_keys(r0, rows);
         auto out_blk = torch::from_blob(buf, {rows, keys}, torch::kFloat);
-        at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
-        for (int64_t i = 0; i < rows; ++i) {
-          const int64_t r = r0 + i;
-          int64_t n = causal ? std::min(keys, r + 1) : keys;
-          if (rk) n = std::min(n, rk[r]);
-          float* z = buf + i * keys;
-          const RowSoftmax sm = softmax_row(z, n, sc, mv.row(b, hb, r));
-          if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
-          take_row(tp, z, sm.inv_sum, n, b, hb, r);
-          inv[i] = sm.inv_sum;
-          if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
-        }
-        if (out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
-          auto o = ob.narrow(0, r0, rows);
-          at::mm_out(o, out_blk, vb.narrow(0, 0, keys));
+        for (int64_t hb = hb_begin; hb < hb_end; ++hb) {
+          const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
+          const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb / group);  // [T, D]
+          at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
           for (int64_t i = 0; i < rows; ++i) {
-            float* orow = o.data_ptr<float>() + i * o.stride(0);
-            scale_row(orow, inv[i], o.size(1), orow, false);
+            const int64_t r = r0 + i;
+            int64_t n = causal ? std::min(keys, r + 1) : keys;
+            if (rk) n = std::min(n, rk[r]);
+            float* z = buf + i * keys;
+            const RowSoftmax sm = softmax_row(z, n, sc, mv.row(b, hb, r), t.entropy != nullptr);
+            if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
+            take_row(tp, z, sm.inv_sum, n, b, hb, r);
+            inv[i] = sm.inv_sum;
+            if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
+          }
+          if (out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
+            auto o = out.select(0, b).select(0, hb).narrow(0, r0, rows);
+            at::mm_out(o, out_blk, v.select(0, b).select(0, hb / group).narrow(0, 0, keys));
+            for (int64_t i = 0; i < rows; ++i) {
+              float* orow = o.data_ptr<float>() + i * o.stride(0);
+              scale_row(orow, inv[i], o.size(1), orow, false);
+            }
           }
         }
       }
-    }
     }
   });
   if (pool_n_ > 0) fold_pooled_rows(pool_rows, pool_uni, 0, ctx);

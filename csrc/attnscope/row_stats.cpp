@@ -5,7 +5,10 @@
 // [Tq, Tk] tensor of token facts exists: ids are compared per block.
 #include <attnscope/aggregates.h>
 
+#include <algorithm>
 #include <limits>
+#include <utility>
+#include <vector>
 #include <unordered_set>
 
 namespace attnscope {
@@ -15,7 +18,19 @@ const char* const kRowStatNames[6] = {"row_self", "row_prev", "row_distance",
                                       "row_local", "row_duplicate", "row_induction"};
 }  // namespace
 
+/// A run's token facts for one (Tq, Tk): the same for every layer, so built once.
+struct RowTokens {
+  int64_t tq = 0, tk = 0;
+  torch::Tensor key_id, prev_id, query_id, prev_ok, has_dup, has_ind, copy_pos, copy_at, copy_n;
+};
+
 void LayerAccumulator::init_row_tokens(const RunContext& ctx) {
+  if (const auto& c = ctx.row_tokens; c && c->tq == tq_ && c->tk == tk_ && c->key_id.size(0) == batch_) {
+    key_id_ = c->key_id, prev_id_ = c->prev_id, query_id_ = c->query_id, prev_ok_ = c->prev_ok;
+    has_dup_ = c->has_dup, has_ind_ = c->has_ind, copy_pos_ = c->copy_pos, copy_at_ = c->copy_at;
+    copy_n_ = c->copy_n;
+    return;
+  }
   TORCH_CHECK(ctx.ids.defined(), "row_stats needs the run's token ids (RunContext::ids)");
   auto ids = ctx.ids.to(torch::kCPU).to(torch::kLong).contiguous();
   auto valid = ctx.valid.to(torch::kCPU).contiguous();
@@ -52,6 +67,29 @@ void LayerAccumulator::init_row_tokens(const RunContext& ctx) {
       if (pid[b * tk_ + j] >= 0) seen_prev.insert(pid[b * tk_ + j]);
     }
   }
+  // Copy lists: the real keys sorted by (id, position); a query's earlier copies are the part
+  // of its id's run before its own position.
+  copy_pos_ = torch::full({batch_, tk_}, -1, torch::kInt);
+  copy_at_ = torch::zeros({batch_, tq_}, torch::kInt);
+  copy_n_ = torch::zeros({batch_, tq_}, torch::kInt);
+  int32_t *cpos = copy_pos_.data_ptr<int32_t>(), *cat = copy_at_.data_ptr<int32_t>(), *cn = copy_n_.data_ptr<int32_t>();
+  for (int64_t b = 0; b < batch_; ++b) {
+    std::vector<std::pair<int64_t, int32_t>> keys;  // (id, position) of the real keys
+    for (int64_t j = 0; j < tk_; ++j)
+      if (kid[b * tk_ + j] >= 0) keys.emplace_back(id[b * t_all + koff + j], static_cast<int32_t>(j));
+    std::sort(keys.begin(), keys.end());
+    for (size_t x = 0, run = 0; x < keys.size(); ++x) {
+      if (x > 0 && keys[x].first != keys[x - 1].first) run = x;
+      cpos[b * tk_ + x] = keys[x].second;
+      const int64_t r = keys[x].second - qoff;
+      if (r >= 0) {
+        cat[b * tq_ + r] = static_cast<int32_t>(run);
+        cn[b * tq_ + r] = static_cast<int32_t>(x - run);
+      }
+    }
+  }
+  ctx.row_tokens = std::make_shared<RowTokens>(
+      RowTokens{tq_, tk_, key_id_, prev_id_, query_id_, prev_ok_, has_dup_, has_ind_, copy_pos_, copy_at_, copy_n_});
 }
 
 void LayerAccumulator::add_row_stats_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx) {

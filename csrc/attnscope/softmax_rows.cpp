@@ -5,30 +5,37 @@
 #include <limits>
 #include <type_traits>
 
-// Written with GCC/Clang vector types (8 floats): each loop below is one pass of vector code
-// whatever the auto-vectoriser decides (it declined the masked and exp loops). The AVX2 clone is
-// picked at load time where the CPU has it; elsewhere the same code runs as SSE pairs.
+// Written with GCC/Clang vector types (16 floats): each loop below is one pass of vector code
+// whatever the auto-vectoriser decides (it declined the masked and exp loops). The AVX-512 clone
+// (one register per vector) or the AVX2 clone (two) is picked at load time where the CPU has it;
+// elsewhere the same code runs as SSE quadruples. 16 lanes against 8 halved the time of the
+// softmax pass on an AVX-512 machine (bench_site), where it was twice ATen's flash kernel's.
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define ATTNSCOPE_CLONES __attribute__((target_clones("avx2", "default")))
+#define ATTNSCOPE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define ATTNSCOPE_CLONES
 #endif
+// On every lambda of a row pass: an out-of-line lambda is compiled for the default target, not
+// for the clone that calls it (a row's tail step ran as SSE code and cost 4 % of a site).
+#define ATTNSCOPE_INLINE __attribute__((always_inline))
 
 namespace attnscope {
 
 namespace {
-typedef float f8 __attribute__((vector_size(32)));
-typedef int i8 __attribute__((vector_size(32)));
-typedef unsigned char u8 __attribute__((vector_size(8)));
+constexpr int64_t W = 16;  // lanes per vector
+typedef float fv __attribute__((vector_size(4 * W)));
+typedef int iv __attribute__((vector_size(4 * W)));
+typedef unsigned char bv __attribute__((vector_size(W)));
+constexpr fv kLane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};  // lane index
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-inline f8 splat(float x) { return f8{} + x; }
+inline fv splat(float x) { return fv{} + x; }
 
-/// Lanes [0, n) of p (n < 8: the rest filled with `fill`).
-inline f8 load(const float* p, int64_t n, float fill) {
-  f8 v;
-  if (n >= 8) {
+/// Lanes [0, n) of p (n < W: the rest filled with `fill`).
+inline fv load(const float* p, int64_t n, float fill) {
+  fv v;
+  if (n >= W) {
     std::memcpy(&v, p, sizeof v);
   } else {
     v = splat(fill);
@@ -36,86 +43,96 @@ inline f8 load(const float* p, int64_t n, float fill) {
   }
   return v;
 }
-inline void store(float* p, f8 v, int64_t n) { std::memcpy(p, &v, sizeof(float) * (n < 8 ? n : 8)); }
+inline void store(float* p, fv v, int64_t n) { std::memcpy(p, &v, sizeof(float) * (n < W ? n : W)); }
 
 /// All-ones lanes where the bool mask lets a key through (lanes >= n: hidden).
-inline i8 visible_lanes(const bool* v, int64_t n) {
-  u8 b = u8{};
-  std::memcpy(&b, v, n < 8 ? n : 8);
-  return __builtin_convertvector(b, i8) != 0;
+inline iv visible_lanes(const bool* v, int64_t n) {
+  bv b = bv{};
+  std::memcpy(&b, v, n < W ? n : W);
+  return __builtin_convertvector(b, iv) != 0;
 }
 
-inline f8 select(i8 m, f8 a, f8 b) { return (f8)(((i8)a & m) | ((i8)b & ~m)); }
+inline fv select(iv m, fv a, fv b) { return (fv)(((iv)a & m) | ((iv)b & ~m)); }
 
 // exp(x) for x <= 0 (Cephes' single-precision polynomial, ~1 ulp); exactly 0 below -87.3 (where
 // fp32 exp leaves the normal range) and for -inf.
-inline f8 exp_nonpositive(f8 x) {
-  const f8 lo = splat(-87.3f);
-  const i8 keep = x >= lo;
-  const f8 xc = select(keep, x, lo);
-  const i8 n = __builtin_convertvector(xc * 1.44269504088896341f - 0.5f, i8);  // round(x / ln 2)
-  const f8 nf = __builtin_convertvector(n, f8);
-  f8 r = xc - nf * 0.693359375f;
+inline fv exp_nonpositive(fv x) {
+  const fv lo = splat(-87.3f);
+  const iv keep = x >= lo;
+  const fv xc = select(keep, x, lo);
+  const iv n = __builtin_convertvector(xc * 1.44269504088896341f - 0.5f, iv);  // round(x / ln 2)
+  const fv nf = __builtin_convertvector(n, fv);
+  fv r = xc - nf * 0.693359375f;
   r = r + nf * 2.12194440e-4f;
-  f8 y = splat(1.9875691500e-4f);
+  fv y = splat(1.9875691500e-4f);
   y = y * r + 1.3981999507e-3f;
   y = y * r + 8.3334519073e-3f;
   y = y * r + 4.1665795894e-2f;
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r * r + r + 1.0f;
-  const i8 two_n = (n + 127) << 23;
-  return (f8)((i8)(y * (f8)two_n) & keep);
+  const iv two_n = (n + 127) << 23;
+  return (fv)((iv)(y * (fv)two_n) & keep);
 }
 
-inline float hsum(f8 v) {
-  float s = 0.0f;
-  for (int i = 0; i < 8; ++i) s += v[i];
-  return s;
+// Horizontal sum and max by halving (a tree of vector adds): summed lane by lane they were a
+// third of row_stats' time, whose chunks are only 16 steps long.
+typedef float fh __attribute__((vector_size(2 * W)));
+typedef float fq __attribute__((vector_size(W)));
+inline float hsum(fv v) {
+  const fh a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const fq b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+  return (b[0] + b[2]) + (b[1] + b[3]);
 }
-inline float hmax(f8 v) {
-  float m = v[0];
-  for (int i = 1; i < 8; ++i) m = v[i] > m ? v[i] : m;
+inline float hmax(fv v) {
+  const fh x = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7),
+           y = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  const fh a = x > y ? x : y;
+  float m = a[0];
+  for (int i = 1; i < 8; ++i) m = a[i] > m ? a[i] : m;
   return m;
 }
 }  // namespace
 
-/// Runs body(j, n) over [0, keys) in steps of 8: n == 8 (a compile-time constant, so loads and
-/// stores are plain vector moves) for full steps, then once with the tail's n < 8.
+using Full = std::integral_constant<int64_t, W>;
+
+/// Runs body(j, n) over [0, keys) in steps of W: n == W (a compile-time constant, so loads and
+/// stores are plain vector moves) for full steps, then once with the tail's n < W.
 template <class Body>
 __attribute__((always_inline)) inline void for_lanes(int64_t keys, Body&& body) {
   int64_t j = 0;
-  for (; j + 8 <= keys; j += 8) body(j, std::integral_constant<int64_t, 8>{});
+  for (; j + W <= keys; j += W) body(j, Full{});
   if (j < keys) body(j, keys - j);
 }
 
 /// Sums of e = exp(d) and e·d over [0, n), d = z·mul - sub clamped at -1e30 (a hidden key,
 /// -inf, adds 0·d = 0); e is written to `e_out` when given (it may be z). Two fp32 vector
-/// accumulators per sum over chunks of 256 keys (each lane adds at most 16 terms), chunks added
+/// accumulators per sum over chunks of 256 keys (each lane adds at most 8 terms), chunks added
 /// in double: as accurate as compensated sums, without their latency-bound dependency chain.
 /// Always inlined, so that it is compiled into each target clone of its callers (an
 /// out-of-line copy ran the default, SSE, code).
+template <bool kWithEd = true>
 __attribute__((always_inline)) inline void exp_sums(const float* z, float* e_out, int64_t n, float mul,
                                                     float sub, double& sum, double& sum_ed) {
-  auto step = [&](int64_t j, auto m, f8& s, f8& ed) {
-    f8 d = load(z + j, m, -kInf) * mul - sub;
+  auto step = [&](int64_t j, auto m, fv& s, fv& ed) ATTNSCOPE_INLINE {
+    fv d = load(z + j, m, -kInf) * mul - sub;
     d = d > -1e30f ? d : splat(-1e30f);
-    const f8 e = exp_nonpositive(d);
+    const fv e = exp_nonpositive(d);
     s += e;
-    ed += e * d;
+    if (kWithEd) ed += e * d;
     if (e_out) store(e_out + j, e, m);
   };
-  constexpr std::integral_constant<int64_t, 8> full{};
   for (int64_t c0 = 0; c0 < n; c0 += 256) {
     const int64_t c1 = c0 + 256 < n ? c0 + 256 : n;
-    f8 s0 = f8{}, s1 = f8{}, ed0 = f8{}, ed1 = f8{};
+    fv s0 = fv{}, s1 = fv{}, ed0 = fv{}, ed1 = fv{};
     int64_t j = c0;
-    for (; j + 16 <= c1; j += 16) {
-      step(j, full, s0, ed0);
-      step(j + 8, full, s1, ed1);
+    for (; j + 2 * W <= c1; j += 2 * W) {
+      step(j, Full{}, s0, ed0);
+      step(j + W, Full{}, s1, ed1);
     }
-    for (; j < c1; j += 8) {
-      if (j + 8 <= c1) step(j, full, s0, ed0);
+    for (; j < c1; j += W) {
+      if (j + W <= c1) step(j, Full{}, s0, ed0);
       else step(j, c1 - j, s0, ed0);
     }
     sum += hsum(s0 + s1);
@@ -124,25 +141,25 @@ __attribute__((always_inline)) inline void exp_sums(const float* z, float* e_out
 }
 
 ATTNSCOPE_CLONES
-RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask) {
+RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy) {
   // Pass 1: scale and mask (hidden keys: -inf, whose exp is exactly 0), and the row max. A mask
   // broadcast over the keys (stride 0) is one value for the whole row.
   const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
   const bool row_hidden = bcast && !mask.visible(0);
   const float row_add = bcast && mask.add ? mask.add[0] : 0.0f;
-  f8 vmax = splat(-kInf);
-  i8 vnan = i8{};
-  for_lanes(keys, [&](int64_t j, auto n) {
-    f8 v = load(z + j, n, 0.0f) * scale;
-    i8 ok = n >= 8 ? i8{} - 1 : (f8{0, 1, 2, 3, 4, 5, 6, 7} < splat(float(n)));
+  fv vmax = splat(-kInf);
+  iv vnan = iv{};
+  for_lanes(keys, [&](int64_t j, auto n) ATTNSCOPE_INLINE {
+    fv v = load(z + j, n, 0.0f) * scale;
+    iv ok = n >= W ? iv{} - 1 : (kLane < splat(float(n)));
     if (row_hidden) {
-      ok = i8{};
+      ok = iv{};
     } else if (bcast) {
       v = v + row_add;
     } else if (mask.vis) {
       ok &= visible_lanes(mask.vis + j, n);
     } else if (mask.add) {
-      const f8 a = load(mask.add + j, n, 0.0f);
+      const fv a = load(mask.add + j, n, 0.0f);
       ok &= a > mask.hidden_below;
       v = v + a;
     }
@@ -153,7 +170,7 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask)
   });
   const float mx = hmax(vmax);
   bool nan = false;
-  for (int i = 0; i < 8; ++i) nan |= vnan[i] != 0;
+  for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
   if (nan || !(mx > -kInf)) {  // NaN scores, or no visible key (a fully masked padding row)
     const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
     for (int64_t j = 0; j < keys; ++j) z[j] = fill;
@@ -161,40 +178,47 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask)
   }
   // Pass 2: e = exp(z - max), kept in z. Entropy = -sum p log p = log S - sum(e·d) / S.
   double sum = 0.0, sum_ed = 0.0;
-  exp_sums(z, z, keys, 1.0f, mx, sum, sum_ed);
+  if (!entropy) {
+    exp_sums<false>(z, z, keys, 1.0f, mx, sum, sum_ed);
+    return {0.0f, static_cast<float>(1.0 / sum)};
+  }
+  exp_sums<true>(z, z, keys, 1.0f, mx, sum, sum_ed);
   return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(1.0 / sum)};
 }
 
 ATTNSCOPE_CLONES
 void add_received(const float* e, float inv, int64_t n, float* sum, float* max) {
-  for_lanes(n, [&](int64_t j, auto m) {
-    const f8 v = load(e + j, m, 0.0f) * inv;
+  for_lanes(n, [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+    const fv v = load(e + j, m, 0.0f) * inv;
     store(sum + j, load(sum + j, m, 0.0f) + v, m);
-    const f8 old = load(max + j, m, 0.0f);
+    const fv old = load(max + j, m, 0.0f);
     store(max + j, v > old ? v : old, m);
   });
 }
 
 ATTNSCOPE_CLONES
 void scale_row(const float* e, float inv, int64_t n, float* dst, bool add) {
-  for_lanes(n, [&](int64_t j, auto m) {
-    const f8 p = load(e + j, m, 0.0f) * inv;
+  for_lanes(n, [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+    const fv p = load(e + j, m, 0.0f) * inv;
     store(dst + j, add ? load(dst + j, m, 0.0f) + p : p, m);
   });
 }
 
-ATTNSCOPE_CLONES
+// No fused multiply-adds here (the AVX-512 clone would use them): the scaled logits z·(1/T) are
+// then rounded as the top-k probabilities' exp(z/T − lse) rounds them (entropy.cpp, ATen), so the
+// two agree; fused, the products were exact and the top-k probabilities moved by 1.7e-6.
+ATTNSCOPE_CLONES __attribute__((optimize("fp-contract=off")))
 RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, int64_t* top_ids) {
   // Pass 1: max (and NaN) of the row.
-  f8 vmax = splat(-kInf);
-  i8 vnan = i8{};
-  for_lanes(n, [&](int64_t j, auto m) {
-    const f8 v = load(z + j, m, -kInf);
+  fv vmax = splat(-kInf);
+  iv vnan = iv{};
+  for_lanes(n, [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+    const fv v = load(z + j, m, -kInf);
     vnan |= v != v;
     vmax = v > vmax ? v : vmax;
   });
   bool nan = false;
-  for (int i = 0; i < 8; ++i) nan |= vnan[i] != 0;
+  for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
   if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN(), true};
   const float zmax = hmax(vmax), mx = zmax * inv_t;
   // Top-k by a threshold scan: an element enters only if above the current k-th (rare after the
@@ -225,14 +249,14 @@ RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, 
 }
 
 namespace {
-/// Lanes [0, n) of int32 ids (n < 8: the rest -1, which no query id equals).
+/// Lanes [0, n) of int32 ids (n < W: the rest -1, which no query id equals).
 template <class N>
-inline i8 load_ids(const int32_t* p, N n) {
-  i8 v;
-  if (n >= 8) {
+inline iv load_ids(const int32_t* p, N n) {
+  iv v;
+  if (n >= W) {
     std::memcpy(&v, p, sizeof v);
   } else {
-    v = i8{} - 1;
+    v = iv{} - 1;
     std::memcpy(&v, p, sizeof(int32_t) * n);
   }
   return v;
@@ -240,36 +264,49 @@ inline i8 load_ids(const int32_t* p, N n) {
 }  // namespace
 
 ATTNSCOPE_CLONES
-void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const int32_t* key_id,
-               const int32_t* prev_id, int32_t qid, float* out, int64_t out_stride) {
-  const f8 lane = {0, 1, 2, 3, 4, 5, 6, 7};
-  const i8 q = i8{} + qid;
-  const i8 abs_mask = i8{} + 0x7fffffff;
+void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const RowIds* ids, float* out,
+               int64_t out_stride) {
+  const fv lane = kLane;
+  // A few copies (natural text, mostly): their keys are summed directly, and the vector pass
+  // compares no ids. Many (a repeated token): the pass compares every key's ids instead.
+  const bool sparse = ids && ids->n_copies * 8 <= n;
+  const int32_t* key_id = ids && !sparse ? ids->key_id : nullptr;
+  const int32_t* prev_id = ids ? ids->prev_id : nullptr;
+  const iv q = iv{} + (ids ? ids->qid : -1);
+  const iv abs_mask = iv{} + 0x7fffffff;
   double dist = 0.0, dup = 0.0, ind = 0.0;
   // Keys before the query: distance, duplicate and induction mass in one pass; keys after it
   // (encoders): distance only. Sums in fp32 vectors over chunks of 256 keys, chunks added in
   // double (as in exp_sums). Full steps have a compile-time width: plain vector moves.
-  auto pass = [&](int64_t lo, int64_t hi, bool ids) {
+  auto pass = [&](int64_t lo, int64_t hi, bool ids) ATTNSCOPE_INLINE {
     for (int64_t c0 = lo; c0 < hi; c0 += 256) {
       const int64_t c1 = c0 + 256 < hi ? c0 + 256 : hi;
-      f8 d8 = f8{}, u8s = f8{}, n8 = f8{};
-      auto step = [&](int64_t j, auto m) {
-        const f8 x = load(e + j, m, 0.0f);
-        d8 += x * (f8)((i8)(splat(static_cast<float>(i - j)) - lane) & abs_mask);  // |i − j|
+      fv d8 = fv{}, u8s = fv{}, n8 = fv{};
+      auto step = [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+        const fv x = load(e + j, m, 0.0f);
+        d8 += x * (fv)((iv)(splat(static_cast<float>(i - j)) - lane) & abs_mask);  // |i − j|
         if (ids) {
-          u8s += select(load_ids(key_id + j, m) == q, x, f8{});
-          n8 += select(load_ids(prev_id + j, m) == q, x, f8{});
+          u8s += select(load_ids(key_id + j, m) == q, x, fv{});
+          n8 += select(load_ids(prev_id + j, m) == q, x, fv{});
         }
       };
       int64_t j = c0;
-      for (; j + 8 <= c1; j += 8) step(j, std::integral_constant<int64_t, 8>{});
+      for (; j + W <= c1; j += W) step(j, Full{});
       if (j < c1) step(j, c1 - j);
       dist += hsum(d8);
       dup += hsum(u8s);
       ind += hsum(n8);
     }
   };
-  pass(0, i < n ? i : n, key_id != nullptr);  // no id compares for a query without earlier copies
+  pass(0, i < n ? i : n, key_id != nullptr);
+  if (sparse) {
+    const int64_t end = i < n ? i : n;  // keys j < min(i, n)
+    for (int64_t c = 0; c < ids->n_copies; ++c) {
+      const int64_t j = ids->copies[c];
+      if (j < end) dup += e[j];
+      if (j + 1 < end && prev_id[j + 1] == ids->qid) ind += e[j + 1];
+    }
+  }
   if (i + 1 < n) pass(i + 1, n, false);
   double local = 0.0;
   for (int64_t j = i - w < 0 ? 0 : i - w; j <= i + w && j < n; ++j) local += e[j];
@@ -287,14 +324,14 @@ void pool_row(const float* e, float inv, int64_t n, const int64_t* bounds, int64
   int64_t seen = 0;
   for (int64_t c = 0; c < tiles; ++c) {
     const int64_t lo = bounds[c], hi = bounds[c + 1] < n ? bounds[c + 1] : n;
-    f8 s = f8{}, cnt = f8{};
-    auto step = [&](int64_t j, auto m) {
-      const f8 x = load(e + j, m, 0.0f);
+    fv s = fv{}, cnt = fv{};
+    auto step = [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+      const fv x = load(e + j, m, 0.0f);
       s += x;
-      cnt += (f8)((i8)splat(1.0f) & (x > 0.0f));
+      cnt += (fv)((iv)splat(1.0f) & (x > 0.0f));
     };
     int64_t j = lo;
-    for (; j + 8 <= hi; j += 8) step(j, std::integral_constant<int64_t, 8>{});
+    for (; j + W <= hi; j += W) step(j, Full{});
     if (j < hi) step(j, hi - j);
     sums[c] = hsum(s) * inv;
     if (share) {

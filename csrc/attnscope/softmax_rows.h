@@ -39,7 +39,8 @@ struct RowSoftmax {
 /// exp(z·scale + mask - max), exactly 0 for hidden keys (a row with no visible key is all 0, a
 /// row with a NaN score all NaN). The probabilities are z[j] * inv_sum: consumers scale as they
 /// read, which saves a pass over the row. Keys keys..n-1 are treated as hidden and not touched.
-RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask);
+/// Without `entropy` the result's entropy is left 0 (its sums and log are skipped).
+RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy = true);
 
 /// With p[j] = e[j] * inv: sum[j] += p[j], max[j] = max(max[j], p[j]) for each key j < n.
 void add_received(const float* e, float inv, int64_t n, float* sum, float* max);
@@ -47,14 +48,27 @@ void add_received(const float* e, float inv, int64_t n, float* sum, float* max);
 /// dst[j] = e[j] * inv (add = false) or dst[j] += e[j] * inv (add = true), j < n.
 void scale_row(const float* e, float inv, int64_t n, float* dst, bool add);
 
+/// The token facts one row's duplicate and induction masses need (row_stats).
+struct RowIds {
+  /// [n]: the id of key j and of key j−1, negative where that token is padding or missing (no
+  /// query id matches).
+  const int32_t* key_id = nullptr;
+  const int32_t* prev_id = nullptr;
+  int32_t qid = -1;
+  /// The positions of the query's earlier copies, ascending (n_copies of them): the sums read
+  /// only these keys and the key after each, unless the copies are so many that one pass
+  /// comparing every key's ids is cheaper.
+  const int32_t* copies = nullptr;
+  int64_t n_copies = 0;
+};
+
 /// Row statistics (CaptureSpec::row_stats) of p[j] = e[j] * inv over keys j < n, for the query
 /// at key index i: out[s * out_stride] for s = 0..5 is self (p[i]), prev (p[i−1]), distance
 /// Σ p[j]·|i−j| (tokens), local (Σ p[j], |i−j| <= w), duplicate (Σ p[j], j < i, key_id[j] == qid)
-/// and induction (Σ p[j], j < i, prev_id[j] == qid). `key_id`/`prev_id` [n]: the id of key j and
-/// of key j−1, negative where that token is padding or missing (no query id matches); null
-/// when the query has no earlier copy and no induction key (both masses then undefined: 0 here).
-void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const int32_t* key_id,
-               const int32_t* prev_id, int32_t qid, float* out, int64_t out_stride);
+/// and induction (Σ p[j], j < i, prev_id[j] == qid). `ids` null when the query has no earlier
+/// copy (both masses then undefined: 0 here; an induction key implies a copy).
+void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const RowIds* ids, float* out,
+               int64_t out_stride);
 
 /// Tile sums of one row for pooled maps: sums[c] = Σ p[j] (p[j] = e[j] * inv) over the keys
 /// j < n of tile c, [bounds[c], bounds[c + 1]); with `share` given, share[c] = the tile's keys

@@ -239,3 +239,23 @@ def test_unknown_sdpa_route_is_refused_by_name(tmp_path, monkeypatch):
     monkeypatch.setenv("ATTNSCOPE_SDPA_ROUTE", "fastest")
     with pytest.raises(RuntimeError, match="ATTNSCOPE_SDPA_ROUTE=fastest is not a route: expected auto, blocks or softmax"):
         model.run(ids, capture={"received": True, "top_k": 0}, attention_mask=mask)
+
+
+@pytest.mark.parametrize("vocab", [2, 50, V])
+def test_row_stats_with_few_and_many_copies(tmp_path, vocab):
+    # The fused route sums a query's duplicate and induction keys from its list of earlier copies
+    # when they are few, and compares every key's ids when they are many (a repeated token):
+    # ids from 2 values take the second way almost everywhere, from 50 the first at most rows
+    # after the first few, a mix of both mixes them. Equal to the materialised route either way.
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(0, vocab, (B, 700), generator=g)
+    if vocab == V:  # long runs of one token inside otherwise varied text
+        ids[:, 100:300] = 7
+    _, fused_path, _, mask = export(tmp_path, "causal_padded", "op", t=700)
+    _, mat_path, _, _ = export(tmp_path, "causal_padded", "materialised", t=700)
+    spec = dict(row_stats=True, top_k=0)
+    got = attnscope.load(str(fused_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
+    want = attnscope.load(str(mat_path), device="cpu").run(ids, capture=spec, attention_mask=mask)
+    for n in ("row_duplicate", "row_induction", "row_self", "row_prev", "row_local"):
+        assert close(got.get(n), want.get(n)), (vocab, n)
+    assert got.get("row_duplicate").nan_to_num(0).sum() > 1.0  # duplicates exist and carry weight
