@@ -39,7 +39,7 @@ def main():
             tp = attnscope.turning_points(answer, reuse_prefix=reuse, **kw)
             best[reuse] = min(best[reuse], time.perf_counter() - t0)
     n = len(tp.branches)
-    forks = [t.fork["position"] for t in tp.branches]
+    forks = [t.fork["position"] for t in tp.branches.forks]
     print(f"default model, CPU, {a.threads} threads: {n} branches (k={a.k} x {a.alternatives}) of {a.new_tokens} new "
           f"tokens from an answer of {answer.input_ids.shape[1]} tokens (forks at {min(forks)}..{max(forks)})")
     print("| branches | time | per branch |")

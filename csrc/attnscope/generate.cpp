@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include <algorithm>
+#include <limits>
 #include <sstream>
 
 namespace attnscope {
@@ -163,7 +164,20 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
     for (int64_t b = 0; b < batch; ++b)
       if (reason[b] == "max_new_tokens") reason[b] = "context length";
 
-  Trace t = run(ids_d.cpu(), spec, mask_d.cpu());
+  Trace t;
+  if (o.capture) {
+    t = run(ids_d.cpu(), spec, mask_d.cpu());
+  } else {
+    t.spec = spec;
+    t.input_ids = ids_d.cpu();
+    t.attention_mask = mask_d.cpu();
+    t.entropy = torch::full(t.input_ids.sizes(), std::numeric_limits<float>::quiet_NaN(), torch::kFloat);
+    if (!vocab_.empty()) {
+      const auto flat = t.input_ids.flatten();
+      const int64_t* id = flat.data_ptr<int64_t>();
+      for (int64_t i = 0; i < flat.numel(); ++i) t.tokens.push_back(vocab_.token(id[i]));
+    }
+  }
   t.prompt_len = plen;
   std::ostringstream g;
   g << "{\"temperature\": " << o.temperature << ", \"top_k\": " << o.top_k << ", \"top_p\": " << o.top_p

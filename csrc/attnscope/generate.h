@@ -39,6 +39,10 @@ struct GenerateOptions {
   /// KV, P0, D])`, P0 < P. Generation then computes positions P0.. only. Undefined: none. Needs
   /// the decode method, an unpadded prompt and use_cache.
   torch::Tensor past_k, past_v;
+  /// Run the capture pass over prompt + response after generating (the trace's attention,
+  /// entropy and top-k). false: the trace holds the ids, mask, tokens and generation only, its
+  /// entropy NaN (branches whose captures are taken later, when looked at).
+  bool capture = true;
 };
 
 }  // namespace attnscope

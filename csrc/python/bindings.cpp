@@ -118,7 +118,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("use_cache", &attnscope::GenerateOptions::use_cache)
       .def_readwrite("on_step", &attnscope::GenerateOptions::on_step)
       .def_readwrite("past_k", &attnscope::GenerateOptions::past_k)
-      .def_readwrite("past_v", &attnscope::GenerateOptions::past_v);
+      .def_readwrite("past_v", &attnscope::GenerateOptions::past_v)
+      .def_readwrite("capture", &attnscope::GenerateOptions::capture);
 
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
       .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",

@@ -193,7 +193,7 @@ class Model:
 
     def generate(self, prompt, *, max_new_tokens=128, chat=False, system=None, temperature=0.0, top_k=0,
                  top_p=1.0, seed=0, stop=None, capture="all", use_cache=True, progress=True, stream=False,
-                 _past=None):
+                 _past=None, _capture=True):
         """Makes the model answer `prompt`, then captures prompt + response in ONE run -> Trace
         with `response`, `prompt_len` and `generation`.
 
@@ -261,6 +261,7 @@ class Model:
         opts.stop_ids = stop if stop is not None else self.stop_ids()
         if _past is not None:  # the KV cache of the prompt's first positions (branches share their prefix)
             opts.past_k, opts.past_v = _past
+        opts.capture = bool(_capture)  # False: no capture pass (turning_points' branches, captured when looked at)
         spec = _spec(capture)
 
         def run(on_step):

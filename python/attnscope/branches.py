@@ -8,6 +8,7 @@ replaces token i+1.
 """
 import json
 import re
+from collections.abc import Sequence
 
 from .marks import high_entropy_positions
 from .streaming import Progress
@@ -53,7 +54,7 @@ def _span(answer):
 
 
 def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temperature=None, seed=None,
-           progress=False, _past=None):
+           progress=False, _past=None, _capture=True):
     """The answer with a different token at `position + 1`, continued by the model -> Trace.
 
     position: where the model chose (the distribution at `position` chose token position+1;
@@ -96,7 +97,8 @@ def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temp
                        top_k=g.get("top_k", 0), top_p=g.get("top_p", 1.0),
                        seed=g.get("seed", 0) if seed is None else seed, stop=g.get("stop_ids"),
                        capture=answer._core.spec,  # what the answer captured
-                       _past=None if _past is None else tuple(x[:, :, :, : position + 1] for x in _past))
+                       _past=None if _past is None else tuple(x[:, :, :, : position + 1] for x in _past),
+                       _capture=_capture)
     p_of = dict(zip(k_ids, k_p))
     fork = {"position": position, "chosen_id": chosen, "chosen": answer.token_label(chosen),
             "chosen_p": p_of.get(chosen), "forced_id": forced, "forced": answer.token_label(forced),
@@ -120,15 +122,44 @@ def _token_id(answer, token):
     return enc[0]
 
 
+class Branches(Sequence):
+    """The branches of a TurningPoints table as Traces, in row order, captured when first looked
+    at: branches[i] runs the capture pass over branch i's ids (with what the answer captured)
+    once and keeps the Trace. `forks[i]` is branch i before that (ids, tokens, generation and
+    fork; no attention, entropy NaN): what the table and the turning-points figure need."""
+
+    def __init__(self, forks, spec):
+        self.forks, self._spec, self._done = list(forks), spec, {}
+
+    def __len__(self):
+        return len(self.forks)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]  # IndexError as a list gives it
+        if i not in self._done:
+            bare = self.forks[i]
+            if self._spec is None or bare._model is None:  # captured already, or its model released
+                self._done[i] = bare
+            else:
+                t = bare._model.run(bare.input_ids, capture=self._spec, attention_mask=bare.attention_mask)
+                t._core.set_generation(bare.prompt_len, json.dumps(bare.generation))
+                self._done[i] = t
+        return self._done[i]
+
+
 class TurningPoints:
     """The table turning_points() returns: `rows` (a dict per branch), `to_pandas()`, Markdown
-    as str(), an HTML table in Jupyter, and `branches` (the Traces, in row order)."""
+    as str(), an HTML table in Jupyter, and `branches` (the Traces, in row order, each captured
+    when first looked at; see Branches)."""
 
     COLUMNS = ("position", "entropy", "chosen", "chosen_p", "alternative", "alternative_p", "rank",
                "continuation", "answer", "original_answer", "changed")
 
     def __init__(self, rows, branches):
-        self.rows, self.branches = rows, branches
+        self.rows = rows
+        self.branches = branches if isinstance(branches, Branches) else Branches(branches, None)
 
     def __len__(self):
         return len(self.rows)
@@ -183,7 +214,7 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
             k_ids = answer.topk_ids[0, p].tolist()
             alts = [r + 1 for r, i in enumerate(k_ids) if i != ids[p + 1]][:alternatives]
             for rank in alts:
-                t = branch(answer, int(p), rank=rank, max_new_tokens=max_new_tokens, _past=past)
+                t = branch(answer, int(p), rank=rank, max_new_tokens=max_new_tokens, _past=past, _capture=False)
                 f = t.generation["fork"]
                 text = t.response
                 got = final_answer(text, answer_of)
@@ -197,4 +228,4 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     finally:
         if bar is not None:
             bar.close()
-    return TurningPoints(rows, traces)
+    return TurningPoints(rows, Branches(traces, answer._core.spec))

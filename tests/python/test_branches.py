@@ -9,6 +9,7 @@ from conftest import gguf_reference
 
 import attnscope
 from attnscope import final_answer, turning_points
+from attnscope.branches import branch
 
 transformers = pytest.importorskip("transformers")
 from attnscope.models import default_gguf  # noqa: E402
@@ -177,3 +178,22 @@ def test_cli_branch(tmp_path):
     r = subprocess.run([sys.executable, "-m", "attnscope", "branch", "--prompt", "x", "--k", "0", "--out",
                         str(tmp_path / "o")], capture_output=True, text=True, env=env)
     assert r.returncode == 1 and "--k 0 must be >= 1" in r.stderr
+
+
+def test_turning_points_capture_a_branch_when_it_is_looked_at(answer):
+    """The table needs only each branch's tokens: turning_points generates them without the capture
+    pass (forks: entropy NaN, nothing captured), and branches[i] captures branch i when first read,
+    with what the answer captured, equal to branch() run eagerly."""
+    tp = turning_points(answer, k=1, alternatives=1, max_new_tokens=4, progress=False)
+    bare = tp.branches.forks[0]
+    assert not bare.captures and bool(bare.entropy.isnan().all())
+    t = tp.branches[0]
+    assert tp.branches[0] is t and tp.branches[-1] is t  # captured once, kept
+    eager = branch(answer, t.fork["position"], rank=t.fork["rank"], max_new_tokens=4)
+    assert t.input_ids.tolist() == eager.input_ids.tolist() and t.prompt_len == eager.prompt_len
+    assert t.fork == eager.fork and sorted(t.captures) == sorted(eager.captures)
+    assert torch.allclose(t.entropy, eager.entropy, atol=1e-6, equal_nan=True)
+    for n in ("received_mean", "attn_entropy", "row_induction"):
+        assert torch.allclose(t.get(n), eager.get(n), atol=1e-6, equal_nan=True), n
+    with pytest.raises(IndexError):
+        tp.branches[5]

@@ -26,6 +26,7 @@ def visualize_turning_points(table, *, width=None, wrap=70):
         raise ValueError("the table has no branches: nothing to draw")
     if isinstance(wrap, bool) or not isinstance(wrap, int) or wrap < 20:
         raise ValueError(f"wrap {wrap!r} must be an int >= 20 (characters per line of a note)")
+    branches = getattr(branches, "forks", branches)  # their ids and masks only: captures not needed
     answer_span = [b.prompt_len for b in branches]
     p0 = min(answer_span) - 1
     last = max(int(b.attention_mask[0].sum()) - 1 for b in branches)
