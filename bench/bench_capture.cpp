@@ -128,7 +128,7 @@ int main(int argc, char** argv) {
       continue;
     }
     f_plain(); f_all(); f_no_rows(); f_one(); f_none(); f_maps();
-    const int reps = T <= 512 ? 40 : T <= 2048 ? 5 : 3;
+    const int reps = T <= 512 ? 40 : T <= 2048 ? 8 : 3;
     // Interleaved repetitions, minimum of each: noise from other tenants only ever adds time.
     // CPU time is reported too: it does not count time the process waited for a core.
     std::vector<Time> best(fns.size(), Time{1e18, 1e18});

@@ -20,7 +20,13 @@ std::string string_array(const std::vector<std::string>& v) {
 
 std::vector<std::string> parse_string_array(const std::string& text, const char* what) {
   std::vector<std::string> out;
-  for (const auto& e : json::parse(text, what).arr) out.push_back(e.str);
+  if (text.empty()) return out;
+  const auto v = json::parse(text, what);
+  TORCH_CHECK_VALUE(v.is_array(), what, " must be a JSON array of strings");
+  for (const auto& e : v.arr) {
+    TORCH_CHECK_VALUE(e.is_string(), what, " must be a JSON array of strings; element ", out.size(), " is not a string");
+    out.push_back(e.str);
+  }
   return out;
 }
 }  // namespace
@@ -127,6 +133,7 @@ Trace Trace::load(const std::string& path) {
   t.generation = json::valid_utf8(meta("generation"));
   TORCH_CHECK_VALUE(t.generation.empty() || json::parse(t.generation, "'" + path + "': generation").is_object(),
                     "'", path, "': generation must be a JSON object or empty");
+  check_trace(t, path);
   return t;
 }
 

@@ -61,4 +61,10 @@ struct Trace {
   static Trace load(const std::string& path);
 };
 
+/// Checks a trace against itself (trace_check.cpp): ids >= 0; a 0/1 mask whose real tokens form
+/// one run per row; top-k, kv_head_of, layer_paths and the capture spec within the stated layer
+/// and head counts; every capture a known name with the shape [L, B, H, ...] or [B, T, T] these
+/// give, probabilities in [0, 1]. Throws ValueError naming `where` and what is wrong.
+void check_trace(const Trace& t, const std::string& where);
+
 }  // namespace attnscope

@@ -240,7 +240,7 @@ def test_save_killed_midway_leaves_the_old_or_the_new_file(tmp_path):
         "import sys, torch, attnscope\n"
         "m = attnscope.load(sys.argv[1], device='cpu')\n"
         "t = m.run(torch.randint(1, 60, (1, 60)), capture={'heads': [(l, h) for l in range(3) for h in range(4)]})\n"
-        "t._core.set_capture('pad', torch.zeros(10_000_000))\n"
+        "t._core.set_capture('from', torch.zeros(3, 1, 4, 13_900, 60))  # 10M floats of padding\n"
         "t.save(sys.argv[2]); print('saved', flush=True)\n"
         "while True: t.save(sys.argv[2])\n")
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"))
@@ -253,7 +253,7 @@ def test_save_killed_midway_leaves_the_old_or_the_new_file(tmp_path):
         p.send_signal(signal.SIGKILL)
         p.wait()
         t = attnscope.Trace.load(str(path))  # complete: validated header, offsets and sizes
-        assert t.captures["pad"].numel() == 10_000_000
+        assert t.captures["from"].numel() == 3 * 4 * 13_900 * 60
     leftovers = [f.name for f in tmp_path.iterdir() if ".tmp" in f.name]
     attnscope.Trace.load(str(path)).save(str(path))
     assert not [f.name for f in tmp_path.iterdir() if ".tmp" in f.name], leftovers
@@ -377,3 +377,73 @@ def test_position_table_overflow_says_context(tmp_path):
     with pytest.raises(RuntimeError, match=r"index out of range in self: an embedding lookup failed: the input "
                                            r"\(200 tokens\) is probably longer than the model's position table"):
         m.run(torch.randint(1, 50, (1, 200)))
+
+
+def _edited_traces():
+    """(what was edited, tensors edit, metadata edit, the message Trace.load must give)."""
+    def put(name, value):
+        return lambda t: {**t, name: value}
+
+    def scale(name, by):
+        return lambda t: {**t, name: t[name] * by}
+    keep = lambda t: t  # noqa: E731
+    return [
+        ("negative id", lambda t: {**t, "input_ids": t["input_ids"] - 5}, {}, r"token id -\d+ is negative"),
+        ("mask of 2", lambda t: {**t, "attention_mask": t["attention_mask"] * 2}, {},
+         r"attention_mask holds 2: only 0 \(padding\) and 1 \(token\) are allowed"),
+        ("mask all zero", lambda t: {**t, "attention_mask": t["attention_mask"] * 0}, {},
+         r"row 0 of attention_mask has no real token"),
+        ("mask with a hole", put("attention_mask", torch.tensor([[1, 0, 1, 1]])), {},
+         r"row 0 of attention_mask has a hole"),
+        ("float mask", lambda t: {**t, "attention_mask": t["attention_mask"].float()}, {},
+         r"attention_mask must hold integers 0/1"),
+        ("map of the wrong shape", put("captures/head_map/L0H1", torch.zeros(1, 3, 3)), {},
+         r"head_map/L0H1 must be a float \[1, 4, 4\] map, got \[1, 3, 3\]"),
+        ("map values above 1", scale("captures/head_map/L0H1", 3.0), {},
+         r"head_map/L0H1 holds values outside \[0, 1\]"),
+        ("map of a head that does not exist", lambda t: {**t, "captures/head_map/L0H9": t["captures/head_map/L0H1"].clone()},
+         {}, r"head_map/L0H9: head 9 out of range: the trace has 4 heads"),
+        ("map of a layer that does not exist", lambda t: {**t, "captures/layer_map/L7": t["captures/head_map/L0H1"].clone()},
+         {}, r"layer_map/L7: layer 7 out of range: the trace has 3 layers"),
+        ("aggregate values above 1", scale("captures/received_mean", 4.0), {},
+         r"received_mean holds values outside \[0, 1\]"),
+        ("aggregate of the wrong shape", lambda t: {**t, "captures/attn_entropy": t["captures/attn_entropy"][:, :, :1].contiguous()},
+         {}, r"attn_entropy must be a float \[3, 1, 4, 4\] tensor"),
+        ("unknown capture", lambda t: {**t, "captures/secret": torch.zeros(1)}, {}, r"unknown capture 'secret'"),
+        ("kv_head_of out of range", lambda t: {**t, "kv_head_of": t["kv_head_of"] + 9}, {},
+         r"kv_head_of holds a KV head outside 0..\d"),
+        ("n_heads against the tensors", keep, {"n_heads": "3", "n_kv_heads": "1"},
+         r"kv_head_of must be \[3\] integers|must be a float \[3, 1, 3, 4\]"),
+        ("n_layers against the tensors", keep, {"n_layers": "1", "layer_paths": '["a"]'},
+         r"aggregate_layers names a layer outside 0..0|layer 1 out of range"),
+        ("a spec naming layer 99", keep, {"spec": None},
+         r"its capture spec does not fit the trace: layers: layer 99 out of range: model has 3 layers"),
+        ("tokens of the wrong length", keep, {"tokens": '["a", "b"]'}, r"2 token strings for 1 x 4 ids"),
+        ("tokens that are not strings", keep, {"tokens": "[1, 2, 3, 4]"},
+         r"trace tokens must be a JSON array of strings; element 0 is not a string"),
+        ("top-k of another length", lambda t: {**t, "topk_probs": t["topk_probs"][:, :2].clone(),
+                                                 "topk_ids": t["topk_ids"][:, :2].clone()},
+         {}, r"topk_probs \(float\) and topk_ids \(int\) must both be \[1, 4, k\]"),
+    ]
+
+
+@pytest.mark.parametrize("what,edit,meta_edit,msg", _edited_traces(), ids=[e[0] for e in _edited_traces()])
+def test_edited_trace_is_refused_by_name(tmp_path, toy, what, edit, meta_edit, msg):
+    """Trace.load checks a trace against itself: every edit that would later fail or mislead a
+    figure is refused at load, naming the file and what does not fit."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    t = toy.run([1, 2, 3, 4], capture={"heads": [(0, 1)], "received": True, "attn_entropy": True, "top_k": 3})
+    good = tmp_path / "good.safetensors"
+    t.save(good)
+    attnscope.Trace.load(str(good))  # the unedited trace loads
+    tensors = load_file(str(good))
+    with safe_open(str(good), "pt") as f:
+        original = f.metadata()
+    meta = {**original, **meta_edit}
+    if "spec" in meta_edit:
+        meta["spec"] = json.dumps({**json.loads(original["spec"]), "layers": [99]})
+    bad = tmp_path / "bad.safetensors"
+    save_file(edit(tensors), str(bad), metadata=meta)
+    with pytest.raises(ValueError, match=msg):
+        attnscope.Trace.load(str(bad))
