@@ -129,7 +129,9 @@ class LayerAccumulator {
   struct Rows;  // where one row's results go (fused_sdpa.cpp)
   Rows rows_for(const RunContext& ctx);
   /// Takes what the spec asks from one row: probabilities e[j] * inv, j < keys.
-  void take_row(const Rows& t, const float* e, float inv, int64_t keys, int64_t b, int64_t hb, int64_t r) const;
+  /// `distance`: Σ e[j]·|i − j| from softmax_row, for the row statistics.
+  void take_row(const Rows& t, const float* e, float inv, double distance, int64_t keys, int64_t b, int64_t hb,
+                int64_t r) const;
 
   int64_t block_index(int64_t head) const;
   void init_sink_keys(const RunContext& ctx);

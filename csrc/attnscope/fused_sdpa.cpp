@@ -76,8 +76,8 @@ LayerAccumulator::Rows LayerAccumulator::rows_for(const RunContext& ctx) {
   return t;
 }
 
-void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_t keys, int64_t b,
-                                int64_t hb, int64_t r) const {
+void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, double distance, int64_t keys,
+                                int64_t b, int64_t hb, int64_t r) const {
   const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
   const int64_t bh = b * heads_ + h;  // row of the [B, H, *] accumulators
   if (t.recv_sum && t.valid[b * t.t_all + t.q_off + r])  // padded queries are left out
@@ -103,8 +103,8 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, int64_
       ids.qid = t.query_id[b * tq_ + r];
       ids.copies = t.copy_pos + b * tk_ + t.copy_at[b * tq_ + r];
     }
-    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, ids.n_copies > 0 ? &ids : nullptr, t.stats + bh * tq_ + r,
-              t.stat_plane);
+    row_stats(e, inv, keys, tk_ - tq_ + r, t.window, ids.n_copies > 0 ? &ids : nullptr, distance,
+              t.stats + bh * tq_ + r, t.stat_plane);
   }
   if (t.pool)
     pool_row(e, inv, keys, pool_bounds_.data(), pool_n_, t.pool + (bh * tq_ + r) * pool_n_,
@@ -243,9 +243,10 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
             int64_t n = causal ? std::min(keys, r + 1) : keys;
             if (rk) n = std::min(n, rk[r]);
             float* z = buf + i * keys;
-            const RowSoftmax sm = softmax_row(z, n, sc, mv.row(b, hb, r), t.entropy != nullptr);
+            const RowSoftmax sm = softmax_row(z, n, sc, mv.row(b, hb, r), t.entropy != nullptr,
+                                              t.stats ? tk_ - tq_ + r : -1);
             if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
-            take_row(tp, z, sm.inv_sum, n, b, hb, r);
+            take_row(tp, z, sm.inv_sum, sm.distance, n, b, hb, r);
             inv[i] = sm.inv_sum;
             if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
           }

@@ -107,41 +107,47 @@ __attribute__((always_inline)) inline void for_lanes(int64_t keys, Body&& body) 
 }
 
 /// Sums of e = exp(d) and e·d over [0, n), d = z·mul - sub clamped at -1e30 (a hidden key,
-/// -inf, adds 0·d = 0); e is written to `e_out` when given (it may be z). Two fp32 vector
-/// accumulators per sum over chunks of 256 keys (each lane adds at most 8 terms), chunks added
-/// in double: as accurate as compensated sums, without their latency-bound dependency chain.
-/// Always inlined, so that it is compiled into each target clone of its callers (an
-/// out-of-line copy ran the default, SSE, code).
-template <bool kWithEd = true>
+/// -inf, adds 0·d = 0); e is written to `e_out` when given (it may be z). With kDist also
+/// Σ e·|qi − j| (the row statistics' distance, taken here while e is in a register: a pass of its
+/// own cost 10 % of the forward at 8k tokens). Two fp32 vector accumulators per sum over chunks
+/// of 256 keys (each lane adds at most 8 terms), chunks added in double: as accurate as
+/// compensated sums, without their latency-bound dependency chain. Always inlined, so that it is
+/// compiled into each target clone of its callers (an out-of-line copy ran the default, SSE, code).
+template <bool kWithEd = true, bool kDist = false>
 __attribute__((always_inline)) inline void exp_sums(const float* z, float* e_out, int64_t n, float mul,
-                                                    float sub, double& sum, double& sum_ed) {
-  auto step = [&](int64_t j, auto m, fv& s, fv& ed) ATTNSCOPE_INLINE {
+                                                    float sub, double& sum, double& sum_ed, float qi = 0.0f,
+                                                    double* sum_dist = nullptr) {
+  const iv abs_mask = iv{} + 0x7fffffff;
+  auto step = [&](int64_t j, auto m, fv& s, fv& ed, fv& dist) ATTNSCOPE_INLINE {
     fv d = load(z + j, m, -kInf) * mul - sub;
     d = d > -1e30f ? d : splat(-1e30f);
     const fv e = exp_nonpositive(d);
     s += e;
     if (kWithEd) ed += e * d;
+    if (kDist) dist += e * (fv)((iv)(splat(qi - static_cast<float>(j)) - kLane) & abs_mask);  // |qi − j|
     if (e_out) store(e_out + j, e, m);
   };
   for (int64_t c0 = 0; c0 < n; c0 += 256) {
     const int64_t c1 = c0 + 256 < n ? c0 + 256 : n;
-    fv s0 = fv{}, s1 = fv{}, ed0 = fv{}, ed1 = fv{};
+    fv s0 = fv{}, s1 = fv{}, ed0 = fv{}, ed1 = fv{}, ds0 = fv{}, ds1 = fv{};
     int64_t j = c0;
     for (; j + 2 * W <= c1; j += 2 * W) {
-      step(j, Full{}, s0, ed0);
-      step(j + W, Full{}, s1, ed1);
+      step(j, Full{}, s0, ed0, ds0);
+      step(j + W, Full{}, s1, ed1, ds1);
     }
     for (; j < c1; j += W) {
-      if (j + W <= c1) step(j, Full{}, s0, ed0);
-      else step(j, c1 - j, s0, ed0);
+      if (j + W <= c1) step(j, Full{}, s0, ed0, ds0);
+      else step(j, c1 - j, s0, ed0, ds0);
     }
     sum += hsum(s0 + s1);
-    sum_ed += hsum(ed0 + ed1);
+    if (kWithEd) sum_ed += hsum(ed0 + ed1);
+    if (kDist) *sum_dist += hsum(ds0 + ds1);
   }
 }
 
 ATTNSCOPE_CLONES
-RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy) {
+RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy,
+                       int64_t distance_from) {
   // Pass 1: scale and mask (hidden keys: -inf, whose exp is exactly 0), and the row max. A mask
   // broadcast over the keys (stride 0) is one value for the whole row.
   const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
@@ -174,16 +180,19 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask,
   if (nan || !(mx > -kInf)) {  // NaN scores, or no visible key (a fully masked padding row)
     const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
     for (int64_t j = 0; j < keys; ++j) z[j] = fill;
-    return {fill, 1.0f};
+    return {fill, 1.0f, nan ? static_cast<double>(fill) : 0.0};
   }
   // Pass 2: e = exp(z - max), kept in z. Entropy = -sum p log p = log S - sum(e·d) / S.
-  double sum = 0.0, sum_ed = 0.0;
-  if (!entropy) {
-    exp_sums<false>(z, z, keys, 1.0f, mx, sum, sum_ed);
-    return {0.0f, static_cast<float>(1.0 / sum)};
+  double sum = 0.0, sum_ed = 0.0, dist = 0.0;
+  const float qi = static_cast<float>(distance_from);
+  if (distance_from >= 0) {
+    if (entropy) exp_sums<true, true>(z, z, keys, 1.0f, mx, sum, sum_ed, qi, &dist);
+    else exp_sums<false, true>(z, z, keys, 1.0f, mx, sum, sum_ed, qi, &dist);
+  } else {
+    if (entropy) exp_sums<true, false>(z, z, keys, 1.0f, mx, sum, sum_ed);
+    else exp_sums<false, false>(z, z, keys, 1.0f, mx, sum, sum_ed);
   }
-  exp_sums<true>(z, z, keys, 1.0f, mx, sum, sum_ed);
-  return {static_cast<float>(std::log(sum) - sum_ed / sum), static_cast<float>(1.0 / sum)};
+  return {entropy ? static_cast<float>(std::log(sum) - sum_ed / sum) : 0.0f, static_cast<float>(1.0 / sum), dist};
 }
 
 ATTNSCOPE_CLONES
@@ -264,55 +273,41 @@ inline iv load_ids(const int32_t* p, N n) {
 }  // namespace
 
 ATTNSCOPE_CLONES
-void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const RowIds* ids, float* out,
-               int64_t out_stride) {
-  const fv lane = kLane;
-  // A few copies (natural text, mostly): their keys are summed directly, and the vector pass
-  // compares no ids. Many (a repeated token): the pass compares every key's ids instead.
+void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const RowIds* ids, double distance,
+               float* out, int64_t out_stride) {
+  // A few copies (natural text, mostly): their keys are summed directly. Many (a repeated
+  // token): one vector pass over the keys before the query compares every key's ids instead.
   const bool sparse = ids && ids->n_copies * 8 <= n;
-  const int32_t* key_id = ids && !sparse ? ids->key_id : nullptr;
-  const int32_t* prev_id = ids ? ids->prev_id : nullptr;
-  const iv q = iv{} + (ids ? ids->qid : -1);
-  const iv abs_mask = iv{} + 0x7fffffff;
-  double dist = 0.0, dup = 0.0, ind = 0.0;
-  // Keys before the query: distance, duplicate and induction mass in one pass; keys after it
-  // (encoders): distance only. Sums in fp32 vectors over chunks of 256 keys, chunks added in
-  // double (as in exp_sums). Full steps have a compile-time width: plain vector moves.
-  auto pass = [&](int64_t lo, int64_t hi, bool ids) ATTNSCOPE_INLINE {
-    for (int64_t c0 = lo; c0 < hi; c0 += 256) {
-      const int64_t c1 = c0 + 256 < hi ? c0 + 256 : hi;
-      fv d8 = fv{}, u8s = fv{}, n8 = fv{};
+  const int64_t end = i < n ? i : n;  // keys j < min(i, n)
+  double dup = 0.0, ind = 0.0;
+  if (sparse) {
+    for (int64_t c = 0; c < ids->n_copies; ++c) {
+      const int64_t j = ids->copies[c];
+      if (j < end) dup += e[j];
+      if (j + 1 < end && ids->prev_id[j + 1] == ids->qid) ind += e[j + 1];
+    }
+  } else if (ids) {  // sums in fp32 vectors over chunks of 256 keys, chunks added in double
+    const iv q = iv{} + ids->qid;
+    for (int64_t c0 = 0; c0 < end; c0 += 256) {
+      const int64_t c1 = c0 + 256 < end ? c0 + 256 : end;
+      fv u = fv{}, v = fv{};
       auto step = [&](int64_t j, auto m) ATTNSCOPE_INLINE {
         const fv x = load(e + j, m, 0.0f);
-        d8 += x * (fv)((iv)(splat(static_cast<float>(i - j)) - lane) & abs_mask);  // |i − j|
-        if (ids) {
-          u8s += select(load_ids(key_id + j, m) == q, x, fv{});
-          n8 += select(load_ids(prev_id + j, m) == q, x, fv{});
-        }
+        u += select(load_ids(ids->key_id + j, m) == q, x, fv{});
+        v += select(load_ids(ids->prev_id + j, m) == q, x, fv{});
       };
       int64_t j = c0;
       for (; j + W <= c1; j += W) step(j, Full{});
       if (j < c1) step(j, c1 - j);
-      dist += hsum(d8);
-      dup += hsum(u8s);
-      ind += hsum(n8);
-    }
-  };
-  pass(0, i < n ? i : n, key_id != nullptr);
-  if (sparse) {
-    const int64_t end = i < n ? i : n;  // keys j < min(i, n)
-    for (int64_t c = 0; c < ids->n_copies; ++c) {
-      const int64_t j = ids->copies[c];
-      if (j < end) dup += e[j];
-      if (j + 1 < end && prev_id[j + 1] == ids->qid) ind += e[j + 1];
+      dup += hsum(u);
+      ind += hsum(v);
     }
   }
-  if (i + 1 < n) pass(i + 1, n, false);
   double local = 0.0;
   for (int64_t j = i - w < 0 ? 0 : i - w; j <= i + w && j < n; ++j) local += e[j];
   out[0] = i < n ? e[i] * inv : 0.0f;
   out[out_stride] = i >= 1 && i - 1 < n ? e[i - 1] * inv : 0.0f;
-  out[2 * out_stride] = static_cast<float>(dist * inv);
+  out[2 * out_stride] = static_cast<float>(distance * inv);
   out[3 * out_stride] = static_cast<float>(local * inv);
   out[4 * out_stride] = static_cast<float>(dup * inv);
   out[5 * out_stride] = static_cast<float>(ind * inv);

@@ -33,14 +33,18 @@ struct RowSoftmax {
   float entropy;
   /// 1 / sum of the row's exponentials (1 for a row with no visible key or NaN scores).
   float inv_sum;
+  /// Σ e[j]·|i − j| over the keys (unnormalised) when asked for with distance_from = i, else 0.
+  double distance;
 };
 
 /// In place: z[0..keys) holds q·k products of one row; afterwards it holds the exponentials
 /// exp(z·scale + mask - max), exactly 0 for hidden keys (a row with no visible key is all 0, a
 /// row with a NaN score all NaN). The probabilities are z[j] * inv_sum: consumers scale as they
 /// read, which saves a pass over the row. Keys keys..n-1 are treated as hidden and not touched.
-/// Without `entropy` the result's entropy is left 0 (its sums and log are skipped).
-RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy = true);
+/// Without `entropy` the result's entropy is left 0 (its sums and log are skipped). With
+/// `distance_from` = i >= 0, also the row statistics' distance sum from key index i.
+RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy = true,
+                       int64_t distance_from = -1);
 
 /// With p[j] = e[j] * inv: sum[j] += p[j], max[j] = max(max[j], p[j]) for each key j < n.
 void add_received(const float* e, float inv, int64_t n, float* sum, float* max);
@@ -66,9 +70,10 @@ struct RowIds {
 /// at key index i: out[s * out_stride] for s = 0..5 is self (p[i]), prev (p[i−1]), distance
 /// Σ p[j]·|i−j| (tokens), local (Σ p[j], |i−j| <= w), duplicate (Σ p[j], j < i, key_id[j] == qid)
 /// and induction (Σ p[j], j < i, prev_id[j] == qid). `ids` null when the query has no earlier
-/// copy (both masses then undefined: 0 here; an induction key implies a copy).
-void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const RowIds* ids, float* out,
-               int64_t out_stride);
+/// copy (both masses then undefined: 0 here; an induction key implies a copy). `distance`:
+/// Σ e[j]·|i − j|, from softmax_row (its exp pass takes it; a pass here would read the row again).
+void row_stats(const float* e, float inv, int64_t n, int64_t i, int64_t w, const RowIds* ids, double distance,
+               float* out, int64_t out_stride);
 
 /// Tile sums of one row for pooled maps: sums[c] = Σ p[j] (p[j] = e[j] * inv) over the keys
 /// j < n of tile c, [bounds[c], bounds[c + 1]); with `share` given, share[c] = the tile's keys
