@@ -128,7 +128,7 @@ class Model:
         if self.context_length > 0 and 2 * length > self.context_length:
             raise ValueError(f"length={length}: the probe's 2 x {length} tokens exceed the model's context "
                              f"of {self.context_length}")
-        special = {self.pad_id, *self.stop_ids()}
+        special = {self.pad_id, *self.stop_ids(chat=False)}
         if self.tokenizer is not None:
             special |= {int(i) for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
         allowed = torch.tensor([i for i in range(self.vocab_size) if i not in special])
@@ -167,22 +167,23 @@ class Model:
             if isinstance(v, int) and self.tokenizer is not None:
                 specials[name] = self.tokenizer.id_to_token(v) or ""
         return render(self.chat_template, messages_of(prompt, system), add_generation_prompt=add_generation_prompt,
-                      **specials)
+                      source=self.metadata.get("source", "the model"), **specials)
 
-    def stop_ids(self):
-        """Token ids that end a turn: EOS (one or a list) and the special tokens the chat template
-        writes right after an assistant message (e.g. <|im_end|>, <|eot_id|>)."""
+    def stop_ids(self, *, chat=True):
+        """Token ids that end a turn: EOS (one or a list) and, with chat=True, the special token the
+        chat template writes right after an assistant message (e.g. <|im_end|>, <|eot_id|>; the
+        template is rendered, within chat.render's bounds, to find it)."""
         ids = []
         eos = self.metadata.get("eos_token_id", self.eos_id if self.eos_id >= 0 else None)
         ids += eos if isinstance(eos, list) else ([eos] if isinstance(eos, int) else [])
-        if self.chat_template is not None and self.tokenizer is not None:
+        if chat and self.chat_template is not None and self.tokenizer is not None:
             from .chat import render
             marker = "\u2063attnscope\u2063"
             try:
                 text = render(self.chat_template, [{"role": "user", "content": "a"},
                                                    {"role": "assistant", "content": marker}],
-                              add_generation_prompt=False)
-            except Exception:  # noqa: BLE001 - a template may refuse this toy chat; EOS stays
+                              add_generation_prompt=False, source=self.metadata.get("source", "the model"))
+            except ValueError:  # a template may refuse this toy chat (or break a bound): EOS stays
                 text = ""
             after = text.split(marker, 1)[1] if marker in text else ""
             enc = self.tokenizer.encode(after, add_special_tokens=False)
@@ -201,7 +202,8 @@ class Model:
         a str (one user turn) or a list of {"role", "content"} messages rendered with the model's
         chat template (`system` replaces the system turn). temperature 0 = greedy; > 0 samples
         (top_k, top_p, seed: the same seed gives the same tokens). stop: ids that end a row;
-        None (default): stop_ids() — EOS and the chat template's end of turn; [] never stops
+        None (default): stop_ids(chat=chat) — EOS, and with chat=True the chat template's end of
+        turn (the template renders only when chat is asked for); [] never stops
         early (only max_new_tokens and the model's context end a row). The trace's entropy is
         at temperature 1: that of the distribution each token was drawn from before tempering;
         `generation["temperature"]` is the one used.
@@ -258,7 +260,7 @@ class Model:
         opts = _core.GenerateOptions()
         opts.max_new_tokens, opts.temperature, opts.top_k, opts.top_p = max_new_tokens, float(temperature), top_k, float(top_p)
         opts.seed, opts.pad_id, opts.use_cache = int(seed), self.pad_id, bool(use_cache)
-        opts.stop_ids = stop if stop is not None else self.stop_ids()
+        opts.stop_ids = stop if stop is not None else self.stop_ids(chat=chat)
         if _past is not None:  # the KV cache of the prompt's first positions (branches share their prefix)
             opts.past_k, opts.past_v = _past
         opts.capture = bool(_capture)  # False: no capture pass (turning_points' branches, captured when looked at)
