@@ -24,6 +24,8 @@ def _reader(path):
         import gguf
     except ImportError as e:
         raise ImportError("reading GGUF needs the `gguf` package: pip install gguf") from e
+    from .gguf_check import check_gguf_header
+    check_gguf_header(path)  # lengths, sizes and offsets against the file, before gguf believes them
     try:
         return gguf, gguf.GGUFReader(str(path))
     except (ValueError, OSError, KeyError, IndexError, struct_error()) as e:  # gguf's own errors for a bad header
@@ -55,6 +57,35 @@ def _field(reader, key, default=None):
     if f is None:
         return default
     return f.contents()
+
+
+def _check_shapes(path, r, c):
+    """The config's sizes against the tensors the file holds, before any is dequantised or a model
+    of that config is built: every layer 0..block_count-1 has each of its tensors, and each tensor
+    has the shape the sizes give (GGUF lists dims innermost first)."""
+    hd, h, kv, d, ff, V = (c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"], c["hidden_size"],
+                           c["intermediate_size"], c["vocab_size"])
+    want = {"token_embd.weight": (V, d), "output_norm.weight": (d,), "output.weight": (V, d)}
+    per_layer = {"attn_norm.weight": (d,), "attn_q.weight": (h * hd, d), "attn_k.weight": (kv * hd, d),
+                 "attn_v.weight": (kv * hd, d), "attn_output.weight": (d, h * hd), "ffn_norm.weight": (d,),
+                 "ffn_gate.weight": (ff, d), "ffn_up.weight": (ff, d), "ffn_down.weight": (d, ff)}
+    have = {t.name: tuple(int(x) for x in reversed(t.shape)) for t in r.tensors}
+    layers = {int(n.split(".")[1]) for n in have if n.startswith("blk.") and n.split(".")[1].isdigit()}
+    n = c["num_hidden_layers"]
+    if len(layers) != n or (layers and (min(layers) != 0 or max(layers) != n - 1)):  # never range(n): n may be 2^32
+        raise ValueError(f"{path}: GGUF block_count is {c['num_hidden_layers']}, but the file holds tensors of "
+                         f"{len(layers)} layers ({min(layers, default='-')}..{max(layers, default='-')})")
+    for i in range(c["num_hidden_layers"]):
+        for k, shape in per_layer.items():
+            want[f"blk.{i}.{k}"] = shape
+    for name, shape in want.items():
+        if name not in have:
+            if name == "output.weight":
+                continue  # tied to the embedding
+            raise ValueError(f"{path}: GGUF tensor {name} is missing")
+        if have[name] != shape:
+            raise ValueError(f"{path}: GGUF tensor {name} has shape {list(have[name])}, but the header's sizes "
+                             f"(vocab {V}, embedding {d}, heads {h}/{kv} x {hd}, feed-forward {ff}) give {list(shape)}")
 
 
 def unpermute_rotary(w, n_head):
@@ -98,12 +129,17 @@ def read_gguf(path):
     }
     if _field(r, a + "rope.scaling.type") not in (None, "none"):
         raise ValueError(f"{path}: rope scaling {_field(r, a + 'rope.scaling.type')!r} unsupported")
-    sd = {}
     for t in r.tensors:
         qname = t.tensor_type.name
         if qname not in SUPPORTED_QUANTS:
             raise ValueError(f"{path}: tensor {t.name} has quantization {qname}, unsupported: "
                              f"expected one of {', '.join(SUPPORTED_QUANTS)}")
+    embd = next((t for t in r.tensors if t.name == "token_embd.weight"), None)
+    if not config["vocab_size"] and embd is not None and len(embd.shape) == 2:
+        config["vocab_size"] = int(embd.shape[1])  # no vocab_size field and no tokens: the embedding's rows
+    _check_shapes(path, r, config)
+    sd = {}
+    for t in r.tensors:
         w = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
         w = torch.from_numpy(w.copy()).reshape([int(d) for d in reversed(t.shape)])
         if t.name == "token_embd.weight":
