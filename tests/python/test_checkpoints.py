@@ -1,7 +1,9 @@
 """attnscope.load(path) on what people have: a Hugging Face checkpoint folder and a GGUF file are
 exported once into the cache (keyed by a hash of their bytes, checked against transformers'
 eager attentions) and reused; anything else is a clear error."""
+import json
 import os
+import time
 import subprocess
 import sys
 
@@ -159,7 +161,10 @@ def test_damaged_compressed_member_is_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize("edit, message", [
     ("drop q_proj", r"the checkpoint lacks 1 weight\(s\) the model needs \(model.layers.0.self_attn.q_proj.weight\)"),
-    ("drop layer 1", r"the checkpoint lacks 9 weight\(s\) the model needs \(model.layers.1."),
+    ("drop layer 1", r"config.json says 2 layers, but the weights hold layers 0..0 only"),
+    ("drop a middle layer", r"the checkpoint lacks 9 weight\(s\) the model needs \(model.layers.0."),
+    ("config of 100000 layers", r"config.json says 100000 layers, but the weights hold layers 0..1 only"),
+    ("vocabulary of 5e7", r"config.json's vocabulary of 50000000 x hidden size 32 is more than all \d+ numbers"),
     ("drop embeddings", r"lacks 1 weight\(s\) the model needs \(model.embed_tokens.weight\)"),
     ("extra layer", r"holds 1 weight\(s\) the model does not use \(model.layers.7.mlp.up_proj.weight\)"),
     ("wrong shape", r"1 weight\(s\) have shapes that do not match config.json \(model.layers.0.mlp.up_proj.weight"),
@@ -176,6 +181,12 @@ def test_folder_whose_weights_do_not_make_the_model_is_refused(tmp_path, cache, 
         del w["model.layers.0.self_attn.q_proj.weight"]
     elif edit == "drop layer 1":
         w = {k: v for k, v in w.items() if not k.startswith("model.layers.1.")}
+    elif edit == "drop a middle layer":  # layer 1 is still there: the count fits, layer 0's weights are missing
+        w = {k: v for k, v in w.items() if not k.startswith("model.layers.0.")}
+    elif edit in ("config of 100000 layers", "vocabulary of 5e7"):
+        c = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+        c.update({"num_hidden_layers": 100000} if "layers" in edit else {"vocab_size": 50_000_000})
+        (tmp_path / "ckpt" / "config.json").write_text(json.dumps(c))
     elif edit == "drop embeddings":
         del w["model.embed_tokens.weight"]
         w["lm_head.weight"] = torch.zeros(len(WORDS), 32)
@@ -184,6 +195,8 @@ def test_folder_whose_weights_do_not_make_the_model_is_refused(tmp_path, cache, 
     elif edit == "wrong shape":
         w["model.layers.0.mlp.up_proj.weight"] = torch.zeros(65, 32)
     save_file(w, str(f), metadata={"format": "pt"})
+    t0 = time.monotonic()
     with pytest.raises(ValueError, match=message):
         attnscope.load(str(tmp_path / "ckpt"), device="cpu")
+    assert time.monotonic() - t0 < 30  # refused before a model of the config's sizes is built
     assert archives(cache) == []  # nothing exported

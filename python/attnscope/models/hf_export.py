@@ -283,6 +283,7 @@ def _load_any(src):
     names one, else the base model (encoders such as BERT / MiniLM)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     cfg = AutoConfig.from_pretrained(src)
+    _check_sizes(src, cfg)  # before transformers allocates a model of the config's sizes
     archs = getattr(cfg, "architectures", None) or []
     causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or not archs
     # ignore_mismatched_sizes: transformers then lists the mismatches, and _check_loading refuses them by name
@@ -291,6 +292,40 @@ def _load_any(src):
     _check_loading(src, info, causal_lm)
     tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
     return model, tok
+
+
+def _check_sizes(src, cfg):
+    """config.json's layer count and vocabulary against what the folder's safetensors hold (their
+    headers only): a config of 100000 layers or a vocabulary of 5e7 next to small weights is
+    refused by name before transformers allocates the model it describes."""
+    import glob
+    import re
+
+    from safetensors import safe_open
+    names, held = [], 0
+    for f in sorted(glob.glob(os.path.join(src, "*.safetensors"))):
+        try:
+            with safe_open(f, "pt") as st:
+                for k in st.keys():
+                    n = 1
+                    for d in st.get_slice(k).get_shape():
+                        n *= int(d)
+                    names.append(k)
+                    held += n
+        except Exception as e:  # noqa: BLE001 - the reader's own message names the problem
+            raise ValueError(f"{src}: {os.path.basename(f)} is not a readable safetensors file ({e})") from None
+    tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n_layers = getattr(tc, "num_hidden_layers", None)
+    # Layer indices in the weight names: the number after a layers / h / layer / blocks component.
+    idx = [int(m) for k in names for m in re.findall(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.", k)]
+    if isinstance(n_layers, int) and idx and n_layers > max(idx) + 1:
+        raise ValueError(f"{src}: config.json says {n_layers} layers, but the weights hold layers "
+                         f"0..{max(idx)} only")
+    # The embedding's width: hidden_size, or embedding_size where it is factorised (ALBERT, ELECTRA).
+    vocab, hidden = getattr(tc, "vocab_size", None), getattr(tc, "embedding_size", None) or getattr(tc, "hidden_size", None)
+    if isinstance(vocab, int) and isinstance(hidden, int) and vocab > 0 and hidden > 0 and vocab * hidden > held:
+        raise ValueError(f"{src}: config.json's vocabulary of {vocab} x hidden size {hidden} is more than all "
+                         f"{held} numbers the weights hold: the config does not describe these weights")
 
 
 # Checkpoint entries that are not weights of the model (buffers older versions saved) or heads
