@@ -1,5 +1,6 @@
 // attnscope-cli: run a TorchScript LM on token ids with attention capture, write a trace file.
 // Text is tokenised on the Python side; this tool takes ids.
+#include <attnscope/archive.h>
 #include <attnscope/model.h>
 
 #include <charconv>
@@ -167,6 +168,7 @@ int main(int argc, char** argv) {
         }
       }
     }
+    attnscope::verify_archive(model_path);  // CRC of every member: a damaged weight is not run
     auto model = attnscope::Model::load(model_path, device);
     if (describe) std::cout << model.describe();
     auto trace = model.run(input, spec, mask);
