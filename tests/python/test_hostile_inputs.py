@@ -5,6 +5,7 @@ before anything is allocated from the file's word."""
 import json
 import os
 import struct
+import time
 import zipfile
 
 import numpy as np
@@ -309,6 +310,15 @@ def test_damaged_archive_is_refused_by_name(tmp_path):
     bad.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"damaged.pt: damaged TorchScript archive \(Bad CRC-32 for file 'toy_hf_eager/data/3'\)"):
         attnscope.load(str(bad), device="cpu")
+    cli = os.path.join(BUILD, "attnscope-cli")  # the C++ CLI checks the CRCs too, and runs nothing
+    if os.path.exists(cli):
+        import subprocess
+        r = subprocess.run([cli, "--model", str(bad), "--ids", "1,2"], capture_output=True, text=True)
+        assert r.returncode == 1 and "ran " not in r.stdout, r.stdout
+        assert r.stderr.strip().startswith(f"attnscope-cli: '{bad}': damaged TorchScript archive: member "
+                                           "'toy_hf_eager/data/3' fails its CRC-32"), r.stderr
+        ok = subprocess.run([cli, "--model", src, "--ids", "1,2"], capture_output=True, text=True)
+        assert ok.returncode == 0 and "ran 1 x 2 tokens" in ok.stdout, ok.stderr
     latin = with_extra(tmp_path, "latin.pt", {"attnscope.json": b"{\"family\": \"caf\xe9\"}"})
     from attnscope.models import read_extra_file
     with pytest.raises(ValueError, match=r"latin.pt: extra file 'attnscope.json' is not UTF-8 text"):
@@ -447,3 +457,118 @@ def test_edited_trace_is_refused_by_name(tmp_path, toy, what, edit, meta_edit, m
     save_file(edit(tensors), str(bad), metadata=meta)
     with pytest.raises(ValueError, match=msg):
         attnscope.Trace.load(str(bad))
+
+
+@pytest.mark.parametrize("template,msg", [
+    ("{{ 'x' * 1000000000 }}", r"refused, '\*' would make 1000000000 items"),
+    ("{{ [0] * 10**9 }}", r"refused, '\*' would make 1000000000 items"),
+    ("{{ 2 ** (10 ** 10) }}", r"refused, '\*\*' would make a number of about"),
+    ("{{ 'a'.ljust(10**10) }}", r"refused, ljust\(\) was given 10000000000"),
+    ("{{ 'a'|center(10**10) }}", r"refused, filter 'center' was given 10000000000"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+     r"refused, rendering took more than 5 s"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}{% endfor %}",
+     r"refused, the rendered text passed 4194304 characters"),
+    ("{{ ''.__class__.__mro__ }}", r"SecurityError: access to attribute '__class__'"),
+    ("{% for m in messages %}{{ m.content.upper() }}{% endfor %}{{ raise_exception('no system role') }}",
+     r"TemplateError: no system role"),
+    ("{{ 1 / 0 }}", r"ZeroDivisionError"),
+    ("{% if %}", r"TemplateSyntaxError"),
+])
+def test_chat_templates_render_within_bounds(template, msg):
+    """A chat template is a program from a file: loops, multiplications, padding and output are
+    bounded, and whatever it breaks is one ValueError naming where the template came from."""
+    from attnscope.chat import render
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=r"^chat template of evil\.gguf: " + msg):
+        render(template, [{"role": "user", "content": "hi"}], source="evil.gguf")
+    assert time.monotonic() - t0 < 20
+
+
+def test_generate_renders_the_template_only_for_chat(monkeypatch, tmp_path):
+    """Without chat=True the template is never rendered (its end-of-turn id is a chat matter), so a
+    template that would hang cannot stall a plain generate."""
+    import attnscope.chat
+    model = attnscope.load(device="cpu", progress=False)
+    model.metadata = {**model.metadata, "chat_template": "{% for i in range(100000) %}{% for j in range(100000) %}"
+                      "{% endfor %}{% endfor %}"}
+
+    def refuse(*a, **k):
+        raise AssertionError("the chat template was rendered for a plain generate")
+    monkeypatch.setattr(attnscope.chat, "render", refuse)
+    t = model.generate("Hello", max_new_tokens=2, progress=False, capture=None)
+    assert t.generation["stop_ids"] == [model.metadata["eos_token_id"]]
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"chat template of SmolLM2-135M-Instruct.Q4_1.gguf: refused, rendering took"):
+        model.generate("Hello", chat=True, max_new_tokens=2, progress=False)
+
+
+def _valid_tiny_gguf(path, **override):
+    """A 1-layer llama GGUF whose header and tensors agree (d=8, 2 heads of 4, ff 16, vocab 12)."""
+    gguf = pytest.importorskip("gguf")
+    fields = {"llama.block_count": 1, "llama.embedding_length": 8, "llama.feed_forward_length": 16,
+              "llama.attention.head_count": 2, "llama.attention.head_count_kv": 2, "llama.context_length": 32,
+              "llama.vocab_size": 12, **override}
+    w = gguf.GGUFWriter(str(path), "llama")
+    for k, v in fields.items():
+        w.add_uint32(k, v)
+    w.add_array("tokenizer.ggml.token_type", [1] * 12)
+    z = lambda *s: np.zeros(s, dtype=np.float32)  # noqa: E731 - shapes as numpy gives them (outermost first)
+    for name, shape in {"token_embd.weight": (12, 8), "output_norm.weight": (8,), "blk.0.attn_norm.weight": (8,),
+                        "blk.0.attn_q.weight": (8, 8), "blk.0.attn_k.weight": (8, 8), "blk.0.attn_v.weight": (8, 8),
+                        "blk.0.attn_output.weight": (8, 8), "blk.0.ffn_norm.weight": (8,),
+                        "blk.0.ffn_gate.weight": (16, 8), "blk.0.ffn_up.weight": (16, 8),
+                        "blk.0.ffn_down.weight": (8, 16)}.items():
+        w.add_tensor(name, z(*shape))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def _patch_after(raw, needle, skip, value, fmt="<Q"):
+    """raw with the integer `skip` bytes after the first `needle` replaced by `value`."""
+    at = raw.index(needle) + len(needle) + skip
+    return raw[:at] + struct.pack(fmt, value) + raw[at + struct.calcsize(fmt):]
+
+
+def _rewrite(path, edit):
+    path.write_bytes(edit(path.read_bytes()))
+    return path
+
+
+def _overlapping(path):
+    """The GGUF at `path` with attn_q's data offset set to attn_k's: two weights, the same bytes.
+    A tensor's description: name, n_dims (u32), 2 dims (u64), type (u32), offset (u64)."""
+    raw = path.read_bytes()
+    k_at = raw.index(b"blk.0.attn_k.weight") + len(b"blk.0.attn_k.weight") + 4 + 16 + 4
+    path.write_bytes(_patch_after(raw, b"blk.0.attn_q.weight", 4 + 16 + 4, struct.unpack("<Q", raw[k_at:k_at + 8])[0]))
+    return path
+
+
+@pytest.mark.parametrize("what,make,msg", [
+    ("block_count 2^32-1", lambda p: _valid_tiny_gguf(p, **{"llama.block_count": 2 ** 32 - 1}),
+     r"GGUF block_count is 4294967295, but the file holds tensors of 1 layers"),
+    ("feed_forward_length 2^31", lambda p: _valid_tiny_gguf(p, **{"llama.feed_forward_length": 2 ** 31}),
+     r"GGUF tensor blk.0.ffn_gate.weight has shape \[16, 8\], but the header's sizes .* give \[2147483648, 8\]"),
+    ("vocab_size 5e7", lambda p: _valid_tiny_gguf(p, **{"llama.vocab_size": 50_000_000}),
+     r"GGUF tensor token_embd.weight has shape \[12, 8\], but the header's sizes \(vocab 50000000"),
+    ("an array of 2^40 token types",  # the array's element type (u32), then its u64 length
+     lambda p: _rewrite(_valid_tiny_gguf(p), lambda raw: _patch_after(raw, b"tokenizer.ggml.token_type", 8, 2 ** 40)),
+     r"GGUF array 'tokenizer.ggml.token_type' of 1099511627776 elements needs 4398046511104 bytes"),
+    ("overlapping tensors", lambda p: _overlapping(_valid_tiny_gguf(p)),
+     r"GGUF tensors 'blk.0.attn_\w\.weight' and 'blk.0.attn_\w\.weight' overlap"),
+    ("a truncated file", lambda p: _rewrite(_valid_tiny_gguf(p), lambda raw: raw[:-100]),
+     r"GGUF tensor 'blk.0.ffn_down.weight' \(512 bytes at data offset \d+\) runs past the end of the file"),
+])
+def test_gguf_sizes_checked_against_the_file(tmp_path, what, make, msg):
+    """Every size a GGUF header states is checked against what the file holds before anything is
+    allocated from it, and overlapping tensor data is refused: by name, in well under a second."""
+    from attnscope.models import read_gguf
+    assert read_gguf(str(_valid_tiny_gguf(tmp_path / "good.gguf")))[1]  # the untouched file reads
+    path = make(tmp_path / "bad.gguf")
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match=msg):
+        read_gguf(str(path))
+    assert time.monotonic() - t0 < 5
