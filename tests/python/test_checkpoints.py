@@ -164,6 +164,8 @@ def test_damaged_compressed_member_is_a_clear_error(tmp_path):
     ("drop layer 1", r"config.json says 2 layers, but the weights hold layers 0..0 only"),
     ("drop a middle layer", r"the checkpoint lacks 9 weight\(s\) the model needs \(model.layers.0."),
     ("config of 100000 layers", r"config.json says 100000 layers, but the weights hold layers 0..1 only"),
+    ("no attention heads", r"config.json is not a config transformers can build \(ZeroDivisionError: integer modulo "
+                           r"by zero\): num_attention_heads is 0 \(expected >= 1\)"),
     ("vocabulary of 5e7", r"config.json's vocabulary of 50000000 x hidden size 32 is more than all \d+ numbers"),
     ("drop embeddings", r"lacks 1 weight\(s\) the model needs \(model.embed_tokens.weight\)"),
     ("extra layer", r"holds 1 weight\(s\) the model does not use \(model.layers.7.mlp.up_proj.weight\)"),
@@ -183,9 +185,10 @@ def test_folder_whose_weights_do_not_make_the_model_is_refused(tmp_path, cache, 
         w = {k: v for k, v in w.items() if not k.startswith("model.layers.1.")}
     elif edit == "drop a middle layer":  # layer 1 is still there: the count fits, layer 0's weights are missing
         w = {k: v for k, v in w.items() if not k.startswith("model.layers.0.")}
-    elif edit in ("config of 100000 layers", "vocabulary of 5e7"):
+    elif edit in ("config of 100000 layers", "vocabulary of 5e7", "no attention heads"):
         c = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-        c.update({"num_hidden_layers": 100000} if "layers" in edit else {"vocab_size": 50_000_000})
+        c.update({"config of 100000 layers": {"num_hidden_layers": 100000}, "vocabulary of 5e7": {"vocab_size": 50_000_000},
+                  "no attention heads": {"num_attention_heads": 0}}[edit])
         (tmp_path / "ckpt" / "config.json").write_text(json.dumps(c))
     elif edit == "drop embeddings":
         del w["model.embed_tokens.weight"]

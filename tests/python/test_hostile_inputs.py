@@ -572,3 +572,18 @@ def test_gguf_sizes_checked_against_the_file(tmp_path, what, make, msg):
     with pytest.raises(ValueError, match=msg):
         read_gguf(str(path))
     assert time.monotonic() - t0 < 5
+
+
+def test_archive_write_failure_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    """A full disk (or a size limit) while an archive is written: one OSError naming the archive,
+    no temporary left beside it, and no file under the final name."""
+    from attnscope.models.export import save_archive
+
+    def full_disk(obj, f, _extra_files=None):
+        open(f, "wb").write(b"PK\x03\x04 half an archive")
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed\nmore lines")
+    monkeypatch.setattr(torch.jit, "save", full_disk)
+    with pytest.raises(OSError, match=r"^could not write the archive .*m\.pt: \[enforce fail .* file write failed$"):
+        save_archive(None, str(tmp_path / "m.pt"), {})
+    assert list(tmp_path.iterdir()) == []

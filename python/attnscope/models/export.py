@@ -46,10 +46,25 @@ def export(model: LlamaForCausalLM, path, *, tokenizer=None, source=None, checks
     extra = {"attnscope.json": json.dumps(meta)}
     if tokenizer is not None:
         extra["tokenizer.json"] = tokenizer.to_str()
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.jit.save(traced, tmp, _extra_files=extra)
-    os.replace(tmp, path)  # never leave a half-written archive under the final name
+    save_archive(traced, path, extra)
     return path
+
+
+def save_archive(traced, path, extra):
+    """torch.jit.save to a temporary beside `path`, renamed into place when complete: never a
+    half-written archive under the final name. A failed write (a full disk, a size limit,
+    permissions) removes the temporary and raises one OSError naming `path`."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.jit.save(traced, tmp, _extra_files=extra)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch's writer reports a failed write as RuntimeError
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OSError(f"could not write the archive {path}: {reason}") from None
 
 
 def cache_dir():

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from . import hf_attention
-from .export import FORMAT_VERSION
+from .export import FORMAT_VERSION, save_archive
 from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
 
 ATTENTIONS = ("sdpa", "eager")
@@ -282,7 +282,11 @@ def _load_any(src):
     """(model, tokenizer) from a checkpoint folder: a causal LM class when config.architectures
     names one, else the base model (encoders such as BERT / MiniLM)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    cfg = AutoConfig.from_pretrained(src)
+    try:
+        cfg = AutoConfig.from_pretrained(src)
+    except (ZeroDivisionError, TypeError, KeyError, AttributeError) as e:  # a config transformers cannot build
+        raise ValueError(f"{src}: config.json is not a config transformers can build "
+                         f"({type(e).__name__}: {e}){_config_zeros(src)}") from None
     _check_sizes(src, cfg)  # before transformers allocates a model of the config's sizes
     archs = getattr(cfg, "architectures", None) or []
     causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or not archs
@@ -292,6 +296,18 @@ def _load_any(src):
     _check_loading(src, info, causal_lm)
     tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
     return model, tok
+
+
+def _config_zeros(src):
+    """'; num_attention_heads is 0' etc. for the size keys of config.json that are below 1."""
+    try:
+        with open(os.path.join(src, "config.json")) as f:
+            c = json.load(f)
+    except (OSError, ValueError):
+        return ""
+    bad = [f"{k} is {v!r}" for k, v in c.items() if isinstance(c, dict) and (k.startswith("num_") or k.endswith("_size"))
+           and isinstance(v, int) and not isinstance(v, bool) and v < 1] if isinstance(c, dict) else []
+    return f": {', '.join(bad)} (expected >= 1)" if bad else ""
 
 
 def _check_sizes(src, cfg):
@@ -315,6 +331,11 @@ def _check_sizes(src, cfg):
         except Exception as e:  # noqa: BLE001 - the reader's own message names the problem
             raise ValueError(f"{src}: {os.path.basename(f)} is not a readable safetensors file ({e})") from None
     tc = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    for key in ("num_attention_heads", "num_key_value_heads", "hidden_size", "num_hidden_layers", "vocab_size",
+                "intermediate_size", "head_dim"):
+        v = getattr(tc, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v < 1:  # 0 heads would divide by zero in transformers
+            raise ValueError(f"{src}: config.json's {key} is {v}: expected an integer >= 1")
     n_layers = getattr(tc, "num_hidden_layers", None)
     # Layer indices in the weight names: the number after a layers / h / layer / blocks component.
     idx = [int(m) for k in names for m in re.findall(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.", k)]
@@ -461,6 +482,4 @@ def _own_module(model, tc, attention, ids, mask, facts):
 
 
 def _save(traced, path, extra):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.jit.save(traced, tmp, _extra_files=extra)
-    os.replace(tmp, path)
+    save_archive(traced, path, extra)
