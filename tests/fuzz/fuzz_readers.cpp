@@ -5,7 +5,9 @@
 // behaviour into a report and a non-zero exit.
 //
 // usage: attnscope_fuzz <corpus dir> <iterations> [seed]
-// A corpus file's name prefix picks its reader: json_, spec_, info_, vocab_, tokens_, st_.
+// A corpus file's name prefix picks its reader: json_, spec_, info_, vocab_, tokens_, st_, and
+// trmeta_ (a trace's header JSON, framed before the data of the st_ trace: its metadata and
+// tensor table mutated while the file stays well-formed).
 // Every input must either parse or raise c10::Error; any other exception is a finding.
 #include <attnscope/dataset.h>
 #include <attnscope/json.h>
@@ -78,13 +80,25 @@ std::string mutate(std::string s, const std::vector<Seed>& corpus, std::mt19937_
   return s;
 }
 
+/// The data part of the corpus trace (st_trace.safetensors), set by main: trmeta_ inputs are
+/// that trace's header JSON, mutated, so the metadata and the tensor table are what varies.
+std::string& trace_data() {
+  static std::string d;
+  return d;
+}
+
 void feed(const std::string& kind, const std::string& bytes, const std::string& scratch) {
   if (kind == "json") parse(bytes, "fuzz");
   else if (kind == "spec") attnscope::CaptureSpec::from_json(bytes);
   else if (kind == "info") attnscope::ModelInfo::from_json(bytes);
   else if (kind == "vocab") attnscope::Vocab::from_tokenizer_json(bytes);
   else if (kind == "tokens") attnscope::Vocab::from_token_list(bytes);
-  else if (kind == "st") {
+  else if (kind == "trmeta") {  // a trace's header JSON alone: framed with a valid length before the data
+    std::string file(8, '\0');
+    for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((uint64_t(bytes.size()) >> (8 * i)) & 0xFF);
+    { std::ofstream(scratch, std::ios::binary) << file << bytes << trace_data(); }
+    attnscope::Trace::load(scratch);
+  } else if (kind == "st") {
     { std::ofstream(scratch, std::ios::binary) << bytes; }
     try { attnscope::Trace::load(scratch); } catch (const c10::Error&) {}
     try { attnscope::DatasetStats::load(scratch); } catch (const c10::Error&) {}
@@ -107,6 +121,12 @@ int main(int argc, char** argv) {
     corpus.push_back({name.substr(0, u), slurp(e.path())});
   }
   std::sort(corpus.begin(), corpus.end(), [](const Seed& a, const Seed& b) { return a.bytes < b.bytes; });
+  for (const auto& s : corpus)  // the trace seed's data part, behind every trmeta_ header
+    if (s.kind == "st" && s.bytes.size() >= 8 && s.bytes.find("attnscope-trace") != std::string::npos) {
+      uint64_t n = 0;
+      for (int i = 0; i < 8; ++i) n |= uint64_t(static_cast<unsigned char>(s.bytes[i])) << (8 * i);
+      if (8 + n <= s.bytes.size()) trace_data() = s.bytes.substr(8 + n);
+    }
   if (corpus.empty()) {
     std::cerr << "attnscope_fuzz: no corpus files in " << argv[1] << "\n";
     return 2;
