@@ -1,7 +1,8 @@
 """Generation benchmark: tokens/s of attnscope's Model.generate on the default model against
 transformers' generate on the same GGUF weights (greedy, a 64-token prompt, 256 new tokens, CPU,
-no stop token), both with their KV cache; plus attnscope without its cache (a full forward per
-step) and the one capture run that follows. Prints numbers measured in this run (best of
+no stop token), both with their KV cache, for each load route: the GGUF file, and the same
+weights saved as a Hugging Face folder (transformers' save_pretrained) and loaded from it; plus
+attnscope without its cache (a full forward per step) and the one capture run that follows. Prints numbers measured in this run (best of
 --repeat, interleaved); asserts nothing.
 
 usage: python bench/bench_generate.py [--prompt-tokens 64] [--new-tokens 256] [--repeat 3] [--threads 2]
@@ -38,13 +39,19 @@ def main():
     tok = transformers.AutoTokenizer.from_pretrained(d, gguf_file=f)
     ref = transformers.AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32).eval()
     model = attnscope.load(device="cpu")
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="attnscope-bench-")
+    os.environ["ATTNSCOPE_CACHE"] = os.path.join(tmp, "cache")  # the folder's export stays out of the real cache
+    ref.save_pretrained(os.path.join(tmp, "folder"))
+    tok.save_pretrained(os.path.join(tmp, "folder"))
+    folder = attnscope.load(os.path.join(tmp, "folder"), device="cpu", progress=False)
     ids = torch.tensor([tok(TEXT * 4, add_special_tokens=False)["input_ids"][: a.prompt_tokens]])
     assert ids.shape[1] == a.prompt_tokens
     n = a.new_tokens
 
-    def ours(cache):
+    def ours(cache, m=model):
         t0 = time.perf_counter()
-        t = model._core.generate(ids, _opts(n, cache), attnscope.api._spec({"top_k": 0}), None)
+        t = m._core.generate(ids, _opts(n, cache), attnscope.api._spec({"top_k": 0}), None)
         return time.perf_counter() - t0, t.input_ids[0, a.prompt_tokens:]
 
     def theirs():
@@ -59,15 +66,18 @@ def main():
         model._core.run(seq, attnscope.api._spec("all"), None)
         return time.perf_counter() - t0
 
-    ours(True), theirs()  # warm-up (TorchScript profiling runs, allocator)
-    best = {"attnscope (KV cache)": 1e9, "transformers (KV cache)": 1e9, "attnscope (no cache)": 1e9}
+    ours(True), ours(True, folder), theirs()  # warm-up (TorchScript profiling runs, allocator)
+    gguf_row, folder_row = "attnscope, GGUF load (KV cache)", f"attnscope, folder load (KV cache; route {folder.metadata['route']})"
+    best = {gguf_row: 1e9, folder_row: 1e9, "transformers (KV cache)": 1e9, "attnscope (no cache)": 1e9}
     same = None
     for _ in range(a.repeat):
         t_o, tok_o = ours(True)
+        t_f, tok_f = ours(True, folder)
         t_t, tok_t = theirs()
-        best["attnscope (KV cache)"] = min(best["attnscope (KV cache)"], t_o)
+        best[gguf_row] = min(best[gguf_row], t_o)
+        best[folder_row] = min(best[folder_row], t_f)
         best["transformers (KV cache)"] = min(best["transformers (KV cache)"], t_t)
-        same = torch.equal(tok_o, tok_t)
+        same = torch.equal(tok_o, tok_t) and torch.equal(tok_f, tok_t)
     best["attnscope (no cache)"] = ours(False)[0]
     seq = torch.cat([ids, tok_o[None]], 1)
     cap = min(capture_only(seq) for _ in range(2))
@@ -79,7 +89,9 @@ def main():
     for k, v in best.items():
         print(f"| {k} | {v:.2f} s | {n / v:.1f} | {n / v / base:.2f}x |")
     print(f"the capture run over the {seq.shape[1]} tokens afterwards (every aggregate): {cap:.2f} s")
-    print(f"greedy tokens identical to transformers': {same}")
+    print(f"greedy tokens identical to transformers' (both load routes): {same}")
+    import shutil
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _opts(n, cache):

@@ -203,3 +203,20 @@ def test_folder_whose_weights_do_not_make_the_model_is_refused(tmp_path, cache, 
         attnscope.load(str(tmp_path / "ckpt"), device="cpu")
     assert time.monotonic() - t0 < 30  # refused before a model of the config's sizes is built
     assert archives(cache) == []  # nothing exported
+
+
+def test_folder_load_generates_with_the_kv_cache(tmp_path, cache):
+    """A Llama-family folder loads through attnscope's own module with the decode method (checked
+    against transformers' eager attentions at export like any route): generation takes a token
+    per step from the KV cache, and greedy ids equal transformers' generate."""
+    hf = make_folder(tmp_path / "ckpt")
+    m = attnscope.load(str(tmp_path / "ckpt"), device="cpu", progress=False)
+    assert m.has_decode and m.metadata["route"] == "attnscope-module"
+    prompt = torch.tensor([[2, 5, 7, 3]])
+    t = m.generate(prompt, max_new_tokens=6, stop=[], progress=False)
+    assert t.generation["kv_cache"] is True
+    with torch.no_grad():
+        want = hf.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None, pad_token_id=1)
+    assert t.input_ids.tolist() == want.tolist()
+    slow = m.generate(prompt, max_new_tokens=6, stop=[], progress=False, use_cache=False)
+    assert slow.input_ids.tolist() == want.tolist() and slow.generation["kv_cache"] is False

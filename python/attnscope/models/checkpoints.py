@@ -112,8 +112,11 @@ def content_hash(path, *, progress=True):
 
 def cached_archive_name(path, digest, attention):
     """<checkpoint name>-<16 hex of a key over the content hash, format, attention, torch>-<attention>.pt"""
+    # Folders: "decode" since their Llama-family exports carry the KV-cache method (older cache
+    # entries of the same folder, without it, are not reused).
+    kind = " folder=decode" if os.path.isdir(path) else ""
     key = hashlib.sha256(f"{digest} format={FORMAT_VERSION} attention={attention} "
-                         f"torch={torch.__version__}".encode()).hexdigest()[:16]
+                         f"torch={torch.__version__}{kind}".encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(path)))
     stem = re.sub(r"\.gguf$", "", stem, flags=re.I)[:60] or "model"
     return f"{stem}-{key}-{attention}.pt"
@@ -259,7 +262,7 @@ def _export_folder(path, out, attention):
         export(model, out, tokenizer=tok, source=os.path.basename(os.path.normpath(path)))
         return
     from .hf_export import export_hf
-    export_hf(path, None, out, attention=attention, verify=True)
+    export_hf(path, None, out, attention=attention, verify=True, prefer_cache=True)
 
 
 def default_model_path(attention="sdpa", rebuild=False):

@@ -23,7 +23,7 @@ import warnings
 import torch
 
 from . import hf_attention
-from .export import FORMAT_VERSION, save_archive
+from .export import FORMAT_VERSION, save_archive, trace_with_decode
 from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
 
 ATTENTIONS = ("sdpa", "eager")
@@ -381,7 +381,7 @@ def _check_loading(src, info, causal_lm):
 
 
 def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback=True,
-              example_length=16, tol=None):
+              example_length=16, tol=None, prefer_cache=False):
     """Exports a transformers model (a PreTrainedModel, or a checkpoint folder) to a TorchScript
     archive at `path` that attnscope.load captures exactly.
 
@@ -393,8 +393,11 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     versions, route, attention requested and used) and tokenizer.json when `tokenizer` is given
     (tokens.json, the id -> token strings, for a tokenizer that has no tokenizer.json).
     verify=True compares the archive's maps with a correct eager reference's output_attentions
-    on a padded example (tol: 1e-5 for fp32, 2e-2 for bf16/fp16). Returns a dict: path, route,
-    attention (what runs), max_abs_diff, reason (why earlier routes failed, or None)."""
+    on a padded example (tol: 1e-5 for fp32, 2e-2 for bf16/fp16). prefer_cache=True (what
+    load(folder) uses): for FALLBACK_FAMILIES, "attnscope-module" first — attnscope's own module
+    with the KV-cache decode method, so generation costs a token per step; checked the same way.
+    Returns a dict: path, route, attention (what runs), max_abs_diff, reason (why earlier
+    routes failed, or None)."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
@@ -425,7 +428,10 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     ids, mask = _example(facts["vocab_size"], example_length, device)
     routes = ["transformers", "graph"] if can_switch_attention(model) else ["graph"]
     if family in FALLBACK_FAMILIES and facts["output"] == "logits":
-        routes.append("attnscope-module")
+        if prefer_cache:
+            routes.insert(0, "attnscope-module")
+        else:
+            routes.append("attnscope-module")
     if not fallback:
         routes = routes[:1]
     failures = []
@@ -478,7 +484,7 @@ def _own_module(model, tc, attention, ids, mask, facts):
             "transformers": transformers.__version__, "torch": torch.__version__, "route": "attnscope-module",
             "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "config": own.cfg.to_dict()}
     meta.setdefault("num_kv_heads", own.cfg.num_kv_heads)
-    return _trace_module(own, ids, mask), meta
+    return trace_with_decode(own), meta  # forward and the KV-cache decode method
 
 
 def _save(traced, path, extra):
