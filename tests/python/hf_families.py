@@ -1,4 +1,5 @@
 """Tiny random configs of transformers 5.17 families for the export matrix (tests/python/test_hf_matrix.py).
+The families tried and their status are listed in docs/export.md ("Families checked").
 
 Each builder returns a fresh model; sizes are small enough for CI (2-3 layers, 4 heads, hidden 32)."""
 import transformers as T
@@ -34,4 +35,23 @@ FAMILIES = {
  "olmo2": lambda: T.Olmo2ForCausalLM(T.Olmo2Config(**small(num_key_value_heads=2))),
  "cohere": lambda: T.CohereForCausalLM(T.CohereConfig(**small(num_key_value_heads=2))),
  "bert": lambda: T.BertModel(T.BertConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),
+ # added for issue 22's wider matrix
+ "mpt": lambda: T.MptForCausalLM(T.MptConfig(vocab_size=V, d_model=32, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=64)),
+ "codegen": lambda: T.CodeGenForCausalLM(T.CodeGenConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, bos_token_id=1, eos_token_id=2)),
+ "gpt_bigcode": lambda: T.GPTBigCodeForCausalLM(T.GPTBigCodeConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, multi_query=True, bos_token_id=1, eos_token_id=2)),
+ "granite": lambda: T.GraniteForCausalLM(T.GraniteConfig(**small(num_key_value_heads=2, attention_multiplier=0.3))),
+ "olmo": lambda: T.OlmoForCausalLM(T.OlmoConfig(**small())),
+ "qwen2_moe": lambda: T.Qwen2MoeForCausalLM(T.Qwen2MoeConfig(**small(num_key_value_heads=2, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32, shared_expert_intermediate_size=32))),
+ "qwen3_moe": lambda: T.Qwen3MoeForCausalLM(T.Qwen3MoeConfig(**small(num_key_value_heads=2, head_dim=8, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32))),
+ "glm": lambda: T.GlmForCausalLM(T.GlmConfig(**small(num_key_value_heads=2, head_dim=8))),
+ "helium": lambda: T.HeliumForCausalLM(T.HeliumConfig(**small(num_key_value_heads=2, head_dim=8))),
+ "nemotron": lambda: T.NemotronForCausalLM(T.NemotronConfig(**small(num_key_value_heads=2))),
+ "persimmon": lambda: T.PersimmonForCausalLM(T.PersimmonConfig(**small())),
+ "smollm3": lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(**small(num_key_value_heads=2))),
+ "roberta": lambda: T.RobertaModel(T.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=70)),
+ "distilbert": lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)),
+ "electra": lambda: T.ElectraModel(T.ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),
 }
+
+# Bidirectional families (encoders without LM head): every other family is causal.
+ENCODERS = ("bert", "roberta", "distilbert", "electra")

@@ -1,4 +1,4 @@
-"""Every captured quantity of 22 transformers 5.17 families (tiny random configs), exported with
+"""Every captured quantity of 37 transformers 5.17 families (tiny random configs), exported with
 export_hf, against references computed here from eager attentions and the mask each model
 really uses (causal or bidirectional, sliding windows per layer type, padding), at a length
 other than the traced one, unpadded, left- and right-padded. fp32, 1e-5.
@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from hf_families import FAMILIES, V
+from hf_families import ENCODERS, FAMILIES, V
 from reference_stats import pooled_reference, row_stats_reference
 
 import attnscope
@@ -140,7 +140,7 @@ def test_every_quantity_matches_eager_reference(tmp_path, family, attention):
         warnings.simplefilter("ignore")
         r = attnscope.export_hf(model, None, tmp_path / "m.pt", attention=attention)
     assert r["max_abs_diff"] <= TOL
-    causal = family != "bert"
+    causal = family not in ENCODERS
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "attends above the diagonal" warning for a right causal flag
         m = attnscope.load(str(tmp_path / "m.pt"), device="cpu")
@@ -187,3 +187,14 @@ def test_encoder_marked_causal_warns(tmp_path):
     with torch.no_grad():
         ref = eager_reference(model)(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[0][:, 1]
     close(t.get("head_map/L0H1"), ref, "untrimmed map")
+
+
+@pytest.mark.parametrize("family", ["mpt", "codegen"])
+def test_causal_lm_without_is_decoder_is_not_warned_about(tmp_path, family):
+    """Mpt and CodeGen configs do not set is_decoder, and their attention modules carry no is_causal:
+    their class (…ForCausalLM) says causal, and their eager attentions agree, so no warning."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        attnscope.export_hf(FAMILIES[family]().eval(), None, tmp_path / "m.pt")
+    assert not [w for w in got if "say causal" in str(w.message)], [str(w.message) for w in got]

@@ -418,7 +418,10 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     extra = _tokenizer_files(tokenizer)
     model.eval()
     causal = observed_causal(model, facts["vocab_size"], device)
-    stated = bool(getattr(tc, "is_decoder", False)) or any(getattr(m, "is_causal", False) for m in model.modules())
+    # What the model says: a causal-LM class, is_decoder, or attention modules marked causal (Mpt and
+    # CodeGen set neither of the last two, so the class name is evidence too).
+    stated = (type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) or bool(getattr(tc, "is_decoder", False))
+              or any(getattr(m, "is_causal", False) for m in model.modules()))
     if stated != causal:
         warnings.warn(f"export_hf: the {family} config/modules say causal={stated}, but its eager attentions "
                       f"are {'causal' if causal else 'bidirectional'}; the archive records causal={causal}")
