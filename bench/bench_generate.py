@@ -42,7 +42,11 @@ def main():
     import tempfile
     tmp = tempfile.mkdtemp(prefix="attnscope-bench-")
     os.environ["ATTNSCOPE_CACHE"] = os.path.join(tmp, "cache")  # the folder's export stays out of the real cache
-    ref.save_pretrained(os.path.join(tmp, "folder"))
+    cfg = ref.config.to_dict()
+    cfg.pop("quantization_config", None)  # transformers will not save a GGUF-loaded model: a plain copy
+    plain = type(ref)(type(ref.config).from_dict(cfg)).eval()
+    plain.load_state_dict(ref.state_dict())
+    plain.save_pretrained(os.path.join(tmp, "folder"))
     tok.save_pretrained(os.path.join(tmp, "folder"))
     folder = attnscope.load(os.path.join(tmp, "folder"), device="cpu", progress=False)
     ids = torch.tensor([tok(TEXT * 4, add_special_tokens=False)["input_ids"][: a.prompt_tokens]])
