@@ -135,14 +135,19 @@ def test_fallback_routes(tmp_path, monkeypatch):
     assert r["route"] == "attnscope-module" and "simulated graph failure second line" in r["reason"]
     worst, _ = captured_vs_eager(model, tmp_path / "o.pt")
     assert worst <= 1e-5
-    # a family the module does not cover: every route's whole cause, and the workaround
+    # a family the module does not cover: every route's whole cause, and no workaround offered
+    # (tracing it yourself is what the graph route did)
     with pytest.raises(ValueError, match=r"cannot export this gpt2 model \(GPT2LMHeadModel\) with transformers "
                                          r"5\.\d+\.\d+ \(attention='sdpa'\): route transformers: RuntimeError: simulated graph "
                                          r"failure second line; route graph: RuntimeError: simulated graph failure second line\. "
-                                         r"Workaround: export the model yourself with torch.jit.trace"):
+                                         r"The graph route is what tracing the model yourself .* would give, so that is no "
+                                         r"workaround"):
         attnscope.export_hf(make("gpt2"), None, tmp_path / "g.pt")
+    # the advice given with fallback=False works when followed
     with pytest.raises(ValueError, match=r"cannot export this llama model .* Retry with fallback=True"):
         attnscope.export_hf(make("llama"), None, tmp_path / "l.pt", fallback=False)
+    with pytest.warns(UserWarning):
+        assert attnscope.export_hf(make("llama"), None, tmp_path / "l.pt", fallback=True)["route"] == "attnscope-module"
 
 
 def test_describe_error_keeps_whole_message_and_causes():

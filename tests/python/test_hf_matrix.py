@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from hf_families import ENCODERS, FAMILIES, V
+from hf_families import ENCODERS, FAMILIES, V, small
 from reference_stats import pooled_reference, row_stats_reference
 
 import attnscope
@@ -198,3 +198,24 @@ def test_causal_lm_without_is_decoder_is_not_warned_about(tmp_path, family):
         warnings.simplefilter("always")
         attnscope.export_hf(FAMILIES[family]().eval(), None, tmp_path / "m.pt")
     assert not [w for w in got if "say causal" in str(w.message)], [str(w.message) for w in got]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_refusals_tell_the_truth(tmp_path, attention):
+    """GPT-OSS (learned attention sinks) is refused up front by what it is, on both attentions;
+    XGLM (scores clamped before the softmax) fails every route and is offered no workaround that
+    would fail too (tracing it yourself is the graph route)."""
+    torch.manual_seed(0)
+    gpt_oss = transformers.GptOssForCausalLM(transformers.GptOssConfig(**small(num_key_value_heads=2, head_dim=8, num_local_experts=2,
+                                                        num_experts_per_tok=1, sliding_window=4,
+                                                        layer_types=["sliding_attention", "full_attention"]))).eval()
+    with pytest.raises(ValueError, match=r"cannot export this gpt_oss model \(GptOssForCausalLM\): its attention "
+                                         r"\(GptOssAttention\) adds a learned sink logit per head"):
+        attnscope.export_hf(gpt_oss, None, tmp_path / "o.pt", attention=attention)
+    xglm = transformers.XGLMForCausalLM(transformers.XGLMConfig(vocab_size=V, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4,
+                                          max_position_embeddings=64)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match=r"cannot export this xglm model .* so that is no workaround") as e:
+            attnscope.export_hf(xglm, None, tmp_path / "x.pt", attention=attention)
+    assert "(torch.jit.trace with eager attention) would give" in str(e.value) and "Workaround" not in str(e.value)

@@ -412,6 +412,12 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
         raise ValueError(f"model: expected a transformers PreTrainedModel or a checkpoint folder, got {type(model).__name__}")
     tc, facts = _facts(model)
     family = facts["family"]
+    sinks = sorted({type(m).__name__ for m in model.modules() if isinstance(getattr(m, "sinks", None), torch.nn.Parameter)})
+    if sinks:  # GptOss: a learned logit per head joins every softmax row and is dropped after it
+        raise ValueError(f"cannot export this {family} model ({type(model).__name__}): its attention ({', '.join(sinks)}) "
+                         "adds a learned sink logit per head to every softmax row, so a row's weights over the real "
+                         "keys sum to less than 1; attnscope does not capture attention sinks yet (no route, and no "
+                         "workaround: docs/export.md lists the families not supported)")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
@@ -459,10 +465,12 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
             warnings.warn(f"export_hf: attention={attention!r} was not used: the archive runs {meta['attention']}")
         return {"path": str(path), "route": route, "attention": meta["attention"], "max_abs_diff": worst,
                 "reason": "; ".join(failures) or None}
-    hint = ("Retry with fallback=True to try the graph route." if not fallback and len(failures) == 1
-            and can_switch_attention(model) else
-            "Workaround: export the model yourself with torch.jit.trace (eager attention, a wrapper "
-            "returning logits) and load it with attnscope.load: the graph pass inserts the capture operators.")
+    # Only advice that works is given: the graph route is what tracing the model yourself would
+    # give, so once it has failed there is no workaround to offer.
+    hint = ("Retry with fallback=True to try the graph route." if "graph" not in routes else
+            "The graph route is what tracing the model yourself (torch.jit.trace with eager attention) would give, "
+            "so that is no workaround: attnscope does not support this attention yet (docs/export.md lists the "
+            "families not supported).")
     raise ValueError(f"cannot export this {family} model ({type(model).__name__}) with transformers "
                      f"{transformers.__version__} (attention={attention!r}): " + "; ".join(failures) + ". " + hint)
 
