@@ -41,17 +41,16 @@ void LayerAccumulator::init_row_tokens(const RunContext& ctx) {
   prev_id_ = torch::empty({batch_, tk_}, torch::kInt);
   query_id_ = torch::empty({batch_, tq_}, torch::kInt);
   prev_ok_ = torch::empty({batch_, tq_}, torch::kBool);
-  has_dup_ = torch::empty({batch_, tq_}, torch::kBool);
   has_ind_ = torch::empty({batch_, tq_}, torch::kBool);
   const int64_t* id = ids.data_ptr<int64_t>();
   const bool* ok = valid.data_ptr<bool>();
   int32_t *kid = key_id_.data_ptr<int32_t>(), *pid = prev_id_.data_ptr<int32_t>(), *qid = query_id_.data_ptr<int32_t>();
-  bool *pok = prev_ok_.data_ptr<bool>(), *dup = has_dup_.data_ptr<bool>(), *ind = has_ind_.data_ptr<bool>();
+  bool *pok = prev_ok_.data_ptr<bool>(), *ind = has_ind_.data_ptr<bool>();
   for (int64_t b = 0; b < batch_; ++b) {
     const int64_t* row = id + b * t_all + koff;
     const bool* real = ok + b * t_all + koff;
     // Keys in order: a query's facts are read from the keys before it, then its key is added.
-    std::unordered_set<int64_t> seen_key, seen_prev;
+    std::unordered_set<int64_t> seen_prev;
     for (int64_t j = 0; j < tk_; ++j) {
       kid[b * tk_ + j] = real[j] ? static_cast<int32_t>(row[j]) : -1;
       pid[b * tk_ + j] = j >= 1 && real[j] && real[j - 1] ? static_cast<int32_t>(row[j - 1]) : -2;
@@ -60,10 +59,8 @@ void LayerAccumulator::init_row_tokens(const RunContext& ctx) {
         const int64_t x = b * tq_ + r;
         qid[x] = real[j] ? static_cast<int32_t>(row[j]) : -3;
         pok[x] = real[j] && j >= 1 && real[j - 1];
-        dup[x] = real[j] && seen_key.count(row[j]) > 0;
         ind[x] = real[j] && seen_prev.count(row[j]) > 0;
       }
-      if (real[j]) seen_key.insert(row[j]);
       if (pid[b * tk_ + j] >= 0) seen_prev.insert(pid[b * tk_ + j]);
     }
   }
@@ -88,6 +85,7 @@ void LayerAccumulator::init_row_tokens(const RunContext& ctx) {
       }
     }
   }
+  has_dup_ = copy_n_.gt(0);  // a real query with an earlier real copy of its token
   ctx.row_tokens = std::make_shared<RowTokens>(
       RowTokens{tq_, tk_, key_id_, prev_id_, query_id_, prev_ok_, has_dup_, has_ind_, copy_pos_, copy_at_, copy_n_});
 }
