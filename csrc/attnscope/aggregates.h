@@ -89,6 +89,9 @@ class LayerAccumulator {
   /// add_sdpa leaves "received_count" (the divisor of the received mean) to this:
   /// `counts (Tensor[B|1, H|1, Tk])` valid queries that can see each key, added once per layer.
   void add_counts(const torch::Tensor& counts);
+  /// Sites with learned attention sinks: `share (Tensor[B, H, Tq])` fp32, the part of each row's
+  /// softmax that went to the sinks (1 − Σ over the real keys); becomes "sink_share".
+  void set_sink_share(const torch::Tensor& share) { if (aggregates_) sink_share_ = share; }
 
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).
@@ -106,6 +109,7 @@ class LayerAccumulator {
   torch::Tensor sink_idx_, sink_w_;     // [B, k]: the first k real keys of each row, 1/0 weights
   torch::Tensor from_;                  // [B, H, n, Tk]
   torch::Tensor entropy_, sink_rows_;   // [B, H, Tq]
+  torch::Tensor sink_share_;            // [B, H, Tq]: learned sinks' share of each row (sink sites)
   torch::Tensor layer_map_t_;           // [B, Tq, Tk]
   torch::Tensor stats_;                 // [6, B, H, Tq]: row statistics (row_stats.cpp)
   /// Token facts of the row statistics, from the ids and the padding (init_row_tokens):

@@ -16,6 +16,12 @@ torch::Tensor capture_dim(const torch::Tensor& probs, int64_t dim, int64_t layer
   return probs;
 }
 
+torch::Tensor capture_sink(const torch::Tensor& probs, int64_t dim, int64_t layer) {
+  if (dim != -1 && dim != probs.dim() - 1) return probs;
+  if (Recorder* r = Recorder::active()) r->on_probs(probs, layer, /*sink=*/true);
+  return probs;
+}
+
 torch::Tensor capture_sdpa(const torch::Tensor& q, const torch::Tensor& k,
                            const std::optional<torch::Tensor>& mask, bool is_causal,
                            std::optional<double> scale, int64_t layer) {
@@ -53,6 +59,9 @@ TORCH_LIBRARY(attnscope, m) {
   m.def(torch::schema("attnscope::capture_dim(Tensor probs, int dim, int layer) -> Tensor",
                       c10::AliasAnalysisKind::CONSERVATIVE),
         &attnscope::capture_dim);
+  m.def(torch::schema("attnscope::capture_sink(Tensor probs, int dim, int layer) -> Tensor",
+                      c10::AliasAnalysisKind::CONSERVATIVE),
+        &attnscope::capture_sink);
   m.def(torch::schema("attnscope::capture_sdpa(Tensor q, Tensor k, Tensor? mask, bool is_causal, "
                       "float? scale, int layer) -> Tensor",
                       c10::AliasAnalysisKind::CONSERVATIVE),

@@ -20,6 +20,13 @@ torch::Tensor capture(const torch::Tensor& probs, int64_t layer);
 /// dimension of `probs` at run time, passed through untouched otherwise (not attention).
 torch::Tensor capture_dim(const torch::Tensor& probs, int64_t dim, int64_t layer);
 
+/// Schema: attnscope::capture_sink(Tensor probs, int dim, int layer) -> Tensor
+/// A softmax site with learned attention sinks (GPT-OSS): `probs (Tensor[B, H, Tq, Tk])` are the
+/// softmax's probabilities over the real keys, the sink columns already sliced off, so a row
+/// sums to 1 - (the sinks' share). Captured like capture(), plus the sinks' share per row
+/// (`sink_share`); passed through untouched when `dim` (the slice's) is not the last dim.
+torch::Tensor capture_sink(const torch::Tensor& probs, int64_t dim, int64_t layer);
+
 /// Schema: attnscope::capture_sdpa(Tensor q, Tensor k, Tensor? mask, bool is_causal,
 ///                                 float? scale, int layer) -> Tensor   (returns q)
 /// Placed on the query input of scaled_dot_product_attention; the recorder recomputes the
@@ -44,5 +51,6 @@ constexpr const char* kCaptureOp = "attnscope::capture";
 constexpr const char* kCaptureSdpaOp = "attnscope::capture_sdpa";
 constexpr const char* kCaptureDimOp = "attnscope::capture_dim";
 constexpr const char* kSdpaOp = "attnscope::sdpa";
+constexpr const char* kCaptureSinkOp = "attnscope::capture_sink";
 
 }  // namespace attnscope

@@ -38,6 +38,23 @@ const std::set<Symbol>& passthrough() {
   return s;
 }
 
+// Elementwise bounds against a constant or another tensor (clamp_min, torch.max(scores,
+// finfo.min) as XGLM writes it, maximum/minimum): a masked score clamped to the dtype's
+// minimum is still a score. Only the two-tensor overloads of max/min qualify; the reductions
+// (max(x), max(x, dim)) change the shape and are not looked through.
+bool is_bound(Node* n) {
+  static const std::set<Symbol> always = {sym("aten::clamp_min"), sym("aten::clamp_min_"),
+                                          sym("aten::clamp_max"), sym("aten::clamp_max_"),
+                                          sym("aten::maximum"), sym("aten::minimum"),
+                                          sym("aten::fmax"), sym("aten::fmin")};
+  static const std::set<Symbol> binary = {sym("aten::max"), sym("aten::min")};
+  if (always.count(n->kind())) return true;
+  if (!binary.count(n->kind()) || n->inputs().size() != 2 || n->outputs().size() != 1) return false;
+  return n->input(1)->type()->kind() == c10::TypeKind::TensorType;
+}
+
+bool looked_through(Node* n) { return passthrough().count(n->kind()) > 0 || is_bound(n); }
+
 bool is_product(Node* n) {
   static const std::set<Symbol> s = {sym("aten::matmul"), sym("aten::bmm"),
                                      sym("aten::baddbmm"), sym("aten::einsum")};
@@ -49,12 +66,14 @@ bool is_tensorish(Value* v) {
   return k == c10::TypeKind::TensorType || k == c10::TypeKind::ListType;
 }
 
-// q·kᵀ upstream of the softmax input?
+// q·kᵀ upstream of the softmax input? A concatenation is looked through on this side only:
+// learned sink logits (GPT-OSS) are appended to the scores as extra key columns.
 bool fed_by_product(Value* v, int depth) {
   if (depth > 12) return false;
   Node* n = v->node();
   if (is_product(n)) return true;
-  if (!passthrough().count(n->kind())) return false;
+  static const Symbol cat = sym("aten::cat");
+  if (!looked_through(n) && n->kind() != cat) return false;
   for (Value* in : n->inputs())
     if (is_tensorish(in) && fed_by_product(in, depth + 1)) return true;
   return false;
@@ -66,7 +85,7 @@ bool feeds_product(Value* v, int depth) {
   for (const auto& use : v->uses()) {
     Node* u = use.user;
     if (is_product(u)) return true;
-    if (passthrough().count(u->kind()))
+    if (looked_through(u))
       for (Value* out : u->outputs())
         if (feeds_product(out, depth + 1)) return true;
   }
@@ -131,7 +150,33 @@ struct Found {
   bool sdpa;
   bool in_block;
   int64_t runtime_dim;  // >= 0: softmax dim to check at run time (capture_dim); -1: none
+  bool sink = false;    // node is the slice that drops learned sink columns (capture_sink)
 };
+
+// A softmax whose rows carry extra trailing columns that are not keys (learned attention sinks,
+// GPT-OSS: softmax(cat([scores, sink])) then [..., :-1]): its one use is a slice of the last dim
+// from 0 to a negative constant end, and the slice is what meets V. Returns the slice; *dim_out
+// is its dim (checked at run time by capture_sink when the graph has no ranks).
+Node* sink_slice(Node* softmax, int64_t* dim_out) {
+  static const Symbol slice = sym("aten::slice");
+  if (softmax->output()->uses().size() != 1) return nullptr;
+  Node* s = softmax->output()->uses()[0].user;
+  if (s->kind() != slice || s->inputs().size() != 5 || s->input(0) != softmax->output()) return nullptr;
+  auto dim = torch::jit::toIValue(s->input(1)), start = torch::jit::toIValue(s->input(2)),
+       end = torch::jit::toIValue(s->input(3)), step = torch::jit::toIValue(s->input(4));
+  if (!dim || !dim->isInt()) return nullptr;
+  const int64_t d = dim->toInt();
+  *dim_out = d;
+  if (d != -1) {
+    auto tt = softmax->output()->type()->cast<c10::TensorType>();
+    auto rank = tt ? tt->dim() : std::nullopt;
+    if (rank ? d != static_cast<int64_t>(*rank) - 1 : d < 2) return nullptr;
+  }
+  if (!start || !(start->isNone() || (start->isInt() && start->toInt() == 0))) return nullptr;
+  if (!end || !end->isInt() || end->toInt() >= 0) return nullptr;
+  if (!step || !step->isInt() || step->toInt() != 1) return nullptr;
+  return feeds_product(s->output(), 0) ? s : nullptr;
+}
 
 void collect(torch::jit::Block* b, bool in_block, std::vector<Found>& out) {
   static const Symbol softmax = sym("aten::softmax"), softmax_ = sym("aten::_softmax"),
@@ -142,8 +187,12 @@ void collect(torch::jit::Block* b, bool in_block, std::vector<Found>& out) {
       out.push_back({n, true, in_block, -1});
     } else if (n->kind() == softmax || n->kind() == softmax_) {
       DimMatch match = softmax_on_last_dim(n, &d);
-      if (match != DimMatch::kNo && fed_by_product(n->input(0), 0) && feeds_product(n->output(), 0))
-        out.push_back({n, false, in_block, match == DimMatch::kMaybe ? d : -1});
+      if (match != DimMatch::kNo && fed_by_product(n->input(0), 0)) {
+        if (feeds_product(n->output(), 0))
+          out.push_back({n, false, in_block, match == DimMatch::kMaybe ? d : -1});
+        else if (int64_t sd = -1; Node* s = sink_slice(n, &sd))
+          out.push_back({s, false, in_block, sd, true});
+      }
     }
     for (torch::jit::Block* sub : n->blocks()) collect(sub, true, out);
   }
@@ -161,10 +210,12 @@ int64_t count_capture_ops(const torch::jit::Module& module) {
   auto g = forward_graph(module)->copy();
   torch::jit::Inline(*g);
   int64_t n = 0;
-  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp), c = sym(kCaptureDimOp), d = sym(kSdpaOp);
+  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp), c = sym(kCaptureDimOp), d = sym(kSdpaOp),
+               e = sym(kCaptureSinkOp);
   std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* blk) {
     for (Node* node : blk->nodes()) {
-      if (node->kind() == a || node->kind() == b || node->kind() == c || node->kind() == d) ++n;
+      if (node->kind() == a || node->kind() == b || node->kind() == c || node->kind() == d ||
+          node->kind() == e) ++n;
       for (auto* sub : node->blocks()) walk(sub);
     }
   };
@@ -205,16 +256,17 @@ Instrumented instrument(const torch::jit::Module& module) {
   collect(graph->block(), false, found);
   TORCH_CHECK(!found.empty(), "no attention site found in forward: searched for "
               "aten::softmax/aten::_softmax over the last dim fed by a q·kᵀ product "
-              "(matmul/bmm/baddbmm/einsum, through scaling, masks, casts and views) and feeding "
+              "(matmul/bmm/baddbmm/einsum, through scaling, masks, clamps, casts and views) and feeding "
               "a product with V, and for aten::scaled_dot_product_attention");
 
-  const Symbol cap = sym(kCaptureOp), sdpa_op = sym(kSdpaOp), cap_dim = sym(kCaptureDimOp);
+  const Symbol cap = sym(kCaptureOp), sdpa_op = sym(kSdpaOp), cap_dim = sym(kCaptureDimOp),
+               cap_sink = sym(kCaptureSinkOp);
   const TypeNames names = unique_type_names(r.module);
   for (size_t i = 0; i < found.size(); ++i) {
     Node* n = found[i].node;
     const int64_t id = static_cast<int64_t>(i);
-    r.sites.push_back({id, found[i].sdpa ? "sdpa" : "softmax", module_path(n, names), found[i].in_block,
-                       found[i].runtime_dim >= 0});
+    r.sites.push_back({id, found[i].sdpa ? "sdpa" : found[i].sink ? "softmax with sink" : "softmax",
+                       module_path(n, names), found[i].in_block, found[i].runtime_dim >= 0 && !found[i].sink});
     torch::jit::WithCurrentScope scope(*graph, n->scope());
     if (found[i].sdpa) {
       // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)
@@ -231,7 +283,9 @@ Instrumented instrument(const torch::jit::Module& module) {
       n->destroy();
     } else {
       torch::jit::WithInsertPoint guard(n->next());
-      Value* p = found[i].runtime_dim >= 0
+      // A sink site captures the sliced probabilities (the real keys); its op checks the dim.
+      Value* p = found[i].sink ? graph->insert(cap_sink, {n->output(), found[i].runtime_dim, id})
+                 : found[i].runtime_dim >= 0
                      ? graph->insert(cap_dim, {n->output(), found[i].runtime_dim, id})
                      : graph->insert(cap, {n->output(), id});
       n->output()->replaceAllUsesAfterNodeWith(p->node(), p);

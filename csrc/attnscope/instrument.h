@@ -14,7 +14,9 @@ namespace attnscope {
 struct AttentionSite {
   /// Site id in graph order; the op carries it and the recorder maps execution order to layers.
   int64_t id = 0;
-  /// "softmax" (materialised probabilities) or "sdpa" (scaled_dot_product_attention).
+  /// "softmax" (materialised probabilities), "softmax with sink" (a softmax whose trailing
+  /// learned sink columns are sliced off: the probabilities over the real keys are captured)
+  /// or "sdpa" (scaled_dot_product_attention).
   std::string kind;
   /// Module path from the inlined call stack, e.g. "model.layers.3.self_attn"; "" if unknown.
   std::string path;

@@ -168,6 +168,8 @@ std::string Model::describe() const {
     << "\n"
     << "  layers: " << num(info_.n_layers) << ", heads: " << num(info_.n_heads)
     << ", kv heads: " << num(info_.n_kv_heads) << ", head dim: " << num(info_.head_dim)
+    << (info_.v_head_dim > 0 && info_.v_head_dim != info_.head_dim
+            ? " (q·k), " + std::to_string(info_.v_head_dim) + " (v)" : "")
     << ", vocab: " << num(info_.vocab_size) << "\n"
     << "  tokenizer: " << (vocab_.empty() ? "none in archive" : std::to_string(vocab_.size()) + " tokens") << "\n";
   if (retargeted_ > 0)

@@ -10,7 +10,12 @@ namespace attnscope {
 
 /// Architecture facts, from the archive's attnscope.json or inferred (-1 = unknown).
 struct ModelInfo {
-  int64_t n_layers = -1, n_heads = -1, n_kv_heads = -1, head_dim = -1, vocab_size = -1;
+  int64_t n_layers = -1, n_heads = -1, n_kv_heads = -1, vocab_size = -1;
+  /// Per-head width of q and k (the q·k product); -1 = unknown.
+  int64_t head_dim = -1;
+  /// Per-head width of v when it differs from q·k's (multi-head latent attention: DeepSeek-V3
+  /// has q·k 192 = 128 + 64 rope, v 128); -1 = the same as head_dim.
+  int64_t v_head_dim = -1;
   int64_t bos_id = -1, eos_id = -1;
   std::string family, tokenizer_kind;
   /// Query i sees keys j <= i (decoder LMs); false for encoders. Used to skip the keys after
@@ -28,7 +33,7 @@ struct ModelInfo {
   std::vector<std::string> inferred;
 
   /// Facts from attnscope.json text (num_layers, num_heads, num_kv_heads, head_dim,
-  /// vocab_size, bos_token_id, family, tokenizer, causal, output, context_length); absent
+  /// v_head_dim, vocab_size, bos_token_id, family, tokenizer, causal, output, context_length); absent
   /// fields stay unknown.
   static ModelInfo from_json(const std::string& text);
 };

@@ -37,6 +37,8 @@ int64_t Recorder::resolve_layer(int64_t op_layer) {
   if (static_cast<int64_t>(result_.heads.size()) <= layer) {
     result_.heads.resize(layer + 1, -1);
     result_.kv_heads.resize(layer + 1, -1);
+    result_.qk_dims.resize(layer + 1, -1);
+    result_.v_dims.resize(layer + 1, -1);
     if (!layer_from_order_) result_.site_of_layer.resize(layer + 1, -1);
   }
   result_.layers_run = std::max<int64_t>(result_.layers_run, layer + 1);
@@ -66,7 +68,7 @@ int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk, const tor
   return std::max<int64_t>(1, budget / std::max<int64_t>(1, batch * heads * tk));
 }
 
-void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
+void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool sink) {
   const int64_t layer = resolve_layer(op_layer);
   const int64_t batch = ctx_.valid.size(0);
   torch::Tensor probs = probs_in;
@@ -122,6 +124,9 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer) {
     }
     acc->add_block(block, r0, ctx_, ws_);
   }
+  // Learned sinks: what the real keys did not get, per row (fp32 sum over all keys).
+  // Clamped: rounding may leave a row summing to 1 + 1e-7.
+  if (sink) acc->set_sink_share((1.0f - probs.sum(-1, /*keepdim=*/false, torch::kFloat)).clamp_(0.0f, 1.0f));
 }
 
 torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
@@ -143,6 +148,8 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
               k.sizes(), " at layer ", layer, " do not match the ", ctx_.valid.size(1),
               " input tokens");
   result_.kv_heads[layer] = hkv;
+  result_.qk_dims[layer] = dim;
+  if (v.defined() && v.dim() == 4) result_.v_dims[layer] = v.size(3);
   torch::NoGradGuard no_grad;
   const std::string route = sdpa_route();
   const bool fused = q.is_cpu() && route == "auto";  // fused_sdpa.cpp; else sdpa_blocks.cpp
@@ -278,7 +285,9 @@ RecordResult Recorder::finish() {
         if (it == out.end()) {
           std::vector<int64_t> sizes{static_cast<int64_t>(agg_layers.size())};
           for (int64_t d : nt.second.sizes()) sizes.push_back(d);
-          it = out.emplace(nt.first, torch::empty(sizes, nt.second.options())).first;
+          // NaN for layers that do not give this name (sink_share: layers without sinks)
+          it = out.emplace(nt.first, torch::full(sizes, std::numeric_limits<float>::quiet_NaN(),
+                                                 nt.second.options())).first;
         }
         // Layers differ in head count only in exotic models: refused by name, not broadcast.
         TORCH_CHECK(it->second.sizes().slice(1) == nt.second.sizes(), nt.first, ": layer ", l, " gives ",

@@ -25,6 +25,8 @@ struct RecordResult {
   std::vector<int64_t> heads;
   /// KV heads per layer: known at SDPA sites from k's shape, -1 at softmax sites.
   std::vector<int64_t> kv_heads;
+  /// Per-head widths of q·k and of v per layer: known at SDPA sites, -1 at softmax sites.
+  std::vector<int64_t> qk_dims, v_dims;
   /// Graph site id of each layer (instrumented models), -1 when the op carried the layer.
   std::vector<int64_t> site_of_layer;
 };
@@ -39,7 +41,7 @@ class Recorder {
   static Recorder* active();
 
   /// `probs (Tensor[B, H, Tq, Tk])` or `(Tensor[B*H, Tq, Tk])`: materialised softmax output.
-  void on_probs(const torch::Tensor& probs, int64_t layer);
+  void on_probs(const torch::Tensor& probs, int64_t layer, bool sink = false);
   /// SDPA site: recomputes softmax(q kᵀ·scale + mask) in fp32 for the heads and rows needed.
   /// `q (Tensor[B, Hq, Tq, D])`, `k (Tensor[B, Hkv, Tk, D])`, Hq a multiple of Hkv (GQA).
   /// Given `v (Tensor[B, Hkv, Tk, Dv])` (attnscope::sdpa), returns the attention output

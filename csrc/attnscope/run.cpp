@@ -166,6 +166,19 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
       TORCH_CHECK_VALUE(res.heads[l] <= 0 || res.heads[l] == info_.n_heads, "attnscope.json says num_heads ",
                         info_.n_heads, ", but layer ", l, "'s attention has ", res.heads[l],
                         " heads: fix or remove num_heads");
+  // Head widths likewise, where a site shows them (SDPA: q and v): a wrong stated width would
+  // shape the KV cache of generation wrongly and misreport the model.
+  const int64_t v_dim = info_.v_head_dim > 0 ? info_.v_head_dim : info_.head_dim;
+  for (size_t l = 0; l < res.qk_dims.size(); ++l) {
+    TORCH_CHECK_VALUE(info_.head_dim <= 0 || res.qk_dims[l] <= 0 || res.qk_dims[l] == info_.head_dim,
+                      "attnscope.json says head_dim ", info_.head_dim, ", but layer ", l,
+                      "'s q and k have ", res.qk_dims[l], " per head: fix or remove head_dim");
+    TORCH_CHECK_VALUE(v_dim <= 0 || res.v_dims[l] <= 0 || res.v_dims[l] == v_dim, "attnscope.json says ",
+                      info_.v_head_dim > 0 ? "v_head_dim " : "head_dim ", v_dim,
+                      info_.v_head_dim > 0 ? "" : " and no v_head_dim", ", but layer ", l, "'s v has ",
+                      res.v_dims[l], " per head: ",
+                      info_.v_head_dim > 0 ? "fix or remove v_head_dim" : "state v_head_dim");
+  }
   Trace t;
   t.spec = spec;
   t.input_ids = ids;

@@ -31,7 +31,7 @@ const std::vector<AggShape>& agg_shapes() {
       {"row_prev", {-1, -2}, true},        {"row_distance", {-1, -2}, false},
       {"row_local", {-1, -2}, true},       {"row_duplicate", {-1, -2}, true},
       {"row_induction", {-1, -2}, true},   {"pooled_map", {-1, 0, 0}, true},
-      {"pooled_uniform", {0, 0}, true},
+      {"pooled_uniform", {0, 0}, true},    {"sink_share", {-1, -2}, true},
   };
   return s;
 }

@@ -155,6 +155,9 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_layers", [](const Model& x) { return x.info().n_layers; })
       .def_property_readonly("n_heads", [](const Model& x) { return x.info().n_heads; })
       .def_property_readonly("n_kv_heads", [](const Model& x) { return x.info().n_kv_heads; })
+      .def_property_readonly("head_dim", [](const Model& x) { return x.info().head_dim; })
+      .def_property_readonly("v_head_dim", [](const Model& x) {
+        return x.info().v_head_dim > 0 ? x.info().v_head_dim : x.info().head_dim; })
       .def_property_readonly("vocab_size", [](const Model& x) { return x.info().vocab_size; })
       .def_property_readonly("family", [](const Model& x) { return x.info().family; })
       .def_property_readonly("bos_id", [](const Model& x) { return x.info().bos_id; })

@@ -12,6 +12,16 @@ def small(**kw):
     d.update(kw); return d
 
 
+def _sinks(model):
+    """Sink logits drawn N(0, 1) (a fresh model's are zeros), so that heads differ."""
+    import torch
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(getattr(m, "sinks", None), torch.nn.Parameter):
+                m.sinks.normal_()
+    return model
+
+
 FAMILIES = {
  "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**small(num_key_value_heads=2))),
  "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**small(num_key_value_heads=1))),
@@ -48,6 +58,13 @@ FAMILIES = {
  "nemotron": lambda: T.NemotronForCausalLM(T.NemotronConfig(**small(num_key_value_heads=2))),
  "persimmon": lambda: T.PersimmonForCausalLM(T.PersimmonConfig(**small())),
  "smollm3": lambda: T.SmolLM3ForCausalLM(T.SmolLM3Config(**small(num_key_value_heads=2))),
+ # chunked attention: a query sees the earlier keys of its own chunk of 4 on chunked layers
+ "llama4": lambda: T.Llama4ForCausalLM(T.Llama4TextConfig(**small(num_key_value_heads=2, head_dim=8, attention_chunk_size=4, num_local_experts=2, num_experts_per_tok=1, intermediate_size_mlp=64, interleave_moe_layer_step=1, layer_types=["chunked_attention", "full_attention"]))),
+ # learned attention sinks: a per-head logit joins every softmax row and is dropped after it
+ "gpt_oss": lambda: _sinks(T.GptOssForCausalLM(T.GptOssConfig(**small(num_key_value_heads=2, head_dim=8, num_local_experts=2, num_experts_per_tok=1, sliding_window=4, layer_types=["sliding_attention", "full_attention"])))),
+ "xglm": lambda: T.XGLMForCausalLM(T.XGLMConfig(vocab_size=V, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+ # multi-head latent attention: q·k per head = 16 (no rope) + 8 (rope) = 24, v per head = 16
+ "deepseek_v3": lambda: T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**small(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, n_group=1, topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1))),
  "roberta": lambda: T.RobertaModel(T.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=70)),
  "distilbert": lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)),
  "electra": lambda: T.ElectraModel(T.ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),

@@ -39,16 +39,19 @@ def eager_reference(model):
 
 
 def windows(model, n_layers):
-    """Per layer: the sliding window (query i sees keys j with i - j < w) or None."""
+    """Per layer: (window, chunk). A sliding window w: query i sees keys j with i - j < w; a chunk
+    c (Llama 4's chunked attention): only keys of its own chunk, i // c == j // c. None: neither."""
     cfg = model.config
     w = getattr(cfg, "sliding_window", None)
+    c = getattr(cfg, "attention_chunk_size", None)
     types = getattr(cfg, "layer_types", None)
     if types:
-        return [w if t == "sliding_attention" else None for t in types[:n_layers]]
-    return [w] * n_layers
+        return [(w if t == "sliding_attention" else None, c if t == "chunked_attention" else None)
+                for t in types[:n_layers]]
+    return [(w, None)] * n_layers
 
 
-def visibility(valid, causal, window):
+def visibility(valid, causal, window, chunk=None):
     """[B, T, T] bool: real query i may see real key j (positions are indices, as in transformers)."""
     i = torch.arange(valid.shape[1])[:, None]
     j = torch.arange(valid.shape[1])[None, :]
@@ -57,6 +60,9 @@ def visibility(valid, causal, window):
         v = v & (j <= i)
     if window is not None:
         v = v & (i - j < window)
+    if chunk is not None:  # chunks count from each row's first real token (transformers, left padding)
+        first = valid.int().argmax(1)[:, None, None]
+        v = v & ((i - first).div(chunk, rounding_mode="floor") == (j - first).div(chunk, rounding_mode="floor"))
     return v
 
 
@@ -88,10 +94,12 @@ def check_run(m, model, ref, kind, causal):
         out = ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
     valid = mask.bool()
     nan = float("nan")
+    sinks = any(isinstance(getattr(x, "sinks", None), torch.nn.Parameter) for x in model.modules())
+    assert ("sink_share" in t.captures) == sinks, "sink_share is captured exactly for models with learned sinks"
     q_ok = valid[:, None, :, None]                                   # [B, 1, T, 1]
-    for l, win in enumerate(windows(model, L)):
+    for l, (win, chunk) in enumerate(windows(model, L)):
         A = out.attentions[l].double()                               # [B, H, T, T]
-        vis = visibility(valid, causal, win)[:, None]                # [B, 1, T, T]
+        vis = visibility(valid, causal, win, chunk)[:, None]         # [B, 1, T, T]
         where = f"{kind} padding, layer {l}"
         # The mask written out above is the model's: nothing outside it, something inside.
         assert A.masked_fill(~q_ok, 0).masked_fill(vis, 0).abs().max() == 0, f"{where}: mask model wrong"
@@ -118,6 +126,10 @@ def check_run(m, model, ref, kind, causal):
         rows = [T - 1, 2]
         frm = torch.stack([A[:, :, r].masked_fill(~valid[:, r, None, None], nan) for r in rows], 2)
         close(t.get("from")[l], frm, f"{where}, from rows")
+        if sinks:  # learned sinks: what the real keys did not get, per row
+            share = (1 - A.sum(-1)).masked_fill(~valid[:, None], nan)
+            assert share.nan_to_num(0).max() > 0.05, f"{where}: the sinks take nothing (test model too weak)"
+            close(t.get("sink_share")[l], share, f"{where}, sink share")
         for name, want in row_stats_reference(A, ids, valid, WINDOW).items():
             close(t.get(name)[l], want, f"{where}, {name}")
         pm, pu = pooled_reference(A, vis, valid, 4)
@@ -200,22 +212,100 @@ def test_causal_lm_without_is_decoder_is_not_warned_about(tmp_path, family):
     assert not [w for w in got if "say causal" in str(w.message)], [str(w.message) for w in got]
 
 
+def _sigmoid_attention(self, hidden_states, *args, **kwargs):
+    """An attention without a softmax or SDPA (sigmoid of q, no keys): nothing attnscope can
+    capture, standing in for attention kinds it does not know."""
+    return self.o_proj(torch.sigmoid(self.q_proj(hidden_states))), None
+
+
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_refusals_tell_the_truth(tmp_path, attention):
-    """GPT-OSS (learned attention sinks) is refused up front by what it is, on both attentions;
-    XGLM (scores clamped before the softmax) fails every route and is offered no workaround that
-    would fail too (tracing it yourself is the graph route)."""
+    """An attention attnscope does not recognise fails every route and is offered no workaround
+    that would fail too (tracing it yourself is the graph route); with fallback=False the one
+    piece of advice given (retry with fallback=True) is followed elsewhere in this file."""
+    import types
     torch.manual_seed(0)
-    gpt_oss = transformers.GptOssForCausalLM(transformers.GptOssConfig(**small(num_key_value_heads=2, head_dim=8, num_local_experts=2,
-                                                        num_experts_per_tok=1, sliding_window=4,
-                                                        layer_types=["sliding_attention", "full_attention"]))).eval()
-    with pytest.raises(ValueError, match=r"cannot export this gpt_oss model \(GptOssForCausalLM\): its attention "
-                                         r"\(GptOssAttention\) adds a learned sink logit per head"):
-        attnscope.export_hf(gpt_oss, None, tmp_path / "o.pt", attention=attention)
-    xglm = transformers.XGLMForCausalLM(transformers.XGLMConfig(vocab_size=V, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4,
-                                          max_position_embeddings=64)).eval()
+    model = FAMILIES["llama"]().eval()
+    for layer in model.model.layers:
+        layer.self_attn.forward = types.MethodType(_sigmoid_attention, layer.self_attn)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match=r"cannot export this xglm model .* so that is no workaround") as e:
-            attnscope.export_hf(xglm, None, tmp_path / "x.pt", attention=attention)
+        with pytest.raises(ValueError, match=r"cannot export this llama model .* so that is no workaround") as e:
+            attnscope.export_hf(model, None, tmp_path / "x.pt", attention=attention)
     assert "(torch.jit.trace with eager attention) would give" in str(e.value) and "Workaround" not in str(e.value)
+
+
+def test_model_without_attention_is_refused_by_name(tmp_path):
+    """Mamba has no attention heads at all: a ValueError saying so, not an AttributeError."""
+    model = transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2,
+                                                                   state_size=4)).eval()
+    with pytest.raises(ValueError, match=r"mamba model \(MambaForCausalLM\) has no attention heads "
+                                         r"\(its config has no num_attention_heads\)"):
+        attnscope.export_hf(model, None, tmp_path / "m.pt")
+
+
+def test_sdpa_falls_back_to_eager_for_models_without_it(tmp_path):
+    """GPT-OSS has no SDPA attention in transformers (its learned sinks): attention='sdpa' exports
+    its eager attention and says so, in a warning and in the result."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"attention='sdpa' was not used: the archive runs eager \(the model's own: "
+                                         r"GptOssForCausalLM has no sdpa attention\)"):
+        r = attnscope.export_hf(FAMILIES["gpt_oss"]().eval(), None, tmp_path / "o.pt", attention="sdpa")
+    assert r["route"] == "graph" and r["attention"].startswith("eager") and r["max_abs_diff"] <= TOL
+
+
+WINDOWED = ("qwen2_sw", "mistral", "mixtral", "gemma2", "gemma3", "starcoder2", "llama4")
+
+
+@pytest.mark.parametrize("family", WINDOWED)
+def test_window_longer_than_the_traced_length(tmp_path, family):
+    """A sliding window (or Llama 4's attention chunk) of 8 keys, exported from 6-token examples
+    (where it cuts nothing) and run at 11 tokens (where it does): the archive must still apply it.
+    transformers builds its masks in Python, so a route that baked the short example's mask in
+    would fail here."""
+    torch.manual_seed(0)
+    cfg = FAMILIES[family]().config
+    key = "attention_chunk_size" if family == "llama4" else "sliding_window"
+    setattr(cfg, key, 8)
+    model = type(FAMILIES[family]())(cfg).eval()
+    assert T > getattr(cfg, key) > 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        r = attnscope.export_hf(model, None, tmp_path / "w.pt", example_length=6)
+    assert r["max_abs_diff"] <= TOL
+    m = attnscope.load(str(tmp_path / "w.pt"), device="cpu")
+    ref = eager_reference(model)
+    assert any(8 in wc for wc in windows(model, m.n_layers))
+    for kind in ("none", "left", "right"):
+        check_run(m, model, ref, kind, causal=True)
+
+
+def test_latent_attention_head_widths(tmp_path):
+    """DeepSeek-V3's multi-head latent attention: q·k spans 16 no-rope + 8 rope dims per head and v
+    has 16. The archive states both (the config's own head_dim is the rope part, 8), describe()
+    says so, and a stated width the captured q/v do not have is refused by name."""
+    import json
+    torch.manual_seed(0)
+    model = FAMILIES["deepseek_v3"]().eval()
+    assert model.config.head_dim == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attnscope.export_hf(model, None, tmp_path / "d.pt", attention="sdpa")
+    m = attnscope.load(str(tmp_path / "d.pt"), device="cpu")
+    assert (m.head_dim, m.v_head_dim) == (24, 16)
+    assert "head dim: 24 (q·k), 16 (v)" in m.describe()
+    m.run(torch.arange(3, 9)[None], capture="all")  # the stated widths agree with the SDPA sites
+    files = {"attnscope.json": ""}
+    mod = torch.jit.load(str(tmp_path / "d.pt"), _extra_files=files)
+    for key, value, msg in (("head_dim", 8, r"attnscope.json says head_dim 8, but layer 0's q and k have 24 per head"),
+                            ("v_head_dim", 24, r"attnscope.json says v_head_dim 24, but layer 0's v has 16 per head"),
+                            ("v_head_dim", None, r"says head_dim 24 and no v_head_dim, but layer 0's v has 16 per head: state v_head_dim")):
+        meta = json.loads(files["attnscope.json"])
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+        torch.jit.save(mod, str(tmp_path / "wrong.pt"), _extra_files={"attnscope.json": json.dumps(meta)})
+        wrong = attnscope.load(str(tmp_path / "wrong.pt"), device="cpu")
+        with pytest.raises(ValueError, match=msg):
+            wrong.run(torch.arange(3, 9)[None], capture="all")

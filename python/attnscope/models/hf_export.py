@@ -89,13 +89,25 @@ def _output_kind(model):
 
 def _facts(model):
     tc = _text_config(model)
-    heads = tc.num_attention_heads
+    heads = getattr(tc, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads <= 0:
+        raise ValueError(f"this {tc.model_type} model ({type(model).__name__}) has no attention heads (its config has "
+                         f"no num_attention_heads{'' if heads is None else ': ' + repr(heads)}): attnscope captures "
+                         "attention, and there is none to capture")
     kv = getattr(tc, "num_key_value_heads", None)
     head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
+    # Multi-head latent attention (DeepSeek-V2/V3, Kimi): q·k spans the no-rope and rope parts,
+    # and the config's head_dim is the rope part alone; v has its own width.
+    nope, rope = getattr(tc, "qk_nope_head_dim", None), getattr(tc, "qk_rope_head_dim", None)
+    if isinstance(nope, int) and isinstance(rope, int):
+        head_dim = nope + rope
+    v_dim = getattr(tc, "v_head_dim", None)
     facts = {"num_layers": tc.num_hidden_layers, "num_heads": heads, "head_dim": head_dim,
              "vocab_size": tc.vocab_size, "bos_token_id": getattr(tc, "bos_token_id", None),
              "eos_token_id": getattr(tc, "eos_token_id", None), "family": tc.model_type,
              "output": _output_kind(model)}
+    if isinstance(v_dim, int) and v_dim != head_dim:
+        facts["v_head_dim"] = v_dim
     if kv:  # else the KV heads are read off the graph's SDPA sites (or equal the heads)
         facts["num_kv_heads"] = kv
     ctx = getattr(tc, "max_position_embeddings", None)
@@ -255,13 +267,18 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
         raise ValueError(f"{type(model).__name__} does not use transformers' attention interface, so "
                          "attnscope's attention functions cannot be plugged in")
     old_impl = model.config._attn_implementation
+    # A model without an SDPA attention (GPT-OSS: its learned sinks) runs its eager attention on
+    # the graph route, as transformers itself advises; export_hf reports the substitution.
+    own = attention
+    if route == "graph" and switch and attention == "sdpa" and not getattr(model, "_supports_sdpa", True):
+        own = "eager"
     model.eval()
     hf_attention.used.clear()
     try:
         if route == "transformers":
             model.set_attn_implementation(f"attnscope_{attention}")
         elif switch:
-            model.set_attn_implementation(attention)
+            model.set_attn_implementation(own)
         traced = _trace_module(_Outputs(model, facts["output"]), ids, mask)
     finally:
         if switch:
@@ -274,7 +291,8 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
         ran = sorted(hf_attention.used.get(f"attnscope_{attention}", {attention}))
         facts["attention"] = " + ".join(ran)
     else:
-        facts["attention"] = (f"{attention} (the model's own)" if switch else
+        facts["attention"] = (f"{own} (the model's own)" if switch and own == attention else
+                              f"{own} (the model's own: {type(model).__name__} has no {attention} attention)" if switch else
                               f"{old_impl} (the model's own: {type(model).__name__} cannot switch attention)")
     return traced, facts
 
@@ -311,12 +329,6 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
         raise ValueError(f"model: expected a transformers PreTrainedModel or a checkpoint folder, got {type(model).__name__}")
     tc, facts = _facts(model)
     family = facts["family"]
-    sinks = sorted({type(m).__name__ for m in model.modules() if isinstance(getattr(m, "sinks", None), torch.nn.Parameter)})
-    if sinks:  # GptOss: a learned logit per head joins every softmax row and is dropped after it
-        raise ValueError(f"cannot export this {family} model ({type(model).__name__}): its attention ({', '.join(sinks)}) "
-                         "adds a learned sink logit per head to every softmax row, so a row's weights over the real "
-                         "keys sum to less than 1; attnscope does not capture attention sinks yet (no route, and no "
-                         "workaround: docs/export.md lists the families not supported)")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
