@@ -9,12 +9,16 @@ Scores (means over the real query rows where the score is defined; docs/python.m
   induction  mass on keys that follow an earlier copy of the query (induction heads, Olsson et al.)
   sink       weight on the first real token                        (attention sinks)
   entropy    attention entropy of the rows, nats                   (broad vs narrow)
+  learned_sink  share of the softmax taken by learned sink logits  (models with them: GPT-OSS)
+
+With learned sinks a row's weights over the real keys sum to 1 − learned_sink; every other
+score is taken over the real keys as they are (not renormalised), as transformers returns them.
 """
 import torch
 
 from .windows import token_range
 
-SCORES = ("self", "prev", "distance", "local", "duplicate", "induction", "sink", "entropy")
+SCORES = ("self", "prev", "distance", "local", "duplicate", "induction", "sink", "entropy", "learned_sink")
 _CAPTURE = {"self": "row_self", "prev": "row_prev", "distance": "row_distance", "local": "row_local",
             "duplicate": "row_duplicate", "induction": "row_induction", "sink": "sink_mass_rows",
             "entropy": "attn_entropy"}
@@ -76,7 +80,8 @@ def head_atlas(source, *, rows=None):
     sl = slice(*token_range(rows, T, name="rows")) if rows is not None else slice(0, T)
     layers = source.get("aggregate_layers").tolist()
     scores, counts = {}, {}
-    for name, cap in _CAPTURE.items():
+    capture = dict(_CAPTURE, **({"learned_sink": "sink_share"} if "sink_share" in source.captures else {}))
+    for name, cap in capture.items():
         x = source.get(cap)[..., sl].double()          # [L, B, H, t]
         ok = ~x.isnan()
         n = ok.sum((1, 3)).double()                     # [L, H]

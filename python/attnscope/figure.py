@@ -28,6 +28,10 @@ class PaperFigure(Figure):
     does not show it a second time."""
 
     def savefig(self, *args, **kwargs):
+        # The saved file holds everything drawn (legends and colorbar labels may reach past a
+        # narrow grid's edge), as Jupyter's inline display does; pass bbox_inches=None for the
+        # exact figure size.
+        kwargs.setdefault("bbox_inches", "tight")
         with matplotlib.rc_context(SAVE_RC):
             return super().savefig(*args, **kwargs)
 

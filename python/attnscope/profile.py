@@ -8,7 +8,7 @@ and how these change from the first layer to the last.
 """
 import torch
 
-PROFILE_SCORES = ("entropy", "breadth", "distance", "beyond_local", "self", "prev", "sink")
+PROFILE_SCORES = ("entropy", "breadth", "distance", "beyond_local", "self", "prev", "sink", "learned_sink")
 
 
 class TokenProfile:
@@ -17,7 +17,9 @@ class TokenProfile:
     label, weight) of the head-mean row, `keys_seen` [L, H] (keys with nonzero weight), `label`,
     `local_window`. Scores: entropy (nats), breadth (entropy / log keys_seen, 0 = one key, 1 =
     uniform), distance (tokens), beyond_local (mass farther than local_window), self, prev,
-    sink (weight on the first real token). `to_pandas()`: one row per layer."""
+    sink (weight on the first real token), learned_sink (the share of the softmax taken by
+    learned sink logits, 1 − Σ over the real keys: 0 for models without them).
+    `to_pandas()`: one row per layer."""
 
     def __init__(self, position, batch, label, layer_ids, heads, top_keys, keys_seen, local_window):
         self.position, self.batch, self.label = position, batch, label
@@ -35,9 +37,11 @@ class TokenProfile:
             keys = ", ".join(f"{p}:{lab} {w:.2f}" for p, lab, w in self.top_keys[i])
             lines.append(f"{l:>5} {v['breadth']:>7.2f} {v['entropy']:>7.2f} {v['distance']:>7.1f} "
                          f"{v['beyond_local']:>6.2f} {v['self']:>5.2f} {v['prev']:>5.2f} {v['sink']:>5.2f}  {keys}")
+        learned = float(self.layers["learned_sink"].nan_to_num(0).max()) > 1e-4
         for name, v in self.stages().items():
             lines.append(f"{name:>6} layers: breadth {v['breadth']:.2f}, distance {v['distance']:.1f} tokens, "
-                         f"beyond the local window {v['beyond_local']:.2f}, self {v['self']:.2f}, first token {v['sink']:.2f}")
+                         f"beyond the local window {v['beyond_local']:.2f}, self {v['self']:.2f}, first token {v['sink']:.2f}"
+                         + (f", learned sinks {v['learned_sink']:.2f}" if learned else ""))
         return "\n".join(lines)
 
     def stages(self):
@@ -89,6 +93,8 @@ def token_profile(trace, position, *, batch=0, top=3):
         "self": rows[..., i],
         "prev": rows[..., i - 1] if i >= 1 and bool(real[i - 1]) else torch.full_like(ent, float("nan")),
         "sink": rows[..., first],
+        # what the real keys did not get: learned sink logits (GPT-OSS); rounding only elsewhere
+        "learned_sink": (1 - rows.sum(-1)).clamp_min(0),
     }
     mean_row = rows.mean(1)                                             # [L, T]
     k = min(top, T)

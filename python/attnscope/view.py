@@ -208,6 +208,8 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
             idx = [order.index(l) for l in layers]
             vals = [caps[n][idx, batch][..., lo:hi].double().nanmean(1).numpy() for n in PROFILE]  # [L, T] each
             vals[-1] = vals[-1] / max(1, T)  # distance as a share of the trace's length
+            if "sink_share" in caps:  # learned sinks (GPT-OSS): their share of the row, a sixth line
+                vals.append(caps["sink_share"][idx, batch][..., lo:hi].double().nanmean(1).numpy())
             profile = _pack_u16(np.stack(vals))
     if missing and can_compute:
         print(f"attnscope.show: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
@@ -226,6 +228,7 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
     data = {"tokens": list(trace.labels[batch][lo:hi]), "layers": layers, "n_heads": H, "heads": with_heads,
             "causal": causal, "maps": maps, "offset": lo, "prompt_len": prompt_len,
             "pooled": pooled, "thumbs": thumbs, "profile": profile,
+            "learned_sinks": "sink_share" in trace.captures,
             "local_window": int((getattr(trace, "spec", None) or {}).get("local_window", 8)),
             "entropy": [None if not np.isfinite(e) else round(float(e), 4) for e in ent], "high": high, "note": note}
     view_id = "attnscope-" + uuid.uuid4().hex[:12]

@@ -98,6 +98,19 @@ def _aggregate(trace, name, layer, head, batch):
     return t[layers.index(layer), batch, head]
 
 
+def _sink_rows(trace, layer, head, batch, s, e):
+    """Share of each query row's softmax that learned sink logits took (GPT-OSS), rows s..e-1 of
+    `sink_share` (head mean when head is None; NaN at padding), or None: no learned sinks captured."""
+    caps = trace.captures
+    if "sink_share" not in caps or "aggregate_layers" not in caps:
+        return None
+    order = caps["aggregate_layers"].tolist()
+    if layer not in order:
+        return None
+    x = caps["sink_share"][order.index(layer), batch]          # [H, T]
+    return (x.mean(0) if head is None else x[head]).double().numpy()[s:e]
+
+
 def _labels(trace, batch):
     return list(trace.labels[batch])
 

@@ -6,7 +6,7 @@ from ..figure import (check_options as _check_options, closing_on_error, columns
                       panel_for_labels, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
-from .data import _check_batch, _ensure, _head_map, _labels, _layer_map, _layers, _pairs, _window
+from .data import _check_batch, _ensure, _head_map, _labels, _layer_map, _layers, _pairs, _sink_rows, _window
 from .pooled import draw_pooled, pool_tiles, pooled, range_labels
 from .style import (_axes_legend, _cmap, _colorbar_ticks, _default_vmax, _default_vmin, _hatch_masked, _legend, _norm,
                     _prepare, _scale_label)
@@ -68,11 +68,14 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
                 _hatch_masked(ax_, a, s)
             _crosshairs(ax_, hi, e, _upper_empty(a), start=s)
             _prompt_divider(ax_, trace, window=(s, e))
-            ax_.set_title(f"Layer {l} Head {h}")
+            sink = _sink_rows(trace, l, h, batch, s, e)
+            ax_.set_title(f"Layer {l} Head {h}" + _sink_title(sink, "\n"))
+            _sink_strip(ax_, sink, s, e)
             ax_.set_xlabel("key")
             ax_.set_ylabel("query")
             _ticks(ax_, labels, "both", max_labels, hi, start=s)
-            cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04, extend="both" if scale == "uniform" else "neither")
+            cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04 if sink is None else 0.12,
+                              extend="both" if scale == "uniform" else "neither")
             cb.set_label(_scale_label(scale, gamma) + (_pool_note(bounds) if n_pool else ""), fontsize=8)
             _colorbar_ticks(cb, im.norm, scale)
         if ax is not None:
@@ -134,7 +137,10 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
                 _hatch_masked(ax, m, s)
             _crosshairs(ax, hi, e, _upper_empty(m), start=s)
             _prompt_divider(ax, trace, window=(s, e))
-            ax.set_title(f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}", fontsize=title_fs)
+            sink = _sink_rows(trace, l, head_idx, batch, s, e)
+            ax.set_title((f"L{l} Avg" if head_idx is None else f"L{l} H{head_idx}") + _sink_title(sink, " · "),
+                         fontsize=title_fs)
+            _sink_strip(ax, sink, s, e)
             _ticks(ax, labels, "both", max_labels, hi, fontsize=fs, start=s)
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
             ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
@@ -147,6 +153,26 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
         if getattr(trace, "is_dataset", False):
             fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
     return fig
+
+
+def _sink_title(share, sep):
+    """Title suffix of a map whose rows lose weight to learned sinks: their mean share."""
+    if share is None or not np.isfinite(share).any():
+        return ""
+    return f"{sep}sinks {np.nanmean(share):.0%}"
+
+
+def _sink_strip(ax, share, s, e):
+    """Learned sinks: a grey strip right of the map, one cell per query row, its share of the
+    row's softmax (white 0 .. black 1; the map's own rows sum to 1 minus it)."""
+    if share is None or not np.isfinite(share).any():
+        return
+    strip = ax.inset_axes([1.015, 0.0, 0.04, 1.0])
+    strip.imshow(share[:, None], cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest",
+                 extent=(0, 1, e - 0.5, s - 0.5))
+    strip.set_xticks([])
+    strip.set_yticks([])
+    strip.set_xlabel("sink", fontsize=6, rotation=90, labelpad=2)  # below: the map's title is above
 
 
 def _pooled_labels(labels, bounds, s, e, marked):

@@ -13,6 +13,7 @@ _LINES = {
     "self": ("#7570b3", "weight on itself"),
     "prev": ("#e7298a", "weight on the previous token"),
     "sink": ("#666666", "weight on the first token"),
+    "learned_sink": ("#e6ab02", "share taken by learned sinks"),  # drawn only for models with them
 }
 
 
@@ -46,7 +47,10 @@ def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=Non
     fig, axes = subplots(1, 2, (10.0, 4.2))
     ax, where = axes[0]
     with closing_on_error(fig, True):
+        learned = any(float(x.layers["learned_sink"].nan_to_num(0).max()) > 1e-4 for x in (p, other) if x is not None)
         for name, (color, text) in _LINES.items():
+            if name == "learned_sink" and not learned:
+                continue
             ax.plot(layers, p.layers[name].numpy(), "-o", ms=3, lw=1.2, color=color, label=text)
             if other is not None:
                 ax.plot(layers, other.layers[name].numpy(), "--", lw=1.2, color=color)
