@@ -252,7 +252,7 @@ def step_7b(rep, dev, quick, lengths):
         res[t] = {"plain": p, "attnscope": o, "softmax_route": sm, "hf_eager": e}
         rep.add(f"| {t} | {' | '.join(cell(p))} | {' | '.join(cell(o))} | {ratio(o)} | {sm_s} | {ratio(sm)} "
                 f"| {' | '.join(cell(e))} |", "bench_7b", res)
-    del am, traced, model
+    am = traced = model = None  # frees them (the closures above are done); `del` reads as undefined to linters
     free()
 
 

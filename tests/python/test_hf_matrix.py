@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from hf_families import ENCODERS, FAMILIES, V, small
+from hf_families import ENCODERS, FAMILIES, V
 from reference_stats import pooled_reference, row_stats_reference
 
 import attnscope
