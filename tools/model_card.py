@@ -64,7 +64,7 @@ def windows(tokenizer, num, length):
 
 def measure(model_path, seqs, build, chunk=25):
     """Runs the core on `seqs` (lists of ids, equal length) and returns the card's numbers."""
-    alpha1, first, local, ent = [], [], [], []
+    alpha1, local, ent = [], [], []
     n_layers = None
     with tempfile.TemporaryDirectory() as tmp:
         for c in range(0, len(seqs), chunk):
