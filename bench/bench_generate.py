@@ -1,7 +1,9 @@
 """Generation benchmark: tokens/s of attnscope's Model.generate on the default model against
 transformers' generate on the same GGUF weights (greedy, a 64-token prompt, 256 new tokens, CPU,
 no stop token), both with their KV cache, for each load route: the GGUF file, and the same
-weights saved as a Hugging Face folder (transformers' save_pretrained) and loaded from it; plus
+weights saved as a Hugging Face folder (transformers' save_pretrained) and loaded from it, and
+the same model exported through transformers' route (export_hf: the model's own attention code
+and its traced DynamicCache — the route every other family's folder takes); plus
 attnscope without its cache (a full forward per step) and the one capture run that follows. Prints numbers measured in this run (best of
 --repeat, interleaved); asserts nothing.
 
@@ -49,6 +51,9 @@ def main():
     plain.save_pretrained(os.path.join(tmp, "folder"))
     tok.save_pretrained(os.path.join(tmp, "folder"))
     folder = attnscope.load(os.path.join(tmp, "folder"), device="cpu", progress=False)
+    attnscope.export_hf(plain, None, os.path.join(tmp, "hf.pt"))  # transformers route, traced cache
+    hf = attnscope.load(os.path.join(tmp, "hf.pt"), device="cpu")
+    assert hf.has_decode
     ids = torch.tensor([tok(TEXT * 4, add_special_tokens=False)["input_ids"][: a.prompt_tokens]])
     assert ids.shape[1] == a.prompt_tokens
     n = a.new_tokens
@@ -70,18 +75,21 @@ def main():
         model._core.run(seq, attnscope.api._spec("all"), None)
         return time.perf_counter() - t0
 
-    ours(True), ours(True, folder), theirs()  # warm-up (TorchScript profiling runs, allocator)
+    ours(True), ours(True, folder), ours(True, hf), theirs()  # warm-up (TorchScript profiling runs, allocator)
     gguf_row, folder_row = "attnscope, GGUF load (KV cache)", f"attnscope, folder load (KV cache; route {folder.metadata['route']})"
-    best = {gguf_row: 1e9, folder_row: 1e9, "transformers (KV cache)": 1e9, "attnscope (no cache)": 1e9}
+    hf_row = "attnscope, export_hf transformers route (traced transformers cache)"
+    best = {gguf_row: 1e9, folder_row: 1e9, hf_row: 1e9, "transformers (KV cache)": 1e9, "attnscope (no cache)": 1e9}
     same = None
     for _ in range(a.repeat):
         t_o, tok_o = ours(True)
         t_f, tok_f = ours(True, folder)
+        t_h, tok_h = ours(True, hf)
         t_t, tok_t = theirs()
         best[gguf_row] = min(best[gguf_row], t_o)
         best[folder_row] = min(best[folder_row], t_f)
+        best[hf_row] = min(best[hf_row], t_h)
         best["transformers (KV cache)"] = min(best["transformers (KV cache)"], t_t)
-        same = torch.equal(tok_o, tok_t) and torch.equal(tok_f, tok_t)
+        same = torch.equal(tok_o, tok_t) and torch.equal(tok_f, tok_t) and torch.equal(tok_h, tok_t)
     best["attnscope (no cache)"] = ours(False)[0]
     seq = torch.cat([ids, tok_o[None]], 1)
     cap = min(capture_only(seq) for _ in range(2))
@@ -93,7 +101,7 @@ def main():
     for k, v in best.items():
         print(f"| {k} | {v:.2f} s | {n / v:.1f} | {n / v / base:.2f}x |")
     print(f"the capture run over the {seq.shape[1]} tokens afterwards (every aggregate): {cap:.2f} s")
-    print(f"greedy tokens identical to transformers' (both load routes): {same}")
+    print(f"greedy tokens identical to transformers' (all three routes): {same}")
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)
 

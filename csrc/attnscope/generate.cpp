@@ -40,15 +40,17 @@ std::pair<torch::Tensor, torch::Tensor> Model::prefill(const torch::Tensor& ids_
   TORCH_CHECK_VALUE(has_decode(), "prefill: this archive has no decode method (no KV cache)");
   TORCH_CHECK_VALUE(ids_in.defined() && ids_in.dim() == 2 && ids_in.numel() > 0 && !ids_in.is_floating_point(),
                     "prefill: ids must be a non-empty [B, T] integer tensor");
-  TORCH_CHECK(info_.n_layers > 0 && info_.n_kv_heads > 0 && info_.head_dim > 0, "prefill: the archive's "
+  const auto cs = info_.cache_shape();
+  TORCH_CHECK(info_.n_layers > 0 && cs[0] > 0 && cs[1] > 0 && cs[2] > 0, "prefill: the archive's "
               "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
   torch::NoGradGuard no_grad;
   auto ids = ids_in.to(torch::kLong).to(device_);
   auto dtype = module_.parameters().begin() != module_.parameters().end()
                    ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
-  auto empty = torch::zeros({info_.n_layers, ids.size(0), info_.n_kv_heads, 0, info_.head_dim},
-                            torch::dtype(dtype).device(device_));
-  auto out = module_.get_method("decode")({ids, torch::ones_like(ids), empty, empty}).toTuple();
+  auto opt = torch::dtype(dtype).device(device_);
+  auto empty_k = torch::zeros({info_.n_layers, ids.size(0), cs[0], 0, cs[1]}, opt);
+  auto empty_v = torch::zeros({info_.n_layers, ids.size(0), cs[0], 0, cs[2]}, opt);
+  auto out = module_.get_method("decode")({ids, torch::ones_like(ids), empty_k, empty_v}).toTuple();
   return {out->elements()[1].toTensor(), out->elements()[2].toTensor()};
 }
 
@@ -110,16 +112,20 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
                       "with the decode method");
     TORCH_CHECK_VALUE(mask.all().item<bool>(), "generate: a prefix KV cache needs an unpadded prompt");
     const auto& pk = o.past_k;
-    TORCH_CHECK_VALUE(pk.defined() && o.past_v.defined() && pk.sizes() == o.past_v.sizes() && pk.dim() == 5 &&
+    const auto& pv = o.past_v;
+    const auto cs = info_.cache_shape();
+    TORCH_CHECK_VALUE(pk.defined() && pv.defined() && pk.dim() == 5 && pv.dim() == 5 &&
+                          pk.sizes().slice(0, 4) == pv.sizes().slice(0, 4) &&
                           pk.size(0) == info_.n_layers && (pk.size(1) == 1 || pk.size(1) == batch) &&
-                          pk.size(2) == info_.n_kv_heads && pk.size(4) == info_.head_dim && pk.size(3) < plen,
-                      "generate: past_k/past_v must both be [", info_.n_layers, ", 1 or ", batch, ", ",
-                      info_.n_kv_heads, ", P0 < ", plen, ", ", info_.head_dim, "], got ", pk.sizes(), " and ",
-                      o.past_v.defined() ? o.past_v.sizes() : c10::IntArrayRef{});
+                          pk.size(2) == cs[0] && pk.size(4) == cs[1] && pv.size(4) == cs[2] && pk.size(3) < plen,
+                      "generate: past_k/past_v must be [", info_.n_layers, ", 1 or ", batch, ", ", cs[0],
+                      ", P0 < ", plen, ", ", cs[1], "] and [..., ", cs[2], "], got ", pk.sizes(), " and ",
+                      pv.defined() ? pv.sizes() : c10::IntArrayRef{});
     from = pk.size(3);
   }
   if (cached) {
-    TORCH_CHECK(info_.n_layers > 0 && info_.n_kv_heads > 0 && info_.head_dim > 0, "generate: the archive's "
+    const auto cs = info_.cache_shape();
+    TORCH_CHECK(info_.n_layers > 0 && cs[0] > 0 && cs[1] > 0 && cs[2] > 0, "generate: the archive's "
                 "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
     auto dtype = module_.parameters().begin() != module_.parameters().end()
                      ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
@@ -128,10 +134,9 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
       k_cache = o.past_k.to(opt).expand({-1, batch, -1, -1, -1}).contiguous();
       v_cache = o.past_v.to(opt).expand({-1, batch, -1, -1, -1}).contiguous();
     } else {
-      auto empty = torch::zeros({info_.n_layers, batch, info_.n_kv_heads, 0, info_.head_dim},
-                                torch::dtype(dtype).device(device_));
-      k_cache = empty;
-      v_cache = empty;
+      auto opt = torch::dtype(dtype).device(device_);
+      k_cache = torch::zeros({info_.n_layers, batch, cs[0], 0, cs[1]}, opt);
+      v_cache = torch::zeros({info_.n_layers, batch, cs[0], 0, cs[2]}, opt);
     }
   }
   auto finished = torch::zeros({batch}, torch::dtype(torch::kBool).device(device_));

@@ -34,6 +34,9 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
                     "attnscope.json: num_kv_heads ", info.n_kv_heads, " must divide num_heads ", info.n_heads);
   info.head_dim = v.get_int("head_dim", -1, 1, 65536);
   info.v_head_dim = v.get_int("v_head_dim", -1, 1, 65536);
+  info.cache_heads = v.get_int("cache_heads", -1, 1, 65536);
+  info.cache_k_dim = v.get_int("cache_k_dim", -1, 1, 1 << 20);
+  info.cache_v_dim = v.get_int("cache_v_dim", -1, 1, 1 << 20);
   info.vocab_size = v.get_int("vocab_size", -1, 1, int64_t(1) << 31);
   info.bos_id = v.get_int("bos_token_id", -1, -1, int64_t(1) << 31);
   // eos_token_id may be one id or a list (the first ends generation by default)

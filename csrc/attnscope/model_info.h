@@ -2,6 +2,7 @@
 #pragma once
 #include <torch/types.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -16,6 +17,18 @@ struct ModelInfo {
   /// Per-head width of v when it differs from q·k's (multi-head latent attention: DeepSeek-V3
   /// has q·k 192 = 128 + 64 rope, v 128); -1 = the same as head_dim.
   int64_t v_head_dim = -1;
+  /// Shape of the decode method's KV cache per layer, [B, cache_heads, P, cache_k_dim] for k and
+  /// [..., cache_v_dim] for v, when it is not (num_kv_heads, head_dim, v_head_dim): archives that
+  /// cache what transformers caches (DeepSeek-V3 keeps compressed latents, Falcon one head).
+  int64_t cache_heads = -1, cache_k_dim = -1, cache_v_dim = -1;
+
+  /// (heads, k dim, v dim) of the KV cache: the cache_* facts, else num_kv_heads / head_dim /
+  /// v_head_dim (or head_dim); -1 where unknown.
+  std::array<int64_t, 3> cache_shape() const {
+    const int64_t k = cache_k_dim > 0 ? cache_k_dim : head_dim;
+    return {cache_heads > 0 ? cache_heads : n_kv_heads, k,
+            cache_v_dim > 0 ? cache_v_dim : cache_k_dim > 0 ? k : v_head_dim > 0 ? v_head_dim : head_dim};
+  }
   int64_t bos_id = -1, eos_id = -1;
   std::string family, tokenizer_kind;
   /// Query i sees keys j <= i (decoder LMs); false for encoders. Used to skip the keys after

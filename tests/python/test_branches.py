@@ -107,7 +107,7 @@ def test_branches_reuse_the_answers_prefix_cache(model, answer):
         assert torch.allclose(f.entropy, s_.entropy, atol=1e-5, equal_nan=True)
     # the cache a branch starts from must fit its prompt
     k, v = model._core.prefill(answer.input_ids[:, :5])
-    with pytest.raises(ValueError, match=r"past_k/past_v must both be \[30, 1 or 1, 3, P0 < 4, 64\], got \[30, 1, 3, 5, 64\]"):
+    with pytest.raises(ValueError, match=r"past_k/past_v must be \[30, 1 or 1, 3, P0 < 4, 64\] and \[..., 64\], got \[30, 1, 3, 5, 64\]"):
         model.generate(answer.input_ids[:, :4], max_new_tokens=2, progress=False, _past=(k, v))
     with pytest.raises(ValueError, match="a prefix KV cache .* needs use_cache"):
         model.generate(answer.input_ids[:, :8], max_new_tokens=2, progress=False, use_cache=False, _past=(k, v))

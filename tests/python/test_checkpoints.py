@@ -220,3 +220,23 @@ def test_folder_load_generates_with_the_kv_cache(tmp_path, cache):
     assert t.input_ids.tolist() == want.tolist()
     slow = m.generate(prompt, max_new_tokens=6, stop=[], progress=False, use_cache=False)
     assert slow.input_ids.tolist() == want.tolist() and slow.generation["kv_cache"] is False
+
+
+def test_folder_of_another_family_generates_with_the_kv_cache(tmp_path, cache):
+    """A GPT-2 folder (no own-module route) exports through transformers' route with its own
+    cache traced into the archive: a token per step, greedy ids equal transformers' generate."""
+    import transformers
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4,
+                                                              n_positions=64, bos_token_id=1, eos_token_id=2)).eval()
+    hf.save_pretrained(tmp_path / "gpt2")
+    m = attnscope.load(str(tmp_path / "gpt2"), device="cpu", progress=False)
+    assert m.has_decode and m.metadata["route"] == "transformers"
+    assert m.metadata["decode"] == "transformers DynamicCache"
+    prompt = torch.tensor([[3, 5, 7, 9]])
+    t = m.generate(prompt, max_new_tokens=6, stop=[], progress=False)
+    assert t.generation["kv_cache"] is True
+    with torch.no_grad():
+        want = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
+                           eos_token_id=None, pad_token_id=0)
+    assert t.input_ids.tolist() == want.tolist()

@@ -133,8 +133,8 @@ def test_chat_without_template(tmp_path):
     m = attnscope.load(str(tmp_path / "l.pt"), device="cpu")
     with pytest.raises(ValueError, match="chat=True, but this model has no chat template"):
         m.generate([1, 2, 3], chat=True)
-    t = m.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, stop=[])   # no decode method: full forwards
-    assert t.generation["kv_cache"] is False and t.input_ids.shape == (1, 6)
+    t = m.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=3, stop=[])   # transformers' cache, traced
+    assert t.generation["kv_cache"] is True and t.input_ids.shape == (1, 6)
 
 
 def test_researchers_loop_without_a_capture_spec(model):

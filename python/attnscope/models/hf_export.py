@@ -25,6 +25,8 @@ import torch
 from . import hf_attention
 from .export import FORMAT_VERSION, save_archive, trace_with_decode
 from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
+from .hf_decode import WithDecode, cache_shape, check_decode
+from .hf_decode import trace_with_decode as trace_hf_decode
 from .hf_folder import load_folder
 
 ATTENTIONS = ("sdpa", "eager")
@@ -237,6 +239,37 @@ def _trace_module(module, ids, mask):
     return traced
 
 
+def _trace_forward(model, facts, ids, mask):
+    """The traced forward, with the KV-cache decode method (hf_decode) for a causal LM whose
+    traced decode reproduces its forward; otherwise the forward alone, and facts["decode"] says
+    why. Cache facts (cache_heads, cache_k_dim, cache_v_dim) go into `facts`."""
+    forward = _Outputs(model, facts["output"])
+    why = ("not a causal LM" if facts["output"] != "logits" or not facts["causal"] else None)
+    shape = None
+    if why is None:
+        try:
+            shape = cache_shape(model, facts["num_layers"], ids.device)
+            why = None if shape else "its cache is not one keys/values shape per layer"
+        except Exception as e:  # noqa: BLE001 - no cache to trace: the forward alone
+            why = f"no cache ({describe_error(e)})"
+    if why is None:
+        try:
+            with _inline_autograd_functions():
+                traced = trace_hf_decode(WithDecode(model, facts["num_layers"]), ids, mask, shape, facts["num_layers"])
+            calls = _python_calls(traced) or sorted({n.pyname() for n in _nodes(traced.decode.inlined_graph)
+                                                    if n.kind() == "prim::PythonOp"})
+            if calls:
+                raise ValueError(f"it calls Python function(s) {', '.join(calls)}")
+            check_decode(traced, ids, mask, shape, facts["num_layers"])
+            facts.update(decode="transformers DynamicCache", cache_heads=shape[0], cache_k_dim=shape[1],
+                         cache_v_dim=shape[2])
+            return traced
+        except Exception as e:  # noqa: BLE001 - reported in attnscope.json; generation runs a forward per step
+            why = f"the traced decode failed: {describe_error(e)}"
+    facts["decode"] = f"none: {why}"
+    return _trace_module(forward, ids, mask)
+
+
 def _capture_ops(traced):
     return sum(n.kind().startswith("attnscope::") for n in _nodes(traced.inlined_graph))
 
@@ -279,7 +312,7 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
             model.set_attn_implementation(f"attnscope_{attention}")
         elif switch:
             model.set_attn_implementation(own)
-        traced = _trace_module(_Outputs(model, facts["output"]), ids, mask)
+        traced = _trace_forward(model, facts, ids, mask)
     finally:
         if switch:
             model.set_attn_implementation(old_impl)
