@@ -254,7 +254,7 @@ Instrumented instrument(const torch::jit::Module& module) {
 
   std::vector<Found> found;
   collect(graph->block(), false, found);
-  TORCH_CHECK(!found.empty(), "no attention site found in forward: searched for "
+  TORCH_CHECK_VALUE(!found.empty(), "no attention site found in forward: searched for "
               "aten::softmax/aten::_softmax over the last dim fed by a q·kᵀ product "
               "(matmul/bmm/baddbmm/einsum, through scaling, masks, clamps, casts and views) and feeding "
               "a product with V, and for aten::scaled_dot_product_attention");

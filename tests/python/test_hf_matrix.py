@@ -254,7 +254,7 @@ def test_sdpa_falls_back_to_eager_for_models_without_it(tmp_path):
     assert r["route"] == "graph" and r["attention"].startswith("eager") and r["max_abs_diff"] <= TOL
 
 
-WINDOWED = ("qwen2_sw", "mistral", "mixtral", "gemma2", "gemma3", "starcoder2", "llama4")
+WINDOWED = ("qwen2_sw", "mistral", "mixtral", "gemma2", "gemma3", "starcoder2", "gpt_oss", "llama4")
 
 
 @pytest.mark.parametrize("family", WINDOWED)
