@@ -17,8 +17,9 @@ import warnings
 
 import torch
 
-# Tolerance of decode against forward: the same model and kernels on shorter inputs.
-DECODE_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 5e-2}
+# Tolerance of decode against forward, relative to the largest |logit| (at least 1): the same
+# model on shorter inputs, whose kernels may accumulate in another order (bf16: 8 bits of mantissa).
+DECODE_TOL = {torch.float32: 1e-5, torch.bfloat16: 3e-2, torch.float16: 1e-2}
 
 
 class WithDecode(torch.nn.Module):
@@ -76,7 +77,7 @@ def trace_with_decode(module, ids, mask, shape, n_layers):
 
 def check_decode(traced, ids, mask, shape, n_layers):
     """Max |decode - forward| over the logits of a prefill of all but the last 2 positions and
-    two 1-token steps, on the left-padded example batch. Raises ValueError above DECODE_TOL."""
+    two 1-token steps, on the left-padded example batch. Raises ValueError above DECODE_TOL (× the largest |logit|)."""
     hc, dk, dv = shape
     p = next(traced.parameters())
     B, T = ids.shape
@@ -91,7 +92,9 @@ def check_decode(traced, ids, mask, shape, n_layers):
         for t in range(n, T):
             logits, k, v = traced.decode(ids[:, t:t + 1], mask[:, :t + 1], k, v)
             worst = max(worst, (logits.float()[:, 0] - full[:, t]).abs().max().item())
-    tol = DECODE_TOL.get(p.dtype, 5e-2)
+    scale = max(1.0, full.masked_fill(~real[..., None], 0).abs().max().item())
+    tol = DECODE_TOL.get(p.dtype, 3e-2) * scale
     if not worst <= tol:
-        raise ValueError(f"the traced decode differs from the forward by {worst:.3g} (> {tol:g})")
+        raise ValueError(f"the traced decode differs from the forward by {worst:.3g} (> {tol:.3g}, "
+                         f"{DECODE_TOL.get(p.dtype, 3e-2):g} of the largest logit)")
     return worst
