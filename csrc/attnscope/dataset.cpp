@@ -22,7 +22,9 @@ torch::Tensor pad_positions(const torch::Tensor& t, int dims, int64_t length) {
 
 int DatasetStats::position_dims(const std::string& name) {
   if (name == "layer_map_sum" || name == "head_map_sum") return 2;
-  if (name == "n_sequences" || name == "sink_hits" || name == "row_stat_sum" || name == "row_stat_count") return 0;
+  if (name == "n_sequences" || name == "sink_hits" || name == "row_stat_sum" || name == "row_stat_count" ||
+      name == "learned_sink_sum" || name == "learned_sink_count")
+    return 0;
   return 1;
 }
 
@@ -166,6 +168,20 @@ void DatasetStats::add(const Trace& t) {
       state_["row_stat_sum"][s].add_(torch::where(ok, x, 0.0).sum({1, 3}));
       state_["row_stat_count"][s].add_(ok.sum({1, 3}, false, torch::kDouble));
     }
+  // Learned attention sinks (GPT-OSS): their share of each real row, per head, with the row
+  // statistics (the atlas's learned_sink). Kept only for models that have them.
+  if (parts_.row_stats && t.captures.count("sink_share")) {
+    auto x = t.get("sink_share").to(dev).to(torch::kDouble);  // [L, B, H, T], NaN at padding
+    auto ok = x.isnan().logical_not();
+    auto& sum = state_["learned_sink_sum"];
+    auto& count = state_["learned_sink_count"];
+    if (!sum.defined()) {
+      sum = torch::zeros({L, n_heads_}, torch::dtype(torch::kDouble).device(dev));
+      count = torch::zeros_like(sum);
+    }
+    sum.add_(torch::where(ok, x, 0.0).sum({1, 3}));
+    count.add_(ok.sum({1, 3}, false, torch::kDouble));
+  }
   // [B, T, T]: both positions real (padded rows/columns of a map are left out of the sums)
   auto pair = valid.unsqueeze(2).logical_and(valid.unsqueeze(1));
   if (parts_.layer_maps) {
@@ -272,6 +288,17 @@ torch::Tensor DatasetStats::row_stats() const {
   auto n = need("row_stat_count", "row_stats");
   auto mean = need("row_stat_sum", "row_stats") / n.clamp_min(1);
   return torch::where(n > 0, mean, std::numeric_limits<double>::quiet_NaN()).to(torch::kFloat);
+}
+
+std::optional<torch::Tensor> DatasetStats::learned_sink() const {
+  auto it = state_.find("learned_sink_sum");
+  if (it == state_.end()) return std::nullopt;
+  auto c = state_.find("learned_sink_count");
+  TORCH_CHECK_VALUE(c != state_.end() && it->second.sizes() == c->second.sizes() && it->second.dim() == 2 &&
+                        it->second.size(0) == n_layers_ && it->second.size(1) == n_heads_,
+                    "dataset: learned_sink_sum/learned_sink_count must both be [", n_layers_, ", ", n_heads_, "]");
+  const auto& n = c->second;
+  return torch::where(n > 0, it->second / n.clamp_min(1), std::numeric_limits<double>::quiet_NaN()).to(torch::kFloat);
 }
 
 torch::Tensor DatasetStats::row_stat_counts() const { return need("row_stat_count", "row_stats").clone(); }

@@ -8,6 +8,7 @@
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -91,6 +92,9 @@ class DatasetStats {
   /// the statistic is defined, NaN where no row defines it; row_stat_counts: those rows.
   torch::Tensor row_stats() const;
   torch::Tensor row_stat_counts() const;
+  /// Learned attention sinks' mean share of a real row per head [L, H] (models with sinks, part
+  /// row_stats; nullopt for other models).
+  std::optional<torch::Tensor> learned_sink() const;
   /// Mean predictive entropy (nats) per position [T] (the distribution predicting token i+1).
   torch::Tensor predictive_entropy() const;
   /// Number of sequences that have position t [T].

@@ -100,6 +100,7 @@ PYBIND11_MODULE(_core, m) {
       .def("attn_entropy", &DatasetStats::attn_entropy, "mean attention entropy [L, H, T]")
       .def("row_stats", &DatasetStats::row_stats, "mean row statistics per head [6, L, H]")
       .def("row_stat_counts", &DatasetStats::row_stat_counts, "rows behind each mean [6, L, H]")
+      .def("learned_sink", &DatasetStats::learned_sink, "learned sinks' mean share per head [L, H], or None")
       .def("head_entropy", &DatasetStats::head_entropy, "mean attention entropy per head [L, H]")
       .def("predictive_entropy", &DatasetStats::predictive_entropy, "mean predictive entropy [T]")
       .def("position_count", &DatasetStats::position_count, "sequences having each position [T]")

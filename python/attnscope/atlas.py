@@ -102,6 +102,10 @@ def _dataset_atlas(ds):
     if stats.parts.received:
         scores["sink"] = stats.alpha()[..., 0].double().cpu()
         cnt["sink"] = torch.full_like(scores["sink"], float(stats.n_sequences))
+    learned = stats.learned_sink()                               # [L, H] or None (no learned sinks)
+    if learned is not None:
+        scores["learned_sink"] = learned.double().cpu()
+        cnt["learned_sink"] = torch.full_like(scores["learned_sink"], float(stats.n_sequences))
     if stats.parts.attn_entropy:
         scores["entropy"] = stats.head_entropy().double().cpu()
         cnt["entropy"] = torch.full_like(scores["entropy"], float(stats.n_sequences))

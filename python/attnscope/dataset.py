@@ -112,6 +112,8 @@ def _sequences(model, data, length, num, skip_short, bos):
         if num is not None and len(out) == num:
             break
     if num is not None and len(out) < num:
+        if length is None:
+            raise ValueError(f"only {len(data)} sequences given, num={num} asked: give more data or pass num=None")
         raise ValueError(f"only {len(out)} of {len(data)} sequences have at least {length} tokens "
                          f"({short} shorter); num={num} asked: give more data, lower length, or pass num=None")
     return out

@@ -159,6 +159,8 @@ def test_bad_inputs(toy, tmp_path):
     with pytest.raises(ValueError, match=r"only 1 of 2 sequences have at least 4 tokens \(1 shorter\); num=5"):
         attnscope.aggregate_dataset(toy, [[1, 2, 3, 4], [5, 6]], length=4, num=5, skip_short=True,
                                     progress=False)
+    with pytest.raises(ValueError, match=r"only 2 sequences given, num=5 asked: give more data or pass num=None"):
+        attnscope.aggregate_dataset(toy, [[1, 2, 3, 4], [5, 6]], length=None, num=5, progress=False)
     with pytest.raises(ValueError, match="for a file use attnscope.read_texts"):
         attnscope.aggregate_dataset(toy, "some text", progress=False)
     with pytest.raises(ValueError, match=r"capture: unknown part 'maps'"):

@@ -111,3 +111,24 @@ def test_models_without_sinks_show_none(tmp_path):
     assert fig.axes[0].get_title() == "Layer 0 Head 1" and not fig.axes[0].child_axes
     plt.close(fig)
     assert "learned sinks" not in repr(attnscope.token_profile(t, 5))
+
+
+def test_dataset_atlas_keeps_the_sinks(oss, tmp_path):
+    """aggregate_dataset accumulates the learned sinks' share with the row statistics: the dataset
+    atlas's learned_sink equals the mean over the real rows of all its sequences (eager reference),
+    through save and load."""
+    m, _, ids, mask, att = oss
+    ds = attnscope.aggregate_dataset(m, [ids[0].tolist(), ids[1, 3:].tolist()], length=None, num=None, capture="all",
+                                     batch_size=2, progress=False)
+    want = []
+    for row, keep in ((0, slice(0, 12)), (1, slice(3, 12))):
+        sub = ids[row:row + 1, keep]
+        with torch.no_grad():
+            a = oss[1](input_ids=sub, output_attentions=True, use_cache=False).attentions
+        want.append(torch.stack([1 - x[0].double().sum(-1) for x in a]))          # [L, H, t]
+    ref = torch.cat(want, -1).mean(-1)                                             # [L, H]
+    got = attnscope.head_atlas(ds)["learned_sink"]
+    assert (got - ref).abs().max() <= TOL
+    ds.save(str(tmp_path / "d.safetensors"))
+    again = attnscope.head_atlas(attnscope.DatasetTrace.load(str(tmp_path / "d.safetensors")))
+    assert torch.equal(again["learned_sink"], got)
