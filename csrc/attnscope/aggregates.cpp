@@ -1,48 +1,9 @@
 #include <attnscope/aggregates.h>
 
 #include <algorithm>
-#include <cstdint>
 #include <limits>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 namespace attnscope {
-
-namespace {
-// A map is written once, row by row, and is megabytes large ([B, Tq, Tk] floats: 16 MB per
-// layer at 2k tokens). In 4 KiB pages the first touch of each page faults and the kernel
-// clears it, which cost a head-mean capture of all 30 layers 10-20 % of a 2k-token forward.
-// Large CPU maps are therefore asked for in transparent huge pages (512x fewer faults) where
-// the kernel offers them; elsewhere this is a plain allocation.
-struct Mapping {
-  void* base;
-  size_t bytes;
-};
-
-torch::Tensor map_storage(int64_t batch, int64_t tq, int64_t tk, const torch::TensorOptions& f32) {
-  const size_t bytes = static_cast<size_t>(batch * tq * tk) * sizeof(float);
-  constexpr size_t kHuge = size_t(2) << 20;
-#if defined(__linux__)
-  // Its own mapping (not malloc's: glibc serves 16 MB from its heap once its mmap threshold has
-  // grown, where the advice would not hold), aligned to a huge page, unmapped when freed.
-  if (f32.device().is_cpu() && bytes >= 2 * kHuge) {
-    const size_t len = (bytes + kHuge - 1) / kHuge * kHuge + kHuge;
-    void* base = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base != MAP_FAILED) {
-      const uintptr_t start = (reinterpret_cast<uintptr_t>(base) + kHuge - 1) / kHuge * kHuge;
-      madvise(reinterpret_cast<void*>(start), len - kHuge, MADV_HUGEPAGE);  // advice only
-      auto* m = new Mapping{base, len};
-      return torch::from_blob(reinterpret_cast<void*>(start), {batch, tq, tk},
-                              [m](void*) { munmap(m->base, m->bytes); delete m; }, f32);
-    }
-  }
-#endif
-  (void)kHuge;
-  return torch::empty({batch, tq, tk}, f32);
-}
-}  // namespace
 
 torch::Tensor Workspace::get(int slot, torch::IntArrayRef sizes, const torch::Device& device) {
   if (static_cast<int>(buf_.size()) <= slot) buf_.resize(slot + 1);
@@ -106,10 +67,7 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
       from_ = torch::zeros({batch, heads, static_cast<int64_t>(from_rows_.size()), tk}, f32);
   }
   // Zero-filled for add_block: blocks may skip key columns known to be zero (causal trimming).
-  auto map = [&] {
-    auto m = map_storage(batch, tq, tk, f32);
-    return whole_rows ? m : m.zero_();
-  };
+  auto map = [&] { return whole_rows ? torch::empty({batch, tq, tk}, f32) : torch::zeros({batch, tq, tk}, f32); };
   if (layer_map_) layer_map_t_ = map();
   for (int64_t h : map_heads_) head_maps_[h] = map();
 }
