@@ -6,21 +6,18 @@ at run time). References: the module's own probabilities, fp32."""
 import pytest
 import torch
 
+from test_reloaded_graphs import D, H, V, PositiveDim
+
 import attnscope
 
-V, D, H = 32, 16, 2
 
+class Toy(PositiveDim):
+    """The reloaded-graphs toy (embedding, one attention, LM head) with the attention written in
+    `style`, and a learned sink logit per head."""
 
-class Toy(torch.nn.Module):
     def __init__(self, style):
-        super().__init__()
-        torch.manual_seed(0)
-        self.style = style
-        self.emb = torch.nn.Embedding(V, D)
-        self.qkv = torch.nn.Linear(D, 3 * D)
-        self.out = torch.nn.Linear(D, V)
+        super().__init__(style)
         self.sinks = torch.nn.Parameter(torch.randn(H))
-        self.probs = None
 
     def forward(self, ids, mask):
         B, T = ids.shape
