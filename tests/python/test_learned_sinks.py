@@ -70,6 +70,10 @@ def test_atlas_and_profile_state_the_sinks(oss):
     want = _share([a[:1] for a in att], mask[:1]).nanmean((1, 3))     # [L, H] over real rows
     assert (atlas["learned_sink"] - want).abs().max() <= TOL
     assert "learned_sink" in atlas.to_pandas().columns
+    fig = attnscope.visualize_head_atlas(atlas)
+    ax = [a for a in fig.axes if a.get_title().startswith("learned_sink")][0]
+    assert ax.get_images()[0].get_clim() == (0.0, 1.0)
+    plt.close(fig)
     p = attnscope.token_profile(t, 7)
     assert (p.heads["learned_sink"] - torch.stack([1 - a[0, :, 7].sum(-1) for a in att])).abs().max() <= TOL
     assert "learned sinks" in repr(p)

@@ -15,6 +15,7 @@ _STYLE = {
     "induction": ("Reds", (0.0, 1.0), "mass after earlier copies"),
     "sink": ("Blues", (0.0, 1.0), "weight on the first token"),
     "entropy": ("viridis", None, "attention entropy (nats)"),
+    "learned_sink": ("Greys", (0.0, 1.0), "share taken by learned sinks"),  # as the maps' sink strip
 }
 
 
