@@ -39,6 +39,8 @@ FAMILIES = {
  "gpt_neox": lambda: T.GPTNeoXForCausalLM(T.GPTNeoXConfig(**small())),
  "gptj": lambda: T.GPTJForCausalLM(T.GPTJConfig(vocab_size=V, n_embd=32, n_layer=2, n_head=4, n_positions=64, rotary_dim=4, bos_token_id=1, eos_token_id=2)),
  "falcon": lambda: T.FalconForCausalLM(T.FalconConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, bos_token_id=1, eos_token_id=2)),
+ # local layers: a window of window_size keys on every other layer (attention_layers)
+ "gpt_neo": lambda: T.GPTNeoForCausalLM(T.GPTNeoConfig(vocab_size=V, hidden_size=32, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]], window_size=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)),
  "bloom": lambda: T.BloomForCausalLM(T.BloomConfig(vocab_size=V, hidden_size=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=2)),
  "stablelm": lambda: T.StableLmForCausalLM(T.StableLmConfig(**small(num_key_value_heads=2))),
  "starcoder2": lambda: T.Starcoder2ForCausalLM(T.Starcoder2Config(**small(num_key_value_heads=2, sliding_window=4))),

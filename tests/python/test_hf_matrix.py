@@ -1,4 +1,4 @@
-"""Every captured quantity of 37 transformers 5.17 families (tiny random configs), exported with
+"""Every captured quantity of 42 transformers 5.17 families (tiny random configs), exported with
 export_hf, against references computed here from eager attentions and the mask each model
 really uses (causal or bidirectional, sliding windows per layer type, padding), at a length
 other than the traced one, unpadded, left- and right-padded. fp32, 1e-5.
@@ -45,6 +45,8 @@ def windows(model, n_layers):
     w = getattr(cfg, "sliding_window", None)
     c = getattr(cfg, "attention_chunk_size", None)
     types = getattr(cfg, "layer_types", None)
+    if getattr(cfg, "attention_layers", None):  # GPT-Neo: "local" layers keep window_size keys
+        return [(cfg.window_size if t == "local" else None, None) for t in cfg.attention_layers[:n_layers]]
     if types:
         return [(w if t == "sliding_attention" else None, c if t == "chunked_attention" else None)
                 for t in types[:n_layers]]
@@ -254,7 +256,7 @@ def test_sdpa_falls_back_to_eager_for_models_without_it(tmp_path):
     assert r["route"] == "graph" and r["attention"].startswith("eager") and r["max_abs_diff"] <= TOL
 
 
-WINDOWED = ("qwen2_sw", "mistral", "mixtral", "gemma2", "gemma3", "starcoder2", "gpt_oss", "llama4")
+WINDOWED = ("qwen2_sw", "mistral", "mixtral", "gemma2", "gemma3", "starcoder2", "gpt_oss", "gpt_neo", "llama4")
 
 
 @pytest.mark.parametrize("family", WINDOWED)
@@ -265,7 +267,7 @@ def test_window_longer_than_the_traced_length(tmp_path, family):
     would fail here."""
     torch.manual_seed(0)
     cfg = FAMILIES[family]().config
-    key = "attention_chunk_size" if family == "llama4" else "sliding_window"
+    key = {"llama4": "attention_chunk_size", "gpt_neo": "window_size"}.get(family, "sliding_window")
     setattr(cfg, key, 8)
     model = type(FAMILIES[family]())(cfg).eval()
     assert T > getattr(cfg, key) > 6
