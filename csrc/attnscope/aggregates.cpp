@@ -3,7 +3,30 @@
 #include <algorithm>
 #include <limits>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 namespace attnscope {
+
+namespace {
+// A map of fresh anonymous pages, [B, Tq, Tk] fp32: zeros that cost nothing until written. A
+// causal map's rows are written only up to their last key, so the pages above the diagonal
+// (a quarter of a 2k-token map, nearly half at 8k) are never faulted in or cleared. Returns an
+// undefined tensor where that is not available (then the caller zero-fills).
+torch::Tensor zero_pages(int64_t batch, int64_t tq, int64_t tk, const torch::TensorOptions& f32) {
+#if defined(__linux__)
+  const size_t bytes = static_cast<size_t>(batch * tq * tk) * sizeof(float);
+  if (!f32.device().is_cpu() || bytes < (size_t(1) << 20)) return {};
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return {};
+  return torch::from_blob(p, {batch, tq, tk}, [bytes](void* q) { munmap(q, bytes); }, f32);
+#else
+  (void)batch, (void)tq, (void)tk, (void)f32;
+  return {};
+#endif
+}
+}  // namespace
 
 torch::Tensor Workspace::get(int slot, torch::IntArrayRef sizes, const torch::Device& device) {
   if (static_cast<int>(buf_.size()) <= slot) buf_.resize(slot + 1);
@@ -66,8 +89,14 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
     if (!from_rows_.empty())
       from_ = torch::zeros({batch, heads, static_cast<int64_t>(from_rows_.size()), tk}, f32);
   }
-  // Zero-filled for add_block: blocks may skip key columns known to be zero (causal trimming).
-  auto map = [&] { return whole_rows ? torch::empty({batch, tq, tk}, f32) : torch::zeros({batch, tq, tk}, f32); };
+  // Zero-filled: blocks and the fused route skip key columns known to be zero (causal trimming).
+  auto map = [&] {
+    auto m = zero_pages(batch, tq, tk, f32);
+    if (m.defined()) return m;
+    maps_zeroed_ = !whole_rows;
+    return whole_rows ? torch::empty({batch, tq, tk}, f32) : torch::zeros({batch, tq, tk}, f32);
+  };
+  maps_zeroed_ = true;
   if (layer_map_) layer_map_t_ = map();
   for (int64_t h : map_heads_) head_maps_[h] = map();
 }

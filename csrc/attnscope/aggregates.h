@@ -101,6 +101,9 @@ class LayerAccumulator {
   const CaptureSpec& spec_;
   int64_t layer_, batch_, heads_, tq_, tk_;
   bool aggregates_ = false, layer_map_ = false, idle_ = true;
+  /// The maps start as zeros (fresh pages, or zero-filled): the fused route then leaves a row's
+  /// columns after its last key unwritten.
+  bool maps_zeroed_ = true;
   std::vector<int64_t> block_heads_;
   std::vector<int64_t> map_heads_;      // heads whose full map is kept
   std::vector<int64_t> from_rows_;      // resolved query rows for "from"

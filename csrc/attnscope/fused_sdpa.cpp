@@ -116,7 +116,7 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, double
   // allocated without zero-filling for this route (a 64 MB map at 4k tokens is written once).
   auto whole_row = [&](float* row, float w, bool add) {
     scale_row(e, w, keys, row, add);
-    if (!add && keys < tk_) std::memset(row + keys, 0, sizeof(float) * (tk_ - keys));
+    if (!add && keys < tk_ && !maps_zeroed_) std::memset(row + keys, 0, sizeof(float) * (tk_ - keys));
   };
   for (const auto& c : t.copies)
     if (c.first == hb) whole_row(c.second + (b * tq_ + r) * tk_, inv, false);
