@@ -101,6 +101,10 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
   for (int64_t h : map_heads_) head_maps_[h] = map();
 }
 
+void LayerAccumulator::add_sink_share(const torch::Tensor& probs) {
+  if (aggregates_) sink_share_ = (1.0f - probs.sum(-1, /*keepdim=*/false, torch::kFloat)).clamp_(0.0f, 1.0f);
+}
+
 int64_t LayerAccumulator::block_index(int64_t head) const {
   if (block_heads_.empty()) return head;
   auto it = std::find(block_heads_.begin(), block_heads_.end(), head);

@@ -89,9 +89,10 @@ class LayerAccumulator {
   /// add_sdpa leaves "received_count" (the divisor of the received mean) to this:
   /// `counts (Tensor[B|1, H|1, Tk])` valid queries that can see each key, added once per layer.
   void add_counts(const torch::Tensor& counts);
-  /// Sites with learned attention sinks: `share (Tensor[B, H, Tq])` fp32, the part of each row's
-  /// softmax that went to the sinks (1 − Σ over the real keys); becomes "sink_share".
-  void set_sink_share(const torch::Tensor& share) { if (aggregates_) sink_share_ = share; }
+  /// Sites with learned attention sinks, `probs (Tensor[B, H, Tq, Tk])` over the real keys: the
+  /// part of each row's softmax that went to the sinks, 1 − Σ over the keys (fp32, clamped to
+  /// [0, 1] against rounding), becomes "sink_share". Only when the layer's aggregates are asked.
+  void add_sink_share(const torch::Tensor& probs);
 
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).

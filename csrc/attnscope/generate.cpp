@@ -36,21 +36,25 @@ torch::Tensor pick(const torch::Tensor& logits, const GenerateOptions& o, at::Ge
 
 }  // namespace
 
+std::pair<torch::Tensor, torch::Tensor> Model::empty_cache(int64_t batch, const char* who) const {
+  const auto cs = info_.cache_shape();
+  TORCH_CHECK(info_.n_layers > 0 && cs[0] > 0 && cs[1] > 0 && cs[2] > 0, who, ": the archive's "
+              "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
+  auto dtype = module_.parameters().begin() != module_.parameters().end()
+                   ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
+  auto opt = torch::dtype(dtype).device(device_);
+  return {torch::zeros({info_.n_layers, batch, cs[0], 0, cs[1]}, opt),
+          torch::zeros({info_.n_layers, batch, cs[0], 0, cs[2]}, opt)};
+}
+
 std::pair<torch::Tensor, torch::Tensor> Model::prefill(const torch::Tensor& ids_in) {
   TORCH_CHECK_VALUE(has_decode(), "prefill: this archive has no decode method (no KV cache)");
   TORCH_CHECK_VALUE(ids_in.defined() && ids_in.dim() == 2 && ids_in.numel() > 0 && !ids_in.is_floating_point(),
                     "prefill: ids must be a non-empty [B, T] integer tensor");
-  const auto cs = info_.cache_shape();
-  TORCH_CHECK(info_.n_layers > 0 && cs[0] > 0 && cs[1] > 0 && cs[2] > 0, "prefill: the archive's "
-              "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
   torch::NoGradGuard no_grad;
   auto ids = ids_in.to(torch::kLong).to(device_);
-  auto dtype = module_.parameters().begin() != module_.parameters().end()
-                   ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
-  auto opt = torch::dtype(dtype).device(device_);
-  auto empty_k = torch::zeros({info_.n_layers, ids.size(0), cs[0], 0, cs[1]}, opt);
-  auto empty_v = torch::zeros({info_.n_layers, ids.size(0), cs[0], 0, cs[2]}, opt);
-  auto out = module_.get_method("decode")({ids, torch::ones_like(ids), empty_k, empty_v}).toTuple();
+  auto empty = empty_cache(ids.size(0), "prefill");
+  auto out = module_.get_method("decode")({ids, torch::ones_like(ids), empty.first, empty.second}).toTuple();
   return {out->elements()[1].toTensor(), out->elements()[2].toTensor()};
 }
 
@@ -124,19 +128,13 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
     from = pk.size(3);
   }
   if (cached) {
-    const auto cs = info_.cache_shape();
-    TORCH_CHECK(info_.n_layers > 0 && cs[0] > 0 && cs[1] > 0 && cs[2] > 0, "generate: the archive's "
-                "decode method needs num_layers, num_kv_heads and head_dim in attnscope.json");
-    auto dtype = module_.parameters().begin() != module_.parameters().end()
-                     ? (*module_.parameters().begin()).scalar_type() : torch::kFloat;
+    auto empty = empty_cache(batch, "generate");  // also the dtype and device of a given prefix
     if (from > 0) {
-      auto opt = torch::dtype(dtype).device(device_);
-      k_cache = o.past_k.to(opt).expand({-1, batch, -1, -1, -1}).contiguous();
-      v_cache = o.past_v.to(opt).expand({-1, batch, -1, -1, -1}).contiguous();
+      k_cache = o.past_k.to(empty.first.options()).expand({-1, batch, -1, -1, -1}).contiguous();
+      v_cache = o.past_v.to(empty.second.options()).expand({-1, batch, -1, -1, -1}).contiguous();
     } else {
-      auto opt = torch::dtype(dtype).device(device_);
-      k_cache = torch::zeros({info_.n_layers, batch, cs[0], 0, cs[1]}, opt);
-      v_cache = torch::zeros({info_.n_layers, batch, cs[0], 0, cs[2]}, opt);
+      k_cache = empty.first;
+      v_cache = empty.second;
     }
   }
   auto finished = torch::zeros({batch}, torch::dtype(torch::kBool).device(device_));

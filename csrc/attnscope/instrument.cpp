@@ -162,16 +162,10 @@ Node* sink_slice(Node* softmax, int64_t* dim_out) {
   if (softmax->output()->uses().size() != 1) return nullptr;
   Node* s = softmax->output()->uses()[0].user;
   if (s->kind() != slice || s->inputs().size() != 5 || s->input(0) != softmax->output()) return nullptr;
-  auto dim = torch::jit::toIValue(s->input(1)), start = torch::jit::toIValue(s->input(2)),
-       end = torch::jit::toIValue(s->input(3)), step = torch::jit::toIValue(s->input(4));
-  if (!dim || !dim->isInt()) return nullptr;
-  const int64_t d = dim->toInt();
-  *dim_out = d;
-  if (d != -1) {
-    auto tt = softmax->output()->type()->cast<c10::TensorType>();
-    auto rank = tt ? tt->dim() : std::nullopt;
-    if (rank ? d != static_cast<int64_t>(*rank) - 1 : d < 2) return nullptr;
-  }
+  // slice(self, dim, ...) has softmax's (self, dim) layout: the same last-dim test applies.
+  if (softmax_on_last_dim(s, dim_out) == DimMatch::kNo) return nullptr;
+  auto start = torch::jit::toIValue(s->input(2)), end = torch::jit::toIValue(s->input(3)),
+       step = torch::jit::toIValue(s->input(4));
   if (!start || !(start->isNone() || (start->isInt() && start->toInt() == 0))) return nullptr;
   if (!end || !end->isInt() || end->toInt() >= 0) return nullptr;
   if (!step || !step->isInt() || step->toInt() != 1) return nullptr;
@@ -210,12 +204,11 @@ int64_t count_capture_ops(const torch::jit::Module& module) {
   auto g = forward_graph(module)->copy();
   torch::jit::Inline(*g);
   int64_t n = 0;
-  const Symbol a = sym(kCaptureOp), b = sym(kCaptureSdpaOp), c = sym(kCaptureDimOp), d = sym(kSdpaOp),
-               e = sym(kCaptureSinkOp);
+  static const std::set<Symbol> ops = {sym(kCaptureOp), sym(kCaptureSdpaOp), sym(kCaptureDimOp),
+                                       sym(kSdpaOp), sym(kCaptureSinkOp)};
   std::function<void(torch::jit::Block*)> walk = [&](torch::jit::Block* blk) {
     for (Node* node : blk->nodes()) {
-      if (node->kind() == a || node->kind() == b || node->kind() == c || node->kind() == d ||
-          node->kind() == e) ++n;
+      if (ops.count(node->kind())) ++n;
       for (auto* sub : node->blocks()) walk(sub);
     }
   };

@@ -73,6 +73,9 @@ class Model {
   const torch::jit::Module& module() const { return module_; }
 
  private:
+  /// An empty KV cache {k, v} for `batch` rows in the archive's dtype on its device: each
+  /// [L, B, cache heads, 0, k / v dim] (ModelInfo::cache_shape); checks the facts are known.
+  std::pair<torch::Tensor, torch::Tensor> empty_cache(int64_t batch, const char* who) const;
   Model(torch::jit::Module m, torch::Device d) : module_(std::move(m)), device_(d) {}
   void prepare();
   /// Fills what attnscope.json did not state (heads, KV heads, layers, causal) from a forward

@@ -22,12 +22,12 @@ struct ModelInfo {
   /// cache what transformers caches (DeepSeek-V3 keeps compressed latents, Falcon one head).
   int64_t cache_heads = -1, cache_k_dim = -1, cache_v_dim = -1;
 
-  /// (heads, k dim, v dim) of the KV cache: the cache_* facts, else num_kv_heads / head_dim /
+  /// (heads, k dim, v dim) of the KV cache: each cache_* fact, else num_kv_heads / head_dim /
   /// v_head_dim (or head_dim); -1 where unknown.
   std::array<int64_t, 3> cache_shape() const {
-    const int64_t k = cache_k_dim > 0 ? cache_k_dim : head_dim;
-    return {cache_heads > 0 ? cache_heads : n_kv_heads, k,
-            cache_v_dim > 0 ? cache_v_dim : cache_k_dim > 0 ? k : v_head_dim > 0 ? v_head_dim : head_dim};
+    const int64_t v = v_head_dim > 0 ? v_head_dim : head_dim;
+    return {cache_heads > 0 ? cache_heads : n_kv_heads, cache_k_dim > 0 ? cache_k_dim : head_dim,
+            cache_v_dim > 0 ? cache_v_dim : v};
   }
   int64_t bos_id = -1, eos_id = -1;
   std::string family, tokenizer_kind;

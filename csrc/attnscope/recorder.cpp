@@ -124,9 +124,7 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool si
     }
     acc->add_block(block, r0, ctx_, ws_);
   }
-  // Learned sinks: what the real keys did not get, per row (fp32 sum over all keys).
-  // Clamped: rounding may leave a row summing to 1 + 1e-7.
-  if (sink) acc->set_sink_share((1.0f - probs.sum(-1, /*keepdim=*/false, torch::kFloat)).clamp_(0.0f, 1.0f));
+  if (sink) acc->add_sink_share(probs);
 }
 
 torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,

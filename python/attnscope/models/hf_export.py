@@ -223,9 +223,10 @@ def _nodes(block):
             yield from _nodes(b)
 
 
-def _python_calls(traced):
-    """Python functions a traced graph calls (TorchScript cannot save them)."""
-    return sorted({n.pyname() for n in _nodes(traced.inlined_graph) if n.kind() == "prim::PythonOp"})
+def _python_calls(traced, method="forward"):
+    """Python functions a traced module's `method` calls (TorchScript cannot save them)."""
+    graph = traced.inlined_graph if method == "forward" else getattr(traced, method).inlined_graph
+    return sorted({n.pyname() for n in _nodes(graph) if n.kind() == "prim::PythonOp"})
 
 
 def _trace_module(module, ids, mask):
@@ -256,8 +257,7 @@ def _trace_forward(model, facts, ids, mask):
         try:
             with _inline_autograd_functions():
                 traced = trace_hf_decode(WithDecode(model, facts["num_layers"]), ids, mask, shape, facts["num_layers"])
-            calls = _python_calls(traced) or sorted({n.pyname() for n in _nodes(traced.decode.inlined_graph)
-                                                    if n.kind() == "prim::PythonOp"})
+            calls = _python_calls(traced) or _python_calls(traced, "decode")
             if calls:
                 raise ValueError(f"it calls Python function(s) {', '.join(calls)}")
             check_decode(traced, ids, mask, shape, facts["num_layers"])
