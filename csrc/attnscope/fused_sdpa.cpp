@@ -80,8 +80,7 @@ void LayerAccumulator::take_row(const Rows& t, const float* e, float inv, double
                                 int64_t b, int64_t hb, int64_t r) const {
   const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
   const int64_t bh = b * heads_ + h;  // row of the [B, H, *] accumulators
-  if (t.recv_sum && t.valid[b * t.t_all + t.q_off + r])  // padded queries are left out
-    add_received(e, inv, keys, t.recv_sum + bh * tk_, t.recv_max + bh * tk_);
+  // Received sums: add_sdpa, a group of rows at a time.
   if (t.sink) {
     float s = 0.0f;
     if (!t.sink_idx) {
@@ -218,6 +217,16 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   at::parallel_for(0, batch_ * n_task_heads * n_part, 1, [&](int64_t begin, int64_t end) {
     float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
     float inv[256];  // 1 / row sum of each row of the block (block <= 256)
+    // Received sums of a group of up to kGroup rows of the block, added together (see
+    // add_received_rows): the rows' exponentials are still in L2.
+    constexpr int64_t kGroup = 8;
+    const float* g_rows[kGroup];
+    float g_inv[kGroup];
+    int64_t g_keys[kGroup], g_n = 0, g_bh = -1;
+    auto flush = [&](const Rows& tp) {
+      if (g_n > 0) add_received_rows(g_rows, g_inv, g_keys, g_n, tp.recv_sum + g_bh * tk_, tp.recv_max + g_bh * tk_);
+      g_n = 0;
+    };
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / n_part / n_task_heads, part = task % n_part;
       const int64_t hb_begin = heads_inside ? 0 : task / n_part % n_task_heads;
@@ -249,7 +258,13 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
             take_row(tp, z, sm.inv_sum, sm.distance, n, b, hb, r);
             inv[i] = sm.inv_sum;
             if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
+            if (tp.recv_sum && t.valid[b * t.t_all + t.q_off + r]) {  // padded queries are left out
+              g_bh = b * heads_ + h;
+              g_rows[g_n] = z, g_inv[g_n] = sm.inv_sum, g_keys[g_n] = n;
+              if (++g_n == kGroup) flush(tp);
+            }
           }
+          flush(tp);  // the next head sums into other rows
           if (out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
             auto o = out.select(0, b).select(0, hb).narrow(0, r0, rows);
             at::mm_out(o, out_blk, v.select(0, b).select(0, hb / group).narrow(0, 0, keys));

@@ -145,6 +145,21 @@ __attribute__((always_inline)) inline void exp_sums(const float* z, float* e_out
   }
 }
 
+/// Pass 2 of softmax_row: e = exp(z·mul - max), kept in z. Entropy = -Σ p log p = log S - Σ(e·d) / S.
+__attribute__((always_inline)) inline RowSoftmax exp_pass(float* z, int64_t keys, float mul, float mx,
+                                                          bool entropy, int64_t distance_from) {
+  double sum = 0.0, sum_ed = 0.0, dist = 0.0;
+  const float qi = static_cast<float>(distance_from);
+  if (distance_from >= 0) {
+    if (entropy) exp_sums<true, true>(z, z, keys, mul, mx, sum, sum_ed, qi, &dist);
+    else exp_sums<false, true>(z, z, keys, mul, mx, sum, sum_ed, qi, &dist);
+  } else {
+    if (entropy) exp_sums<true, false>(z, z, keys, mul, mx, sum, sum_ed);
+    else exp_sums<false, false>(z, z, keys, mul, mx, sum, sum_ed);
+  }
+  return {entropy ? static_cast<float>(std::log(sum) - sum_ed / sum) : 0.0f, static_cast<float>(1.0 / sum), dist};
+}
+
 ATTNSCOPE_CLONES
 RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy,
                        int64_t distance_from) {
@@ -155,6 +170,25 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask,
   const float row_add = bcast && mask.add ? mask.add[0] : 0.0f;
   fv vmax = splat(-kInf);
   iv vnan = iv{};
+  if (!mask.vis && !mask.add && scale > 0.0f) {
+    // No mask (a causal row, or every key visible): pass 1 only reads the raw products for
+    // their max, and pass 2 scales as it reads (scale > 0 keeps the arg max). Storing the
+    // scaled row here was a third of pass 1's time at 8k keys.
+    for_lanes(keys, [&](int64_t j, auto n) ATTNSCOPE_INLINE {
+      const fv v = load(z + j, n, -kInf);
+      vnan |= v != v;
+      vmax = v > vmax ? v : vmax;
+    });
+    bool nan = false;
+    for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
+    const float mx = hmax(vmax) * scale;
+    if (nan || !(mx > -kInf)) {  // NaN scores, or no key (none, or every product -inf)
+      const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+      for (int64_t j = 0; j < keys; ++j) z[j] = fill;
+      return {fill, 1.0f, nan ? static_cast<double>(fill) : 0.0};
+    }
+    return exp_pass(z, keys, scale, mx, entropy, distance_from);
+  }
   for_lanes(keys, [&](int64_t j, auto n) ATTNSCOPE_INLINE {
     fv v = load(z + j, n, 0.0f) * scale;
     iv ok = n >= W ? iv{} - 1 : (kLane < splat(float(n)));
@@ -182,17 +216,7 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask,
     for (int64_t j = 0; j < keys; ++j) z[j] = fill;
     return {fill, 1.0f, nan ? static_cast<double>(fill) : 0.0};
   }
-  // Pass 2: e = exp(z - max), kept in z. Entropy = -sum p log p = log S - sum(e·d) / S.
-  double sum = 0.0, sum_ed = 0.0, dist = 0.0;
-  const float qi = static_cast<float>(distance_from);
-  if (distance_from >= 0) {
-    if (entropy) exp_sums<true, true>(z, z, keys, 1.0f, mx, sum, sum_ed, qi, &dist);
-    else exp_sums<false, true>(z, z, keys, 1.0f, mx, sum, sum_ed, qi, &dist);
-  } else {
-    if (entropy) exp_sums<true, false>(z, z, keys, 1.0f, mx, sum, sum_ed);
-    else exp_sums<false, false>(z, z, keys, 1.0f, mx, sum, sum_ed);
-  }
-  return {entropy ? static_cast<float>(std::log(sum) - sum_ed / sum) : 0.0f, static_cast<float>(1.0 / sum), dist};
+  return exp_pass(z, keys, 1.0f, mx, entropy, distance_from);
 }
 
 ATTNSCOPE_CLONES
@@ -203,6 +227,26 @@ void add_received(const float* e, float inv, int64_t n, float* sum, float* max) 
     const fv old = load(max + j, m, 0.0f);
     store(max + j, v > old ? v : old, m);
   });
+}
+
+ATTNSCOPE_CLONES
+void add_received_rows(const float* const* e, const float* inv, const int64_t* n, int64_t g, float* sum,
+                       float* max) {
+  int64_t common = g > 0 ? n[0] : 0;
+  for (int64_t r = 1; r < g; ++r) common = n[r] < common ? n[r] : common;
+  for_lanes(common, [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+    fv s = load(sum + j, m, 0.0f), mx = load(max + j, m, 0.0f);
+    for (int64_t r = 0; r < g; ++r) {
+      const fv v = load(e[r] + j, m, 0.0f) * inv[r];
+      s = s + v;
+      mx = v > mx ? v : mx;
+    }
+    store(sum + j, s, m);
+    store(max + j, mx, m);
+  });
+  // Each row's keys after the common part, rows still in order for every key.
+  for (int64_t r = 0; r < g; ++r)
+    if (n[r] > common) add_received(e[r] + common, inv[r], n[r] - common, sum + common, max + common);
 }
 
 ATTNSCOPE_CLONES
