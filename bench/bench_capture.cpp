@@ -3,8 +3,14 @@
 // peak memory each adds above the RSS before the run.
 //
 // usage: bench_capture MODEL.pt [T ...]     (default T = 512 2048)
-//        PROFILE=0..5 runs only that column 8 times (0 plain, 1 every aggregate + row statistics,
-//        2 without row statistics, 3 one head, 4 head-mean maps, 5 nothing), for perf
+//        PROFILE=0..6 runs only that column 8 times (0 plain, 1 every aggregate + row statistics,
+//        2 without row statistics, 3 one head, 4 head-mean maps, 5 nothing, 6 plain in a block
+//        cache scope), for perf
+//
+// Model::run reuses freed large blocks during the forward (block_cache.h); the last column runs
+// the plain forward the same way, so the allocator's share of a ratio can be told from the
+// capture's: the capture's own cost is a ratio divided by that column's.
+#include <attnscope/block_cache.h>
 #include <attnscope/model.h>
 
 #include <sys/resource.h>
@@ -101,8 +107,9 @@ int main(int argc, char** argv) {
   std::printf("model %s: %lld attention layers, %d threads\n", argv[1], (long long)L,
               torch::get_num_threads());
   std::printf("| T | plain forward | every aggregate + row statistics, all layers | every aggregate, no row "
-              "statistics | one head's full map | head-mean map of every layer | run with nothing captured |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+              "statistics | one head's full map | head-mean map of every layer | run with nothing captured | plain "
+              "forward, block cache |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
   for (int64_t T : lengths) {
     auto ids = torch::randint(0, std::max<int64_t>(2, model.info().vocab_size), {1, T}, torch::kLong);
     // Models whose forward takes (input_ids, attention_mask), like attnscope's Llama-family
@@ -115,8 +122,12 @@ int main(int argc, char** argv) {
     auto f_no_rows = [&] { model.run(ids, no_rows); };
     auto f_one = [&] { model.run(ids, one_head); };
     auto f_maps = [&] { model.run(ids, maps); };
+    auto f_plain_cached = [&] {
+      attnscope::BlockCacheScope blocks;
+      f_plain();
+    };
     f_plain(); f_all();  // warm up (graph executor profiling runs)
-    std::vector<std::function<void()>> fns{f_plain, f_all, f_no_rows, f_one, f_maps, f_none};
+    std::vector<std::function<void()>> fns{f_plain, f_all, f_no_rows, f_one, f_maps, f_none, f_plain_cached};
     if (const char* p = std::getenv("PROFILE")) {  // one variant only, for perf
       for (int r = 0; r < 8; ++r) {
         rusage u0, u1;
@@ -127,7 +138,7 @@ int main(int argc, char** argv) {
       }
       continue;
     }
-    f_plain(); f_all(); f_no_rows(); f_one(); f_none(); f_maps();
+    f_plain(); f_all(); f_no_rows(); f_one(); f_none(); f_maps(); f_plain_cached();
     const int reps = T <= 512 ? 40 : T <= 2048 ? 8 : 3;
     // Interleaved repetitions, minimum of each: noise from other tenants only ever adds time.
     // CPU time is reported too: it does not count time the process waited for a core.
@@ -144,19 +155,19 @@ int main(int argc, char** argv) {
                     best[i].wall_ms / best[0].wall_ms, best[i].cpu_ms / best[0].cpu_ms);
       return std::string(buf);
     };
-    std::printf("| %lld | %.1f ms wall, %.1f ms CPU | %s | %s | %s | %s | %s |\n", (long long)T,
+    std::printf("| %lld | %.1f ms wall, %.1f ms CPU | %s | %s | %s | %s | %s | %s |\n", (long long)T,
                 best[0].wall_ms, best[0].cpu_ms, cell(1).c_str(), cell(2).c_str(), cell(3).c_str(),
-                cell(4).c_str(), cell(5).c_str());
+                cell(4).c_str(), cell(5).c_str(), cell(6).c_str());
     auto kept = [&](const attnscope::CaptureSpec& sp) {
       double b = 0;
       for (const auto& kv : model.run(ids, sp).captures) b += kv.second.nbytes();
       return b / (1 << 20);
     };
-    std::printf("| MiB kept in the trace, T=%lld | - | %.2f | %.2f | %.2f | %.2f | %.2f |\n", (long long)T,
+    std::printf("| MiB kept in the trace, T=%lld | - | %.2f | %.2f | %.2f | %.2f | %.2f | - |\n", (long long)T,
                 kept(all), kept(no_rows), kept(one_head), kept(maps), kept(none));
-    std::printf("| peak MiB above baseline, T=%lld | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", (long long)T,
-                peak_mib(f_plain), peak_mib(f_all), peak_mib(f_no_rows), peak_mib(f_one), peak_mib(f_maps),
-                peak_mib(f_none));
+    std::printf("| peak MiB above baseline, T=%lld | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n",
+                (long long)T, peak_mib(f_plain), peak_mib(f_all), peak_mib(f_no_rows), peak_mib(f_one),
+                peak_mib(f_maps), peak_mib(f_none), peak_mib(f_plain_cached));
   }
   return 0;
 }

@@ -2,11 +2,13 @@
 // (captures, predictive entropy and top-k, warnings).
 #include <attnscope/model.h>
 
+#include <attnscope/block_cache.h>
 #include <attnscope/entropy.h>
 #include <attnscope/recorder.h>
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -97,6 +99,9 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   try {
     torch::NoGradGuard no_grad;
     RecorderScope scope(&rec);
+    // Layers reuse each other's freed blocks instead of fresh pages (block_cache.h).
+    std::optional<BlockCacheScope> blocks;
+    if (device_.is_cpu()) blocks.emplace();
     out = module_.forward(inputs);
   } catch (const std::exception& e) {
     // The interpreter wraps errors (ours from the capture ops included) in a TorchScript

@@ -1,0 +1,133 @@
+#include <attnscope/block_cache.h>
+
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
+
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace attnscope {
+
+namespace {
+
+class BlockCache final : public c10::Allocator {
+ public:
+  /// Size classes: multiples of 64 KiB, so that a growing KV cache reuses a block for many steps.
+  static size_t size_class(size_t n) { return (n + kStep - 1) / kStep * kStep; }
+
+  // Data and context are the same pointer (ATen's raw_allocate needs that); the live map gives
+  // a block's size class when it is freed.
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kBlockCacheMinBytes) return prev_->allocate(n);
+    const size_t bytes = size_class(n);
+    void* p = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = free_.find(bytes);
+      if (it != free_.end() && !it->second.empty()) {
+        p = it->second.back();
+        it->second.pop_back();
+        cached_ -= bytes;
+        ++stats_.reused;
+      } else {
+        ++stats_.fresh;
+      }
+    }
+    if (!p) p = c10::alloc_cpu(bytes);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      live_[p] = bytes;
+    }
+    return {p, p, &BlockCache::release, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &BlockCache::release; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  void enter() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (scopes_++ > 0) return;
+    stats_ = BlockCacheStats{};
+    c10::Allocator* current = c10::GetCPUAllocator();
+    if (current == this || !current->raw_deleter()) return;  // small raw blocks go back through it
+    prev_ = current;
+    prev_raw_ = current->raw_deleter();
+    c10::SetCPUAllocator(this, /*priority=*/0);
+    installed_ = c10::GetCPUAllocator() == this;  // refused: a higher-priority allocator is set
+  }
+
+  void leave() {
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (--scopes_ > 0) return;
+      if (installed_) c10::SetCPUAllocator(prev_, /*priority=*/0);
+      installed_ = false;
+      for (auto& kv : free_) drop.insert(drop.end(), kv.second.begin(), kv.second.end());
+      free_.clear();
+      cached_ = 0;
+    }
+    for (void* p : drop) c10::free_cpu(p);
+  }
+
+  BlockCacheStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    BlockCacheStats s = stats_;
+    s.cached_bytes = cached_;
+    return s;
+  }
+
+  static BlockCache& get() {
+    static BlockCache* cache = new BlockCache();  // never destroyed: tensors may outlive main
+    return *cache;
+  }
+
+ private:
+  static constexpr size_t kStep = size_t(64) << 10;
+
+  /// A block is freed: kept for reuse while a scope is alive and the cache has room. A pointer
+  /// that is not a block (a small raw allocation) goes back to the allocator that made it.
+  static void release(void* p) {
+    BlockCache& c = get();
+    c10::DeleterFnPtr other = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(c.mu_);
+      auto it = c.live_.find(p);
+      if (it == c.live_.end()) {
+        other = c.prev_raw_;
+      } else {
+        const size_t bytes = it->second;
+        c.live_.erase(it);
+        if (c.scopes_ > 0 && c.cached_ + bytes <= kBlockCacheMaxBytes) {
+          c.free_[bytes].push_back(p);
+          c.cached_ += bytes;
+          return;
+        }
+      }
+    }
+    if (other) other(p);
+    else c10::free_cpu(p);
+  }
+
+  std::mutex mu_;
+  int scopes_ = 0;
+  bool installed_ = false;
+  c10::Allocator* prev_ = nullptr;
+  c10::DeleterFnPtr prev_raw_ = nullptr;
+  std::unordered_map<void*, size_t> live_;                // block -> size class, while a tensor holds it
+  std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> free blocks
+  size_t cached_ = 0;
+  BlockCacheStats stats_;
+};
+
+}  // namespace
+
+BlockCacheScope::BlockCacheScope() { BlockCache::get().enter(); }
+BlockCacheScope::~BlockCacheScope() { BlockCache::get().leave(); }
+
+BlockCacheStats block_cache_stats() { return BlockCache::get().stats(); }
+
+}  // namespace attnscope
