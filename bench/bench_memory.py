@@ -1,7 +1,8 @@
 """Peak RSS of one forward in a fresh process per variant (ru_maxrss): the plain forward of the
 archive, Model.run with nothing captured, with every aggregate, with one head's map; under
-glibc's default malloc and with its mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072, which
-turns off the threshold's growth after frees). Asserts nothing.
+glibc's default malloc, the same without Model.run's block cache (ATTNSCOPE_BLOCK_CACHE=0), and
+with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_=131072, which turns off the
+threshold's growth after frees). Asserts nothing.
 
 usage: python bench/bench_memory.py [MODEL.pt] [--lengths 2048 4096] [--threads 2]
        (default model: the default archive)
@@ -58,7 +59,9 @@ def main():
     print("| T | malloc | " + " | ".join(VARIANTS) + " |")
     print("|---|---|" + "---|" * len(VARIANTS))
     for t in a.lengths:
-        for label, extra in (("glibc default", {}), ("MALLOC_MMAP_THRESHOLD_=131072", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
+        for label, extra in (("glibc default", {}),
+                             ("glibc default, ATTNSCOPE_BLOCK_CACHE=0", {"ATTNSCOPE_BLOCK_CACHE": "0"}),
+                             ("MALLOC_MMAP_THRESHOLD_=131072", {"MALLOC_MMAP_THRESHOLD_": "131072"})):
             env = dict(os.environ, **extra)
             peaks = []
             for v in VARIANTS:

@@ -2,8 +2,11 @@
 
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
+#include <c10/util/Exception.h>
 
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -13,7 +16,7 @@ namespace {
 
 class BlockCache final : public c10::Allocator {
  public:
-  /// Size classes: multiples of 64 KiB, so that a growing KV cache reuses a block for many steps.
+  /// Size classes: multiples of 64 KiB, so that tensors a few rows apart in size share blocks.
   static size_t size_class(size_t n) { return (n + kStep - 1) / kStep * kStep; }
 
   // Data and context are the same pointer (ATen's raw_allocate needs that); the live map gives
@@ -22,6 +25,7 @@ class BlockCache final : public c10::Allocator {
     if (n < kBlockCacheMinBytes) return prev_->allocate(n);
     const size_t bytes = size_class(n);
     void* p = nullptr;
+    std::vector<void*> drop;
     {
       std::lock_guard<std::mutex> lock(mu_);
       auto it = free_.find(bytes);
@@ -32,8 +36,12 @@ class BlockCache final : public c10::Allocator {
         ++stats_.reused;
       } else {
         ++stats_.fresh;
+        // A block larger than all that is cached (the logits after the last layer): the cached
+        // blocks are released first, so the run's peak does not hold them next to it.
+        if (bytes > cached_) take_all(drop);
       }
     }
+    for (void* d : drop) c10::free_cpu(d);
     if (!p) p = c10::alloc_cpu(bytes);
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -66,9 +74,7 @@ class BlockCache final : public c10::Allocator {
       if (--scopes_ > 0) return;
       if (installed_) c10::SetCPUAllocator(prev_, /*priority=*/0);
       installed_ = false;
-      for (auto& kv : free_) drop.insert(drop.end(), kv.second.begin(), kv.second.end());
-      free_.clear();
-      cached_ = 0;
+      take_all(drop);
     }
     for (void* p : drop) c10::free_cpu(p);
   }
@@ -87,6 +93,13 @@ class BlockCache final : public c10::Allocator {
 
  private:
   static constexpr size_t kStep = size_t(64) << 10;
+
+  /// Empties the cache into `drop` (freed by the caller, outside the lock). Holds mu_.
+  void take_all(std::vector<void*>& drop) {
+    for (auto& kv : free_) drop.insert(drop.end(), kv.second.begin(), kv.second.end());
+    free_.clear();
+    cached_ = 0;
+  }
 
   /// A block is freed: kept for reuse while a scope is alive and the cache has room. A pointer
   /// that is not a block (a small raw allocation) goes back to the allocator that made it.
@@ -129,5 +142,13 @@ BlockCacheScope::BlockCacheScope() { BlockCache::get().enter(); }
 BlockCacheScope::~BlockCacheScope() { BlockCache::get().leave(); }
 
 BlockCacheStats block_cache_stats() { return BlockCache::get().stats(); }
+
+bool block_cache_enabled() {
+  const char* env = std::getenv("ATTNSCOPE_BLOCK_CACHE");
+  const std::string v = env ? env : "1";
+  TORCH_CHECK_VALUE(v == "0" || v == "1", "ATTNSCOPE_BLOCK_CACHE=", v, ": expected 1 (reuse freed blocks "
+                    "during a run, the default) or 0 (leave every allocation to the process's allocator)");
+  return v == "1";
+}
 
 }  // namespace attnscope

@@ -11,8 +11,9 @@
 namespace attnscope {
 
 /// RAII: CPU allocations of large tensors go through the block cache while any scope is alive
-/// (on any thread: c10 has one process-wide CPU allocator); when the last scope ends, the cached
-/// blocks are freed. Tensors still alive then keep their blocks and free them normally. Does
+/// (on any thread: c10 has one process-wide CPU allocator). A block that no cached one fits and
+/// that is larger than all cached ones together (a model's logits) releases the cache first;
+/// when the last scope ends, the cached blocks are freed. Tensors still alive then keep their blocks and free them normally. Does
 /// nothing when another CPU allocator of higher priority is installed.
 class BlockCacheScope {
  public:
@@ -33,5 +34,9 @@ struct BlockCacheStats {
   size_t reused = 0, fresh = 0, cached_bytes = 0;
 };
 BlockCacheStats block_cache_stats();
+
+/// Whether Model::run uses a scope: ATTNSCOPE_BLOCK_CACHE unset or 1 (yes), 0 (no), anything
+/// else an error naming the value (read at each call).
+bool block_cache_enabled();
 
 }  // namespace attnscope

@@ -95,13 +95,15 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   if (takes_mask_) inputs.emplace_back(mask.to(device_));
   TORCH_CHECK(takes_mask_ || !ctx.has_padding, "attention_mask has padding but the model's "
               "forward takes no attention_mask argument");
+  // Layers reuse each other's freed blocks instead of fresh pages (block_cache.h);
+  // ATTNSCOPE_BLOCK_CACHE=0 leaves every allocation to the process's allocator.
+  const bool use_blocks = device_.is_cpu() && block_cache_enabled();
   c10::IValue out;
   try {
     torch::NoGradGuard no_grad;
     RecorderScope scope(&rec);
-    // Layers reuse each other's freed blocks instead of fresh pages (block_cache.h).
     std::optional<BlockCacheScope> blocks;
-    if (device_.is_cpu()) blocks.emplace();
+    if (use_blocks) blocks.emplace();
     out = module_.forward(inputs);
   } catch (const std::exception& e) {
     // The interpreter wraps errors (ours from the capture ops included) in a TorchScript

@@ -90,6 +90,14 @@ CATCH_TEST_CASE("block cache: a scope reuses freed large blocks and frees them w
     auto y = torch::empty({1 << 20});
     CATCH_CHECK(y.data_ptr() == first);  // the same block again
     CATCH_CHECK(attnscope::block_cache_stats().reused >= 1);
+    {
+      auto z = torch::empty({1 << 20});  // cached when freed
+    }
+    CATCH_CHECK(attnscope::block_cache_stats().cached_bytes >= (size_t(4) << 20));
+    {
+      auto big = torch::empty({4 << 20});  // 16 MiB, more than all that is cached: the cache is emptied
+      CATCH_CHECK(attnscope::block_cache_stats().cached_bytes == 0);
+    }
     // ATen's raw buffers (raw_allocate / raw_deallocate) work through the cache too.
     auto g = torch::gelu(torch::randn({3 << 20}));
     CATCH_CHECK(g.size(0) == (3 << 20));
