@@ -145,6 +145,26 @@ __attribute__((always_inline)) inline void exp_sums(const float* z, float* e_out
   }
 }
 
+/// The largest of z[0..n) (-inf for n = 0), reading it once; `nan` set when any is NaN.
+__attribute__((always_inline)) inline float max_scan(const float* z, int64_t n, bool& nan) {
+  fv vmax = splat(-kInf);
+  iv vnan = iv{};
+  for_lanes(n, [&](int64_t j, auto m) ATTNSCOPE_INLINE {
+    const fv v = load(z + j, m, -kInf);
+    vnan |= v != v;
+    vmax = v > vmax ? v : vmax;
+  });
+  for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
+  return hmax(vmax);
+}
+
+/// A row softmax_row cannot normalise: all NaN (NaN scores) or all 0 (no visible key).
+inline RowSoftmax empty_row(float* z, int64_t keys, bool nan) {
+  const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
+  for (int64_t j = 0; j < keys; ++j) z[j] = fill;
+  return {fill, 1.0f, nan ? static_cast<double>(fill) : 0.0};
+}
+
 /// Pass 2 of softmax_row: e = exp(z·mul - max), kept in z. Entropy = -Σ p log p = log S - Σ(e·d) / S.
 __attribute__((always_inline)) inline RowSoftmax exp_pass(float* z, int64_t keys, float mul, float mx,
                                                           bool entropy, int64_t distance_from) {
@@ -163,6 +183,15 @@ __attribute__((always_inline)) inline RowSoftmax exp_pass(float* z, int64_t keys
 ATTNSCOPE_CLONES
 RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask, bool entropy,
                        int64_t distance_from) {
+  if (!mask.vis && !mask.add && scale > 0.0f) {
+    // No mask (a causal row, or every key visible): pass 1 only reads the raw products for
+    // their max, and pass 2 scales as it reads (scale > 0 keeps the arg max). Storing the
+    // scaled row here was a third of pass 1's time at 8k keys.
+    bool nan = false;
+    const float mx = max_scan(z, keys, nan) * scale;
+    if (nan || !(mx > -kInf)) return empty_row(z, keys, nan);  // NaN scores, or every product -inf
+    return exp_pass(z, keys, scale, mx, entropy, distance_from);
+  }
   // Pass 1: scale and mask (hidden keys: -inf, whose exp is exactly 0), and the row max. A mask
   // broadcast over the keys (stride 0) is one value for the whole row.
   const bool bcast = (mask.vis || mask.add) && mask.stride == 0;
@@ -170,25 +199,6 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask,
   const float row_add = bcast && mask.add ? mask.add[0] : 0.0f;
   fv vmax = splat(-kInf);
   iv vnan = iv{};
-  if (!mask.vis && !mask.add && scale > 0.0f) {
-    // No mask (a causal row, or every key visible): pass 1 only reads the raw products for
-    // their max, and pass 2 scales as it reads (scale > 0 keeps the arg max). Storing the
-    // scaled row here was a third of pass 1's time at 8k keys.
-    for_lanes(keys, [&](int64_t j, auto n) ATTNSCOPE_INLINE {
-      const fv v = load(z + j, n, -kInf);
-      vnan |= v != v;
-      vmax = v > vmax ? v : vmax;
-    });
-    bool nan = false;
-    for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
-    const float mx = hmax(vmax) * scale;
-    if (nan || !(mx > -kInf)) {  // NaN scores, or no key (none, or every product -inf)
-      const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-      for (int64_t j = 0; j < keys; ++j) z[j] = fill;
-      return {fill, 1.0f, nan ? static_cast<double>(fill) : 0.0};
-    }
-    return exp_pass(z, keys, scale, mx, entropy, distance_from);
-  }
   for_lanes(keys, [&](int64_t j, auto n) ATTNSCOPE_INLINE {
     fv v = load(z + j, n, 0.0f) * scale;
     iv ok = n >= W ? iv{} - 1 : (kLane < splat(float(n)));
@@ -211,11 +221,7 @@ RowSoftmax softmax_row(float* z, int64_t keys, float scale, const RowMask& mask,
   const float mx = hmax(vmax);
   bool nan = false;
   for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
-  if (nan || !(mx > -kInf)) {  // NaN scores, or no visible key (a fully masked padding row)
-    const float fill = nan ? std::numeric_limits<float>::quiet_NaN() : 0.0f;
-    for (int64_t j = 0; j < keys; ++j) z[j] = fill;
-    return {fill, 1.0f, nan ? static_cast<double>(fill) : 0.0};
-  }
+  if (nan || !(mx > -kInf)) return empty_row(z, keys, nan);  // NaN scores, or no visible key (a padding row)
   return exp_pass(z, keys, 1.0f, mx, entropy, distance_from);
 }
 
@@ -263,17 +269,10 @@ void scale_row(const float* e, float inv, int64_t n, float* dst, bool add) {
 ATTNSCOPE_CLONES __attribute__((optimize("fp-contract=off")))
 RowPredictive predictive_row(const float* z, int64_t n, float inv_t, int64_t k, int64_t* top_ids) {
   // Pass 1: max (and NaN) of the row.
-  fv vmax = splat(-kInf);
-  iv vnan = iv{};
-  for_lanes(n, [&](int64_t j, auto m) ATTNSCOPE_INLINE {
-    const fv v = load(z + j, m, -kInf);
-    vnan |= v != v;
-    vmax = v > vmax ? v : vmax;
-  });
   bool nan = false;
-  for (int i = 0; i < W; ++i) nan |= vnan[i] != 0;
+  const float zmax = max_scan(z, n, nan);
   if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN(), true};
-  const float zmax = hmax(vmax), mx = zmax * inv_t;
+  const float mx = zmax * inv_t;
   // Top-k by a threshold scan: an element enters only if above the current k-th (rare after the
   // first few thousand), kept sorted by (value desc, id asc) in a small array.
   if (k > 0) {
