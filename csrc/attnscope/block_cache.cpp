@@ -4,7 +4,9 @@
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
+#include <cstdint>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -28,9 +30,10 @@ class BlockCache final : public c10::Allocator {
     std::vector<void*> drop;
     {
       std::lock_guard<std::mutex> lock(mu_);
+      ++tick_;
       auto it = free_.find(bytes);
       if (it != free_.end() && !it->second.empty()) {
-        p = it->second.back();
+        p = it->second.back().first;
         it->second.pop_back();
         cached_ -= bytes;
         ++stats_.reused;
@@ -39,6 +42,7 @@ class BlockCache final : public c10::Allocator {
         // A block larger than all that is cached (the logits after the last layer): the cached
         // blocks are released first, so the run's peak does not hold them next to it.
         if (bytes > cached_) take_all(drop);
+        else take_stale(drop);
       }
     }
     for (void* d : drop) c10::free_cpu(d);
@@ -93,12 +97,34 @@ class BlockCache final : public c10::Allocator {
 
  private:
   static constexpr size_t kStep = size_t(64) << 10;
+  static constexpr uint64_t kMaxAge = 64;
 
   /// Empties the cache into `drop` (freed by the caller, outside the lock). Holds mu_.
   void take_all(std::vector<void*>& drop) {
-    for (auto& kv : free_) drop.insert(drop.end(), kv.second.begin(), kv.second.end());
+    for (auto& kv : free_)
+      for (auto& b : kv.second) drop.push_back(b.first);
     free_.clear();
     cached_ = 0;
+  }
+
+  /// Moves blocks cached more than kMaxAge large allocations ago into `drop`: a layer takes its
+  /// predecessor's blocks within a few dozen allocations, so older ones are sizes that do not
+  /// come back (layers of different widths, a growing KV cache) and would only hold memory.
+  void take_stale(std::vector<void*>& drop) {
+    for (auto it = free_.begin(); it != free_.end();) {
+      auto& v = it->second;
+      size_t kept = 0;
+      for (auto& b : v) {
+        if (tick_ - b.second > kMaxAge) {
+          drop.push_back(b.first);
+          cached_ -= it->first;
+        } else {
+          v[kept++] = b;
+        }
+      }
+      v.resize(kept);
+      it = v.empty() ? free_.erase(it) : std::next(it);
+    }
   }
 
   /// A block is freed: kept for reuse while a scope is alive and the cache has room. A pointer
@@ -115,7 +141,7 @@ class BlockCache final : public c10::Allocator {
         const size_t bytes = it->second;
         c.live_.erase(it);
         if (c.scopes_ > 0 && c.cached_ + bytes <= kBlockCacheMaxBytes) {
-          c.free_[bytes].push_back(p);
+          c.free_[bytes].emplace_back(p, c.tick_);
           c.cached_ += bytes;
           return;
         }
@@ -131,7 +157,8 @@ class BlockCache final : public c10::Allocator {
   c10::Allocator* prev_ = nullptr;
   c10::DeleterFnPtr prev_raw_ = nullptr;
   std::unordered_map<void*, size_t> live_;                // block -> size class, while a tensor holds it
-  std::unordered_map<size_t, std::vector<void*>> free_;  // size class -> free blocks
+  std::unordered_map<size_t, std::vector<std::pair<void*, uint64_t>>> free_;  // size class -> (block, tick cached)
+  uint64_t tick_ = 0;  // large allocations so far
   size_t cached_ = 0;
   BlockCacheStats stats_;
 };

@@ -11,9 +11,10 @@
 namespace attnscope {
 
 /// RAII: CPU allocations of large tensors go through the block cache while any scope is alive
-/// (on any thread: c10 has one process-wide CPU allocator). A block that no cached one fits and
-/// that is larger than all cached ones together (a model's logits) releases the cache first;
-/// when the last scope ends, the cached blocks are freed. Tensors still alive then keep their blocks and free them normally. Does
+/// (on any thread: c10 has one process-wide CPU allocator). When no cached block fits a request,
+/// blocks cached more than 64 large allocations ago are released (sizes that do not come back),
+/// or every cached block when the request is larger than all of them together (a model's
+/// logits); when the last scope ends, the cached blocks are freed. Tensors still alive then keep their blocks and free them normally. Does
 /// nothing when another CPU allocator of higher priority is installed.
 class BlockCacheScope {
  public:

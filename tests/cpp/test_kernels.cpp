@@ -107,6 +107,18 @@ CATCH_TEST_CASE("block cache: a scope reuses freed large blocks and frees them w
       CATCH_CHECK(w.sum().item<float>() == 0.0f);
     }
     CATCH_CHECK(c10::GetCPUAllocator() != before);  // still installed: the outer scope is alive
+    // Sizes that never come back (layers of different widths): blocks older than 64 large
+    // allocations are released, so the cache stays bounded instead of filling up to its cap.
+    {
+      auto keep_small = torch::empty({1 << 19});  // 2 MiB, cached when freed below
+    }
+    const size_t mib = size_t(1) << 20;
+    size_t most = 0;
+    for (int64_t i = 0; i < 300; ++i) {
+      auto t = torch::empty({(int64_t(1) << 18) + i * (int64_t(1) << 14)});  // 1 MiB + i·64 KiB: a new class each
+      most = std::max(most, attnscope::block_cache_stats().cached_bytes);
+    }
+    CATCH_CHECK(most <= 70 * 20 * mib);  // ~65 blocks of at most 20 MiB, not the 2 GiB cap
   }
   CATCH_CHECK(c10::GetCPUAllocator() == before);
   CATCH_CHECK(attnscope::block_cache_stats().cached_bytes == 0);
