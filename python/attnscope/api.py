@@ -62,17 +62,24 @@ class Model:
         return self.tokenizer.encode(text, add_special_tokens=not self._core.causal).ids
 
     def _batch(self, text_or_ids, pad_side):
-        """(ids [B, T], mask [B, T] or None) from a str, a list of str (padded on `pad_side`), or ids."""
+        """(ids [B, T], mask [B, T] or None) from a str, a list of str or of id rows of different
+        lengths (padded on `pad_side`), or ids."""
         if isinstance(text_or_ids, str):
             ids = self.encode(text_or_ids)
             if not ids:
                 raise ValueError("empty text: it has no tokens")
             return torch.tensor([ids], dtype=torch.long), None
-        if isinstance(text_or_ids, (list, tuple)) and text_or_ids and all(isinstance(x, str) for x in text_or_ids):
-            rows = [self.encode(x) for x in text_or_ids]
+        texts = isinstance(text_or_ids, (list, tuple)) and text_or_ids and all(isinstance(x, str) for x in text_or_ids)
+        ragged = (isinstance(text_or_ids, (list, tuple)) and text_or_ids
+                  and all(isinstance(x, (list, tuple)) for x in text_or_ids)
+                  and len({len(x) for x in text_or_ids}) > 1)  # rows of ids of different lengths: padded
+        if texts or ragged:
+            rows = [self.encode(x) for x in text_or_ids] if texts else [list(x) for x in text_or_ids]
             for n, r in enumerate(rows):
                 if not r:
-                    raise ValueError(f"empty text at index {n}: it has no tokens")
+                    raise ValueError(f"empty {'text' if texts else 'row of ids'} at index {n}: it has no tokens")
+                if not texts and not all(isinstance(i, int) and not isinstance(i, bool) for i in r):
+                    raise ValueError(f"row {n} of ids: expected ints, got {next(i for i in r if not isinstance(i, int) or isinstance(i, bool))!r}")
             T = max(map(len, rows))
             pad = self.pad_id
             ids = torch.full((len(rows), T), pad, dtype=torch.long)
@@ -95,18 +102,27 @@ class Model:
         return 0
 
     def run(self, text_or_ids, *, capture="all", attention_mask=None, _raw=False):
-        """text (str), a list of texts (right-padded into a batch), a list of ids, or a Tensor
+        """text (str), a list of texts or of id rows (right-padded into a batch), a list of ids, or a Tensor
         [T] / [B, T] of ids -> Trace. capture: "all" (every aggregate; maps are computed when a
         figure asks), a dict of CaptureSpec fields, or a CaptureSpec."""
         ids, mask = self._batch(text_or_ids, "right")
         if attention_mask is None:
             attention_mask = mask
+        self._warn_padding(attention_mask)
         trace = self._core.run(ids, _spec(capture), attention_mask)
         for w in trace.warnings:  # raised in C++ while the GIL was released
             warnings.warn(w, stacklevel=2)
         if _raw:
             return trace
         return Trace(trace, self._labels(trace), model=self)
+
+    def _warn_padding(self, mask):
+        """Warns when a padded batch runs a model that is not padding-invariant itself
+        (attnscope.json "padding", stated by export_hf's check)."""
+        note = self.metadata.get("padding")
+        if note and isinstance(mask, torch.Tensor) and not bool(mask.bool().all()):
+            warnings.warn(f"this batch is padded and {note}: run rows alone for the numbers of the tokens by "
+                          "themselves", stacklevel=3)
 
     def head_atlas(self, probe="induction", *, length=48, batch=4, seed=0):
         """Runs a standard probe and returns its HeadAtlas (attnscope.head_atlas), so the
@@ -198,7 +214,7 @@ class Model:
         """Makes the model answer `prompt`, then captures prompt + response in ONE run -> Trace
         with `response`, `prompt_len` and `generation`.
 
-        prompt: text, a list of texts (a batch, left-padded), ids [P] / [B, P], or with chat=True
+        prompt: text, a list of texts or of id rows (a batch, left-padded), ids [P] / [B, P], or with chat=True
         a str (one user turn) or a list of {"role", "content"} messages rendered with the model's
         chat template (`system` replaces the system turn). temperature 0 = greedy; > 0 samples
         (top_k, top_p, seed: the same seed gives the same tokens). stop: ids that end a row;
@@ -247,6 +263,7 @@ class Model:
             else:
                 prompt = self.apply_chat_template(prompt, system=system)
         ids, mask = self._batch(prompt, "left")
+        self._warn_padding(mask)
         if ids.numel() == 0:
             raise ValueError("empty prompt: it has no tokens")
         if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:

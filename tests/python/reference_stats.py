@@ -68,3 +68,23 @@ def pooled_reference(A, vis, valid, n):
     pm = torch.where(cells[:, None] > 0, sums / cells.clamp_min(1)[:, None], float("nan"))
     pu = torch.where(cells > 0, usum / cells.clamp_min(1), float("nan"))
     return pm, pu
+
+
+def rows_alone(ref, ids, mask):
+    """(eager attentions [L][B, H, T, T], logits [B, T, V] or None) of the batch, where each padded
+    row is replaced by the same tokens run alone, put back at their positions (0 on padded keys)."""
+    with torch.no_grad():
+        out = ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+        atts = [a.clone() for a in out.attentions]
+        logits = out.logits.clone() if getattr(out, "logits", None) is not None else None
+        for b in range(ids.shape[0]):
+            if bool(mask[b].all()):
+                continue
+            idx = mask[b].bool().nonzero().flatten()
+            alone = ref(input_ids=ids[b, idx][None], output_attentions=True, use_cache=False)
+            for l, a in enumerate(atts):
+                a[b] = 0
+                a[b][:, idx[:, None], idx[None, :]] = alone.attentions[l][0]
+            if logits is not None:
+                logits[b, idx] = alone.logits[0]
+    return atts, logits

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from conftest import ROOT
+from reference_stats import rows_alone
 
 import attnscope
 from attnscope.models import hf_export, read_extra_file
@@ -48,8 +49,7 @@ def captured_vs_eager(model, archive, t=11, pad=3):
     trace = m.run(ids, capture={"heads": [(l, h) for l in range(L) for h in range(H)]}, attention_mask=mask)
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
-    with torch.no_grad():
-        ref = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    ref = rows_alone(model, ids, mask)[0]  # a padded row's reference: its tokens alone
     model.set_attn_implementation(impl)
     worst, maps = 0.0, []
     for l in range(L):
@@ -113,7 +113,7 @@ def test_fallback_routes(tmp_path, monkeypatch):
     monkeypatch.setattr(hf_attention, "attnscope_sdpa", broken)
     model = make("qwen2")
     # 1. attnscope's functions fail -> the graph route (the model's own SDPA, instrumented at load)
-    with pytest.warns(UserWarning, match="route transformers: NotImplementedError: simulated.*trying the graph route"):
+    with pytest.warns(UserWarning, match=r"route transformers \(positions from the mask\): NotImplementedError: simulated.*trying the graph route"):
         r = attnscope.export_hf(model, None, tmp_path / "q.pt")
     assert r["route"] == "graph" and "simulated" in r["reason"] and r["attention"] == "sdpa (the model's own)"
     assert r["max_abs_diff"] <= 1e-5
@@ -123,22 +123,23 @@ def test_fallback_routes(tmp_path, monkeypatch):
     assert meta["route"] == "graph" and "simulated" in meta["fallback_reason"]
     assert attnscope.load(str(tmp_path / "q.pt"), device="cpu").instrumented
     # 2. the graph route fails too -> attnscope's own Llama-family module (Llama, Qwen2, Mistral)
-    def no_graph(model, facts, ids, mask):  # tracing a transformers model (with or without decode) fails
+    def no_graph(model, facts, ids, mask, call):  # tracing a transformers model (with or without decode) fails
         raise RuntimeError("\nsimulated graph failure\nsecond line")
     monkeypatch.setattr(hf_export, "_trace_forward", no_graph)
     with pytest.warns(UserWarning, match="trying the attnscope-module route"):
         r = attnscope.export_hf(model, None, tmp_path / "o.pt")
-    assert r["route"] == "attnscope-module" and "simulated graph failure second line" in r["reason"]
+    assert r["route"] == "attnscope-module" and "RuntimeError: simulated graph failure" in r["reason"]
     worst, _ = captured_vs_eager(model, tmp_path / "o.pt")
     assert worst <= 1e-5
-    # a family the module does not cover: every route's whole cause, and no workaround offered
-    # (tracing it yourself is what the graph route did)
-    with pytest.raises(ValueError, match=r"cannot export this gpt2 model \(GPT2LMHeadModel\) with transformers "
-                                         r"5\.\d+\.\d+ \(attention='sdpa'\): route transformers: RuntimeError: simulated graph "
-                                         r"failure second line; route graph: RuntimeError: simulated graph failure second line\. "
-                                         r"The graph route is what tracing the model yourself .* would give, so that is no "
-                                         r"workaround"):
+    # a family the module does not cover: every route's gist (a repeated one reads "the same"), the
+    # whole errors in __cause__, and no workaround offered (tracing it yourself is what the graph route did)
+    with pytest.raises(ValueError, match=r"cannot export this gpt2 model \(GPT2LMHeadModel, transformers "
+                                         r"5\.\d+\.\d+, attention='sdpa'\): route transformers \(positions from the mask\): "
+                                         r"RuntimeError: simulated graph failure; route graph \(positions from the mask\): "
+                                         r"the same\. The graph route is what tracing the model yourself .* would give, so "
+                                         r"that is no workaround") as e:
         attnscope.export_hf(make("gpt2"), None, tmp_path / "g.pt")
+    assert "simulated graph failure second line" in " ".join(str(e.value.__cause__).split())
     # the advice given with fallback=False works when followed
     with pytest.raises(ValueError, match=r"cannot export this llama model .* Retry with fallback=True"):
         attnscope.export_hf(make("llama"), None, tmp_path / "l.pt", fallback=False)

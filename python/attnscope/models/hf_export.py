@@ -10,12 +10,13 @@ Routes, tried in order until one exports and passes the check:
   "attnscope-module": the project's own Llama-family module with the same weights (Llama,
                       Qwen2, Mistral).
 A thin wrapper returning logits (or, for a model without LM head, the last hidden states) is
-traced. The check compares the archive's maps with eager `output_attentions` of a correct
-eager reference (a fresh eager copy for models that cannot switch attention: transformers
-5.17's Falcon built for SDPA adds its bool mask as numbers when asked for attentions).
+traced; it passes positions from the attention mask (hf_inputs), so a left-padded row computes
+what its tokens compute alone. The check (hf_verify) compares the archive's maps and predictive
+entropy with eager `output_attentions` of a correct eager reference (a fresh eager copy for
+models that cannot switch attention) run on each row alone, on the traced example and on other
+ids, lengths and paddings.
 """
 import contextlib
-import copy
 import json
 import os
 import warnings
@@ -25,9 +26,13 @@ import torch
 from . import hf_attention
 from .export import FORMAT_VERSION, save_archive, trace_with_decode
 from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
-from .hf_decode import WithDecode, cache_shape, check_decode
+from .hf_decode import WithDecode, cache_shape, check_decode, tracer_warnings
 from .hf_decode import trace_with_decode as trace_hf_decode
 from .hf_folder import load_folder
+from .hf_inputs import Call, batch, pad_token, takes_positions
+from .hf_verify import (attention_diffs, can_switch_attention, eager_attentions, eager_reference,  # noqa: F401
+                        observed_causal, text_config)
+from . import hf_verify
 
 ATTENTIONS = ("sdpa", "eager")
 ROUTES = ("transformers", "graph", "attnscope-module")
@@ -36,14 +41,15 @@ FALLBACK_FAMILIES = ("llama", "qwen2", "mistral")
 
 
 class _Outputs(torch.nn.Module):
-    """forward(input_ids, attention_mask) -> logits [B, T, V], or hidden states [B, T, D]."""
+    """forward(input_ids, attention_mask) -> logits [B, T, V], or hidden states [B, T, D];
+    positions and padded ids as `call` (hf_inputs.Call) says."""
 
-    def __init__(self, model, output):
+    def __init__(self, model, output, call):
         super().__init__()
-        self.model, self.output = model, output
+        self.model, self.output, self.call = model, output, call
 
     def forward(self, input_ids, attention_mask):
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        out = self.model(**self.call.kwargs(input_ids, attention_mask), use_cache=False)
         return out.logits if self.output == "logits" else out.last_hidden_state
 
 
@@ -80,17 +86,12 @@ def _inline_autograd_functions():
         Function.apply = classmethod(original)
 
 
-def _text_config(model):
-    cfg = model.config
-    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
-
-
 def _output_kind(model):
     return "logits" if model.get_output_embeddings() is not None else "hidden_states"
 
 
 def _facts(model):
-    tc = _text_config(model)
+    tc = text_config(model)
     heads = getattr(tc, "num_attention_heads", None)
     if not isinstance(heads, int) or heads <= 0:
         raise ValueError(f"this {tc.model_type} model ({type(model).__name__}) has no attention heads (its config has "
@@ -135,73 +136,9 @@ def _tokenizer_files(tokenizer):
                      "tokenizers.Tokenizer (or tokenizer=None)")
 
 
-def _example(vocab, length, device):
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, vocab, (2, length), generator=g).to(device)
-    mask = torch.ones_like(ids)
-    mask[1, : length // 4] = 0  # left padding, as generation pipelines pad
-    return ids, mask
-
-
-def can_switch_attention(model):
-    """True when the model follows transformers' attention interface (set_attn_implementation works)."""
-    f = getattr(model, "_can_set_attn_implementation", None)
-    return bool(f()) if f is not None else True
-
-
-@contextlib.contextmanager
-def eager_reference(model):
-    """A model computing eager attentions with the same weights: `model` itself switched to
-    eager, or a fresh eager copy when it cannot switch (its attention class is fixed at build)."""
-    if can_switch_attention(model):
-        impl = model.config._attn_implementation
-        model.set_attn_implementation("eager")
-        try:
-            yield model
-        finally:
-            model.set_attn_implementation(impl)
-        return
-    cfg = copy.deepcopy(model.config)
-    cfg._attn_implementation = "eager"
-    ref = type(model)(cfg).to(next(model.parameters()).device).eval()
-    ref.load_state_dict(model.state_dict())
-    yield ref
-
-
-def eager_attentions(model, ids, mask):
-    """Per layer eager attention weights [B, H, T, T] from a correct eager reference of `model`."""
-    with eager_reference(model) as ref, torch.no_grad():
-        return ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False).attentions
-
-
-def observed_causal(model, vocab, device):
-    """Whether the model attends only to earlier tokens, from eager attentions of an unpadded input."""
-    ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(1)).to(device)
-    att = eager_attentions(model, ids, torch.ones_like(ids))
-    return all(float(a.float().triu(1).abs().sum()) == 0.0 for a in att)
-
-
-def attention_diffs(am, model, ids, mask):
-    """Per layer: max |captured - eager output_attentions| over real query rows (lists `raw`),
-    and the same beyond the reference's own rounding (`beyond`: bf16/fp16 references hold 8/11
-    significant bits). am: an attnscope Model (or its _core.Model) of `model`; ids/mask [B, T]."""
-    from .. import _core
-    core = getattr(am, "_core", am)  # an attnscope.Model or the _core.Model it wraps
-    L, H = core.n_layers, core.n_heads
-    spec = _core.CaptureSpec()
-    spec.heads, spec.top_k = [(l, h) for l in range(L) for h in range(H)], 0
-    caps = core.run(ids.cpu(), spec, mask.cpu()).captures
-    ref = eager_attentions(model, ids, mask)
-    ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
-    ok = mask.cpu().bool()[:, None, :, None]
-    raw, beyond = [], []
-    for l in range(L):
-        got = torch.stack([caps[f"head_map/L{l}H{h}"] for h in range(H)], 1).float()  # [B, H, T, T]
-        want = ref[l].float().cpu()
-        d = (got - want).abs().masked_fill(~ok, 0)
-        raw.append(float(d.max()))
-        beyond.append(float((d - want.abs() * ulp).clamp_min(0).max()))
-    return raw, beyond
+def _example(model, length, device):
+    """The traced example: ids [2, length], row 1 left-padded (as generation pipelines pad)."""
+    return batch(text_config(model).vocab_size, length, 0, device, pad_token(model))
 
 
 def describe_error(e):
@@ -229,9 +166,8 @@ def _python_calls(traced, method="forward"):
     return sorted({n.pyname() for n in _nodes(graph) if n.kind() == "prim::PythonOp"})
 
 
-def _trace_module(module, ids, mask):
-    with torch.no_grad(), warnings.catch_warnings(), _inline_autograd_functions():
-        warnings.simplefilter("ignore")
+def _trace_module(module, ids, mask, warned=None):
+    with torch.no_grad(), tracer_warnings([] if warned is None else warned), _inline_autograd_functions():
         traced = torch.jit.trace(module, (ids, mask), check_trace=False)
     calls = _python_calls(traced)
     if calls:
@@ -240,11 +176,13 @@ def _trace_module(module, ids, mask):
     return traced
 
 
-def _trace_forward(model, facts, ids, mask):
+def _trace_forward(model, facts, ids, mask, call):
     """The traced forward, with the KV-cache decode method (hf_decode) for a causal LM whose
     traced decode reproduces its forward; otherwise the forward alone, and facts["decode"] says
-    why. Cache facts (cache_heads, cache_k_dim, cache_v_dim) go into `facts`."""
-    forward = _Outputs(model, facts["output"])
+    why. Cache facts (cache_heads, cache_k_dim, cache_v_dim) and the tracer's warnings about
+    control flow frozen from the example (tracer_warnings) go into `facts`."""
+    warned = facts.setdefault("tracer_warnings", [])
+    forward = _Outputs(model, facts["output"], call)
     why = ("not a causal LM" if facts["output"] != "logits" or not facts["causal"] else None)
     shape = None
     if why is None:
@@ -256,31 +194,35 @@ def _trace_forward(model, facts, ids, mask):
     if why is None:
         try:
             with _inline_autograd_functions():
-                traced = trace_hf_decode(WithDecode(model, facts["num_layers"]), ids, mask, shape, facts["num_layers"])
+                traced = trace_hf_decode(WithDecode(model, facts["num_layers"], call), ids, mask, shape,
+                                         facts["num_layers"], warned)
             calls = _python_calls(traced) or _python_calls(traced, "decode")
             if calls:
                 raise ValueError(f"it calls Python function(s) {', '.join(calls)}")
             check_decode(traced, ids, mask, shape, facts["num_layers"])
+            other = batch(facts["vocab_size"], ids.shape[1] + 3, 5, ids.device, call.pad_id)
+            check_decode(traced, *other, shape, facts["num_layers"])  # other ids and length than traced
             facts.update(decode="transformers DynamicCache", cache_heads=shape[0], cache_k_dim=shape[1],
                          cache_v_dim=shape[2])
             return traced
         except Exception as e:  # noqa: BLE001 - reported in attnscope.json; generation runs a forward per step
             why = f"the traced decode failed: {describe_error(e)}"
     facts["decode"] = f"none: {why}"
-    return _trace_module(forward, ids, mask)
+    return _trace_module(forward, ids, mask, warned)
 
 
 def _capture_ops(traced):
     return sum(n.kind().startswith("attnscope::") for n in _nodes(traced.inlined_graph))
 
 
-def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers", causal=None):
+def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers", causal=None, positions=None):
     """(traced ScriptModule forward(input_ids, attention_mask) -> logits or hidden states,
     attnscope.json facts) of a transformers model; the traced module shares the model's
     parameters (no copy). route "transformers" uses attnscope's attention functions, "graph"
     the model's own attention (attnscope.load instruments it). attnscope.from_module(traced,
     info=facts) runs it without an archive (how bench/device_check.py handles a 7B model).
-    causal: the model's causality (None: observed from its eager attentions)."""
+    causal: the model's causality (None: observed from its eager attentions). positions: pass
+    position_ids from the attention mask (hf_inputs; None: when the forward takes them)."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
@@ -294,7 +236,9 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
     facts.update(format_version=FORMAT_VERSION, transformers=transformers.__version__, torch=torch.__version__,
                  route=route, attention_requested=attention,
                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
-    ids, mask = _example(facts["vocab_size"], example_length, device)
+    ids, mask = _example(model, example_length, device)
+    call = Call(takes_positions(model) if positions is None else positions, pad_token(model))
+    facts["positions"] = call.describe()
     switch = can_switch_attention(model)
     if route == "transformers" and not switch:
         raise ValueError(f"{type(model).__name__} does not use transformers' attention interface, so "
@@ -312,7 +256,7 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
             model.set_attn_implementation(f"attnscope_{attention}")
         elif switch:
             model.set_attn_implementation(own)
-        traced = _trace_forward(model, facts, ids, mask)
+        traced = _trace_forward(model, facts, ids, mask, call)
     finally:
         if switch:
             model.set_attn_implementation(old_impl)
@@ -342,12 +286,16 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     observed from eager attentions —, output "logits"/"hidden_states", context_length,
     versions, route, attention requested and used) and tokenizer.json when `tokenizer` is given
     (tokens.json, the id -> token strings, for a tokenizer that has no tokenizer.json).
-    verify=True compares the archive's maps with a correct eager reference's output_attentions
-    on a padded example (tol: 1e-5 for fp32, 2e-2 for bf16/fp16). prefer_cache=True (what
-    load(folder) uses): for FALLBACK_FAMILIES, "attnscope-module" first — attnscope's own module
-    with the KV-cache decode method, so generation costs a token per step; checked the same way.
-    Returns a dict: path, route, attention (what runs), max_abs_diff, reason (why earlier
-    routes failed, or None)."""
+    Positions come from the attention mask (hf_inputs), so a padded row computes what its tokens
+    compute alone. verify=True compares the archive's maps and predictive entropy with a correct
+    eager reference run on each row alone, on the traced example and on other ids, lengths and
+    paddings (hf_verify; tol: 1e-5 for fp32, 2e-2 for bf16/fp16); an archive that fails is
+    removed. prefer_cache=True (what load(folder) uses): for FALLBACK_FAMILIES,
+    "attnscope-module" first — attnscope's own module with the KV-cache decode method, so
+    generation costs a token per step; checked the same way. Returns a dict: path, route,
+    attention (what runs), positions, max_abs_diff, checked (the inputs), reason (why earlier
+    routes failed, or None). A refusal's ValueError gives the gist; its __cause__ every route's
+    whole error."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
@@ -378,7 +326,7 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     template = getattr(tokenizer, "chat_template", None)
     common = {"causal": causal, "tokenizer": next(iter(extra), None), "exported_by": "attnscope.export_hf",
               "chat_template": template if isinstance(template, str) else None}
-    ids, mask = _example(facts["vocab_size"], example_length, device)
+    ids, mask = _example(model, example_length, device)
     routes = ["transformers", "graph"] if can_switch_attention(model) else ["graph"]
     if family in FALLBACK_FAMILIES and facts["output"] == "logits":
         if prefer_cache:
@@ -387,46 +335,91 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
             routes.append("attnscope-module")
     if not fallback:
         routes = routes[:1]
-    failures = []
+    failures, details, last = [], [], None
     for route in routes:
-        try:
-            if route == "attnscope-module":
-                traced, meta = _own_module(model, tc, attention, ids, mask, facts)
-            else:
-                traced, meta = trace_hf(model, attention=attention, example_length=example_length, route=route,
-                                        causal=causal)
-            meta.update(common)
-            if failures:
-                meta["fallback_reason"] = "; ".join(failures)
-            _save(traced, path, {**extra, "attnscope.json": json.dumps(meta)})
-            worst = _verify(model, path, ids, mask, tol) if verify else None
-        except Exception as e:  # noqa: BLE001 - reported, then the next route or a clear error
-            failures.append(f"route {route}: {describe_error(e)}")
-            if route != routes[-1]:
-                warnings.warn(f"export_hf: {failures[-1]}; trying the {routes[routes.index(route) + 1]} route")
-            continue
-        if not meta["attention"].startswith(attention):
-            warnings.warn(f"export_hf: attention={attention!r} was not used: the archive runs {meta['attention']}")
-        return {"path": str(path), "route": route, "attention": meta["attention"], "max_abs_diff": worst,
-                "reason": "; ".join(failures) or None}
+        # Positions from the mask first; a model whose position_ids mean something else (RoBERTa
+        # offsets them past its pad token) fails the check and is tried with its own positions.
+        for positions in ([None, False] if route != "attnscope-module" and takes_positions(model) else [None]):
+            label = f"route {route}" + ({None: " (positions from the mask)", False: " (the model's own positions)"}[positions]
+                                        if route != "attnscope-module" and takes_positions(model) else "")
+            try:
+                if route == "attnscope-module":
+                    traced, meta = _own_module(model, tc, attention, ids, mask, facts)
+                else:
+                    traced, meta = trace_hf(model, attention=attention, example_length=example_length, route=route,
+                                            causal=causal, positions=positions)
+                meta.update(common)
+                if failures:
+                    meta["fallback_reason"] = "; ".join(failures)
+                _save(traced, path, {**extra, "attnscope.json": json.dumps(meta)})
+                checked = _verify(model, path, ids, mask, tol, meta) if verify else None
+                if checked and checked["padding"]:  # stated in the archive; runs of padded batches warn
+                    meta["padding"] = checked["padding"]
+                    _save(traced, path, {**extra, "attnscope.json": json.dumps(meta)})
+            except Exception as e:  # noqa: BLE001 - reported, then the next route or a clear error
+                said = gist(e)
+                failures.append(f"{label}: " + ("the same" if any(f.endswith(": " + said) for f in failures) else said))
+                details.append(f"{label}: {describe_error(e)}")
+                last = e
+                if getattr(e, "kind", None) in ("example", "padding") and positions is None:
+                    continue  # the same route with the model's own positions
+                if route != routes[-1]:
+                    warnings.warn(f"export_hf: {failures[-1]}; trying the {routes[routes.index(route) + 1]} route")
+                break  # the next route
+            if not meta["attention"].startswith(attention):
+                warnings.warn(f"export_hf: attention={attention!r} was not used: the archive runs {meta['attention']}")
+            if checked and checked["unchecked"]:
+                warnings.warn(f"export_hf: {checked['unchecked']}: the archive is checked up to that length only")
+            if checked and checked["padding"]:
+                warnings.warn(f"export_hf: {checked['padding']}")
+            return {"path": str(path), "route": route, "attention": meta["attention"],
+                    "positions": meta.get("positions", "from the attention mask"),
+                    "max_abs_diff": checked["max_abs_diff"] if checked else None,
+                    "checked": checked["checked"] if checked else [], "reason": "; ".join(failures) or None}
+    with contextlib.suppress(OSError):
+        os.remove(path)  # an archive that failed its check is never kept
     # Only advice that works is given: the graph route is what tracing the model yourself would
     # give, so once it has failed there is no workaround to offer.
     hint = ("Retry with fallback=True to try the graph route." if "graph" not in routes else
+            "A traced archive cannot follow it, so attnscope refuses this model rather than give numbers that hold "
+            "for the traced example only." if getattr(last, "kind", None) in ("ids", "length") else
             "The graph route is what tracing the model yourself (torch.jit.trace with eager attention) would give, "
             "so that is no workaround: attnscope does not support this attention yet (docs/export.md lists the "
             "families not supported).")
-    raise ValueError(f"cannot export this {family} model ({type(model).__name__}) with transformers "
-                     f"{transformers.__version__} (attention={attention!r}): " + "; ".join(failures) + ". " + hint)
+    raise ValueError(f"cannot export this {family} model ({type(model).__name__}, transformers "
+                     f"{transformers.__version__}, attention={attention!r}): " + "; ".join(failures) + ". " + hint
+                     ) from ExportFailure("\n".join(details))
 
 
-def _verify(model, archive, ids, mask, tol):
-    """Max |captured - eager output_attentions| over layers, real query rows."""
-    from .. import _core  # the archive as the C++ core loads it (models never call attnscope.load)
-    worst = max(attention_diffs(_core.Model.load(str(archive), str(ids.device)), model, ids, mask)[0])
-    if not worst <= tol:
-        raise ValueError(f"captured attention differs from the eager reference's attentions by {worst:.3g} "
-                         f"(> {tol:g}): this {model.config.model_type} model's attention is not reproduced")
-    return worst
+class ExportFailure(Exception):
+    """Every route's whole error (TorchScript tracebacks included): the __cause__ of export_hf's
+    ValueError, whose message keeps the gist."""
+
+
+def gist(e, limit=400):
+    """What went wrong in `e` and its causes, in at most `limit` characters: each exception's first
+    line, or for TorchScript interpreter errors their last line (the original message)."""
+    parts, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        torchscript = lines and ("Traceback of TorchScript" in str(e) or lines[0].startswith("The following operation"))
+        msg = (lines[-1] if torchscript else lines[0]) if lines else ""
+        parts.append(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
+        e = e.__cause__ or e.__context__
+    text = " <- ".join(parts)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+VERIFY_MAX_LENGTH = 512  # longest checked input: eager references hold L x H x T x T attentions
+
+
+def _verify(model, archive, ids, mask, tol, meta):
+    """hf_verify.verify: the archive against eager attentions of every row alone, on the traced
+    example and other ids, lengths and paddings."""
+    call = Call(meta.get("positions", "").startswith("from the attention mask"), pad_token(model))
+    return hf_verify.verify(model, archive, ids, mask, tol, call=call, max_length=VERIFY_MAX_LENGTH,
+                            tracer_warnings=list(meta.get("tracer_warnings", ())))
 
 
 def _own_module(model, tc, attention, ids, mask, facts):
@@ -437,7 +430,8 @@ def _own_module(model, tc, attention, ids, mask, facts):
     own = own.to(device=ids.device, dtype=next(model.parameters()).dtype).eval()
     meta = {**facts, "format_version": FORMAT_VERSION, "attention": attention, "attention_requested": attention,
             "transformers": transformers.__version__, "torch": torch.__version__, "route": "attnscope-module",
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "config": own.cfg.to_dict()}
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "config": own.cfg.to_dict(),
+            "positions": "from the attention mask"}
     meta.setdefault("num_kv_heads", own.cfg.num_kv_heads)
     return trace_with_decode(own), meta  # forward and the KV-cache decode method
 

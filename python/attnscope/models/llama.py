@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._lib import load_library
+from .hf_inputs import mask_positions
 
 ATTENTION_BACKENDS = ("eager", "sdpa")
 
@@ -147,7 +148,7 @@ class Attention(nn.Module):
             self.sdpa = _sdpa_fn()
 
     def forward(self, x, cos, sin, allowed, causal_ok):
-        """x [B, T, C]; cos/sin [T, D]; allowed [B, 1, T, T] bool (True = may attend);
+        """x [B, T, C]; cos/sin [B, 1, T, D]; allowed [B, 1, T, T] bool (True = may attend);
         causal_ok [] bool: no padding (then `allowed` is the causal mask, or its window)."""
         return self.attend(x, cos, sin, allowed, causal_ok, None, None)[0]
 
@@ -213,8 +214,10 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """forward(input_ids [B, T] int64, attention_mask [B, T]) -> logits [B, T, V].
 
-    Positions are 0..T-1 as in transformers' forward; a padded query may attend to itself so
-    no softmax row is empty (padded positions carry no meaning and attnscope ignores them).
+    Positions count from each row's first real token (attention_mask), as transformers'
+    generate passes them, so a left-padded row computes what it computes alone; a padded query
+    may attend to itself so no softmax row is empty (padded positions carry no meaning and
+    attnscope ignores them).
     """
 
     def __init__(self, cfg: LlamaConfig, attention: str = "sdpa"):
@@ -232,10 +235,10 @@ class LlamaForCausalLM(nn.Module):
         inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
         self.register_buffer("inv_freq", inv / cfg.rope_linear_factor, persistent=False)
 
-    def _rope(self, start: int, t: int, like):
-        pos = torch.arange(start, start + t, device=like.device, dtype=torch.float32)
-        freqs = pos[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
+    def _rope(self, positions, like):
+        """cos, sin [B, 1, t, D] at positions [B, t] (counted from each row's first real token)."""
+        freqs = positions.to(torch.float32)[:, :, None] * self.inv_freq[None, None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
         return emb.cos().to(like.dtype), emb.sin().to(like.dtype)
 
     def _allowed(self, start: int, t: int, attention_mask):
@@ -251,7 +254,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, input_ids, attention_mask):
         b, t = input_ids.shape
         x = self.embed_tokens(input_ids)
-        cos, sin = self._rope(0, t, x)
+        cos, sin = self._rope(mask_positions(attention_mask), x)
         allowed = self._allowed(0, t, attention_mask)
         causal_ok = attention_mask.bool().all()
         for layer in self.layers:
@@ -260,13 +263,13 @@ class LlamaForCausalLM(nn.Module):
 
     def decode(self, input_ids, attention_mask, past_k, past_v):
         """Incremental forward for generation (exported as the archive's `decode` method):
-        input_ids [B, t] at positions P..P+t-1 after P cached positions, attention_mask
+        input_ids [B, t] at the last t of P + t positions after P cached ones, attention_mask
         [B, P + t], past_k/past_v [L, B, KV, P, D] (P may be 0). Returns (logits [B, t, V],
         k [L, B, KV, P + t, D], v): the same logits as forward over the whole sequence."""
         b, t = input_ids.shape
         start = past_k.shape[3]
         x = self.embed_tokens(input_ids)
-        cos, sin = self._rope(start, t, x)
+        cos, sin = self._rope(mask_positions(attention_mask)[:, start:], x)
         allowed = self._allowed(start, t, attention_mask)
         ks, vs = [], []
         for n, layer in enumerate(self.layers):
