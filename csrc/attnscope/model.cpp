@@ -16,6 +16,20 @@
 namespace attnscope {
 
 namespace {
+// What a count of attention sites other than the stated layers says about the model.
+std::string site_count_mechanism(int64_t sites, int64_t layers) {
+  if (sites > layers && layers > 0 && sites % layers == 0)
+    return std::to_string(sites / layers) + " softmax maps per layer (e.g. differential attention); attnscope "
+           "captures one map per layer and does not support this attention yet";
+  if (sites < layers)
+    return "some layers are not softmax attention (a hybrid of attention with state-space, convolution or "
+           "linear-attention layers); attnscope does not capture hybrid models yet";
+  return "fix or remove num_layers";
+}
+}  // namespace
+
+
+namespace {
 
 bool file_exists(const std::string& p) { return std::ifstream(p).good(); }
 
@@ -95,9 +109,10 @@ void Model::prepare() {
     } else if (!branches) {
       // The graph wins over the file: a stated layer count the graph does not have would
       // mislabel every layer of every figure.
-      TORCH_CHECK_VALUE(info_.n_layers == static_cast<int64_t>(sites_.size()), "attnscope.json says num_layers ",
-                        info_.n_layers, ", but the model's graph has ", sites_.size(),
-                        " attention sites (one per layer): fix or remove num_layers");
+      const auto n_sites = static_cast<int64_t>(sites_.size());
+      TORCH_CHECK_VALUE(info_.n_layers == n_sites, "attnscope.json says num_layers ", info_.n_layers,
+                        ", but the model's graph has ", n_sites, " attention sites (one per layer): ",
+                        site_count_mechanism(n_sites, info_.n_layers));
     }
   }
   if (info_.n_heads < 0 || info_.n_kv_heads < 0 || info_.n_layers < 0 || !info_.causal_stated) dry_run();

@@ -30,8 +30,9 @@ int64_t Recorder::resolve_layer(int64_t op_layer) {
                 ": expected a layer index >= 0");
     TORCH_CHECK(op_layer >= static_cast<int64_t>(result_.heads.size()) ||
                     result_.heads[op_layer] < 0,
-                "layer ", op_layer, " was captured twice in one forward: each attention "
-                "site needs its own layer index");
+                "layer ", op_layer, " was captured twice in one forward: its attention computes more than "
+                "one softmax map (e.g. differential attention), or two attention modules share a layer index; "
+                "attnscope captures one map per layer");
     layer = op_layer;
   }
   if (static_cast<int64_t>(result_.heads.size()) <= layer) {

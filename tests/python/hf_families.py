@@ -67,6 +67,11 @@ FAMILIES = {
  "xglm": lambda: T.XGLMForCausalLM(T.XGLMConfig(vocab_size=V, d_model=32, ffn_dim=64, num_layers=2, attention_heads=4, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
  # multi-head latent attention: q·k per head = 16 (no rope) + 8 (rope) = 24, v per head = 16
  "deepseek_v3": lambda: T.DeepseekV3ForCausalLM(T.DeepseekV3Config(**small(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, n_group=1, topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1))),
+ # learned absolute positions (numbered from the padded edge unless given position_ids)
+ "biogpt": lambda: T.BioGptForCausalLM(T.BioGptConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+ # latent attention: MiniCPM3 (q and kv low-rank), DeepSeek-V2 (kv low-rank, routed experts)
+ "minicpm3": lambda: T.MiniCPM3ForCausalLM(T.MiniCPM3Config(**small(num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8))),
+ "deepseek_v2": lambda: T.DeepseekV2ForCausalLM(T.DeepseekV2Config(**small(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, n_group=1, topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1))),
  "roberta": lambda: T.RobertaModel(T.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=70)),
  "distilbert": lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)),
  "electra": lambda: T.ElectraModel(T.ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),

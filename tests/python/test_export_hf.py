@@ -193,7 +193,8 @@ def test_cli_export_hf_folder(tmp_path):
                         "--out", str(tmp_path / "q.pt"), "--device", "cpu"],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert "route: transformers, sdpa, fp32, traced on cpu; captured vs eager attentions: max diff" in r.stdout
+    assert "route: transformers, sdpa, fp32, traced on cpu; checked on " in r.stdout
+    assert "kinds of input (other ids, lengths, padding) against eager attentions of each row alone: max diff" in r.stdout
     worst, _ = captured_vs_eager(model, tmp_path / "q.pt")
     assert worst <= 1e-5
     r = subprocess.run([sys.executable, "-m", "attnscope", "export", "--hf", str(tmp_path / "nope"),

@@ -21,7 +21,9 @@ def export(args):
     model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype).to(device)
     tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
     r = attnscope.export_hf(model, tok, args.out, attention=args.attention, verify=not args.no_verify)
-    check = "" if r["max_abs_diff"] is None else f"; captured vs eager attentions: max diff {r['max_abs_diff']:.2g}"
+    check = ("" if r["max_abs_diff"] is None else
+             f"; checked on {len(r['checked'])} kinds of input (other ids, lengths, padding) against eager attentions "
+             f"of each row alone: max diff {r['max_abs_diff']:.2g}")
     print(f"wrote {args.out} (route: {r['route']}, {args.attention}, {args.dtype}, traced on {device}{check})")
     if r["reason"]:
         print(f"fallback because: {r['reason']}")

@@ -31,7 +31,7 @@ from .hf_decode import trace_with_decode as trace_hf_decode
 from .hf_folder import load_folder
 from .hf_inputs import Call, batch, pad_token, takes_positions
 from .hf_verify import (attention_diffs, can_switch_attention, eager_attentions, eager_reference,  # noqa: F401
-                        observed_causal, text_config)
+                        observe, observed_causal, text_config)
 from . import hf_verify
 
 ATTENTIONS = ("sdpa", "eager")
@@ -84,6 +84,15 @@ def _inline_autograd_functions():
         yield
     finally:
         Function.apply = classmethod(original)
+
+
+def _refuse_layouts(model, tc, facts):
+    """Refuses by name the layouts attnscope does not capture yet, before anything is traced."""
+    name = f"this {facts['family']} model ({type(model).__name__})"
+    if getattr(model.config, "is_encoder_decoder", False):
+        raise ValueError(f"{name} is an encoder-decoder: attnscope captures decoder-only and encoder-only models; "
+                         "encoder self-attention, decoder self-attention and cross-attention are not captured yet "
+                         "(docs/export.md)")
 
 
 def _output_kind(model):
@@ -315,7 +324,14 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
     extra = _tokenizer_files(tokenizer)
     model.eval()
-    causal = observed_causal(model, facts["vocab_size"], device)
+    _refuse_layouts(model, tc, facts)
+    causal, n_maps = observe(model, facts["vocab_size"], device)
+    if n_maps != facts["num_layers"]:
+        types = sorted({str(t) for t in (getattr(tc, "layer_types", None) or getattr(tc, "layers_block_type", None) or [])})
+        raise ValueError(f"this {family} model ({type(model).__name__}) is a hybrid: {n_maps} of its {facts['num_layers']} "
+                         f"layers return softmax attention maps{' (layer types: ' + ', '.join(types) + ')' if types else ''}, "
+                         "the others are state-space, convolution or linear-attention layers; attnscope does not capture "
+                         "hybrid models yet (docs/export.md)")
     # What the model says: a causal-LM class, is_decoder, or attention modules marked causal (Mpt and
     # CodeGen set neither of the last two, so the class name is evidence too).
     stated = (type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) or bool(getattr(tc, "is_decoder", False))
