@@ -26,6 +26,9 @@ struct RunContext {
   /// [B, T] int64 token ids on the CPU: the row statistics' duplicate and induction masses
   /// compare them (undefined: row statistics are refused).
   torch::Tensor ids;
+  /// Model-layer indices of the attention layers (ModelInfo::attention_layers; empty = every
+  /// layer): the n-th site of a graph-instrumented model is layer attention_layers[n].
+  std::vector<int64_t> attention_layers;
   /// The row statistics' token facts, built by the first layer that needs them and shared by the
   /// others with the same query and key lengths (row_stats.cpp).
   mutable std::shared_ptr<RowTokens> row_tokens;

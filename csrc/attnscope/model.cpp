@@ -26,6 +26,15 @@ std::string site_count_mechanism(int64_t sites, int64_t layers) {
            "linear-attention layers); attnscope does not capture hybrid models yet";
   return "fix or remove num_layers";
 }
+
+// "  attention layers: 1, 3 (of 4)\n" for a hybrid; nothing when every layer is attention.
+std::string attention_layers_line(const ModelInfo& info) {
+  if (info.attention_layers.empty()) return "";
+  std::string s = "  attention layers: ";
+  for (size_t i = 0; i < info.attention_layers.size(); ++i)
+    s += (i ? ", " : "") + std::to_string(info.attention_layers[i]);
+  return s + " (of " + std::to_string(info.n_layers) + "; the others are layers of another kind)\n";
+}
 }  // namespace
 
 
@@ -103,6 +112,8 @@ void Model::prepare() {
     instrumented_ = true;
     bool branches = false;
     for (const auto& s : sites_) branches |= s.in_block || s.runtime_check;
+    const int64_t stated_sites = info_.attention_layers.empty() ? info_.n_layers
+                                                                 : static_cast<int64_t>(info_.attention_layers.size());
     if (info_.n_layers < 0 && !branches) {
       info_.n_layers = static_cast<int64_t>(sites_.size());
       info_.inferred.push_back("num_layers (attention sites in the graph)");
@@ -110,9 +121,10 @@ void Model::prepare() {
       // The graph wins over the file: a stated layer count the graph does not have would
       // mislabel every layer of every figure.
       const auto n_sites = static_cast<int64_t>(sites_.size());
-      TORCH_CHECK_VALUE(info_.n_layers == n_sites, "attnscope.json says num_layers ", info_.n_layers,
+      TORCH_CHECK_VALUE(stated_sites == n_sites, "attnscope.json says ",
+                        info_.attention_layers.empty() ? "num_layers " : "attention_layers: ", stated_sites,
                         ", but the model's graph has ", n_sites, " attention sites (one per layer): ",
-                        site_count_mechanism(n_sites, info_.n_layers));
+                        site_count_mechanism(n_sites, stated_sites));
     }
   }
   if (info_.n_heads < 0 || info_.n_kv_heads < 0 || info_.n_layers < 0 || !info_.causal_stated) dry_run();
@@ -186,6 +198,7 @@ std::string Model::describe() const {
     << (info_.v_head_dim > 0 && info_.v_head_dim != info_.head_dim
             ? " (q·k), " + std::to_string(info_.v_head_dim) + " (v)" : "")
     << ", vocab: " << num(info_.vocab_size) << "\n"
+    << attention_layers_line(info_)
     << "  tokenizer: " << (vocab_.empty() ? "none in archive" : std::to_string(vocab_.size()) + " tokens") << "\n";
   if (retargeted_ > 0)
     o << "  device constants of the tracing device moved to " << device_ << ": " << retargeted_ << "\n";

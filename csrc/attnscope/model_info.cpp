@@ -52,6 +52,16 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
   TORCH_CHECK(info.output == "logits" || info.output == "hidden_states", "attnscope.json: output '",
               info.output, "' unknown: expected 'logits' or 'hidden_states'");
   info.context_length = v.get_int("context_length", -1, 1, int64_t(1) << 40);
+  if (const json::Value* a = v.find("attention_layers"); a && !a->is_null()) {
+    TORCH_CHECK_VALUE(a->is_array() && !a->arr.empty() && info.n_layers > 0, "attnscope.json: attention_layers "
+                      "must be a non-empty list of layer indices, with num_layers stated");
+    for (size_t i = 0; i < a->arr.size(); ++i) {
+      const int64_t l = a->arr[i].as_int("'attention_layers'[" + std::to_string(i) + "]", 0, info.n_layers - 1);
+      TORCH_CHECK_VALUE(info.attention_layers.empty() || l > info.attention_layers.back(), "attnscope.json: "
+                        "attention_layers must increase, but ", l, " follows ", info.attention_layers.back());
+      info.attention_layers.push_back(l);
+    }
+  }
   return info;
 }
 

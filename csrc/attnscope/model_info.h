@@ -42,11 +42,16 @@ struct ModelInfo {
   std::string output = "logits";
   /// Longest input the model takes (its position table or max_position_embeddings); -1 = unknown.
   int64_t context_length = -1;
+  /// Model-layer indices of the layers with softmax attention, increasing, when not every layer
+  /// has it (hybrids: Jamba's Mamba layers, LFM2's convolutions); empty = all of 0..n_layers-1.
+  /// Captures, traces and figures number layers by these indices.
+  std::vector<int64_t> attention_layers;
   /// Fields that were inferred (from the graph or a run) instead of read from attnscope.json.
   std::vector<std::string> inferred;
 
   /// Facts from attnscope.json text (num_layers, num_heads, num_kv_heads, head_dim,
-  /// v_head_dim, vocab_size, bos_token_id, family, tokenizer, causal, output, context_length); absent
+  /// v_head_dim, vocab_size, bos_token_id, family, tokenizer, causal, output, context_length,
+  /// attention_layers); absent
   /// fields stay unknown.
   static ModelInfo from_json(const std::string& text);
 };

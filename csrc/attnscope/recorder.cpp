@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <sstream>
 
 namespace attnscope {
 
@@ -21,13 +22,18 @@ Recorder::Recorder(const CaptureSpec& spec, RunContext ctx, bool layer_from_orde
     : spec_(spec), ctx_(std::move(ctx)), layer_from_order_(layer_from_order) {}
 
 int64_t Recorder::resolve_layer(int64_t op_layer) {
+  const std::vector<int64_t>& ids = ctx_.attention_layers;
   int64_t layer;
   if (layer_from_order_) {
-    layer = result_.layers_run;
-    result_.site_of_layer.push_back(op_layer);
+    TORCH_CHECK(ids.empty() || sites_run_ < static_cast<int64_t>(ids.size()), "the model ran more attention "
+                "sites than the ", ids.size(), " attention_layers its attnscope.json states");
+    layer = ids.empty() ? sites_run_ : ids[sites_run_];
+    ++sites_run_;
   } else {
     TORCH_CHECK(op_layer >= 0, "capture operator called with layer ", op_layer,
                 ": expected a layer index >= 0");
+    TORCH_CHECK(ids.empty() || std::binary_search(ids.begin(), ids.end(), op_layer), "capture operator called "
+                "with layer ", op_layer, ", which is not among the attention_layers attnscope.json states");
     TORCH_CHECK(op_layer >= static_cast<int64_t>(result_.heads.size()) ||
                     result_.heads[op_layer] < 0,
                 "layer ", op_layer, " was captured twice in one forward: its attention computes more than "
@@ -40,8 +46,9 @@ int64_t Recorder::resolve_layer(int64_t op_layer) {
     result_.kv_heads.resize(layer + 1, -1);
     result_.qk_dims.resize(layer + 1, -1);
     result_.v_dims.resize(layer + 1, -1);
-    if (!layer_from_order_) result_.site_of_layer.resize(layer + 1, -1);
+    result_.site_of_layer.resize(layer + 1, -1);
   }
+  if (layer_from_order_) result_.site_of_layer[layer] = op_layer;
   result_.layers_run = std::max<int64_t>(result_.layers_run, layer + 1);
   return layer;
 }
@@ -248,21 +255,24 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
 
 RecordResult Recorder::finish() {
   const int64_t n = result_.layers_run;
+  std::vector<int64_t> ran;  // layers whose attention ran (every layer but a hybrid's others)
+  for (int64_t l = 0; l < n; ++l)
+    if (result_.heads[l] >= 0) ran.push_back(l);
   auto need = [&](int64_t l, const char* what) {
     TORCH_CHECK(l < n, what, ": layer ", l, " out of range: model has ", n,
                 " layers (0..", n - 1, ") with attention");
+    if (result_.heads[l] >= 0) return;
+    std::ostringstream list;
+    for (size_t i = 0; i < ran.size(); ++i) list << (i ? ", " : "") << ran[i];
+    TORCH_CHECK_VALUE(false, what, ": layer ", l, " has no softmax attention in this model (a layer of another kind); "
+                "its attention layers are ", list.str());
   };
   for (const auto& lh : spec_.heads) need(lh.first, "heads");
   for (int64_t l : spec_.layer_maps) need(l, "layer_maps");
   for (int64_t l : spec_.layers) need(l, "layers");
 
   std::vector<int64_t> agg_layers;
-  if (spec_.wants_aggregates()) {
-    if (spec_.layers.empty())
-      for (int64_t l = 0; l < n; ++l) agg_layers.push_back(l);
-    else
-      agg_layers = spec_.layers;
-  }
+  if (spec_.wants_aggregates()) agg_layers = spec_.layers.empty() ? ran : spec_.layers;
   for (int64_t l : agg_layers)
     TORCH_CHECK(acc_.count(l), "layers: layer ", l, " ran no capture");
   // Layer by layer: each layer's results go straight into the stacked [L, ...] tensors and its

@@ -34,7 +34,8 @@ struct RecordResult {
 class Recorder {
  public:
   /// `layer_from_order`: number layers by execution order (graph-instrumented models, where the
-  /// op's integer is a site id); otherwise the op's integer is the layer index.
+  /// op's integer is a site id; the n-th site is ctx.attention_layers[n] when stated);
+  /// otherwise the op's integer is the layer index.
   Recorder(const CaptureSpec& spec, RunContext ctx, bool layer_from_order);
 
   /// The recorder of the current thread, or nullptr (the operators then pass through).
@@ -65,6 +66,7 @@ class Recorder {
   CaptureSpec spec_;
   RunContext ctx_;
   bool layer_from_order_;
+  int64_t sites_run_ = 0;  // sites seen in this forward (layer_from_order_)
   RecordResult result_;
   std::map<int64_t, std::unique_ptr<LayerAccumulator>> acc_;
   int64_t device_block_ = -1;  // elements per block on a GPU, from its free memory (once per run)

@@ -90,6 +90,7 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   ctx.has_padding = !mask.all().item<bool>();
   ctx.causal = info_.causal;
   ctx.ids = ids;
+  ctx.attention_layers = info_.attention_layers;
   Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
   std::vector<torch::jit::IValue> inputs{ids.to(device_)};
   if (takes_mask_) inputs.emplace_back(mask.to(device_));
@@ -217,7 +218,11 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   int64_t h = -1, kv = -1;
   for (int64_t x : res.heads) if (x > 0) { h = x; break; }
   for (int64_t x : res.kv_heads) if (x > 0) { kv = x; break; }
-  t.n_layers = res.layers_run;
+  // A hybrid's trace spans the model's layers; only its attention layers hold captures.
+  t.n_layers = info_.attention_layers.empty() ? res.layers_run : std::max(res.layers_run, info_.n_layers);
+  for (int64_t l = 0; l < static_cast<int64_t>(res.heads.size()); ++l)
+    if (res.heads[l] >= 0) t.attention_layers.push_back(l);
+  if (static_cast<int64_t>(t.attention_layers.size()) == t.n_layers) t.attention_layers.clear();  // all of them
   t.n_heads = info_.n_heads > 0 ? info_.n_heads : h;
   t.n_kv_heads = info_.n_kv_heads > 0 ? info_.n_kv_heads : (kv > 0 ? kv : t.n_heads);
   if (t.n_heads > 0 && t.n_kv_heads > 0 && t.n_heads % t.n_kv_heads == 0)
@@ -232,6 +237,7 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   }
   for (int64_t site : res.site_of_layer)
     t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
+  if (!t.layer_paths.empty()) t.layer_paths.resize(t.n_layers);
   if (!vocab_.empty()) {
     auto acc = ids.accessor<int64_t, 2>();
     for (int64_t b = 0; b < batch; ++b)

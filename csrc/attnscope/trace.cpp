@@ -29,6 +29,15 @@ std::vector<std::string> parse_string_array(const std::string& text, const char*
   }
   return out;
 }
+std::vector<int64_t> parse_int_array(const std::string& text, const char* what, int64_t hi) {
+  std::vector<int64_t> out;
+  if (text.empty()) return out;
+  const auto v = json::parse(text, what);
+  TORCH_CHECK_VALUE(v.is_array(), what, " must be a JSON array of layer indices");
+  for (size_t i = 0; i < v.arr.size(); ++i)
+    out.push_back(v.arr[i].as_int(std::string(what) + "[" + std::to_string(i) + "]", 0, hi));
+  return out;
+}
 }  // namespace
 
 const torch::Tensor& Trace::get(const std::string& name) const {
@@ -77,6 +86,11 @@ void Trace::save(const std::string& path) const {
                 {"tokens", string_array(tokens)},
                 {"prompt_len", std::to_string(prompt_len)},
                 {"generation", generation}};
+  if (!attention_layers.empty()) {
+    std::string a = "[";
+    for (size_t i = 0; i < attention_layers.size(); ++i) a += (i ? "," : "") + std::to_string(attention_layers[i]);
+    f.metadata["attention_layers"] = a + "]";
+  }
   write_safetensors(path, f);
 }
 
@@ -116,6 +130,7 @@ Trace Trace::load(const std::string& path) {
   t.n_heads = meta_int(f, "n_heads", path, 1, 65536);
   t.n_kv_heads = meta_int(f, "n_kv_heads", path, 1, t.n_heads);
   t.layer_paths = parse_string_array(meta("layer_paths"), "trace layer_paths");
+  t.attention_layers = parse_int_array(meta("attention_layers"), "trace attention_layers", t.n_layers - 1);
   t.tokens = parse_string_array(meta("tokens"), "trace tokens");
   for (auto* list : {&t.tokens, &t.layer_paths})  // files may hold any bytes; Python decodes UTF-8
     for (auto& s : *list) s = json::valid_utf8(s);

@@ -32,6 +32,9 @@ struct Trace {
   torch::Tensor kv_head_of;
   /// Module path of each layer's attention site ("" where the graph had none).
   std::vector<std::string> layer_paths;
+  /// Model-layer indices of the layers with softmax attention, increasing, when not every
+  /// layer 0..n_layers-1 has it (hybrids); empty = all of them.
+  std::vector<int64_t> attention_layers;
   /// Raw token strings `B*T`, row-major like input_ids (empty if the model has no vocabulary).
   std::vector<std::string> tokens;
   /// Generated traces: columns 0..prompt_len-1 are the (left-padded) prompt, the rest the
@@ -55,7 +58,8 @@ struct Trace {
 
   /// Writes `path` as safetensors: tensors input_ids, attention_mask, entropy, topk_probs,
   /// topk_ids, kv_head_of and "captures/<name>"; metadata format="attnscope-trace", version,
-  /// spec (JSON), n_layers, n_heads, n_kv_heads, layer_paths and tokens (JSON string arrays).
+  /// spec (JSON), n_layers, n_heads, n_kv_heads, layer_paths and tokens (JSON string arrays),
+  /// attention_layers (a JSON int array, only for hybrids).
   void save(const std::string& path) const;
   /// Reads a trace written by save() or by attnscope's Python side.
   static Trace load(const std::string& path);

@@ -87,6 +87,11 @@ void check_trace(const Trace& t, const std::string& where) {
   }
   TORCH_CHECK_VALUE(t.layer_paths.empty() || static_cast<int64_t>(t.layer_paths.size()) == t.n_layers, at,
                     t.layer_paths.size(), " layer_paths for n_layers ", t.n_layers);
+  for (size_t i = 0; i < t.attention_layers.size(); ++i)
+    TORCH_CHECK_VALUE(t.attention_layers[i] >= 0 && t.attention_layers[i] < t.n_layers &&
+                          (i == 0 || t.attention_layers[i] > t.attention_layers[i - 1]),
+                      at, "attention_layers must increase within 0..", t.n_layers - 1, ", got ",
+                      t.attention_layers[i], " at ", i);
   try {
     t.spec.validate(t.n_layers, t.n_heads, T);
   } catch (const c10::Error& e) {

@@ -60,6 +60,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("n_kv_heads", &Trace::n_kv_heads)
       .def_readonly("kv_head_of", &Trace::kv_head_of)
       .def_readonly("layer_paths", &Trace::layer_paths)
+      .def_readonly("attention_layers", &Trace::attention_layers)
       .def_readonly("tokens", &Trace::tokens)
       .def("save", &Trace::save, py::arg("path"), "write as safetensors")
       .def_static("load", &Trace::load, py::arg("path"), "read a trace file");
@@ -154,6 +155,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("eos_id", [](const Model& x) { return x.info().eos_id; })
       .def("describe", &Model::describe, "summary text")
       .def_property_readonly("n_layers", [](const Model& x) { return x.info().n_layers; })
+      .def_property_readonly("attention_layers", [](const Model& x) { return x.info().attention_layers; },
+                             "model-layer indices of a hybrid's attention layers ([] = every layer)")
       .def_property_readonly("n_heads", [](const Model& x) { return x.info().n_heads; })
       .def_property_readonly("n_kv_heads", [](const Model& x) { return x.info().n_kv_heads; })
       .def_property_readonly("head_dim", [](const Model& x) { return x.info().head_dim; })

@@ -46,6 +46,12 @@ class Model:
             raise AttributeError(name)
         return getattr(self._core, name)
 
+    @property
+    def attention_layers(self):
+        """Model-layer indices of the layers with softmax attention: every layer, or a hybrid's
+        attention layers (attnscope.json attention_layers)."""
+        return list(self._core.attention_layers) or list(range(max(0, self.n_layers)))
+
     def __repr__(self):
         return (f"<attnscope.Model {self.family or 'unknown family'}: {self.n_layers} layers x {self.n_heads} heads "
                 f"on {self.device}{', KV-cache decode' if self.has_decode else ''}>")

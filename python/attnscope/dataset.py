@@ -167,6 +167,10 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
     from .api import Model, load
     if not isinstance(model, Model):
         model = load(model)
+    if model.n_layers > 0 and list(model.attention_layers) != list(range(model.n_layers)):
+        raise ValueError(f"this {model.family or 'model'} is a hybrid (attention on layers "
+                         f"{', '.join(map(str, model.attention_layers))} of {model.n_layers}): dataset statistics stack "
+                         "every layer and do not take hybrids yet; run its sequences one by one (Model.run) instead")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r}: expected a positive int")
     parts = _parts(capture)
@@ -267,6 +271,7 @@ class DatasetTrace:
         self.spec = {}
 
     n_layers = property(lambda self: self.stats.n_layers)
+    attention_layers = property(lambda self: list(range(self.stats.n_layers)))
     n_heads = property(lambda self: self.stats.n_heads)
     n_sequences = property(lambda self: self.stats.n_sequences)
     length = property(lambda self: self.stats.length)

@@ -52,6 +52,12 @@ class Trace:
         return (f"<attnscope.Trace batch={b} tokens={t} layers={self.n_layers} heads={self.n_heads}{gen}, "
                 f"{len(self._core.captures)} captures{', model kept' if self._model is not None else ''}>")
 
+    @property
+    def attention_layers(self):
+        """Model-layer indices of the layers with softmax attention: every layer 0..n_layers-1,
+        or a hybrid's attention layers (the others hold no captures)."""
+        return list(self._core.attention_layers) or list(range(self.n_layers))
+
     # ------------------------------------------------------------------ captures
     @property
     def captures(self):

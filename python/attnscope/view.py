@@ -120,7 +120,7 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
     if isinstance(max_cells, bool) or not isinstance(max_cells, (int, np.integer)) or max_cells < 1:
         raise ValueError(f"max_cells {max_cells!r} must be an int >= 1")
     L, H = trace.n_layers, trace.n_heads
-    layers = list(range(L)) if layers is None else _int_list("layers", layers, L, "layers")
+    layers = list(trace.attention_layers) if layers is None else _int_list("layers", layers, L, "layers")
     valid = np.nonzero(trace.attention_mask[batch].numpy())[0]
     lo, hi = int(valid[0]), int(valid[-1]) + 1  # padding is one contiguous run (checked by the core)
     s, e = token_window(trace, batch, tokens)

@@ -72,6 +72,10 @@ FAMILIES = {
  # latent attention: MiniCPM3 (q and kv low-rank), DeepSeek-V2 (kv low-rank, routed experts)
  "minicpm3": lambda: T.MiniCPM3ForCausalLM(T.MiniCPM3Config(**small(num_key_value_heads=4, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8))),
  "deepseek_v2": lambda: T.DeepseekV2ForCausalLM(T.DeepseekV2Config(**small(num_key_value_heads=4, kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, n_routed_experts=2, num_experts_per_tok=1, n_group=1, topk_group=1, moe_intermediate_size=16, first_k_dense_replace=1))),
+ # hybrids: softmax attention on some layers, short convolutions (LFM2) or gated delta-net linear
+ # attention (Qwen3-Next) on the others; layers keep their model index (attention at layer 1)
+ "lfm2": lambda: T.Lfm2ForCausalLM(T.Lfm2Config(**small(num_hidden_layers=3, num_key_value_heads=2, layer_types=["conv", "full_attention", "conv"]))),
+ "qwen3_next": lambda: T.Qwen3NextForCausalLM(T.Qwen3NextConfig(**small(num_key_value_heads=2, head_dim=8, layer_types=["linear_attention", "full_attention"], linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=2, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, shared_expert_intermediate_size=16))),
  "roberta": lambda: T.RobertaModel(T.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=70)),
  "distilbert": lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)),
  "electra": lambda: T.ElectraModel(T.ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),
@@ -79,3 +83,5 @@ FAMILIES = {
 
 # Bidirectional families (encoders without LM head): every other family is causal.
 ENCODERS = ("bert", "roberta", "distilbert", "electra")
+# Hybrids: attention on some layers only (their caches are not keys/values: no decode method).
+HYBRIDS = ("lfm2", "qwen3_next")

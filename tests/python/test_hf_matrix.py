@@ -12,7 +12,7 @@ import warnings
 
 import pytest
 import torch
-from hf_families import ENCODERS, FAMILIES, V
+from hf_families import ENCODERS, FAMILIES, HYBRIDS, V
 from reference_stats import pooled_reference, row_stats_reference, rows_alone
 
 import attnscope
@@ -92,16 +92,20 @@ def close(got, want, what):
 def check_run(m, model, ref, kind, causal):
     ids, mask = inputs(kind)
     L, H = m.n_layers, m.n_heads
-    cap = dict(CAPTURE, heads=[(l, h) for l in range(L) for h in range(H)], layer_maps=list(range(L)))
+    layers = m.attention_layers  # a hybrid's attention layers keep their model index
+    cap = dict(CAPTURE, heads=[(l, h) for l in layers for h in range(H)], layer_maps=layers)
     t = m.run(ids, capture=cap, attention_mask=mask)
-    attentions, logits = rows_alone(ref, ids, mask)
+    assert t.attention_layers == layers and t.captures["aggregate_layers"].tolist() == layers
+    attentions, logits = rows_alone(ref, ids, mask)  # transformers lists the attention layers only
     valid = mask.bool()
     nan = float("nan")
     sinks = any(isinstance(getattr(x, "sinks", None), torch.nn.Parameter) for x in model.modules())
     assert ("sink_share" in t.captures) == sinks, "sink_share is captured exactly for models with learned sinks"
     q_ok = valid[:, None, :, None]                                   # [B, 1, T, 1]
-    for l, (win, chunk) in enumerate(windows(model, L)):
-        A = attentions[l].double()                                   # [B, H, T, T]
+    per_layer = windows(model, L)
+    for i, l in enumerate(layers):                                   # i: index into stacked aggregates
+        win, chunk = per_layer[l]
+        A = attentions[i].double()                                   # [B, H, T, T]
         vis = visibility(valid, causal, win, chunk)[:, None]         # [B, 1, T, T]
         where = f"{kind} padding, layer {l}"
         # The mask written out above is the model's: nothing outside it, something inside.
@@ -113,31 +117,31 @@ def check_run(m, model, ref, kind, causal):
         close(t.get(f"layer_map/L{l}"), want_map.mean(1), f"{where}, layer map")
         seen = vis & q_ok
         count = seen.sum(2).double()                                 # [B, 1, T]
-        close(t.get("received_count")[l], count.expand(-1, H, -1), f"{where}, received divisor")
+        close(t.get("received_count")[i], count.expand(-1, H, -1), f"{where}, received divisor")
         recv = (A * seen).sum(2) / count
-        close(t.get("received_mean")[l], recv.masked_fill(count == 0, nan), f"{where}, received mean")
+        close(t.get("received_mean")[i], recv.masked_fill(count == 0, nan), f"{where}, received mean")
         rmax = A.masked_fill(~seen, 0).amax(2)
-        close(t.get("received_max")[l], rmax.masked_fill(count == 0, nan), f"{where}, received max")
+        close(t.get("received_max")[i], rmax.masked_fill(count == 0, nan), f"{where}, received max")
         ent = -(A * A.clamp_min(1e-300).log()).sum(-1)
-        close(t.get("attn_entropy")[l], ent.masked_fill(~valid[:, None], nan), f"{where}, attention entropy")
+        close(t.get("attn_entropy")[i], ent.masked_fill(~valid[:, None], nan), f"{where}, attention entropy")
         # sink keys: the first SINK real tokens of each row, wherever the padding is
         first = torch.stack([valid[b].nonzero().flatten()[:SINK] for b in range(2)])  # [B, SINK]
         sink_rows = torch.stack([A[b][:, :, first[b]].sum(-1) for b in range(2)])     # [B, H, T]
-        close(t.get("sink_mass_rows")[l], sink_rows.masked_fill(~valid[:, None], nan), f"{where}, sink rows")
+        close(t.get("sink_mass_rows")[i], sink_rows.masked_fill(~valid[:, None], nan), f"{where}, sink rows")
         sink = (sink_rows * valid[:, None]).sum(-1) / valid.sum(1)[:, None]
-        close(t.get("sink_mass")[l], sink, f"{where}, sink mass")
+        close(t.get("sink_mass")[i], sink, f"{where}, sink mass")
         rows = [T - 1, 2]
         frm = torch.stack([A[:, :, r].masked_fill(~valid[:, r, None, None], nan) for r in rows], 2)
-        close(t.get("from")[l], frm, f"{where}, from rows")
+        close(t.get("from")[i], frm, f"{where}, from rows")
         if sinks:  # learned sinks: what the real keys did not get, per row
             share = (1 - A.sum(-1)).masked_fill(~valid[:, None], nan)
             assert share.nan_to_num(0).max() > 0.05, f"{where}: the sinks take nothing (test model too weak)"
-            close(t.get("sink_share")[l], share, f"{where}, sink share")
+            close(t.get("sink_share")[i], share, f"{where}, sink share")
         for name, want in row_stats_reference(A, ids, valid, WINDOW).items():
-            close(t.get(name)[l], want, f"{where}, {name}")
+            close(t.get(name)[i], want, f"{where}, {name}")
         pm, pu = pooled_reference(A, vis, valid, 4)
-        close(t.get("pooled_map")[l], pm, f"{where}, pooled map")
-        close(t.get("pooled_uniform")[l], pu, f"{where}, pooled uniform")
+        close(t.get("pooled_map")[i], pm, f"{where}, pooled map")
+        close(t.get("pooled_uniform")[i], pu, f"{where}, pooled uniform")
     if m.output == "logits":
         logp = logits.double().log_softmax(-1)
         h = -(logp.exp() * logp).sum(-1).masked_fill(~valid, nan)
@@ -319,8 +323,8 @@ DECODERS = [f for f in FAMILIES if f not in ENCODERS]
 
 @pytest.mark.parametrize("family", DECODERS)
 def test_generation_uses_the_kv_cache(tmp_path, family):
-    """Every causal family's archive carries the KV-cache decode method (transformers' own cache,
-    traced): a batch of two prompts gives the greedy ids of the same archive generating with a
+    """Every causal family's archive but the hybrids' carries the KV-cache decode method
+    (transformers' own cache, traced): a batch of two prompts gives the greedy ids of the same archive generating with a
     full forward per step; a left-padded batch gives each row's ids alone, with and without the
     cache; an unpadded prompt those of transformers' generate (which stops at EOS)."""
     torch.manual_seed(0)
@@ -329,7 +333,7 @@ def test_generation_uses_the_kv_cache(tmp_path, family):
         warnings.simplefilter("ignore")
         r = attnscope.export_hf(model, None, tmp_path / "g.pt")
     m = attnscope.load(str(tmp_path / "g.pt"), device="cpu")
-    assert m.has_decode, r
+    assert m.has_decode == (family not in HYBRIDS), r  # a hybrid's cache is no keys/values: a forward per step
     ids, mask = inputs("left")
     prompt = ids[:, :7]
     kw = dict(max_new_tokens=6, stop=[], capture={"top_k": 0}, progress=False)

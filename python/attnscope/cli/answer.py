@@ -72,8 +72,9 @@ def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None, vie
 def _picks(model, default_model):
     if default_model:
         return DEMO_HEADS, DEMO_PATTERN_HEADS, DEMO_LAYERS
-    heads = [(0, 0), (model.n_layers // 2, 0), (model.n_layers - 1, model.n_heads - 1)]
-    return heads, [(l, 0) for l, _ in heads], _layer_picks(model.n_layers)
+    a = model.attention_layers
+    heads = [(a[0], 0), (a[len(a) // 2], 0), (a[-1], model.n_heads - 1)]
+    return heads, [(l, 0) for l, _ in heads], _layer_picks(a)
 
 
 def demo(args):

@@ -53,5 +53,8 @@ def _check_out_dir(out):
 
 
 def _layer_picks(n):
-    """Up to 8 layers spread over the model, first and last included (the paper's layout)."""
-    return sorted({round(i * (n - 1) / 7) for i in range(8)}) if n > 8 else list(range(n))
+    """Up to 8 layers spread over the model, first and last included (the paper's layout); n: a
+    layer count, or the list of a hybrid's attention layers to pick from."""
+    layers = list(range(n)) if isinstance(n, int) else list(n)
+    k = len(layers)
+    return [layers[i] for i in sorted({round(i * (k - 1) / 7) for i in range(8)})] if k > 8 else layers

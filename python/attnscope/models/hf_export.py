@@ -28,10 +28,11 @@ from .export import FORMAT_VERSION, save_archive, trace_with_decode
 from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
 from .hf_decode import WithDecode, cache_shape, check_decode, tracer_warnings
 from .hf_decode import trace_with_decode as trace_hf_decode
+from .hf_errors import describe_error, gist
 from .hf_folder import load_folder
 from .hf_inputs import Call, batch, pad_token, takes_positions
 from .hf_verify import (attention_diffs, can_switch_attention, eager_attentions, eager_reference,  # noqa: F401
-                        observe, observed_causal, text_config)
+                        hybrid_layers, observed_causal, text_config)
 from . import hf_verify
 
 ATTENTIONS = ("sdpa", "eager")
@@ -95,6 +96,20 @@ def _refuse_layouts(model, tc, facts):
                          "(docs/export.md)")
 
 
+def _attention_layers(model, facts, device):
+    """A hybrid's attention layers (hf_verify.hybrid_layers) into facts["attention_layers"];
+    refused by name when they cannot be placed."""
+    try:
+        layers = hybrid_layers(model, facts["num_layers"], facts["vocab_size"], device)
+    except ValueError as e:
+        tc = text_config(model)
+        types = sorted({str(t) for t in (getattr(tc, "layer_types", None) or getattr(tc, "layers_block_type", None) or [])})
+        raise ValueError(f"this {facts['family']} model ({type(model).__name__}) is a hybrid{' (layer types: ' + ', '.join(types) + ')' if types else ''}: "
+                         f"{e}, so attnscope cannot number its attention layers") from None
+    if layers is not None:
+        facts["attention_layers"] = layers
+
+
 def _output_kind(model):
     return "logits" if model.get_output_embeddings() is not None else "hidden_states"
 
@@ -148,17 +163,6 @@ def _tokenizer_files(tokenizer):
 def _example(model, length, device):
     """The traced example: ids [2, length], row 1 left-padded (as generation pipelines pad)."""
     return batch(text_config(model).vocab_size, length, 0, device, pad_token(model))
-
-
-def describe_error(e):
-    """The whole message of `e` and of its causes, on one line: `Type: message <- Cause: message`."""
-    parts, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        msg = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
-        parts.append(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
-        e = e.__cause__ or e.__context__
-    return " <- ".join(parts)
 
 
 def _nodes(block):
@@ -245,6 +249,7 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
     facts.update(format_version=FORMAT_VERSION, transformers=transformers.__version__, torch=torch.__version__,
                  route=route, attention_requested=attention,
                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
+    _attention_layers(model, facts, device)
     ids, mask = _example(model, example_length, device)
     call = Call(takes_positions(model) if positions is None else positions, pad_token(model))
     facts["positions"] = call.describe()
@@ -325,13 +330,8 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     extra = _tokenizer_files(tokenizer)
     model.eval()
     _refuse_layouts(model, tc, facts)
-    causal, n_maps = observe(model, facts["vocab_size"], device)
-    if n_maps != facts["num_layers"]:
-        types = sorted({str(t) for t in (getattr(tc, "layer_types", None) or getattr(tc, "layers_block_type", None) or [])})
-        raise ValueError(f"this {family} model ({type(model).__name__}) is a hybrid: {n_maps} of its {facts['num_layers']} "
-                         f"layers return softmax attention maps{' (layer types: ' + ', '.join(types) + ')' if types else ''}, "
-                         "the others are state-space, convolution or linear-attention layers; attnscope does not capture "
-                         "hybrid models yet (docs/export.md)")
+    causal = observed_causal(model, facts["vocab_size"], device)
+    _attention_layers(model, facts, device)  # a hybrid it cannot place is refused here
     # What the model says: a causal-LM class, is_decoder, or attention modules marked causal (Mpt and
     # CodeGen set neither of the last two, so the class name is evidence too).
     stated = (type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) or bool(getattr(tc, "is_decoder", False))
@@ -410,21 +410,6 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
 class ExportFailure(Exception):
     """Every route's whole error (TorchScript tracebacks included): the __cause__ of export_hf's
     ValueError, whose message keeps the gist."""
-
-
-def gist(e, limit=400):
-    """What went wrong in `e` and its causes, in at most `limit` characters: each exception's first
-    line, or for TorchScript interpreter errors their last line (the original message)."""
-    parts, seen = [], set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        torchscript = lines and ("Traceback of TorchScript" in str(e) or lines[0].startswith("The following operation"))
-        msg = (lines[-1] if torchscript else lines[0]) if lines else ""
-        parts.append(f"{type(e).__name__}: {msg}" if msg else type(e).__name__)
-        e = e.__cause__ or e.__context__
-    text = " <- ".join(parts)
-    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 VERIFY_MAX_LENGTH = 512  # longest checked input: eager references hold L x H x T x T attentions

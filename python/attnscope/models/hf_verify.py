@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from .hf_errors import gist
 from .hf_inputs import batch, check_lengths, pad_token
 
 
@@ -67,11 +68,42 @@ def observed_causal(model, vocab, device):
     return observe(model, vocab, device)[0]
 
 
+def _layers(core):
+    """The model-layer index of each attention layer, in the order of transformers' attentions."""
+    return list(core.attention_layers) or list(range(core.n_layers))
+
+
 def _all_heads(core):
     from .. import _core
     spec = _core.CaptureSpec()
-    spec.heads, spec.top_k = [(l, h) for l in range(core.n_layers) for h in range(core.n_heads)], 0
+    spec.heads, spec.top_k = [(l, h) for l in _layers(core) for h in range(core.n_heads)], 0
     return spec
+
+
+def hybrid_layers(model, n_layers, vocab, device):
+    """None when every layer returns an attention map (eager, 8 tokens); else the model-layer
+    indices (module layer_idx) of the layers whose modules return one, or a ValueError when they
+    cannot be told apart from the others."""
+    ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(1)).to(device)
+    found = set()
+
+    def hook(module, args, out):
+        if isinstance(out, tuple) and any(isinstance(o, torch.Tensor) and o.dim() == 4 and o.shape[-2:] == (8, 8)
+                                          for o in out[1:]):
+            found.add(int(module.layer_idx))
+    with eager_reference(model) as ref, torch.no_grad():
+        hooks = [m.register_forward_hook(hook) for m in ref.modules() if isinstance(getattr(m, "layer_idx", None), int)]
+        try:
+            maps = [a for a in ref(input_ids=ids, output_attentions=True, use_cache=False).attentions if a is not None]
+        finally:
+            for h in hooks:
+                h.remove()
+    if len(maps) == n_layers:
+        return None
+    if len(found) != len(maps) or not all(0 <= l < n_layers for l in found):
+        raise ValueError(f"{len(maps)} of its {n_layers} layers return attention maps, but the modules that return them "
+                         f"(layer_idx {sorted(found)}) do not say which layers they are")
+    return sorted(found)
 
 
 def attention_diffs(am, model, ids, mask):
@@ -80,15 +112,15 @@ def attention_diffs(am, model, ids, mask):
     significant bits). am: an attnscope Model (or its _core.Model) of `model`; ids/mask [B, T].
     The reference runs the batch as given (transformers' positions)."""
     core = getattr(am, "_core", am)  # an attnscope.Model or the _core.Model it wraps
-    L, H = core.n_layers, core.n_heads
+    H = core.n_heads
     caps = core.run(ids.cpu(), _all_heads(core), mask.cpu()).captures
     ref = eager_attentions(model, ids, mask)
     ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
     ok = mask.cpu().bool()[:, None, :, None]
     raw, beyond = [], []
-    for l in range(L):
+    for i, l in enumerate(_layers(core)):
         got = torch.stack([caps[f"head_map/L{l}H{h}"] for h in range(H)], 1).float()  # [B, H, T, T]
-        want = ref[l].float().cpu()
+        want = ref[i].float().cpu()
         d = (got - want).abs().masked_fill(~ok, 0)
         raw.append(float(d.max()))
         beyond.append(float((d - want.abs() * ulp).clamp_min(0).max()))
@@ -100,16 +132,16 @@ def _entropy(logits):
     return -(logp.exp() * logp).sum(-1)
 
 
-def _maps(caps, L, H, b):
-    """[L][H, T, T] captured maps of row b."""
-    return [torch.stack([caps[f"head_map/L{l}H{h}"][b] for h in range(H)]).double() for l in range(L)]
+def _maps(caps, layers, H, b):
+    """[len(layers)][H, T, T] captured maps of row b."""
+    return [torch.stack([caps[f"head_map/L{l}H{h}"][b] for h in range(H)]).double() for l in layers]
 
 
 def rows_alone_diff(core, model, ids, mask):
     """Per row b: (max |captured map - eager map of the row alone| over every layer, head and real
     query, including weight on padded keys, which must be 0; the same for predictive entropy,
     relative to max(1, |entropy|), or None for a model without logits). ids/mask [B, T]."""
-    L, H = core.n_layers, core.n_heads
+    layers, H = _layers(core), core.n_heads
     trace = core.run(ids.cpu(), _all_heads(core), mask.cpu())
     rows = []
     with eager_reference(model) as ref, torch.no_grad():
@@ -118,7 +150,7 @@ def rows_alone_diff(core, model, ids, mask):
             alone = ids[b][mask[b].bool()][None]
             out = ref(input_ids=alone, attention_mask=torch.ones_like(alone), output_attentions=True, use_cache=False)
             d_map = 0.0
-            for l, got in enumerate(_maps(trace.captures, L, H, b)):
+            for l, got in enumerate(_maps(trace.captures, layers, H, b)):
                 got = got[:, real]                                 # [H, n, T]
                 want = out.attentions[l][0].double().cpu()         # [H, n, n]
                 off = got[:, :, ~real]                             # weight on padded keys: must be exactly 0
@@ -136,7 +168,7 @@ def model_padding_diff(core, model, ids, mask, call):
     """(max |eager map of the padded batch - eager map of each row alone|: what the model itself
     does under padding, max |captured - eager map of the padded batch|) over real rows; `call`
     (hf_inputs.Call) passes the archive's positions to the eager batch."""
-    L, H = core.n_layers, core.n_heads
+    layers, H = _layers(core), core.n_heads
     caps = core.run(ids.cpu(), _all_heads(core), mask.cpu()).captures
     itself, archive = 0.0, 0.0
     with eager_reference(model) as ref, torch.no_grad():
@@ -145,7 +177,7 @@ def model_padding_diff(core, model, ids, mask, call):
             real = mask[b].bool().cpu()
             alone = ids[b][mask[b].bool()][None]
             solo = ref(input_ids=alone, attention_mask=torch.ones_like(alone), output_attentions=True, use_cache=False)
-            for l, got in enumerate(_maps(caps, L, H, b)):
+            for l, got in enumerate(_maps(caps, layers, H, b)):
                 want = out.attentions[l][b].double().cpu()[:, real]
                 itself = max(itself, float((want[:, :, real] - solo.attentions[l][0].double().cpu()).abs().max()))
                 archive = max(archive, float((got[:, real] - want).abs().max()))
@@ -166,7 +198,8 @@ _MECHANISM = {
     "example": "the model's attention is not reproduced",
     "ids": "the graph froze a decision that depends on the input values (e.g. top-k routing)",
     "length": "the graph froze a decision that depends on the length (a window, chunk or capacity applied "
-              "only past some length, or a scan over fixed chunks)",
+              "only past some length, a scan over fixed chunks, or a loop over positions unrolled at the "
+              "traced length)",
     "padding": "a padded row differs from the same tokens alone (positions or masks under padding)",
 }
 
@@ -205,7 +238,12 @@ def verify(model, archive, ids, mask, tol, *, call, max_length=512, tracer_warni
     cases, unchecked = _cases(model, ids, mask, max_length, more_ids=bool(own))
     worst, padding = 0.0, None
     for kind, what, x, m in cases:
-        rows = rows_alone_diff(core, model, x, m)
+        try:
+            rows = rows_alone_diff(core, model, x, m)
+        except RuntimeError as e:  # e.g. a loop over the traced length, unrolled into the graph
+            if kind == "example":
+                raise
+            raise VerifyError(f"{_MECHANISM[kind]}: on {what} the archive fails: {gist(e, 200)}", kind) from e
         failed = [b for b, (d_map, d_ent) in enumerate(rows)
                   if not d_map <= tol or (d_ent is not None and not d_ent <= tol)]
         if failed and kind == "example" and all(not bool(m[b].all()) for b in failed):

@@ -9,6 +9,10 @@ def _check_layer(trace, layer):
     if not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.n_layers:
         raise ValueError(f"layer {layer!r} out of range: the trace has {trace.n_layers} layers "
                          f"(0..{trace.n_layers - 1})")
+    attention = trace.attention_layers
+    if layer not in attention:
+        raise ValueError(f"layer {layer} has no softmax attention in this model (a layer of another kind): its "
+                         f"attention layers are {', '.join(map(str, attention))}")
 
 
 def _check_head(trace, head):
