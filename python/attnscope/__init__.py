@@ -12,13 +12,14 @@ from .streaming import TokenStream
 from .trace import Trace
 from .view import AttentionView, show
 from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
+from .differential import differential_heads, differential_map, differential_received
 
 # The figure functions import matplotlib on first use, so capture-only pipelines (and GPU
 # machines without matplotlib) import attnscope without it.
 _PLOTTING = ("high_entropy_positions", "visualize_attention", "visualize_attention_layers",
              "visualize_attention_patterns", "visualize_entropy", "visualize_attention_diff",
              "visualize_turning_points", "visualize_head_summary", "visualize_head_atlas",
-             "visualize_token_profile")
+             "visualize_token_profile", "visualize_differential_attention")
 
 
 def __getattr__(name):
@@ -42,4 +43,5 @@ __all__ = ["Model", "Trace", "TokenStream", "turning_points", "TurningPoints", "
            "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "visualize_attention_diff", "visualize_turning_points", "high_entropy_positions",
            "visualize_head_summary", "visualize_head_atlas", "HeadAtlas", "head_atlas", "top_heads",
            "visualize_token_profile", "TokenProfile", "token_profile", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
+           "differential_heads", "differential_map", "differential_received", "visualize_differential_attention",
            "export_hf", "show", "AttentionView", "library_path", "load_library", "__version__"]

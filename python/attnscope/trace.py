@@ -53,6 +53,11 @@ class Trace:
                 f"{len(self._core.captures)} captures{', model kept' if self._model is not None else ''}>")
 
     @property
+    def model(self):
+        """The Model that made this trace (None for a trace loaded from a file)."""
+        return self._model
+
+    @property
     def attention_layers(self):
         """Model-layer indices of the layers with softmax attention: every layer 0..n_layers-1,
         or a hybrid's attention layers (the others hold no captures)."""

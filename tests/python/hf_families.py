@@ -76,6 +76,8 @@ FAMILIES = {
  # attention (Qwen3-Next) on the others; layers keep their model index (attention at layer 1)
  "lfm2": lambda: T.Lfm2ForCausalLM(T.Lfm2Config(**small(num_hidden_layers=3, num_key_value_heads=2, layer_types=["conv", "full_attention", "conv"]))),
  "qwen3_next": lambda: T.Qwen3NextForCausalLM(T.Qwen3NextConfig(**small(num_key_value_heads=2, head_dim=8, layer_types=["linear_attention", "full_attention"], linear_num_value_heads=2, linear_num_key_heads=2, linear_key_head_dim=8, linear_value_head_dim=8, linear_conv_kernel_dim=2, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=16, shared_expert_intermediate_size=16))),
+ # differential attention: (softmax_1 − λ·softmax_2)·V over head pairs h, h + H/2 of one map
+ "diffllama": lambda: T.DiffLlamaForCausalLM(T.DiffLlamaConfig(**small(num_key_value_heads=2))),
  "roberta": lambda: T.RobertaModel(T.RobertaConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=70)),
  "distilbert": lambda: T.DistilBertModel(T.DistilBertConfig(vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=64)),
  "electra": lambda: T.ElectraModel(T.ElectraConfig(vocab_size=V, embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, max_position_embeddings=64)),

@@ -24,11 +24,12 @@ ALLOWED = {
     "trace": {"_core", "labels", "branches"},
     "windows": set(),  # token ranges: shared by plotting, view and atlas
     "atlas": {"windows"},
+    "differential": set(),  # a differential head's maps from the trace's captures (duck-typed)
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
     "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*"},
     "dataset": {"_core", "api", "trace", "labels"},
     "figure": {"marks"},
-    "plotting": {"figure", "marks", "dataset", "atlas", "profile", "windows", "plotting.*"},
+    "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "plotting.*"},
     "view": {"marks", "labels", "windows"},
     "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},

@@ -16,6 +16,16 @@ import torch
 UNSUPPORTED_KWARGS = ("sinks", "s_aux", "position_bias")
 # What the functions actually ran, per requested function: {"attnscope_sdpa": {"sdpa", "eager (softcap)"}}.
 used = {}
+# The last call's (module, query, key): a module that calls the attention again on the same q and
+# k (DiffLlama: the same softmax map over each half of V) is captured once.
+_last = [None, None, None]
+
+
+def _repeat(module, query, key):
+    """True when this call repeats the previous one's module, query and key (same map)."""
+    same = _last[0] is module and _last[1] is query and _last[2] is key
+    _last[:] = [module, query, key]
+    return same
 
 
 def _layer(module):
@@ -94,6 +104,12 @@ def attnscope_sdpa(module, query, key, value, attention_mask, dropout=0.0, scali
         mask = mask[..., : key.shape[2]]
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     causal = bool(query.shape[2] > 1 and causal)
+    if _repeat(module, query, key):  # the same map again: computed, not captured twice
+        gqa = int(query.shape[1]) != int(key.shape[1])
+        out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=mask,
+                                                               is_causal=causal and mask is None, scale=scale,
+                                                               enable_gqa=gqa)
+        return out.transpose(1, 2).contiguous(), None
     out = _sdpa_capture_fn()(query, key, value, mask, scale, _layer(module), causal)
     return out.transpose(1, 2).contiguous(), None
 
@@ -102,6 +118,7 @@ def attnscope_eager(module, query, key, value, attention_mask, scaling=None, dro
                     **kwargs):
     """transformers attention function: materialised softmax in fp32 -> capture -> · V."""
     _check_kwargs(module, kwargs)
+    again = _repeat(module, query, key)  # before key is repeated for its query heads
     if softcap is None:
         _note("attnscope_eager", "eager")
     groups = getattr(module, "num_key_value_groups", 1)
@@ -118,7 +135,8 @@ def attnscope_eager(module, query, key, value, attention_mask, scaling=None, dro
         m = attention_mask[:, :, :, : key.shape[-2]]
         scores = scores.masked_fill(~m, torch.finfo(scores.dtype).min) if m.dtype == torch.bool else scores + m
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    probs = torch.ops.attnscope.capture(probs, _layer(module))
+    if not again:  # the same map again (DiffLlama's second call): not captured twice
+        probs = torch.ops.attnscope.capture(probs, _layer(module))
     out = torch.matmul(probs, value).transpose(1, 2).contiguous()
     return out, probs
 

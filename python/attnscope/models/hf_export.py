@@ -110,6 +110,21 @@ def _attention_layers(model, facts, device):
         facts["attention_layers"] = layers
 
 
+def _differential(model, facts):
+    """Differential attention (DiffLlama: (softmax_1 − λ·softmax_2)·V, paired over heads h and
+    h + H/2 of one map): each layer's λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init into
+    facts["differential"], so traces can show the difference the model uses."""
+    lam = {}
+    for m in model.modules():
+        if all(isinstance(getattr(m, a, None), torch.Tensor) for a in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")):
+            with torch.no_grad():
+                l1 = torch.exp((m.lambda_q1.float() * m.lambda_k1.float()).sum())
+                l2 = torch.exp((m.lambda_q2.float() * m.lambda_k2.float()).sum())
+            lam[str(int(m.layer_idx))] = float(l1 - l2 + float(m.lambda_init))
+    if lam:
+        facts["differential"] = {"lambda": lam, "pairs": facts["num_heads"] // 2}
+
+
 def _output_kind(model):
     return "logits" if model.get_output_embeddings() is not None else "hidden_states"
 
@@ -250,6 +265,7 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
                  route=route, attention_requested=attention,
                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
     _attention_layers(model, facts, device)
+    _differential(model, facts)
     ids, mask = _example(model, example_length, device)
     call = Call(takes_positions(model) if positions is None else positions, pad_token(model))
     facts["positions"] = call.describe()
@@ -272,6 +288,7 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
             model.set_attn_implementation(own)
         traced = _trace_forward(model, facts, ids, mask, call)
     finally:
+        hf_attention._last[:] = [None, None, None]
         if switch:
             model.set_attn_implementation(old_impl)
     if route == "transformers":

@@ -12,6 +12,7 @@ from ..marks import ENTROPY_QUANTILE, HIGH_ENTROPY_COLOR, MAX_MARKS, high_entrop
 from .atlas import visualize_head_atlas
 from .branches import visualize_turning_points
 from .diff import visualize_attention_diff
+from .differential import visualize_differential_attention
 from .entropy import visualize_entropy
 from .heads import HEAD_METRICS, visualize_head_summary
 from .maps import visualize_attention, visualize_attention_layers
@@ -20,6 +21,6 @@ from .profile import visualize_token_profile
 from .style import MASKED_COLOR
 
 __all__ = ["visualize_attention", "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy",
-           "visualize_attention_diff", "visualize_turning_points",
+           "visualize_attention_diff", "visualize_differential_attention", "visualize_turning_points",
            "visualize_head_summary", "visualize_head_atlas", "visualize_token_profile", "high_entropy_positions", "PATTERN_TYPES", "HEAD_METRICS",
            "MASKED_COLOR", "ENTROPY_QUANTILE", "HIGH_ENTROPY_COLOR", "MAX_MARKS"]
