@@ -29,10 +29,11 @@ from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
 from .hf_decode import WithDecode, cache_shape, check_decode, tracer_warnings
 from .hf_decode import trace_with_decode as trace_hf_decode
 from .hf_errors import describe_error, gist
+from .hf_facts import attention_layers, differential, facts_of, refuse_layouts
 from .hf_folder import load_folder
 from .hf_inputs import Call, batch, pad_token, takes_positions
 from .hf_verify import (attention_diffs, can_switch_attention, eager_attentions, eager_reference,  # noqa: F401
-                        hybrid_layers, observed_causal, text_config)
+                        observed_causal, text_config)
 from . import hf_verify
 
 ATTENTIONS = ("sdpa", "eager")
@@ -85,77 +86,6 @@ def _inline_autograd_functions():
         yield
     finally:
         Function.apply = classmethod(original)
-
-
-def _refuse_layouts(model, tc, facts):
-    """Refuses by name the layouts attnscope does not capture yet, before anything is traced."""
-    name = f"this {facts['family']} model ({type(model).__name__})"
-    if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError(f"{name} is an encoder-decoder: attnscope captures decoder-only and encoder-only models; "
-                         "encoder self-attention, decoder self-attention and cross-attention are not captured yet "
-                         "(docs/export.md)")
-
-
-def _attention_layers(model, facts, device):
-    """A hybrid's attention layers (hf_verify.hybrid_layers) into facts["attention_layers"];
-    refused by name when they cannot be placed."""
-    try:
-        layers = hybrid_layers(model, facts["num_layers"], facts["vocab_size"], device)
-    except ValueError as e:
-        tc = text_config(model)
-        types = sorted({str(t) for t in (getattr(tc, "layer_types", None) or getattr(tc, "layers_block_type", None) or [])})
-        raise ValueError(f"this {facts['family']} model ({type(model).__name__}) is a hybrid{' (layer types: ' + ', '.join(types) + ')' if types else ''}: "
-                         f"{e}, so attnscope cannot number its attention layers") from None
-    if layers is not None:
-        facts["attention_layers"] = layers
-
-
-def _differential(model, facts):
-    """Differential attention (DiffLlama: (softmax_1 − λ·softmax_2)·V, paired over heads h and
-    h + H/2 of one map): each layer's λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init into
-    facts["differential"], so traces can show the difference the model uses."""
-    lam = {}
-    for m in model.modules():
-        if all(isinstance(getattr(m, a, None), torch.Tensor) for a in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")):
-            with torch.no_grad():
-                l1 = torch.exp((m.lambda_q1.float() * m.lambda_k1.float()).sum())
-                l2 = torch.exp((m.lambda_q2.float() * m.lambda_k2.float()).sum())
-            lam[str(int(m.layer_idx))] = float(l1 - l2 + float(m.lambda_init))
-    if lam:
-        facts["differential"] = {"lambda": lam, "pairs": facts["num_heads"] // 2}
-
-
-def _output_kind(model):
-    return "logits" if model.get_output_embeddings() is not None else "hidden_states"
-
-
-def _facts(model):
-    tc = text_config(model)
-    heads = getattr(tc, "num_attention_heads", None)
-    if not isinstance(heads, int) or heads <= 0:
-        raise ValueError(f"this {tc.model_type} model ({type(model).__name__}) has no attention heads (its config has "
-                         f"no num_attention_heads{'' if heads is None else ': ' + repr(heads)}): attnscope captures "
-                         "attention, and there is none to capture")
-    kv = getattr(tc, "num_key_value_heads", None)
-    head_dim = getattr(tc, "head_dim", None) or tc.hidden_size // heads
-    # Multi-head latent attention (DeepSeek-V2/V3, Kimi): q·k spans the no-rope and rope parts,
-    # and the config's head_dim is the rope part alone; v has its own width.
-    nope, rope = getattr(tc, "qk_nope_head_dim", None), getattr(tc, "qk_rope_head_dim", None)
-    if isinstance(nope, int) and isinstance(rope, int):
-        head_dim = nope + rope
-    v_dim = getattr(tc, "v_head_dim", None)
-    facts = {"num_layers": tc.num_hidden_layers, "num_heads": heads, "head_dim": head_dim,
-             "vocab_size": tc.vocab_size, "bos_token_id": getattr(tc, "bos_token_id", None),
-             "eos_token_id": getattr(tc, "eos_token_id", None), "family": tc.model_type,
-             "output": _output_kind(model)}
-    if isinstance(v_dim, int) and v_dim != head_dim:
-        facts["v_head_dim"] = v_dim
-    if kv:  # else the KV heads are read off the graph's SDPA sites (or equal the heads)
-        facts["num_kv_heads"] = kv
-    ctx = getattr(tc, "max_position_embeddings", None)
-    if isinstance(ctx, int) and ctx > 0:
-        facts["context_length"] = ctx
-    return tc, facts
 
 
 def _tokenizer_files(tokenizer):
@@ -257,15 +187,15 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
     if route not in ROUTES[:2]:
         raise ValueError(f"route {route!r}: expected 'transformers' or 'graph'")
     register()
-    tc, facts = _facts(model)
+    tc, facts = facts_of(model)
     device = next(model.parameters()).device
     model.eval()
     facts["causal"] = observed_causal(model, facts["vocab_size"], device) if causal is None else bool(causal)
     facts.update(format_version=FORMAT_VERSION, transformers=transformers.__version__, torch=torch.__version__,
                  route=route, attention_requested=attention,
                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
-    _attention_layers(model, facts, device)
-    _differential(model, facts)
+    attention_layers(model, facts, device)
+    differential(model, facts)
     ids, mask = _example(model, example_length, device)
     call = Call(takes_positions(model) if positions is None else positions, pad_token(model))
     facts["positions"] = call.describe()
@@ -339,16 +269,16 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
         tokenizer = tokenizer if tokenizer is not None else tok
     if not isinstance(model, transformers.PreTrainedModel):
         raise ValueError(f"model: expected a transformers PreTrainedModel or a checkpoint folder, got {type(model).__name__}")
-    tc, facts = _facts(model)
+    tc, facts = facts_of(model)
     family = facts["family"]
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
     tol = tol if tol is not None else (1e-5 if dtype == torch.float32 else 2e-2)
     extra = _tokenizer_files(tokenizer)
     model.eval()
-    _refuse_layouts(model, tc, facts)
+    refuse_layouts(model, tc, facts)
     causal = observed_causal(model, facts["vocab_size"], device)
-    _attention_layers(model, facts, device)  # a hybrid it cannot place is refused here
+    attention_layers(model, facts, device)  # a hybrid it cannot place is refused here
     # What the model says: a causal-LM class, is_decoder, or attention modules marked causal (Mpt and
     # CodeGen set neither of the last two, so the class name is evidence too).
     stated = (type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) or bool(getattr(tc, "is_decoder", False))
@@ -368,27 +298,18 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
             routes.append("attnscope-module")
     if not fallback:
         routes = routes[:1]
+    job = dict(model=model, tc=tc, facts=facts, attention=attention, example_length=example_length, causal=causal,
+               ids=ids, mask=mask, path=path, tol=tol, verify=verify, files=extra, common=common)
     failures, details, last = [], [], None
     for route in routes:
         # Positions from the mask first; a model whose position_ids mean something else (RoBERTa
         # offsets them past its pad token) fails the check and is tried with its own positions.
-        for positions in ([None, False] if route != "attnscope-module" and takes_positions(model) else [None]):
-            label = f"route {route}" + ({None: " (positions from the mask)", False: " (the model's own positions)"}[positions]
-                                        if route != "attnscope-module" and takes_positions(model) else "")
+        variants = [None, False] if route != "attnscope-module" and takes_positions(model) else ["own module"]
+        for positions in variants:
+            label = f"route {route}" + {None: " (positions from the mask)", False: " (the model's own positions)",
+                                        "own module": ""}[positions]
             try:
-                if route == "attnscope-module":
-                    traced, meta = _own_module(model, tc, attention, ids, mask, facts)
-                else:
-                    traced, meta = trace_hf(model, attention=attention, example_length=example_length, route=route,
-                                            causal=causal, positions=positions)
-                meta.update(common)
-                if failures:
-                    meta["fallback_reason"] = "; ".join(failures)
-                _save(traced, path, {**extra, "attnscope.json": json.dumps(meta)})
-                checked = _verify(model, path, ids, mask, tol, meta) if verify else None
-                if checked and checked["padding"]:  # stated in the archive; runs of padded batches warn
-                    meta["padding"] = checked["padding"]
-                    _save(traced, path, {**extra, "attnscope.json": json.dumps(meta)})
+                meta, checked = _attempt(job, route, positions, failures)
             except Exception as e:  # noqa: BLE001 - reported, then the next route or a clear error
                 said = gist(e)
                 failures.append(f"{label}: " + ("the same" if any(f.endswith(": " + said) for f in failures) else said))
@@ -399,18 +320,52 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
                 if route != routes[-1]:
                     warnings.warn(f"export_hf: {failures[-1]}; trying the {routes[routes.index(route) + 1]} route")
                 break  # the next route
-            if not meta["attention"].startswith(attention):
-                warnings.warn(f"export_hf: attention={attention!r} was not used: the archive runs {meta['attention']}")
-            if checked and checked["unchecked"]:
-                warnings.warn(f"export_hf: {checked['unchecked']}: the archive is checked up to that length only")
-            if checked and checked["padding"]:
-                warnings.warn(f"export_hf: {checked['padding']}")
-            return {"path": str(path), "route": route, "attention": meta["attention"],
-                    "positions": meta.get("positions", "from the attention mask"),
-                    "max_abs_diff": checked["max_abs_diff"] if checked else None,
-                    "checked": checked["checked"] if checked else [], "reason": "; ".join(failures) or None}
+            return _result(job, route, meta, checked, failures)
+    _refuse(job, routes, failures, details, last)
+
+
+def _attempt(job, route, positions, failures):
+    """Traces `route`, saves the archive and checks it: (attnscope.json facts, hf_verify.verify's
+    result or None). Raises what went wrong."""
+    model, ids, mask, path = job["model"], job["ids"], job["mask"], job["path"]
+    if route == "attnscope-module":
+        traced, meta = _own_module(model, job["tc"], job["attention"], ids, mask, job["facts"])
+    else:
+        traced, meta = trace_hf(model, attention=job["attention"], example_length=job["example_length"], route=route,
+                                causal=job["causal"], positions=positions)
+    meta.update(job["common"])
+    if failures:
+        meta["fallback_reason"] = "; ".join(failures)
+    _save(traced, path, {**job["files"], "attnscope.json": json.dumps(meta)})
+    checked = _verify(model, path, ids, mask, job["tol"], meta) if job["verify"] else None
+    if checked and checked["padding"]:  # stated in the archive; runs of padded batches warn
+        meta["padding"] = checked["padding"]
+        _save(traced, path, {**job["files"], "attnscope.json": json.dumps(meta)})
+    return meta, checked
+
+
+def _result(job, route, meta, checked, failures):
+    """export_hf's result, with a warning for each thing the user asked for and did not get."""
+    attention = job["attention"]
+    if not meta["attention"].startswith(attention):
+        warnings.warn(f"export_hf: attention={attention!r} was not used: the archive runs {meta['attention']}")
+    if checked and checked["unchecked"]:
+        warnings.warn(f"export_hf: {checked['unchecked']}: the archive is checked up to that length only")
+    if checked and checked["padding"]:
+        warnings.warn(f"export_hf: {checked['padding']}")
+    return {"path": str(job["path"]), "route": route, "attention": meta["attention"],
+            "positions": meta.get("positions", "from the attention mask"),
+            "max_abs_diff": checked["max_abs_diff"] if checked else None,
+            "checked": checked["checked"] if checked else [], "reason": "; ".join(failures) or None}
+
+
+def _refuse(job, routes, failures, details, last):
+    """Removes the failed archive and raises the refusal: a few lines, every route's whole error
+    in __cause__."""
+    import transformers
+    model = job["model"]
     with contextlib.suppress(OSError):
-        os.remove(path)  # an archive that failed its check is never kept
+        os.remove(job["path"])  # an archive that failed its check is never kept
     # Only advice that works is given: the graph route is what tracing the model yourself would
     # give, so once it has failed there is no workaround to offer.
     hint = ("Retry with fallback=True to try the graph route." if "graph" not in routes else
@@ -419,9 +374,9 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
             "The graph route is what tracing the model yourself (torch.jit.trace with eager attention) would give, "
             "so that is no workaround: attnscope does not support this attention yet (docs/export.md lists the "
             "families not supported).")
-    raise ValueError(f"cannot export this {family} model ({type(model).__name__}, transformers "
-                     f"{transformers.__version__}, attention={attention!r}): " + "; ".join(failures) + ". " + hint
-                     ) from ExportFailure("\n".join(details))
+    raise ValueError(f"cannot export this {job['facts']['family']} model ({type(model).__name__}, transformers "
+                     f"{transformers.__version__}, attention={job['attention']!r}): " + "; ".join(failures) + ". "
+                     + hint) from ExportFailure("\n".join(details))
 
 
 class ExportFailure(Exception):
