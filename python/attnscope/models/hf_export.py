@@ -277,7 +277,11 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     extra = _tokenizer_files(tokenizer)
     model.eval()
     refuse_layouts(model, tc, facts)
-    causal = observed_causal(model, facts["vocab_size"], device)
+    try:
+        causal = observed_causal(model, facts["vocab_size"], device)
+    except Exception as e:  # noqa: BLE001 - the model itself: nothing to export
+        raise ValueError(f"this {family} model ({type(model).__name__}) fails in its own eager forward on 8 tokens, "
+                         f"before anything is traced: {gist(e, 300)}") from e
     attention_layers(model, facts, device)  # a hybrid it cannot place is refused here
     # What the model says: a causal-LM class, is_decoder, or attention modules marked causal (Mpt and
     # CodeGen set neither of the last two, so the class name is evidence too).

@@ -100,6 +100,8 @@ def hybrid_layers(model, n_layers, vocab, device):
                 h.remove()
     if len(maps) == n_layers:
         return None
+    if not maps:
+        raise ValueError("its eager forward returns no attention maps (output_attentions=True gives none)")
     if len(found) != len(maps) or not all(0 <= l < n_layers for l in found):
         raise ValueError(f"{len(maps)} of its {n_layers} layers return attention maps, but the modules that return them "
                          f"(layer_idx {sorted(found)}) do not say which layers they are")
@@ -210,14 +212,13 @@ def _cases(model, ids, mask, max_length, more_ids):
     tc = text_config(model)
     vocab, device, pad_id, T = tc.vocab_size, ids.device, pad_token(model), ids.shape[1]
     lengths, unchecked = check_lengths(tc, T, max_length)
+    # Row 0 of each batch is whole and row 1 padded: a failure of the padded rows alone is padding's.
     cases = [("example", f"the traced example ({T} tokens, one row left-padded)", ids, mask)]
     seeds = range(3 if more_ids else 1)
     cases += [("ids", f"other ids, {T} tokens", *batch(vocab, T, 200 + s, device, pad_id, pad=0)) for s in seeds]
     for n, length in enumerate(lengths):
-        cases += [("length", f"other ids, {length} tokens", *batch(vocab, length, 300 + 10 * n + s, device, pad_id, pad=0))
-                  for s in seeds]
-    for n, length in enumerate(lengths or [T]):
-        cases.append(("padding", f"{length} tokens, one row left-padded", *batch(vocab, length, 101 + n, device, pad_id)))
+        cases += [("length", f"other ids, {length} tokens, one row left-padded",
+                   *batch(vocab, length, 300 + 10 * n + s, device, pad_id)) for s in seeds]
     short = (lengths or [T])[0]
     cases.append(("padding", f"{short} tokens, one row right-padded", *batch(vocab, short, 99, device, pad_id, side="right")))
     return cases, unchecked
@@ -246,8 +247,8 @@ def verify(model, archive, ids, mask, tol, *, call, max_length=512, tracer_warni
             raise VerifyError(f"{_MECHANISM[kind]}: on {what} the archive fails: {gist(e, 200)}", kind) from e
         failed = [b for b, (d_map, d_ent) in enumerate(rows)
                   if not d_map <= tol or (d_ent is not None and not d_ent <= tol)]
-        if failed and kind == "example" and all(not bool(m[b].all()) for b in failed):
-            kind = "padding"  # the traced example's unpadded rows are right: its padded row is not
+        if failed and all(not bool(m[b].all()) for b in failed):
+            kind = "padding"  # the whole rows are right: the padded ones are not
         if failed and kind == "padding":
             itself, off = model_padding_diff(core, model, x, m, call)
             if off <= tol and itself > tol:  # the archive does what the model does; the model is not padding-invariant
