@@ -227,9 +227,10 @@ def _sigmoid_attention(self, hidden_states, *args, **kwargs):
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_refusals_tell_the_truth(tmp_path, attention):
-    """An attention attnscope does not recognise fails every route and is offered no workaround
-    that would fail too (tracing it yourself is the graph route); with fallback=False the one
-    piece of advice given (retry with fallback=True) is followed elsewhere in this file."""
+    """An attention attnscope does not recognise (it returns no attention maps) is refused before
+    tracing and offered no workaround that would fail too (tracing it yourself gives nothing
+    more); with fallback=False the one piece of advice given (retry with fallback=True) is
+    followed elsewhere in this file."""
     import types
     torch.manual_seed(0)
     model = FAMILIES["llama"]().eval()

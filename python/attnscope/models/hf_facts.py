@@ -3,7 +3,7 @@ layouts attnscope refuses before tracing, a hybrid's attention layers, a differe
 attention's λ per layer."""
 import torch
 
-from .hf_verify import hybrid_layers, text_config
+from .hf_verify import NoAttentionMaps, hybrid_layers, text_config
 
 
 def refuse_layouts(model, tc, facts):
@@ -18,12 +18,18 @@ def refuse_layouts(model, tc, facts):
 def attention_layers(model, facts, device):
     """A hybrid's attention layers (hf_verify.hybrid_layers) into facts["attention_layers"];
     refused by name when they cannot be placed."""
+    name = f"{facts['family']} model ({type(model).__name__})"
     try:
         layers = hybrid_layers(model, facts["num_layers"], facts["vocab_size"], device)
+    except NoAttentionMaps as e:
+        raise ValueError(f"cannot export this {name}: {e}, so there is no softmax attention to capture or check "
+                         "against. Tracing the model yourself (torch.jit.trace with eager attention) would give "
+                         "nothing more, so that is no workaround: attnscope does not support this attention yet "
+                         "(docs/export.md lists the families not supported).") from None
     except ValueError as e:
         tc = text_config(model)
         types = sorted({str(t) for t in (getattr(tc, "layer_types", None) or getattr(tc, "layers_block_type", None) or [])})
-        raise ValueError(f"this {facts['family']} model ({type(model).__name__}) is a hybrid{' (layer types: ' + ', '.join(types) + ')' if types else ''}: "
+        raise ValueError(f"this {name} is a hybrid{' (layer types: ' + ', '.join(types) + ')' if types else ''}: "
                          f"{e}, so attnscope cannot number its attention layers") from None
     if layers is not None:
         facts["attention_layers"] = layers

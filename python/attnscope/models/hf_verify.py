@@ -101,7 +101,7 @@ def hybrid_layers(model, n_layers, vocab, device):
     if len(maps) == n_layers:
         return None
     if not maps:
-        raise ValueError("its eager forward returns no attention maps (output_attentions=True gives none)")
+        raise NoAttentionMaps("its eager forward returns no attention maps (output_attentions=True gives none)")
     if len(found) != len(maps) or not all(0 <= l < n_layers for l in found):
         raise ValueError(f"{len(maps)} of its {n_layers} layers return attention maps, but the modules that return them "
                          f"(layer_idx {sorted(found)}) do not say which layers they are")
@@ -184,6 +184,10 @@ def model_padding_diff(core, model, ids, mask, call):
                 itself = max(itself, float((want[:, :, real] - solo.attentions[l][0].double().cpu()).abs().max()))
                 archive = max(archive, float((got[:, real] - want).abs().max()))
     return itself, archive
+
+
+class NoAttentionMaps(ValueError):
+    """The model's eager forward returns no attention maps: nothing to capture or check against."""
 
 
 class VerifyError(ValueError):
