@@ -88,3 +88,15 @@ def rows_alone(ref, ids, mask):
             if logits is not None:
                 logits[b, idx] = alone.logits[0]
     return atts, logits
+
+
+def eager_run(model, ids):
+    """The model's eager forward on ids [B, T] with attentions (output_attentions), its attention
+    implementation switched back afterwards."""
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            return model(input_ids=ids, output_attentions=True, use_cache=False)
+    finally:
+        model.set_attn_implementation(impl)

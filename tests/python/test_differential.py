@@ -8,6 +8,7 @@ import warnings
 import matplotlib
 import pytest
 import torch
+from reference_stats import eager_run
 
 import attnscope
 
@@ -34,15 +35,6 @@ def diffllama(tmp_path_factory):
     return model, attnscope.load(str(path), device="cpu")
 
 
-def eager(model, ids):
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(input_ids=ids, output_attentions=True, use_cache=False).attentions
-    finally:
-        model.set_attn_implementation("sdpa")
-
-
 def lam(model, layer):
     """λ of the Differential Transformer: exp(λq1·λk1) − exp(λq2·λk2) + 0.8 − 0.6·exp(−0.3·layer)."""
     a = model.model.layers[layer].self_attn
@@ -55,7 +47,7 @@ def test_maps_lambda_and_difference(diffllama):
     t = m.run(IDS)
     d = attnscope.differential_heads(t)
     assert d["pairs"] == 2 and sorted(d["lambda"]) == [0, 1]
-    ref = eager(model, IDS)
+    ref = eager_run(model, IDS).attentions
     for l in (0, 1):
         assert abs(d["lambda"][l] - lam(model, l)) <= 1e-6
         for h in (0, 1):

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 from hf_families import FAMILIES, V
+from reference_stats import eager_run
 
 import attnscope
 from attnscope.models import read_extra_file
@@ -58,16 +59,6 @@ def export(model, path, **kw):
         return attnscope.export_hf(model, None, path, **kw)
 
 
-def eager(model, ids):
-    impl = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(input_ids=ids, output_attentions=True, use_cache=False)
-    finally:
-        model.set_attn_implementation(impl)
-
-
 @pytest.mark.parametrize("family", ["gpt2", "gpt_neo", "gpt_bigcode", "xglm", "biogpt", "opt", "bert", "roberta",
                                     "llama"])
 def test_left_padded_row_equals_the_row_alone(tmp_path, family):
@@ -85,7 +76,7 @@ def test_left_padded_row_equals_the_row_alone(tmp_path, family):
     cap = {"heads": [(l, h) for l in range(L) for h in range(H)], "top_k": 0}
     t = m.run(ids, capture=cap, attention_mask=mask)
     alone = m.run(ids[:1, P:], capture=cap)
-    ref = eager(model, ids[:1, P:])
+    ref = eager_run(model, ids[:1, P:])
     for l in range(L):
         for h in range(H):
             got = t.get(f"head_map/L{l}H{h}")[0]
@@ -115,7 +106,7 @@ def test_own_module_positions_follow_the_mask(tmp_path):
     mask = torch.ones_like(ids)
     mask[0, :4] = 0
     t = m.run(ids, capture={"heads": [(1, 2)], "top_k": 0}, attention_mask=mask)
-    ref = eager(model, ids[:1, 4:])
+    ref = eager_run(model, ids[:1, 4:])
     assert (t.get("head_map/L1H2")[0, 4:, 4:] - ref.attentions[1][0, 2]).abs().max().item() <= TOL
     rows = [list(range(3, 15)), list(range(7, 15))]
     kw = dict(max_new_tokens=5, stop=[], capture={"top_k": 0}, progress=False)
@@ -189,7 +180,7 @@ def test_model_that_is_not_padding_invariant_is_stated(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         t = m.run(ids, capture={"heads": [(0, 1)], "top_k": 0})
-    assert (t.get("head_map/L0H1")[0] - eager(model, ids).attentions[0][0, 1]).abs().max().item() <= TOL
+    assert (t.get("head_map/L0H1")[0] - eager_run(model, ids).attentions[0][0, 1]).abs().max().item() <= TOL
     with pytest.warns(UserWarning, match=r"this batch is padded and a padded row differs"):
         m.run(ids.repeat(2, 1), capture={"top_k": 0}, attention_mask=torch.tensor([[1] * 12, [0] * 3 + [1] * 9]))
 

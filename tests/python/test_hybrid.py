@@ -8,6 +8,7 @@ import matplotlib
 import pytest
 import torch
 from hf_families import FAMILIES
+from reference_stats import eager_run
 
 import attnscope
 
@@ -29,15 +30,6 @@ def lfm2(tmp_path_factory):
     return model, attnscope.load(str(path), device="cpu")
 
 
-def eager(model, ids):
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            return model(input_ids=ids, output_attentions=True, use_cache=False).attentions
-    finally:
-        model.set_attn_implementation("sdpa")
-
-
 IDS = torch.arange(3, 16)[None]
 
 
@@ -47,7 +39,7 @@ def test_layers_keep_the_model_index(lfm2, tmp_path):
     assert "attention layers: 1 (of 3; the others are layers of another kind)" in m.describe()
     t = m.run(IDS, capture={"heads": [(1, 2)], "received": True, "top_k": 0})
     assert t.attention_layers == [1] and t.captures["aggregate_layers"].tolist() == [1]
-    want = eager(model, IDS)[0][0, 2]
+    want = eager_run(model, IDS).attentions[0][0, 2]
     assert (t.get("head_map/L1H2")[0] - want).abs().max().item() <= TOL
     t.save(str(tmp_path / "t.safetensors"))
     back = attnscope.Trace.load(str(tmp_path / "t.safetensors"))
@@ -97,7 +89,7 @@ def test_graph_route_numbers_sites_by_the_attention_layers(tmp_path, monkeypatch
     m = attnscope.load(str(tmp_path / "g.pt"), device="cpu")
     assert m.attention_layers == [1]
     t = m.run(IDS, capture={"heads": [(1, h) for h in range(4)], "top_k": 0})
-    want = eager(model, IDS)[0][0]
+    want = eager_run(model, IDS).attentions[0][0]
     for h in range(4):
         assert (t.get(f"head_map/L1H{h}")[0] - want[h]).abs().max().item() <= TOL
 
