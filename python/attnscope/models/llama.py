@@ -153,8 +153,9 @@ class Attention(nn.Module):
         return self.attend(x, cos, sin, allowed, causal_ok, None, None)[0]
 
     def attend(self, x, cos, sin, allowed, causal_ok, past_k: Optional[torch.Tensor], past_v: Optional[torch.Tensor]):
-        """Attention of x [B, t, C] at positions P..P+t-1 over P cached keys/values
-        past_k/past_v [B, KV, P, D] (None: P = 0); allowed [B, 1, t, P + t].
+        """Attention of x [B, t, C] (the last t of P + t positions; cos/sin [B, 1, t, D] at their
+        positions from the mask) over P cached keys/values past_k/past_v [B, KV, P, D] (None:
+        P = 0); allowed [B, 1, t, P + t].
         Returns (out [B, t, C], k [B, KV, P + t, D], v): the cache grown by t positions."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.h, self.d).transpose(1, 2)
