@@ -29,11 +29,11 @@ from .hf_attention import exact_causal, register  # noqa: F401  (re-exported)
 from .hf_decode import WithDecode, cache_shape, check_decode, tracer_warnings
 from .hf_decode import trace_with_decode as trace_hf_decode
 from .hf_errors import describe_error, gist
-from .hf_facts import attention_layers, differential, facts_of, refuse_layouts
+from .hf_facts import differential, facts_of, observe_model, refuse_layouts
 from .hf_folder import load_folder
 from .hf_inputs import Call, batch, pad_token, takes_positions
 from .hf_verify import (attention_diffs, can_switch_attention, eager_attentions, eager_reference,  # noqa: F401
-                        observed_causal, text_config)
+                        text_config)
 from . import hf_verify
 
 ATTENTIONS = ("sdpa", "eager")
@@ -173,14 +173,16 @@ def _capture_ops(traced):
     return sum(n.kind().startswith("attnscope::") for n in _nodes(traced.inlined_graph))
 
 
-def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers", causal=None, positions=None):
+def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers", causal=None, positions=None,
+             observed=None):
     """(traced ScriptModule forward(input_ids, attention_mask) -> logits or hidden states,
     attnscope.json facts) of a transformers model; the traced module shares the model's
     parameters (no copy). route "transformers" uses attnscope's attention functions, "graph"
     the model's own attention (attnscope.load instruments it). attnscope.from_module(traced,
     info=facts) runs it without an archive (how bench/device_check.py handles a 7B model).
     causal: the model's causality (None: observed from its eager attentions). positions: pass
-    position_ids from the attention mask (hf_inputs; None: when the forward takes them)."""
+    position_ids from the attention mask (hf_inputs; None: when the forward takes them).
+    observed: (causal, attention layers) that export_hf already observed (None: observed here)."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
@@ -190,11 +192,16 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
     tc, facts = facts_of(model)
     device = next(model.parameters()).device
     model.eval()
-    facts["causal"] = observed_causal(model, facts["vocab_size"], device) if causal is None else bool(causal)
+    if observed is None:
+        seen = observe_model(model, facts, device)
+    else:
+        seen = observed[0]
+        if observed[1] is not None:
+            facts["attention_layers"] = observed[1]
+    facts["causal"] = seen if causal is None else bool(causal)
     facts.update(format_version=FORMAT_VERSION, transformers=transformers.__version__, torch=torch.__version__,
                  route=route, attention_requested=attention,
                  dtype=str(next(model.parameters()).dtype).replace("torch.", ""))
-    attention_layers(model, facts, device)
     differential(model, facts)
     ids, mask = _example(model, example_length, device)
     call = Call(takes_positions(model) if positions is None else positions, pad_token(model))
@@ -277,12 +284,7 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     extra = _tokenizer_files(tokenizer)
     model.eval()
     refuse_layouts(model, tc, facts)
-    try:
-        causal = observed_causal(model, facts["vocab_size"], device)
-    except Exception as e:  # noqa: BLE001 - the model itself: nothing to export
-        raise ValueError(f"this {family} model ({type(model).__name__}) fails in its own eager forward on 8 tokens, "
-                         f"before anything is traced: {gist(e, 300)}") from e
-    attention_layers(model, facts, device)  # a hybrid it cannot place is refused here
+    causal = observe_model(model, facts, device)  # a hybrid it cannot place is refused here
     # What the model says: a causal-LM class, is_decoder, or attention modules marked causal (Mpt and
     # CodeGen set neither of the last two, so the class name is evidence too).
     stated = (type(model).__name__.endswith(("ForCausalLM", "LMHeadModel")) or bool(getattr(tc, "is_decoder", False))
@@ -336,7 +338,8 @@ def _attempt(job, route, positions, failures):
         traced, meta = _own_module(model, job["tc"], job["attention"], ids, mask, job["facts"])
     else:
         traced, meta = trace_hf(model, attention=job["attention"], example_length=job["example_length"], route=route,
-                                causal=job["causal"], positions=positions)
+                                causal=job["causal"], positions=positions,
+                                observed=(job["causal"], job["facts"].get("attention_layers")))
     meta.update(job["common"])
     if failures:
         meta["fallback_reason"] = "; ".join(failures)

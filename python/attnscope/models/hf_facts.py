@@ -3,7 +3,8 @@ layouts attnscope refuses before tracing, a hybrid's attention layers, a differe
 attention's λ per layer."""
 import torch
 
-from .hf_verify import NoAttentionMaps, hybrid_layers, text_config
+from .hf_errors import gist
+from .hf_verify import NoAttentionMaps, observe, text_config
 
 
 def refuse_layouts(model, tc, facts):
@@ -15,12 +16,13 @@ def refuse_layouts(model, tc, facts):
                          "(docs/export.md)")
 
 
-def attention_layers(model, facts, device):
-    """A hybrid's attention layers (hf_verify.hybrid_layers) into facts["attention_layers"];
-    refused by name when they cannot be placed."""
+def observe_model(model, facts, device):
+    """The model's causality, observed from one eager run (hf_verify.observe), with a hybrid's
+    attention layers put into facts["attention_layers"]; refused by name when the model has no
+    attention maps, when its layers cannot be placed, or when its own eager forward fails."""
     name = f"{facts['family']} model ({type(model).__name__})"
     try:
-        layers = hybrid_layers(model, facts["num_layers"], facts["vocab_size"], device)
+        causal, layers = observe(model, facts["num_layers"], facts["vocab_size"], device)
     except NoAttentionMaps as e:
         raise ValueError(f"cannot export this {name}: {e}, so there is no softmax attention to capture or check "
                          "against. Tracing the model yourself (torch.jit.trace with eager attention) would give "
@@ -31,8 +33,12 @@ def attention_layers(model, facts, device):
         types = sorted({str(t) for t in (getattr(tc, "layer_types", None) or getattr(tc, "layers_block_type", None) or [])})
         raise ValueError(f"this {name} is a hybrid{' (layer types: ' + ', '.join(types) + ')' if types else ''}: "
                          f"{e}, so attnscope cannot number its attention layers") from None
+    except Exception as e:  # noqa: BLE001 - the model itself: nothing to export
+        raise ValueError(f"this {name} fails in its own eager forward on 8 tokens, before anything is traced: "
+                         f"{gist(e, 300)}") from e
     if layers is not None:
         facts["attention_layers"] = layers
+    return causal
 
 
 def differential(model, facts):

@@ -55,19 +55,6 @@ def eager_attentions(model, ids, mask):
         return ref(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False).attentions
 
 
-def observe(model, vocab, device):
-    """(whether the model attends only to earlier tokens, how many layers return attention maps),
-    from eager attentions of an unpadded input."""
-    ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(1)).to(device)
-    att = [a for a in eager_attentions(model, ids, torch.ones_like(ids)) if a is not None]
-    return all(float(a.float().triu(1).abs().sum()) == 0.0 for a in att), len(att)
-
-
-def observed_causal(model, vocab, device):
-    """Whether the model attends only to earlier tokens, from eager attentions of an unpadded input."""
-    return observe(model, vocab, device)[0]
-
-
 def _layers(core):
     """The model-layer index of each attention layer, in the order of transformers' attentions."""
     return list(core.attention_layers) or list(range(core.n_layers))
@@ -80,10 +67,11 @@ def _all_heads(core):
     return spec
 
 
-def hybrid_layers(model, n_layers, vocab, device):
-    """None when every layer returns an attention map (eager, 8 tokens); else the model-layer
-    indices (module layer_idx) of the layers whose modules return one, or a ValueError when they
-    cannot be told apart from the others."""
+def observe(model, n_layers, vocab, device):
+    """(causal, attention layers) from one eager run on 8 unpadded tokens: whether the model
+    attends only to earlier tokens, and None when every layer returns an attention map, else the
+    model-layer indices (module layer_idx) of the layers whose modules return one. Raises
+    NoAttentionMaps when there are none, ValueError when they cannot be told from the others."""
     ids = torch.randint(0, vocab, (1, 8), generator=torch.Generator().manual_seed(1)).to(device)
     found = set()
 
@@ -98,14 +86,15 @@ def hybrid_layers(model, n_layers, vocab, device):
         finally:
             for h in hooks:
                 h.remove()
-    if len(maps) == n_layers:
-        return None
     if not maps:
         raise NoAttentionMaps("its eager forward returns no attention maps (output_attentions=True gives none)")
+    causal = all(float(a.float().triu(1).abs().sum()) == 0.0 for a in maps)
+    if len(maps) == n_layers:
+        return causal, None
     if len(found) != len(maps) or not all(0 <= l < n_layers for l in found):
         raise ValueError(f"{len(maps)} of its {n_layers} layers return attention maps, but the modules that return them "
                          f"(layer_idx {sorted(found)}) do not say which layers they are")
-    return sorted(found)
+    return causal, sorted(found)
 
 
 def attention_diffs(am, model, ids, mask):
