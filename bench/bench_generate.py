@@ -60,7 +60,7 @@ def main():
 
     def ours(cache, m=model):
         t0 = time.perf_counter()
-        t = m._core.generate(ids, _opts(n, cache), attnscope.api._spec({"top_k": 0}), None)
+        t = m._core.generate(ids, _opts(n, cache), attnscope.capture_spec({"top_k": 0}), None)
         return time.perf_counter() - t0, t.input_ids[0, a.prompt_tokens:]
 
     def theirs():
@@ -72,7 +72,7 @@ def main():
 
     def capture_only(seq):
         t0 = time.perf_counter()
-        model._core.run(seq, attnscope.api._spec("all"), None)
+        model._core.run(seq, attnscope.capture_spec("all"), None)
         return time.perf_counter() - t0
 
     ours(True), ours(True, folder), ours(True, hf), theirs()  # warm-up (TorchScript profiling runs, allocator)

@@ -18,6 +18,16 @@ torch::Tensor pad_positions(const torch::Tensor& t, int dims, int64_t length) {
   return torch::constant_pad_nd(t, pad, 0);
 }
 
+// The six row statistics in the order of row_stat_sum's first axis (spec.cpp's capture names).
+const std::vector<std::string>& row_stat_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& c : capture_names())
+      if (std::string(c.field) == "row_stats") out.push_back(c.name);
+    return out;
+  }();
+  return names;
+}
 }  // namespace
 
 int DatasetStats::position_dims(const std::string& name) {
@@ -120,18 +130,7 @@ void DatasetStats::add(const Trace& t) {
                 "DatasetStats.add: the trace must hold aggregates of every layer 0..", L - 1,
                 " (CaptureSpec.layers empty = all); see dataset_capture_spec()");
   }
-  std::vector<std::string> needed;
-  if (parts_.received) needed = {"received_mean", "received_max"};
-  if (parts_.attn_entropy) needed.push_back("attn_entropy");
-  static const char* const row_names[6] = {"row_self", "row_prev", "row_distance",
-                                           "row_local", "row_duplicate", "row_induction"};
-  if (parts_.row_stats) needed.insert(needed.end(), std::begin(row_names), std::end(row_names));
-  for (int64_t l = 0; l < L; ++l) {
-    if (parts_.layer_maps) needed.push_back("layer_map/L" + std::to_string(l));
-    for (int64_t h = 0; parts_.head_maps && h < t.n_heads; ++h)
-      needed.push_back("head_map/L" + std::to_string(l) + "H" + std::to_string(h));
-  }
-  for (const auto& n : needed) t.get(n);  // throws naming the missing capture
+  for (const auto& n : parts_.needed(L, t.n_heads)) t.get(n);  // throws naming the missing capture
   if (n_layers_ < 0) init(t, dev);
   resize(T);
   auto vd = valid.to(torch::kDouble);                                   // [B, T]
@@ -163,7 +162,7 @@ void DatasetStats::add(const Trace& t) {
   }
   if (parts_.row_stats)
     for (int s = 0; s < 6; ++s) {
-      auto x = t.get(row_names[s]).to(dev).to(torch::kDouble);  // [L, B, H, T], NaN = undefined or padding
+      auto x = t.get(row_stat_names()[s]).to(dev).to(torch::kDouble);  // [L, B, H, T], NaN = undefined or padding
       auto ok = x.isnan().logical_not();
       state_["row_stat_sum"][s].add_(torch::where(ok, x, 0.0).sum({1, 3}));
       state_["row_stat_count"][s].add_(ok.sum({1, 3}, false, torch::kDouble));

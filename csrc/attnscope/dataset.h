@@ -31,6 +31,12 @@ struct DatasetParts {
   std::string to_string() const;
   /// The parts named in `s` (as to_string writes them); throws on an unknown name.
   static DatasetParts parse(const std::string& s);
+  /// The captures every trace added must hold for these parts (dataset_capture_spec's).
+  std::vector<std::string> needed(int64_t n_layers, int64_t n_heads) const;
+  /// Every part `t`'s captures can feed (each part's captures all present).
+  static DatasetParts of_trace(const Trace& t);
+  /// The part that accumulates capture `name` ("layer_map/L3" -> "layer_maps"), "" for none.
+  static std::string part_of(const std::string& name);
 };
 
 /// The CaptureSpec a dataset run needs for `parts` on a model with these many layers/heads.

@@ -2,6 +2,8 @@
 // parts, epsilon, shape and model in the metadata; load() checks every size against the tensors.
 #include <attnscope/dataset.h>
 
+#include <algorithm>
+
 #include <attnscope/safetensors.h>
 
 #include <sstream>
@@ -48,6 +50,33 @@ DatasetParts DatasetParts::parse(const std::string& s) {
     a = b + 1;
   }
   return p;
+}
+
+std::vector<std::string> DatasetParts::needed(int64_t n_layers, int64_t n_heads) const {
+  return dataset_capture_spec(*this, n_layers, n_heads).produces();
+}
+
+DatasetParts DatasetParts::of_trace(const Trace& t) {
+  DatasetParts out{false, false, false, false, false};
+  if (t.n_layers <= 0 || t.n_heads <= 0) return out;
+  for (bool DatasetParts::*part : {&DatasetParts::layer_maps, &DatasetParts::head_maps, &DatasetParts::received,
+                                   &DatasetParts::attn_entropy, &DatasetParts::row_stats}) {
+    DatasetParts one{false, false, false, false, false};
+    one.*part = true;
+    const auto need = one.needed(t.n_layers, t.n_heads);
+    out.*part = std::all_of(need.begin(), need.end(), [&](const std::string& n) { return t.has(n); });
+  }
+  return out;
+}
+
+std::string DatasetParts::part_of(const std::string& name) {
+  const CaptureSpec s = CaptureSpec::for_captures({name});
+  if (!s.layer_maps.empty()) return "layer_maps";
+  if (!s.heads.empty()) return "head_maps";
+  if (s.received) return "received";
+  if (s.attn_entropy) return "attn_entropy";
+  if (s.row_stats) return "row_stats";
+  return "";
 }
 
 void DatasetStats::save(const std::string& path) const {

@@ -3,7 +3,7 @@
 #pragma once
 #include <memory>
 #include <mutex>
-#include <attnscope/generate.h>
+#include <attnscope/generate_options.h>
 #include <attnscope/instrument.h>
 #include <attnscope/model_info.h>
 #include <attnscope/spec.h>

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace attnscope {
@@ -60,6 +61,15 @@ struct CaptureSpec {
 
   /// Every aggregate for every layer (received, entropy, sink mass of the first token, row statistics).
   static CaptureSpec all_aggregates();
+  /// The spec that produces the captures `names` ("head_map/L0H1", "received_mean", ...; see
+  /// capture_names()); names no field can produce alone (unknown ones, "from", "pooled_map",
+  /// which need positions or a tile count) are left out.
+  static CaptureSpec for_captures(const std::vector<std::string>& names);
+  /// Names of the captures a run with this spec produces (maps expanded per layer and head;
+  /// without the model-dependent ones, e.g. sink_share).
+  std::vector<std::string> produces() const;
+  /// True when a run with this spec keeps any attention capture (maps or aggregates).
+  bool captures_anything() const { return !heads.empty() || !layer_maps.empty() || wants_aggregates(); }
   /// True when `layer` is among the aggregate layers.
   bool aggregates_layer(int64_t layer) const;
   bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || row_stats || pooled_maps > 0 || !from_tokens.empty(); }
@@ -69,5 +79,32 @@ struct CaptureSpec {
   /// Checks the spec against a model's size; n_layers/n_heads < 0 = unknown (checked after the run).
   void validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) const;
 };
+
+/// One CaptureSpec field, described once: to_json, from_json, validate, the Python binding and
+/// Python's CaptureSpec.fields() all read this table (spec.cpp), so a new field is one entry.
+struct SpecField {
+  using Member = std::variant<bool CaptureSpec::*, int64_t CaptureSpec::*, double CaptureSpec::*,
+                              std::vector<int64_t> CaptureSpec::*,
+                              std::vector<std::pair<int64_t, int64_t>> CaptureSpec::*>;
+  const char* name;
+  Member member;
+  /// Integers (and each element of a list) lie in [lo, hi]; a double must be > lo.
+  int64_t lo, hi;
+  const char* doc;
+};
+const std::vector<SpecField>& spec_fields();
+
+/// One capture a run can produce: its name ("{l}"/"{h}" stand for a layer and head), the spec
+/// field that produces it, the value that field needs (0 = it cannot be derived from the name
+/// alone), its shape and meaning. field "" = produced with any aggregate (value 1) or only by
+/// some models (value 0).
+struct CaptureName {
+  const char* name;
+  const char* field;
+  int64_t value;
+  const char* shape;
+  const char* doc;
+};
+const std::vector<CaptureName>& capture_names();
 
 }  // namespace attnscope

@@ -7,6 +7,8 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
+#include <variant>
+
 namespace py = pybind11;
 using attnscope::CaptureSpec;
 using attnscope::DatasetParts;
@@ -14,29 +16,70 @@ using attnscope::DatasetStats;
 using attnscope::Model;
 using attnscope::Trace;
 
+namespace {
+template <class... F>
+struct Overload : F... {
+  using F::operator()...;
+};
+template <class... F>
+Overload(F...) -> Overload<F...>;
+
+// The spec's fields come from its one description (attnscope::spec_fields()).
+// Pairs read as [layer, head] lists, as the spec's JSON writes them.
+py::object field_value(const CaptureSpec& s, const attnscope::SpecField& f) {
+  return std::visit(Overload{[&](std::vector<std::pair<int64_t, int64_t>> CaptureSpec::*m) {
+                               py::list out;
+                               for (const auto& p : s.*m) out.append(py::cast(std::vector<int64_t>{p.first, p.second}));
+                               return py::object(out);
+                             },
+                             [&](auto m) { return py::object(py::cast(s.*m)); }},
+                    f.member);
+}
+
+const char* field_type(const attnscope::SpecField& f) {
+  return std::visit(Overload{[](bool CaptureSpec::*) { return "bool"; }, [](int64_t CaptureSpec::*) { return "int"; },
+                             [](double CaptureSpec::*) { return "float"; },
+                             [](std::vector<int64_t> CaptureSpec::*) { return "ints"; },
+                             [](auto) { return "pairs"; }},
+                    f.member);
+}
+
+void bind_capture_spec(py::module_& m) {
+  py::class_<CaptureSpec> cls(m, "CaptureSpec", "What a run keeps (see csrc/attnscope/spec.h)");
+  cls.def(py::init<>());
+  for (const auto& f : attnscope::spec_fields())
+    std::visit([&](auto member) { cls.def_readwrite(f.name, member, f.doc); }, f.member);
+  cls.def("to_json", &CaptureSpec::to_json, "the spec as JSON")
+      .def_static("from_json", &CaptureSpec::from_json, py::arg("text"), "spec from JSON")
+      .def("to_dict", [](const CaptureSpec& s) {
+            py::dict d;
+            for (const auto& f : attnscope::spec_fields()) d[f.name] = field_value(s, f);
+            return d; }, "the spec as {field: value}")
+      .def_static("all_aggregates", &CaptureSpec::all_aggregates, "every aggregate for every layer (capture='all')")
+      .def_static("for_captures", &CaptureSpec::for_captures, py::arg("names"), "the spec that produces these captures")
+      .def("captures_anything", &CaptureSpec::captures_anything, "True when the spec keeps any attention capture")
+      .def("produces", &CaptureSpec::produces, "names of the captures a run with this spec produces")
+      .def_static("fields", [] {
+            py::list out;
+            const CaptureSpec d;
+            for (const auto& f : attnscope::spec_fields())
+              out.append(py::dict(py::arg("name") = f.name, py::arg("type") = field_type(f),
+                                  py::arg("default") = field_value(d, f), py::arg("lo") = f.lo,
+                                  py::arg("hi") = f.hi, py::arg("doc") = f.doc));
+            return out; }, "every field: name, type, default, bounds, doc")
+      .def_static("capture_names", [] {
+            py::list out;
+            for (const auto& c : attnscope::capture_names())
+              out.append(py::dict(py::arg("name") = c.name, py::arg("field") = c.field, py::arg("value") = c.value,
+                                  py::arg("shape") = c.shape, py::arg("doc") = c.doc));
+            return out; }, "every capture a run can produce: name, field, value, shape, doc");
+}
+}  // namespace
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "attnscope C++ core (private; use the attnscope package)";
 
-  py::class_<CaptureSpec>(m, "CaptureSpec", "What a run keeps (see csrc/attnscope/spec.h)")
-      .def(py::init<>())
-      .def_readwrite("heads", &CaptureSpec::heads)
-      .def_readwrite("layer_maps", &CaptureSpec::layer_maps)
-      .def_readwrite("layer_map_head", &CaptureSpec::layer_map_head)
-      .def_readwrite("layers", &CaptureSpec::layers)
-      .def_readwrite("received", &CaptureSpec::received)
-      .def_readwrite("from_tokens", &CaptureSpec::from_tokens)
-      .def_readwrite("attn_entropy", &CaptureSpec::attn_entropy)
-      .def_readwrite("sink_tokens", &CaptureSpec::sink_tokens)
-      .def_readwrite("row_stats", &CaptureSpec::row_stats)
-      .def_readwrite("local_window", &CaptureSpec::local_window)
-      .def_readwrite("pooled_maps", &CaptureSpec::pooled_maps)
-      .def_readwrite("predictive_entropy", &CaptureSpec::predictive_entropy)
-      .def_readwrite("top_k", &CaptureSpec::top_k)
-      .def_readwrite("temperature", &CaptureSpec::temperature)
-      .def_readwrite("to_cpu", &CaptureSpec::to_cpu)
-      .def_readwrite("chunk_elements", &CaptureSpec::chunk_elements)
-      .def("to_json", &CaptureSpec::to_json, "the spec as JSON")
-      .def_static("from_json", &CaptureSpec::from_json, py::arg("text"), "spec from JSON");
+  bind_capture_spec(m);
 
   py::class_<Trace>(m, "Trace", "Everything one run produced (see csrc/attnscope/trace.h)")
       .def_readonly("input_ids", &Trace::input_ids)
@@ -71,7 +114,10 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("head_maps", &DatasetParts::head_maps)
       .def_readwrite("received", &DatasetParts::received)
       .def_readwrite("attn_entropy", &DatasetParts::attn_entropy)
-      .def_readwrite("row_stats", &DatasetParts::row_stats);
+      .def_readwrite("row_stats", &DatasetParts::row_stats)
+      .def("needed", &DatasetParts::needed, py::arg("n_layers"), py::arg("n_heads"), "captures each trace must hold")
+      .def_static("of_trace", &DatasetParts::of_trace, py::arg("trace"), "every part a trace's captures can feed")
+      .def_static("part_of", &DatasetParts::part_of, py::arg("name"), "the part that accumulates a capture (\"\" = none)");
 
   m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
         py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");

@@ -10,26 +10,27 @@ from .labels import readable
 from .streaming import Progress, TokenStream
 from .trace import Trace
 
-_SPEC_FIELDS = ("heads", "layer_maps", "layer_map_head", "layers", "received", "from_tokens",
-                "attn_entropy", "sink_tokens", "row_stats", "local_window", "pooled_maps", "predictive_entropy", "top_k", "temperature", "to_cpu", "chunk_elements")
 MAX_NEW_TOKENS = 1 << 20  # per generate() call on a model that states no context length
-ALL_AGGREGATES = {"received": True, "attn_entropy": True, "sink_tokens": 1, "row_stats": True}
+CaptureSpec = _core.CaptureSpec  # the capture vocabulary, described once in C++ (CaptureSpec.fields())
 
 
-def _spec(capture):
-    if isinstance(capture, _core.CaptureSpec):
-        return capture
-    if capture == "all":
-        capture = dict(ALL_AGGREGATES)
+def capture_spec(capture):
+    """CaptureSpec of `capture`: "all" (CaptureSpec.all_aggregates()), None (the defaults), a
+    dict of CaptureSpec fields (CaptureSpec.fields() lists them) or a CaptureSpec (a copy)."""
+    if isinstance(capture, CaptureSpec):
+        return CaptureSpec.from_json(capture.to_json())
+    if isinstance(capture, str) and capture == "all":
+        return CaptureSpec.all_aggregates()
     if capture is None:
         capture = {}
     if not isinstance(capture, dict):
         raise ValueError(f"capture={capture!r}: expected 'all', a dict of CaptureSpec fields or a CaptureSpec")
-    s = _core.CaptureSpec()
+    s = CaptureSpec()
+    types = {f["name"]: f["type"] for f in CaptureSpec.fields()}
     for k, v in capture.items():
-        if k not in _SPEC_FIELDS:
-            raise ValueError(f"capture: unknown field {k!r}; expected one of {', '.join(_SPEC_FIELDS)}")
-        setattr(s, k, [tuple(x) for x in v] if k == "heads" else v)
+        if k not in types:
+            raise ValueError(f"capture: unknown field {k!r}; expected one of {', '.join(types)}")
+        setattr(s, k, [tuple(x) for x in v] if types[k] == "pairs" else v)
     return s
 
 
@@ -40,11 +41,6 @@ class Model:
     def __init__(self, core, tokenizer=None):
         self._core, self.tokenizer = core, tokenizer
         self.metadata = json.loads(core.metadata_json) if core.metadata_json else {}
-
-    def __getattr__(self, name):  # n_layers, n_heads, n_kv_heads, vocab_size, device, ...
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._core, name)
 
     @property
     def attention_layers(self):
@@ -107,7 +103,7 @@ class Model:
                 return int(v[0])
         return 0
 
-    def run(self, text_or_ids, *, capture="all", attention_mask=None, _raw=False):
+    def run(self, text_or_ids, *, capture="all", attention_mask=None):
         """text (str), a list of texts or of id rows (right-padded into a batch), a list of ids, or a Tensor
         [T] / [B, T] of ids -> Trace. capture: "all" (every aggregate; maps are computed when a
         figure asks), a dict of CaptureSpec fields, or a CaptureSpec."""
@@ -115,12 +111,10 @@ class Model:
         if attention_mask is None:
             attention_mask = mask
         self._warn_padding(attention_mask)
-        trace = self._core.run(ids, _spec(capture), attention_mask)
+        trace = self._core.run(ids, capture_spec(capture), attention_mask)
         for w in trace.warnings:  # raised in C++ while the GIL was released
             warnings.warn(w, stacklevel=2)
-        if _raw:
-            return trace
-        return Trace(trace, self._labels(trace), model=self)
+        return Trace(trace, model=self)
 
     def _warn_padding(self, mask):
         """Warns when a padded batch runs a model that is not padding-invariant itself
@@ -163,10 +157,12 @@ class Model:
             return head_atlas(self.run(ids), rows=(length, 2 * length))
         return head_atlas(self.run(allowed[torch.randint(len(allowed), (batch, 2 * length), generator=g)]))
 
-    def _labels(self, trace):
-        if self.tokenizer is None:
-            return None
-        return [[self.label(i) for i in row] for row in trace.input_ids.tolist()]
+    def prefill(self, ids):
+        """The KV cache (k, v) of ids [B, T] (each Tensor[L, B, KV, T, D]), which generate() can
+        continue from (branches share their answer's prefix this way); models with a decode method."""
+        if not self.has_decode:
+            raise ValueError("prefill: this archive has no decode method (KV cache); export it again with attnscope")
+        return self._core.prefill(torch.as_tensor(ids))
 
     # ------------------------------------------------------------------ chat + generation
     @property
@@ -287,14 +283,14 @@ class Model:
         if _past is not None:  # the KV cache of the prompt's first positions (branches share their prefix)
             opts.past_k, opts.past_v = _past
         opts.capture = bool(_capture)  # False: no capture pass (turning_points' branches, captured when looked at)
-        spec = _spec(capture)
+        spec = capture_spec(capture)
 
         def run(on_step):
             opts.on_step = on_step
             core = self._core.generate(ids, opts, spec, mask)
             for w in core.warnings:
                 warnings.warn(w, stacklevel=3)
-            return Trace(core, self._labels(core), model=self)
+            return Trace(core, model=self)
 
         bar = Progress(max_new_tokens) if progress else None
         if stream:
@@ -314,6 +310,22 @@ class Model:
         if not text:
             text = self.tokenizer.id_to_token(token_id) or f"<{token_id}>"
         return readable(text)
+
+
+# What the C++ model states, read through (model_info.h documents each).
+_CORE_FIELDS = {
+    "n_layers": "layers of the model (-1 = unknown)", "n_heads": "query heads per layer",
+    "n_kv_heads": "KV heads per layer", "head_dim": "query/key head width", "v_head_dim": "value head width",
+    "vocab_size": "vocabulary size (-1 = unknown)", "family": "model family (attnscope.json)",
+    "bos_id": "BOS token id (-1 = none)", "eos_id": "EOS token id (-1 = none)",
+    "causal": "True for a decoder (causal mask)", "output": "what forward returns: logits or hidden states",
+    "context_length": "the context the model states (<= 0 = none)", "device": "where the model runs",
+    "has_decode": "True when the archive has a KV-cache decode method",
+    "instrumented": "True when the graph pass put capture operators into the archive",
+    "tokenizer_json": "the archive's tokenizer.json text", "metadata_json": "the archive's attnscope.json text",
+}
+for _name, _doc in _CORE_FIELDS.items():
+    setattr(Model, _name, property(lambda self, n=_name: getattr(self._core, n), doc=_doc))
 
 
 def load(path=None, device="auto", *, attention="sdpa", progress=True):

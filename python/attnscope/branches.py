@@ -6,7 +6,6 @@ branches at the most uncertain positions and tells which ones change the final a
 Positions follow the marks: the distribution at position i chose token i+1, so branching at i
 replaces token i+1.
 """
-import json
 import re
 from collections.abc import Sequence
 
@@ -38,7 +37,7 @@ def final_answer(text, answer_of=None):
 
 def _generated(answer):
     g = getattr(answer, "generation", None)
-    if not g or getattr(answer, "_model", None) is None:
+    if not g or getattr(answer, "model", None) is None:
         raise ValueError("branch needs a generated trace that keeps its model (Model.generate; not one read "
                          "from a file or released)")
     if answer.input_ids.shape[0] != 1:
@@ -87,7 +86,7 @@ def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temp
     if forced == chosen:
         raise ValueError(f"the answer already chose {answer.token_label(forced)!r} at position {position}: "
                          "pick another rank or token")
-    model = answer._model
+    model = answer.model
     used = position + 1 - answer.prompt_len  # answer tokens kept before the forced one
     if max_new_tokens is None:
         max_new_tokens = max(1, int(g.get("max_new_tokens", used + 2)) - used - 1)
@@ -96,26 +95,26 @@ def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temp
                        temperature=g["temperature"] if temperature is None else temperature,
                        top_k=g.get("top_k", 0), top_p=g.get("top_p", 1.0),
                        seed=g.get("seed", 0) if seed is None else seed, stop=g.get("stop_ids"),
-                       capture=answer._core.spec,  # what the answer captured
+                       capture=answer.capture_spec,  # what the answer captured
                        _past=None if _past is None else tuple(x[:, :, :, : position + 1] for x in _past),
                        _capture=_capture)
     p_of = dict(zip(k_ids, k_p))
     fork = {"position": position, "chosen_id": chosen, "chosen": answer.token_label(chosen),
             "chosen_p": p_of.get(chosen), "forced_id": forced, "forced": answer.token_label(forced),
             "forced_p": p_of.get(forced), "rank": k_ids.index(forced) + 1 if forced in k_ids else None}
-    t._core.set_generation(answer.prompt_len, json.dumps({**t.generation, "fork": fork}))
+    t.set_generation(answer.prompt_len, {**t.generation, "fork": fork})
     return t
 
 
 def _token_id(answer, token):
     if isinstance(token, int) and not isinstance(token, bool):
-        V = answer._model.vocab_size
+        V = answer.model.vocab_size
         if not 0 <= token < (V if V > 0 else float("inf")):
             raise ValueError(f"token {token} is not a token id of this model (0..{V - 1})")
         return token
-    if not isinstance(token, str) or answer._model.tokenizer is None:
+    if not isinstance(token, str) or answer.model.tokenizer is None:
         raise ValueError(f"token {token!r}: expected a str (with the model's tokenizer) or a token id")
-    enc = answer._model.tokenizer.encode(token, add_special_tokens=False).ids
+    enc = answer.model.tokenizer.encode(token, add_special_tokens=False).ids
     if len(enc) != 1:
         raise ValueError(f"token {token!r} is {len(enc)} tokens for this model's tokenizer: give one token "
                          "(e.g. ' yes' with its leading space) or its id")
@@ -140,11 +139,11 @@ class Branches(Sequence):
         i = range(len(self))[i]  # IndexError as a list gives it
         if i not in self._done:
             bare = self.forks[i]
-            if self._spec is None or bare._model is None:  # captured already, or its model released
+            if self._spec is None or bare.model is None:  # captured already, or its model released
                 self._done[i] = bare
             else:
-                t = bare._model.run(bare.input_ids, capture=self._spec, attention_mask=bare.attention_mask)
-                t._core.set_generation(bare.prompt_len, json.dumps(bare.generation))
+                t = bare.model.run(bare.input_ids, capture=self._spec, attention_mask=bare.attention_mask)
+                t.set_generation(bare.prompt_len, bare.generation)
                 self._done[i] = t
         return self._done[i]
 
@@ -206,8 +205,8 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     ids = answer.input_ids[0].tolist()
     rows, traces = [], []
     past = None
-    if reuse_prefix and answer._model.has_decode and bool(answer.attention_mask[0].all()):
-        past = answer._model._core.prefill(answer.input_ids[:, :max(positions) + 1]) if len(positions) else None
+    if reuse_prefix and answer.model.has_decode and bool(answer.attention_mask[0].all()):
+        past = answer.model.prefill(answer.input_ids[:, :max(positions) + 1]) if len(positions) else None
     bar = Progress(len(positions) * alternatives, desc="branches", unit="branch") if progress else None
     try:
         for p in positions:
@@ -228,4 +227,4 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     finally:
         if bar is not None:
             bar.close()
-    return TurningPoints(rows, Branches(traces, answer._core.spec))
+    return TurningPoints(rows, Branches(traces, answer.capture_spec))

@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from . import _core
+from .trace import core_of
 
 PARTS = ("layer_maps", "head_maps", "received", "attn_entropy", "row_stats")
-_HINT = {"layer_map": "layer_maps", "head_map": "head_maps", "received_mean": "received",
-         "received_max": "received", "attn_entropy": "attn_entropy"}
 
 
 def read_texts(path):
@@ -184,14 +183,14 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
             raise ValueError(f"{len(seqs)} sequences for {world} processes: every rank needs at least one")
     n_layers, n_heads = model.n_layers, model.n_heads
     if n_layers < 0 or n_heads < 0:  # archive without attnscope.json: one short run tells
-        probe = model._core.run(torch.tensor([seqs[0]]), _core.CaptureSpec(), None)
+        probe = model.run(torch.tensor([seqs[0]]), capture={"top_k": 0})
         n_layers, n_heads = probe.n_layers, probe.n_heads
     spec = _core.dataset_capture_spec(parts, n_layers, n_heads)
     mine = seqs[rank::world]
     start = time.perf_counter()
     bar = _progress(len(seqs), progress and rank == 0)
     for ids, mask in _batches(mine, batch_size):
-        stats.add(model._core.run(ids, spec, mask))
+        stats.add(core_of(model.run(ids, capture=spec, attention_mask=mask)))
         if bar is not None:
             bar.update(len(ids) * world)
     if bar is not None:
@@ -289,13 +288,13 @@ class DatasetTrace:
     def get(self, name):
         """Captured-style tensor `name`; ValueError naming the part to enable if absent."""
         if name not in self.captures:
-            part = _HINT.get(name.split("/")[0], "?")
+            part = _core.DatasetParts.part_of(name) or "?"
             raise ValueError(f"the dataset trace has no {name!r}: aggregate with capture="
                              f"{{'{part}': True}}; it holds {sorted(self.captures)}")
         return self.captures[name]
 
     def missing_hint(self, name):
-        return f"aggregate_dataset(..., capture={{'{_HINT.get(name.split('/')[0], '?')}': True}})"
+        return f"aggregate_dataset(..., capture={{'{_core.DatasetParts.part_of(name) or '?'}': True}})"
 
     def summary(self):
         """Sink₁ per layer and head entropy as a dict of plain numbers (for JSON)."""
@@ -328,19 +327,14 @@ class DatasetTrace:
         traces = list(traces)
         if not traces:
             raise ValueError("from_traces: no traces given")
-        caps = traces[0].captures
-        L = traces[0].n_layers
-        p = _core.DatasetParts()
-        p.layer_maps = all(f"layer_map/L{l}" in caps for l in range(L))
-        p.head_maps = False
-        p.received = "received_mean" in caps
-        p.attn_entropy = "attn_entropy" in caps
-        p.row_stats = "row_self" in caps
+        cores = [core_of(t) for t in traces]
+        p = _core.DatasetParts.of_trace(cores[0])
+        p.head_maps = False  # L·H·T² sums: aggregate_dataset(capture={"head_maps": True}) asks for them
         if not (p.layer_maps or p.received or p.attn_entropy or p.row_stats):
             raise ValueError("the trace holds neither every layer's map nor aggregates: run with capture='all'")
         stats = _core.DatasetStats(p, float(epsilon))
-        for t in traces:
-            stats.add(getattr(t, "_core", t))
+        for c in cores:
+            stats.add(c)
         return cls(stats)
 
 

@@ -9,16 +9,9 @@ nothing more is computed, `drop(name)` frees one capture. A trace read from a fi
 model: asking it for something missing raises the error that says how to capture it.
 """
 import json
-import re
 
+from . import _core
 from .labels import readable
-
-_HEAD = re.compile(r"head_map/L(\d+)H(\d+)$")
-_LAYER = re.compile(r"layer_map/L(\d+)$")
-# Per-layer aggregates (stacked over aggregate_layers) and the spec field that makes them.
-_AGGREGATES = {"received_mean": "received", "received_max": "received", "received_count": "received",
-               "attn_entropy": "attn_entropy", "sink_mass": "sink_tokens", "sink_mass_rows": "sink_tokens",
-               **{f"row_{s}": "row_stats" for s in ("self", "prev", "distance", "local", "duplicate", "induction")}}
 
 
 class Trace:
@@ -34,17 +27,19 @@ class Trace:
         b, t = core.input_ids.shape
         raw = list(core.tokens) or [f"<{i}>" for i in core.input_ids.flatten().tolist()]
         self.tokens = [raw[r * t:(r + 1) * t] for r in range(b)]
-        self.labels = labels or [[readable(x) for x in row] for row in self.tokens]
+        self._labels = labels
 
-    def __getattr__(self, name):  # n_layers, n_heads, kv_head_of, ... from the core
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._core, name)
-
-    def __dir__(self):
-        return sorted(set(super().__dir__()) | {
-            "input_ids", "attention_mask", "entropy", "topk_ids", "topk_probs", "captures", "n_layers",
-            "n_heads", "n_kv_heads", "kv_head_of", "layer_paths", "warnings", "prompt_len", "generation"})
+    @property
+    def labels(self):
+        """Readable label of every position [B][T]: the kept model's tokenizer decodes each id
+        (computed when first asked for), else the raw token strings made readable."""
+        if self._labels is None:
+            m = self._model
+            if m is not None and m.tokenizer is not None:
+                self._labels = [[m.label(i) for i in row] for row in self.input_ids.tolist()]
+            else:
+                self._labels = [[readable(x) for x in row] for row in self.tokens]
+        return self._labels
 
     def __repr__(self):
         b, t = self.input_ids.shape
@@ -70,7 +65,13 @@ class Trace:
 
     @property
     def spec(self):
-        return json.loads(self._core.spec.to_json())
+        """The capture spec that made this trace, as {field: value} (CaptureSpec.fields())."""
+        return self._core.spec.to_dict()
+
+    @property
+    def capture_spec(self):
+        """The CaptureSpec that made this trace (a copy: run(capture=trace.capture_spec) repeats it)."""
+        return _core.CaptureSpec.from_json(self._core.spec.to_json())
 
     @property
     def can_compute(self):
@@ -94,17 +95,10 @@ class Trace:
         missing = [n for n in dict.fromkeys(names) if n not in have]
         if not missing or self._model is None:
             return
-        spec = {"heads": [], "layer_maps": []}
-        for n in missing:
-            if m := _HEAD.match(n):
-                spec["heads"].append((int(m[1]), int(m[2])))
-            elif m := _LAYER.match(n):
-                spec["layer_maps"].append(int(m[1]))
-            elif n in _AGGREGATES:
-                spec[_AGGREGATES[n]] = 1 if _AGGREGATES[n] == "sink_tokens" else True
-        if not (spec["heads"] or spec["layer_maps"] or any(k in spec for k in set(_AGGREGATES.values()))):
+        spec = _core.CaptureSpec.for_captures(missing)
+        if not spec.captures_anything():
             return
-        got = self._rerun(spec)
+        got = self._rerun(spec.to_dict())
         for n in missing:
             if n in got:
                 self._core.set_capture(n, got[n])
@@ -156,12 +150,12 @@ class Trace:
         """Captures of one more run of the kept model with `spec`, over the trace's aggregate
         layers and with its local window; no predictive entropy, no top-k (kept from the first
         run)."""
-        spec = {"top_k": 0, "predictive_entropy": False, "local_window": self.spec.get("local_window", 8), **spec}
+        spec = {**spec, "top_k": 0, "predictive_entropy": False, "local_window": self.spec["local_window"]}
         caps = self._core.captures
-        layers = caps["aggregate_layers"].tolist() if "aggregate_layers" in caps else self.spec.get("layers") or []
-        if layers:
-            spec.setdefault("layers", layers)
-        return self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask, _raw=True).captures
+        layers = caps["aggregate_layers"].tolist() if "aggregate_layers" in caps else self.spec["layers"]
+        if layers and not spec.get("layers"):
+            spec["layers"] = layers
+        return self._model.run(self.input_ids, capture=spec, attention_mask=self.attention_mask).captures
 
     def drop(self, name):
         """Frees one capture (it is computed again if asked for while the model is kept)."""
@@ -169,6 +163,7 @@ class Trace:
 
     def release(self):
         """Drops the kept model and inputs' link to it: nothing more is computed on demand."""
+        self.labels  # noqa: B018 - labels need the model's tokenizer: take them before it goes
         self._model = None
 
     def token_label(self, token_id, batch=0):
@@ -189,8 +184,14 @@ class Trace:
 
     @property
     def generation(self):
+        """How a generated trace was made, as a dict (GenerationInfo.to_dict()); None otherwise."""
         g = self._core.generation
         return json.loads(g) if g else None
+
+    def set_generation(self, prompt_len, generation):
+        """Marks the trace as generated: columns before `prompt_len` are the prompt; `generation`
+        is how (a dict as Trace.generation gives; a branch adds its "fork")."""
+        self._core.set_generation(prompt_len, json.dumps(generation))
 
     @property
     def fork(self):
@@ -230,5 +231,28 @@ class Trace:
 
     @classmethod
     def load(cls, path):
-        from . import _core
         return cls(_core.Trace.load(str(path)))
+
+
+# What the C++ trace holds, read through (trace.h documents each).
+_CORE_FIELDS = {
+    "input_ids": "Tensor[B, T] int64 token ids",
+    "attention_mask": "Tensor[B, T] int64, 1 = real token, 0 = padding",
+    "entropy": "Tensor[B, T] predictive entropy (nats); entry i predicts token i+1",
+    "topk_ids": "Tensor[B, T, k] int64 top-k next-token ids (None without top-k)",
+    "topk_probs": "Tensor[B, T, k] their probabilities",
+    "warnings": "warnings raised while the run computed this trace",
+    "prompt_len": "generated traces: where the answer begins (-1 for given text)",
+    "n_layers": "attention layers that ran",
+    "n_heads": "query heads per layer",
+    "n_kv_heads": "KV heads per layer",
+    "kv_head_of": "Tensor[H] int64: the KV head each query head reads",
+    "layer_paths": "module path of each layer's attention site",
+}
+for _name, _doc in _CORE_FIELDS.items():
+    setattr(Trace, _name, property(lambda self, n=_name: getattr(self._core, n), doc=_doc))
+
+
+def core_of(trace):
+    """The C++ trace (attnscope._core.Trace) a Trace wraps: what the C++ dataset sums take."""
+    return trace._core if isinstance(trace, Trace) else trace

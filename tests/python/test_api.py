@@ -115,3 +115,38 @@ def test_predictive_entropy_optional_and_reruns_skip_it(toy):
     full.get("head_map/L2H3")
     assert torch.equal(full.entropy, before) and full.topk_ids.shape[-1] == 3
     assert attnscope._core.CaptureSpec.from_json('{"predictive_entropy": false}').predictive_entropy is False
+
+
+def test_the_capture_vocabulary_is_what_runs_produce(toy):
+    """CaptureSpec.capture_names() (C++'s one description) names exactly what a run keeps: each
+    capture's spec (for_captures) produces it and its siblings, nothing else, and "all" too."""
+    ids = torch.tensor([[1, 5, 9, 12, 3, 7]])
+    names = attnscope.CaptureSpec.capture_names()
+    derivable = [c["name"] for c in names if c["value"] > 0 and c["field"] and "{" not in c["name"]]
+    assert {"received_mean", "attn_entropy", "sink_mass", "row_induction"} <= set(derivable)
+    for name in derivable + ["head_map/L2H3", "layer_map/L1"]:
+        spec = attnscope.CaptureSpec.for_captures([name])
+        got = set(toy.run(ids, capture=spec).captures)
+        want = set(spec.produces())
+        assert name in want
+        assert got == want, f"{name}: a run kept {sorted(got)}, the vocabulary says {sorted(want)}"
+    spec = attnscope.capture_spec({"from_tokens": [-1], "pooled_maps": 3, "sink_tokens": 2})
+    assert set(toy.run(ids, capture=spec).captures) == set(spec.produces()) == {
+        "from", "pooled_map", "pooled_uniform", "sink_mass", "sink_mass_rows", "aggregate_layers"}
+    assert set(toy.run(ids).captures) == set(attnscope.CaptureSpec.all_aggregates().produces())
+    fields = {f["name"]: f for f in attnscope.CaptureSpec.fields()}
+    assert {c["field"] for c in names} - {""} <= set(fields)
+    assert fields["top_k"]["default"] == 5 and fields["heads"]["type"] == "pairs"
+    for c in names:  # docs/capture.md's table names every capture
+        doc = open(os.path.join(os.path.dirname(__file__), "..", "..", "docs", "capture.md"), encoding="utf-8").read()
+        assert f"`{c['name']}`" in doc or c["name"] == "aggregate_layers", c["name"]
+
+
+def test_capture_spec_fields_are_checked_by_the_table(toy):
+    s = attnscope.CaptureSpec()
+    s.pooled_maps = 70000
+    with pytest.raises(ValueError, match=r"pooled_maps'?:? 70000 out of range: expected 0\.\.65536"):
+        toy.run([1, 2, 3], capture=s)
+    with pytest.raises(ValueError, match="capture: unknown field 'nope'; expected one of heads, layer_maps"):
+        attnscope.capture_spec({"nope": 1})
+    assert attnscope.capture_spec("all").to_dict() == attnscope.CaptureSpec.all_aggregates().to_dict()

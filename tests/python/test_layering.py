@@ -157,3 +157,82 @@ def test_the_checker_sees_a_violation(tmp_path):
     assert "models.hf_export" in imports_of("models.checkpoints")
     assert not _matches("api", ALLOWED["models"])
     assert _matches("models.export", ALLOWED["api"])
+
+
+# The wrappers of the C++ objects: only they read the `_core` / `_model` they hold; every other
+# module uses their public names (Trace.model, Trace.capture_spec, Model.prefill, core_of, ...).
+WRAPPERS = {"api", "trace"}
+
+
+def reach_ins(source, filename="<source>"):
+    """(line, attribute) of every `x._core` / `x._model` in `source`."""
+    return sorted((n.lineno, n.attr) for n in ast.walk(ast.parse(source, filename))
+                  if isinstance(n, ast.Attribute) and n.attr in ("_core", "_model"))
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODULES if m not in WRAPPERS))
+def test_no_reach_ins_outside_the_wrappers(name):
+    found = reach_ins(open(MODULES[name], encoding="utf-8").read(), MODULES[name])
+    assert not found, (f"attnscope.{name} reads {found} (line, attribute): use the public names of "
+                       "api.Model / trace.Trace instead (docs/architecture.md)")
+
+
+def test_the_reach_in_checker_sees_one():
+    assert reach_ins("def f(t):\n    return t._model._core.prefill(1)\n") == [(2, "_core"), (2, "_model")]
+    assert reach_ins("import attnscope._core\nx = attnscope._core.CaptureSpec()\n") == [(2, "_core")]
+
+
+# ---------------------------------------------------------------- the C++ core's includes
+CSRC = os.path.join(os.path.dirname(ROOT), "csrc", "attnscope")
+ARCH = os.path.join(os.path.dirname(ROOT), "docs", "architecture.md")
+
+
+def cpp_table(text):
+    """{unit: (its files, the units it may include)} from docs/architecture.md's C++ table."""
+    import re
+    body = text.split("## C++ core", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for row in body.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`"):
+            continue
+        names = re.findall(r"`([a-z_]+)(?:\.(?:h|cpp))?`", cells[0])
+        unit = names[0]
+        files = {f"{unit}.h", f"{unit}.cpp"} | {f"{n}.cpp" for n in names[1:]}
+        deps = set() if cells[2] in ("—", "") else {d.strip() for d in cells[2].split(",")}
+        table[unit] = (files, deps)
+    return table
+
+
+def cpp_includes(path):
+    import re
+    return set(re.findall(r"#include <attnscope/([a-z_]+)\.h>", open(path, encoding="utf-8").read()))
+
+
+def test_cpp_includes_point_down_as_the_table_says():
+    table = cpp_table(open(ARCH, encoding="utf-8").read())
+    owner = {f: u for u, (files, _) in table.items() for f in files}
+    on_disk = sorted(f for f in os.listdir(CSRC) if f.endswith((".h", ".cpp")))
+    assert not [f for f in on_disk if f not in owner], "add these files to docs/architecture.md's C++ table"
+    for f in on_disk:
+        unit = owner[f]
+        bad = sorted(cpp_includes(os.path.join(CSRC, f)) - {unit} - table[unit][1])
+        assert not bad, f"csrc/attnscope/{f} includes {bad}; its unit `{unit}` may include {sorted(table[unit][1])}"
+    state = {}
+
+    def visit(u, path):
+        assert state.get(u) != 1, "include cycle: " + " -> ".join(path + [u])
+        if state.get(u) == 2:
+            return
+        state[u] = 1
+        for d in sorted(table[u][1]):
+            visit(d, path + [u])
+        state[u] = 2
+    for u in table:
+        visit(u, [])
+
+
+def test_the_include_checker_sees_a_violation():
+    table = cpp_table("## C++ core\n| unit | what | includes |\n|---|---|---|\n| `json` | x | — |\n"
+                      "| `spec` (+ `more.cpp`) | y | json |\n")
+    assert table == {"json": ({"json.h", "json.cpp"}, set()), "spec": ({"spec.h", "spec.cpp", "more.cpp"}, {"json"})}

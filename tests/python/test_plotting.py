@@ -107,7 +107,7 @@ def test_missing_maps_are_computed_in_one_run(trace, monkeypatch):
     real = t._model.run
     monkeypatch.setattr(t._model, "run", lambda *a, **k: runs.append(k["capture"]) or real(*a, **k))
     fig = visualize_attention(t, [(1, 1), (1, 2), (0, 3)])
-    assert len(runs) == 1 and sorted(runs[0]["heads"]) == [(0, 3), (1, 1), (1, 2)]
+    assert len(runs) == 1 and sorted(map(tuple, runs[0]["heads"])) == [(0, 3), (1, 1), (1, 2)]
     assert np.allclose(fig.axes[0].get_images()[0].get_array(), uniform(t.get("head_map/L1H1")[0]))
     visualize_attention(t, [(1, 1)])
     assert len(runs) == 1  # kept

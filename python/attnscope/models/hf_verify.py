@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from .. import _core
 from .hf_errors import gist
 from .hf_inputs import batch, check_lengths, pad_token
 
@@ -61,7 +62,6 @@ def _layers(core):
 
 
 def _all_heads(core):
-    from .. import _core
     spec = _core.CaptureSpec()
     spec.heads, spec.top_k = [(l, h) for l in _layers(core) for h in range(core.n_heads)], 0
     return spec
@@ -102,14 +102,17 @@ def attention_diffs(am, model, ids, mask):
     and the same beyond the reference's own rounding (`beyond`: bf16/fp16 references hold 8/11
     significant bits). am: an attnscope Model (or its _core.Model) of `model`; ids/mask [B, T].
     The reference runs the batch as given (transformers' positions)."""
-    core = getattr(am, "_core", am)  # an attnscope.Model or the _core.Model it wraps
-    H = core.n_heads
-    caps = core.run(ids.cpu(), _all_heads(core), mask.cpu()).captures
+    spec = _all_heads(am)
+    if isinstance(am, _core.Model):
+        caps = am.run(ids.cpu(), spec, mask.cpu()).captures
+    else:
+        caps = am.run(ids.cpu(), capture=spec, attention_mask=mask.cpu()).captures
+    H = am.n_heads
     ref = eager_attentions(model, ids, mask)
     ulp = {torch.bfloat16: 2 ** -8, torch.float16: 2 ** -11}.get(ref[0].dtype, 0.0)
     ok = mask.cpu().bool()[:, None, :, None]
     raw, beyond = [], []
-    for i, l in enumerate(_layers(core)):
+    for i, l in enumerate(_layers(am)):
         got = torch.stack([caps[f"head_map/L{l}H{h}"] for h in range(H)], 1).float()  # [B, H, T, T]
         want = ref[i].float().cpu()
         d = (got - want).abs().masked_fill(~ok, 0)
@@ -224,7 +227,6 @@ def verify(model, archive, ids, mask, tol, *, call, max_length=512, tracer_warni
     what the model itself does differently under padding (its own forward, reproduced)}; raises
     VerifyError naming the input and the mechanism its failure shows (with the tracer's first
     warning from the model's own code, when there is one)."""
-    from .. import _core  # the archive as the C++ core loads it (models never call attnscope.load)
     core = _core.Model.load(os.fspath(archive), str(ids.device))
     own = [w for w in tracer_warnings if "modeling_" in w]
     # masking and cache utilities warn for every model (shape checks the other lengths cover);

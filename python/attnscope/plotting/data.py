@@ -88,7 +88,7 @@ def _layer_map(trace, layer, head, batch):
         return trace.captures[f"layer_map/L{layer}"][batch]
     if getattr(trace, "is_dataset", False):
         raise ValueError(f"the dataset trace has no map of layer {layer} head {head}: "
-                         f"{trace.missing_hint('head_map')}")
+                         f"{trace.missing_hint(f'head_map/L{layer}H{head}')}")
     raise ValueError(f"the trace has no map of layer {layer} head {head}: run with "
                      f"capture={{'heads': [({layer}, {head})]}}")
 
