@@ -29,6 +29,9 @@ struct RunContext {
   /// Model-layer indices of the attention layers (ModelInfo::attention_layers; empty = every
   /// layer): the n-th site of a graph-instrumented model is layer attention_layers[n].
   std::vector<int64_t> attention_layers;
+  /// Route of SDPA sites: "auto" (fused C++ rows on the CPU, blocks elsewhere), "blocks" (ATen
+  /// blocks with the kernel's log-sum-exp), "softmax" (ATen blocks, a softmax per block).
+  std::string sdpa_route = "auto";
   /// The row statistics' token facts, built by the first layer that needs them and shared by the
   /// others with the same query and key lengths (row_stats.cpp).
   mutable std::shared_ptr<RowTokens> row_tokens;

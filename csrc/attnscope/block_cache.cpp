@@ -170,12 +170,4 @@ BlockCacheScope::~BlockCacheScope() { BlockCache::get().leave(); }
 
 BlockCacheStats block_cache_stats() { return BlockCache::get().stats(); }
 
-bool block_cache_enabled() {
-  const char* env = std::getenv("ATTNSCOPE_BLOCK_CACHE");
-  const std::string v = env ? env : "1";
-  TORCH_CHECK_VALUE(v == "0" || v == "1", "ATTNSCOPE_BLOCK_CACHE=", v, ": expected 1 (reuse freed blocks "
-                    "during a run, the default) or 0 (leave every allocation to the process's allocator)");
-  return v == "1";
-}
-
 }  // namespace attnscope

@@ -36,8 +36,5 @@ struct BlockCacheStats {
 };
 BlockCacheStats block_cache_stats();
 
-/// Whether Model::run uses a scope: ATTNSCOPE_BLOCK_CACHE unset or 1 (yes), 0 (no), anything
-/// else an error naming the value (read at each call).
-bool block_cache_enabled();
 
 }  // namespace attnscope

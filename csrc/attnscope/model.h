@@ -17,6 +17,26 @@
 
 namespace attnscope {
 
+/// Settings of a run from the environment, read once at its start (not at every site):
+/// ATTNSCOPE_SDPA_ROUTE = auto | blocks | softmax (RunContext::sdpa_route) and
+/// ATTNSCOPE_BLOCK_CACHE = 1 | 0 (CPU runs reuse freed blocks, block_cache.h); other values
+/// are refused by name.
+class Recorder;
+struct RecordResult;
+
+/// ids [T] or [B, T] of any integer dtype -> [B, T] int64 on the CPU; refuses ids outside
+/// [0, vocab_size) (vocab_size <= 0: unknown) by value and position.
+torch::Tensor checked_ids(const torch::Tensor& input_ids, int64_t vocab_size);
+/// attention_mask [T] / [B, T] (undefined = every token real) -> [B, T] int64 0/1 with one
+/// contiguous run of real tokens per row (left or right padding), refused by name otherwise.
+torch::Tensor checked_mask(const torch::Tensor& attention_mask, const torch::Tensor& ids);
+
+struct RunOptions {
+  std::string sdpa_route = "auto";
+  bool block_cache = true;
+  static RunOptions from_environment();
+};
+
 class Model {
  public:
   /// Loads `path` (torch.jit.save archive) on `device`: "cpu", "cuda", "cuda:N" or "auto"
@@ -81,6 +101,13 @@ class Model {
   /// Fills what attnscope.json did not state (heads, KV heads, layers, causal) from a forward
   /// on a few tokens with layer 0's head-mean map captured; failures leave them unknown.
   void dry_run();
+  // Model::run's steps (run.cpp).
+  torch::Tensor recorded_forward(const torch::Tensor& ids, const torch::Tensor& mask, bool has_padding,
+                                 bool block_cache, Recorder& rec);
+  std::string output_kind(const torch::Tensor& logits);
+  void check_stated_facts(const RecordResult& res) const;
+  void add_predictions(Trace& t, const torch::Tensor& logits, bool has_logits, bool has_padding) const;
+  void add_run_facts(Trace& t, const RecordResult& res);
 
   torch::jit::Module module_;
   torch::Device device_;

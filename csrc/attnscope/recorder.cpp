@@ -47,6 +47,7 @@ int64_t Recorder::resolve_layer(int64_t op_layer) {
     result_.qk_dims.resize(layer + 1, -1);
     result_.v_dims.resize(layer + 1, -1);
     result_.site_of_layer.resize(layer + 1, -1);
+    result_.routes.resize(layer + 1);
   }
   if (layer_from_order_) result_.site_of_layer[layer] = op_layer;
   result_.layers_run = std::max<int64_t>(result_.layers_run, layer + 1);
@@ -78,6 +79,7 @@ int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk, const tor
 
 void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool sink) {
   const int64_t layer = resolve_layer(op_layer);
+  result_.routes[layer] = "probabilities";
   const int64_t batch = ctx_.valid.size(0);
   torch::Tensor probs = probs_in;
   if (probs.dim() == 3) {  // bmm style: [B*H, Tq, Tk]
@@ -135,11 +137,29 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool si
   if (sink) acc->add_sink_share(probs);
 }
 
-torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
-                                const std::optional<torch::Tensor>& mask, bool is_causal,
-                                std::optional<double> scale, int64_t op_layer,
-                                const torch::Tensor& v, double dropout_p) {
-  const int64_t layer = resolve_layer(op_layer);
+namespace {
+// Additive masks hide a key with -inf or the dtype's lowest value (transformers' convention);
+// anything above half of it (ALiBi-style biases included) lets the key through.
+double hidden_below_of(const torch::Tensor& m) {
+  if (!m.defined() || m.scalar_type() == torch::kBool) return 0.0;
+  switch (m.scalar_type()) {
+    case torch::kHalf: return -65504.0 / 2;
+    case torch::kBFloat16: return -3.3895313892515355e38 / 2;
+    case torch::kDouble: return -std::numeric_limits<double>::max() / 2;
+    default: return -std::numeric_limits<float>::max() / 2.0;
+  }
+}
+
+// An SDPA mask as [B or 1, H or 1, Tq, Tk] (undefined when the site has none).
+torch::Tensor mask_4d(const std::optional<torch::Tensor>& mask) {
+  if (!mask.has_value() || !mask->defined()) return {};
+  torch::Tensor m = *mask;
+  while (m.dim() < 4) m = m.unsqueeze(0);
+  return m;
+}
+}  // namespace
+
+void Recorder::check_sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t layer) {
   TORCH_CHECK(q.dim() == 4 && k.dim() == 4, "capture_sdpa: expected q [B, H, Tq, D] and k "
               "[B, Hkv, Tk, D] at layer ", layer, ", got q ", q.sizes(), " and k ", k.sizes());
   const int64_t batch = q.size(0), hq = q.size(1), tq = q.size(2), dim = q.size(3);
@@ -156,101 +176,102 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   result_.kv_heads[layer] = hkv;
   result_.qk_dims[layer] = dim;
   if (v.defined() && v.dim() == 4) result_.v_dims[layer] = v.size(3);
-  torch::NoGradGuard no_grad;
-  const std::string route = sdpa_route();
-  const bool fused = q.is_cpu() && route == "auto";  // fused_sdpa.cpp; else sdpa_blocks.cpp
-  LayerAccumulator* acc = accumulator(layer, hq, tq, tk, q.device(), /*whole_rows=*/fused);
-  if (!acc) return {};
-  const int64_t group = hq / hkv;
-  std::vector<int64_t> heads = acc->block_heads();
-  const bool all_heads = heads.empty();
-  if (all_heads)
-    for (int64_t h = 0; h < hq; ++h) heads.push_back(h);
-  auto dev = q.device();
-  // q head h reads kv head h / group. All heads: repeat_interleave, no index tensor to ship to
-  // the device; a subset (full maps of a few heads) indexes q and k.
-  torch::Tensor qs, ks, head_t;
-  int64_t k_group = 1;  // query head h of the block reads ks head h / k_group
-  if (all_heads) {
-    qs = q.to(torch::kFloat);
-    if (fused) {  // the fused route maps heads itself: no copies of K
-      ks = k.to(torch::kFloat);
-      k_group = group;
-    } else {
-      ks = (group == 1 ? k : k.repeat_interleave(group, 1)).to(torch::kFloat);
-    }
-  } else {
-    std::vector<int64_t> kv_idx;
-    for (int64_t h : heads) kv_idx.push_back(h / group);
-    head_t = torch::tensor(heads, torch::kLong).to(dev);
-    qs = q.index_select(1, head_t).to(torch::kFloat);
-    ks = k.index_select(1, torch::tensor(kv_idx, torch::kLong).to(dev)).to(torch::kFloat);
-  }
-  const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(dim));
+}
 
-  torch::Tensor m;
-  if (mask.has_value() && mask->defined()) {
-    m = *mask;
-    while (m.dim() < 4) m = m.unsqueeze(0);
-    if (m.size(1) > 1 && !all_heads) m = m.index_select(1, head_t);
+Recorder::SdpaHeads Recorder::sdpa_heads(const LayerAccumulator& acc, const torch::Tensor& q, const torch::Tensor& k,
+                                         bool fused) const {
+  const int64_t hq = q.size(1), group = hq / k.size(1);
+  SdpaHeads h;
+  h.heads = acc.block_heads();
+  h.all = h.heads.empty();
+  if (h.all) {
+    // repeat_interleave: no index tensor to ship to the device.
+    for (int64_t i = 0; i < hq; ++i) h.heads.push_back(i);
+    h.q = q.to(torch::kFloat);
+    if (fused) {  // the fused route maps heads itself: no copies of K
+      h.k = k.to(torch::kFloat);
+      h.k_group = group;
+    } else {
+      h.k = (group == 1 ? k : k.repeat_interleave(group, 1)).to(torch::kFloat);
+    }
+    return h;
   }
-  const int64_t step = chunk_rows(batch, static_cast<int64_t>(heads.size()), tk, dev);
-  // Additive masks hide a key with -inf or the dtype's lowest value (transformers' convention);
-  // anything above half of it (ALiBi-style biases included) lets the key through.
-  double hidden_below = 0.0;
-  if (m.defined() && m.scalar_type() != torch::kBool) {
-    switch (m.scalar_type()) {
-      case torch::kHalf: hidden_below = -65504.0 / 2; break;
-      case torch::kBFloat16: hidden_below = -3.3895313892515355e38 / 2; break;
-      case torch::kDouble: hidden_below = -std::numeric_limits<double>::max() / 2; break;
-      default: hidden_below = -std::numeric_limits<float>::max() / 2.0;
-    }
-  }
-  if (fused) {  // the whole layer at once (fused_sdpa.cpp)
-    torch::Tensor mf;  // the mask as bool / fp32 [B, H, Tq, Tk] view
-    if (m.defined()) {
-      mf = m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat ? m : m.to(torch::kFloat);
-      mf = mf.expand({batch, static_cast<int64_t>(heads.size()), tq, tk});
-      if (mf.stride(3) > 1) mf = mf.contiguous();
-    }
-    // The output too (P·V from the same probabilities) when every head is computed in fp32 and
-    // nothing is random: the site's SDPA is then not run a second time.
-    torch::Tensor out, vf;
-    if (v.defined() && all_heads && dropout_p == 0.0 && q.scalar_type() == torch::kFloat &&
-        k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat && v.dim() == 4 &&
-        v.size(0) == batch && v.size(1) == hkv && v.size(2) == tk) {
-      vf = v;
-      // [B, Hq, Tq, Dv] over [B, Tq, Hq, Dv] memory, as the fused kernel lays it out: the
-      // model's usual transpose(1, 2).reshape(B, Tq, Hq * Dv) is then a view, not a copy.
-      out = torch::empty({batch, tq, hq, v.size(3)}, q.options()).transpose(1, 2);
-    }
-    acc->add_sdpa(qs, ks, k_group, s, mf, static_cast<float>(hidden_below), is_causal,
-                  m.defined() ? masks_.row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, ws_, vf, out);
-    if (acc->wants_visibility()) acc->add_counts(masks_.visible_counts(m, ctx_.valid, hidden_below, is_causal, tq, tk));
-    return out;
+  // A subset (full maps of a few heads): q head i reads kv head i / group.
+  std::vector<int64_t> kv_idx;
+  for (int64_t i : h.heads) kv_idx.push_back(i / group);
+  h.index = torch::tensor(h.heads, torch::kLong).to(q.device());
+  h.q = q.index_select(1, h.index).to(torch::kFloat);
+  h.k = k.index_select(1, torch::tensor(kv_idx, torch::kLong).to(q.device())).to(torch::kFloat);
+  return h;
+}
+
+torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
+                                const std::optional<torch::Tensor>& mask, bool is_causal,
+                                std::optional<double> scale, int64_t op_layer,
+                                const torch::Tensor& v, double dropout_p) {
+  const int64_t layer = resolve_layer(op_layer);
+  check_sdpa(q, k, v, layer);
+  torch::NoGradGuard no_grad;
+  const bool fused = q.is_cpu() && ctx_.sdpa_route == "auto";  // fused_sdpa.cpp; else sdpa_blocks.cpp
+  LayerAccumulator* acc = accumulator(layer, q.size(1), q.size(2), k.size(2), q.device(), /*whole_rows=*/fused);
+  if (!acc) return {};
+  SdpaHeads h = sdpa_heads(*acc, q, k, fused);
+  const double s = scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(3)));
+  torch::Tensor m = mask_4d(mask);
+  const torch::Tensor m_all = m;  // every head's mask, for the device's kernel
+  if (m.defined() && m.size(1) > 1 && !h.all) m = m.index_select(1, h.index);
+  const double hidden_below = hidden_below_of(m);
+  if (fused) {
+    result_.routes[layer] = "fused";
+    return fused_route(*acc, h, m, hidden_below, is_causal, s, v, dropout_p, q);
   }
   // Elsewhere (CUDA, other devices, or the CPU when asked): ATen ops block by block
   // (sdpa_blocks.cpp), with the site's output and each row's log-sum-exp from the device's
   // fused kernel when V is given, so the site's attention runs once.
   SdpaBlocks site;
-  site.q = qs;
-  site.k = ks;
+  site.q = h.q;
+  site.k = h.k;
   site.mask = m;
   site.hidden_below = hidden_below;
   site.is_causal = is_causal;
   site.scale = s;
   AttentionLse fa;
-  if (v.defined() && dropout_p == 0.0 && route != "softmax") {
-    torch::Tensor m_all;  // every head's mask, for the kernel
-    if (mask.has_value() && mask->defined()) {
-      m_all = *mask;
-      while (m_all.dim() < 4) m_all = m_all.unsqueeze(0);
-    }
+  if (v.defined() && dropout_p == 0.0 && ctx_.sdpa_route != "softmax") {
     fa = attention_with_lse(q, k, v, m_all, is_causal, s);
-    if (fa.lse.defined()) site.lse = all_heads ? fa.lse : fa.lse.index_select(1, head_t);
+    if (fa.lse.defined()) site.lse = h.all ? fa.lse : fa.lse.index_select(1, h.index);
   }
+  result_.routes[layer] = site.lse.defined() ? "blocks" : "softmax";
+  const int64_t step = chunk_rows(q.size(0), static_cast<int64_t>(h.heads.size()), k.size(2), q.device());
   add_sdpa_blocks(*acc, site, step, ctx_, ws_);
   return fa.out;  // undefined: the site runs SDPA itself
+}
+
+torch::Tensor Recorder::fused_route(LayerAccumulator& acc, const SdpaHeads& h, const torch::Tensor& m,
+                                    double hidden_below, bool is_causal, double scale, const torch::Tensor& v,
+                                    double dropout_p, const torch::Tensor& q) {
+  // The whole layer at once (fused_sdpa.cpp).
+  const int64_t batch = q.size(0), hq = q.size(1), tq = q.size(2), hkv = h.k.size(1), tk = h.k.size(2);
+  torch::Tensor mf;  // the mask as bool / fp32 [B, H, Tq, Tk] view
+  if (m.defined()) {
+    mf = m.scalar_type() == torch::kBool || m.scalar_type() == torch::kFloat ? m : m.to(torch::kFloat);
+    mf = mf.expand({batch, static_cast<int64_t>(h.heads.size()), tq, tk});
+    if (mf.stride(3) > 1) mf = mf.contiguous();
+  }
+  // The output too (P·V from the same probabilities) when every head is computed in fp32 and
+  // nothing is random: the site's SDPA is then not run a second time.
+  torch::Tensor out, vf;
+  if (v.defined() && h.all && dropout_p == 0.0 && q.scalar_type() == torch::kFloat &&
+      h.k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat && v.dim() == 4 &&
+      v.size(0) == batch && v.size(1) == hkv && v.size(2) == tk) {
+    vf = v;
+    // [B, Hq, Tq, Dv] over [B, Tq, Hq, Dv] memory, as the fused kernel lays it out: the
+    // model's usual transpose(1, 2).reshape(B, Tq, Hq * Dv) is then a view, not a copy.
+    out = torch::empty({batch, tq, hq, v.size(3)}, q.options()).transpose(1, 2);
+  }
+  acc.add_sdpa(h.q, h.k, h.k_group, scale, mf, static_cast<float>(hidden_below), is_causal,
+               m.defined() ? masks_.row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, ws_, vf, out);
+  if (acc.wants_visibility()) acc.add_counts(masks_.visible_counts(m, ctx_.valid, hidden_below, is_causal, tq, tk));
+  return out;
 }
 
 RecordResult Recorder::finish() {

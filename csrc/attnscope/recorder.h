@@ -29,6 +29,8 @@ struct RecordResult {
   std::vector<int64_t> qk_dims, v_dims;
   /// Graph site id of each layer (instrumented models), -1 when the op carried the layer.
   std::vector<int64_t> site_of_layer;
+  /// How each layer's attention was recorded (Trace::routes).
+  std::vector<std::string> routes;
 };
 
 class Recorder {
@@ -57,6 +59,19 @@ class Recorder {
   RecordResult finish();
 
  private:
+  /// The heads an SDPA block computes, with q and k (fp32) laid out for them.
+  struct SdpaHeads {
+    std::vector<int64_t> heads;  // query heads computed
+    bool all = true;             // every head (no index)
+    torch::Tensor index;         // [n] int64 on q's device when not all
+    torch::Tensor q, k;          // [B, n, Tq, D], [B, n or Hkv, Tk, D]
+    int64_t k_group = 1;         // query head i of the block reads k head i / k_group
+  };
+  void check_sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t layer);
+  SdpaHeads sdpa_heads(const LayerAccumulator& acc, const torch::Tensor& q, const torch::Tensor& k, bool fused) const;
+  torch::Tensor fused_route(LayerAccumulator& acc, const SdpaHeads& h, const torch::Tensor& m, double hidden_below,
+                            bool is_causal, double scale, const torch::Tensor& v, double dropout_p,
+                            const torch::Tensor& q);
   int64_t resolve_layer(int64_t op_layer);
   LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
                                 const torch::Device& device, bool whole_rows = false);

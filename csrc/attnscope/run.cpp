@@ -1,5 +1,6 @@
 // Model::run: one forward with the capture spec's recorder installed, then the Trace
-// (captures, predictive entropy and top-k, warnings).
+// (captures, predictive entropy and top-k, warnings). Steps: checked inputs, recorded
+// forward, its output tensor, the stated facts checked against the graph, trace assembly.
 #include <attnscope/model.h>
 
 #include <attnscope/block_cache.h>
@@ -7,6 +8,7 @@
 #include <attnscope/recorder.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <set>
@@ -30,100 +32,28 @@ class CollectWarnings : public c10::WarningHandler {
   c10::WarningHandler* next_;
 };
 
-}  // namespace
+// A forward's failure, led by its final error line: the interpreter wraps errors (ours from the
+// capture ops included) in a TorchScript traceback, so the cause is read first.
+[[noreturn]] void forward_failed(const std::exception& e, int64_t len, int64_t context_length) {
+  std::string msg = e.what();
+  while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
+  std::string last = msg.substr(msg.rfind('\n') == std::string::npos ? 0 : msg.rfind('\n') + 1);
+  const std::string prefix = "RuntimeError: ";
+  if (last.rfind(prefix, 0) == 0) last = last.substr(prefix.size());
+  std::string hint;
+  if (last.find("index out of range in self") != std::string::npos)  // an embedding lookup failed
+    hint = context_length > 0
+               ? std::string(": an embedding lookup failed (an id beyond the model's vocabulary?)")
+               : ": an embedding lookup failed: the input (" + std::to_string(len) +
+                     " tokens) is probably longer than the model's position table (its context length; "
+                     "attnscope.json has no context_length to check it before running), or an id is beyond "
+                     "its vocabulary";
+  TORCH_CHECK(false, last, hint, "\n(raised in the model's forward; TorchScript traceback:\n", msg, ")");
+}
 
-Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
-                 const torch::Tensor& attention_mask) {
-  TORCH_CHECK(input_ids.defined(), "input_ids is undefined");
-  TORCH_CHECK(!input_ids.is_floating_point() && !input_ids.is_complex() &&
-                  input_ids.scalar_type() != torch::kBool,
-              "input_ids must be integer token ids, got dtype ", input_ids.scalar_type());
-  TORCH_CHECK(input_ids.dim() == 1 || input_ids.dim() == 2, "input_ids must be [T] or [B, T], got ",
-              input_ids.sizes());
-  auto ids = (input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids).to(torch::kLong).cpu();
-  const int64_t batch = ids.size(0), len = ids.size(1);
-  TORCH_CHECK(batch > 0 && len > 0, "empty sequence: input_ids has shape ", input_ids.sizes(),
-              "; at least one token is needed");
-  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0, "token id ", lo, " at position ", ids.argmin().item<int64_t>() % len,
-              " is negative: ids must be in [0, vocab_size)");
-  if (info_.vocab_size > 0)
-    TORCH_CHECK(hi < info_.vocab_size, "token id ", hi, " at position ",
-                ids.argmax().item<int64_t>() % len, " out of range: vocabulary has ",
-                info_.vocab_size, " entries");
-  torch::Tensor mask;
-  if (attention_mask.defined()) {
-    auto am = attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask;
-    TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(),
-                " does not match input_ids ", ids.sizes());
-    TORCH_CHECK_VALUE(!at::isFloatingType(am.scalar_type()) && !at::isComplexType(am.scalar_type()),
-                      "attention_mask has dtype ", am.scalar_type(), ": expected bool or an integer type holding 0 "
-                      "(padding) and 1 (token); a fractional mask is not a padding layout");
-    mask = am.to(torch::kLong).cpu();
-    const auto bad = (mask != 0).logical_and(mask != 1);
-    TORCH_CHECK_VALUE(!bad.any().item<bool>(), "attention_mask must hold only 0 (padding) and 1 (token); got ",
-                      mask.masked_select(bad)[0].item<int64_t>(), " in row ",
-                      bad.any(1).to(torch::kLong).argmax().item<int64_t>());
-    TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
-                "attention_mask has a row with no tokens: every sequence needs at least one");
-    // Positions are taken from the mask (left padding) or run past the tokens (right
-    // padding); a gap inside a row is neither.
-    auto first = mask.argmax(1), count = mask.sum(1);
-    auto pos = torch::arange(len, torch::kLong).unsqueeze(0);
-    auto contiguous = (pos >= first.unsqueeze(1)).logical_and(pos < (first + count).unsqueeze(1));
-    TORCH_CHECK(mask.to(torch::kBool).equal(contiguous), "attention_mask: each row's tokens must be "
-                "one contiguous run (left or right padding); row ",
-                (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
-                " has padding between tokens");
-  } else {
-    mask = torch::ones_like(ids);
-  }
-  TORCH_CHECK_VALUE(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
-              " tokens is longer than the model's context of ", info_.context_length,
-              " tokens (attnscope.json context_length): shorten the text or split it");
-  spec.validate(info_.n_layers, info_.n_heads, len);
-
-  CollectWarnings collect(c10::WarningUtils::get_warning_handler());
-  c10::WarningUtils::WarningHandlerGuard warning_guard(&collect);
-  RunContext ctx;
-  ctx.valid = mask.to(torch::kBool).to(device_);
-  ctx.has_padding = !mask.all().item<bool>();
-  ctx.causal = info_.causal;
-  ctx.ids = ids;
-  ctx.attention_layers = info_.attention_layers;
-  Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
-  std::vector<torch::jit::IValue> inputs{ids.to(device_)};
-  if (takes_mask_) inputs.emplace_back(mask.to(device_));
-  TORCH_CHECK(takes_mask_ || !ctx.has_padding, "attention_mask has padding but the model's "
-              "forward takes no attention_mask argument");
-  // Layers reuse each other's freed blocks instead of fresh pages (block_cache.h);
-  // ATTNSCOPE_BLOCK_CACHE=0 leaves every allocation to the process's allocator.
-  const bool use_blocks = device_.is_cpu() && block_cache_enabled();
-  c10::IValue out;
-  try {
-    torch::NoGradGuard no_grad;
-    RecorderScope scope(&rec);
-    std::optional<BlockCacheScope> blocks;
-    if (use_blocks) blocks.emplace();
-    out = module_.forward(inputs);
-  } catch (const std::exception& e) {
-    // The interpreter wraps errors (ours from the capture ops included) in a TorchScript
-    // traceback; lead with the final error line so the cause is read first.
-    std::string msg = e.what();
-    while (!msg.empty() && (msg.back() == '\n' || msg.back() == ' ')) msg.pop_back();
-    std::string last = msg.substr(msg.rfind('\n') == std::string::npos ? 0 : msg.rfind('\n') + 1);
-    const std::string prefix = "RuntimeError: ";
-    if (last.rfind(prefix, 0) == 0) last = last.substr(prefix.size());
-    std::string hint;
-    if (last.find("index out of range in self") != std::string::npos)  // an embedding lookup failed
-      hint = info_.context_length > 0
-                 ? std::string(": an embedding lookup failed (an id beyond the model's vocabulary?)")
-                 : ": an embedding lookup failed: the input (" + std::to_string(len) +
-                       " tokens) is probably longer than the model's position table (its context length; "
-                       "attnscope.json has no context_length to check it before running), or an id is beyond "
-                       "its vocabulary";
-    TORCH_CHECK(false, last, hint, "\n(raised in the model's forward; TorchScript traceback:\n", msg, ")");
-  }
+// The tensor [B, T, D] a forward returned: itself, or the first element of a tuple, list or dict
+// ("logits" first).
+torch::Tensor output_tensor(const c10::IValue& out, const std::string& kind, int64_t batch, int64_t len) {
   torch::Tensor logits;
   if (out.isTensor()) logits = out.toTensor();
   else if (out.isTuple() && !out.toTupleRef().elements().empty() &&
@@ -137,14 +67,154 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     if (it == d.end() && d.size() > 0) it = d.begin();
     if (it != d.end() && it->value().isTensor()) logits = it->value().toTensor();
   }
-  const char* what = info_.output == "logits" ? "logits [B, T, V]" : "hidden states [B, T, D]";
+  const char* what = kind == "logits" ? "logits [B, T, V]" : "hidden states [B, T, D]";
   TORCH_CHECK(logits.defined(), "forward returned ", out.tagKind(), "; expected ", what,
               " or a tuple/list/dict whose first element is that");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == len,
               "forward returned a tensor of shape ", logits.sizes(), "; expected ", what,
               " with B = ", batch, ", T = ", len);
-  // What the output is, from this run; written into the model's facts only by the dry run at
-  // load (single-threaded), so concurrent runs never write shared state.
+  return logits;
+}
+
+// The first positive entry of per-layer counts (-1 when no layer has one).
+int64_t first_positive(const std::vector<int64_t>& v) {
+  for (int64_t x : v)
+    if (x > 0) return x;
+  return -1;
+}
+
+}  // namespace
+
+RunOptions RunOptions::from_environment() {
+  RunOptions o;
+  if (const char* env = std::getenv("ATTNSCOPE_SDPA_ROUTE"); env && *env) o.sdpa_route = env;
+  TORCH_CHECK(o.sdpa_route == "auto" || o.sdpa_route == "blocks" || o.sdpa_route == "softmax",
+              "ATTNSCOPE_SDPA_ROUTE=", o.sdpa_route, " is not a route: expected auto, blocks or softmax");
+  const char* cache = std::getenv("ATTNSCOPE_BLOCK_CACHE");
+  const std::string v = cache ? cache : "1";
+  TORCH_CHECK_VALUE(v == "0" || v == "1", "ATTNSCOPE_BLOCK_CACHE=", v, ": expected 1 (reuse freed blocks "
+                    "during a run, the default) or 0 (leave every allocation to the process's allocator)");
+  o.block_cache = v == "1";
+  return o;
+}
+
+torch::Tensor checked_ids(const torch::Tensor& input_ids, int64_t vocab_size) {
+  TORCH_CHECK(input_ids.defined(), "input_ids is undefined");
+  TORCH_CHECK(!input_ids.is_floating_point() && !input_ids.is_complex() &&
+                  input_ids.scalar_type() != torch::kBool,
+              "input_ids must be integer token ids, got dtype ", input_ids.scalar_type());
+  TORCH_CHECK(input_ids.dim() == 1 || input_ids.dim() == 2, "input_ids must be [T] or [B, T], got ",
+              input_ids.sizes());
+  auto ids = (input_ids.dim() == 1 ? input_ids.unsqueeze(0) : input_ids).to(torch::kLong).cpu();
+  const int64_t len = ids.size(1);
+  TORCH_CHECK(ids.size(0) > 0 && len > 0, "empty sequence: input_ids has shape ", input_ids.sizes(),
+              "; at least one token is needed");
+  const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0, "token id ", lo, " at position ", ids.argmin().item<int64_t>() % len,
+              " is negative: ids must be in [0, vocab_size)");
+  if (vocab_size > 0)
+    TORCH_CHECK(hi < vocab_size, "token id ", hi, " at position ", ids.argmax().item<int64_t>() % len,
+                " out of range: vocabulary has ", vocab_size, " entries");
+  return ids;
+}
+
+torch::Tensor checked_mask(const torch::Tensor& attention_mask, const torch::Tensor& ids) {
+  if (!attention_mask.defined()) return torch::ones_like(ids);
+  auto am = attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask;
+  TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(),
+              " does not match input_ids ", ids.sizes());
+  TORCH_CHECK_VALUE(!at::isFloatingType(am.scalar_type()) && !at::isComplexType(am.scalar_type()),
+                    "attention_mask has dtype ", am.scalar_type(), ": expected bool or an integer type holding 0 "
+                    "(padding) and 1 (token); a fractional mask is not a padding layout");
+  auto mask = am.to(torch::kLong).cpu();
+  const auto bad = (mask != 0).logical_and(mask != 1);
+  TORCH_CHECK_VALUE(!bad.any().item<bool>(), "attention_mask must hold only 0 (padding) and 1 (token); got ",
+                    mask.masked_select(bad)[0].item<int64_t>(), " in row ",
+                    bad.any(1).to(torch::kLong).argmax().item<int64_t>());
+  TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
+              "attention_mask has a row with no tokens: every sequence needs at least one");
+  // Positions are taken from the mask (left padding) or run past the tokens (right padding); a
+  // gap inside a row is neither.
+  auto first = mask.argmax(1), count = mask.sum(1);
+  auto pos = torch::arange(ids.size(1), torch::kLong).unsqueeze(0);
+  auto contiguous = (pos >= first.unsqueeze(1)).logical_and(pos < (first + count).unsqueeze(1));
+  TORCH_CHECK(mask.to(torch::kBool).equal(contiguous), "attention_mask: each row's tokens must be "
+              "one contiguous run (left or right padding); row ",
+              (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
+              " has padding between tokens");
+  return mask;
+}
+
+Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
+                 const torch::Tensor& attention_mask) {
+  const auto ids = checked_ids(input_ids, info_.vocab_size);  // [B, T]
+  const auto mask = checked_mask(attention_mask, ids);          // [B, T]
+  const int64_t len = ids.size(1);
+  TORCH_CHECK_VALUE(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
+              " tokens is longer than the model's context of ", info_.context_length,
+              " tokens (attnscope.json context_length): shorten the text or split it");
+  spec.validate(info_.n_layers, info_.n_heads, len);
+  const RunOptions options = RunOptions::from_environment();
+
+  CollectWarnings collect(c10::WarningUtils::get_warning_handler());
+  c10::WarningUtils::WarningHandlerGuard warning_guard(&collect);
+  RunContext ctx;
+  ctx.valid = mask.to(torch::kBool).to(device_);
+  ctx.has_padding = !mask.all().item<bool>();
+  ctx.causal = info_.causal;
+  ctx.ids = ids;
+  ctx.attention_layers = info_.attention_layers;
+  ctx.sdpa_route = options.sdpa_route;
+  Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
+  const auto logits = recorded_forward(ids, mask, ctx.has_padding, options.block_cache, rec);
+  const bool has_logits = output_kind(logits) == "logits";
+  if (has_logits)
+    TORCH_CHECK(ids.max().item<int64_t>() < logits.size(2), "token id ", ids.max().item<int64_t>(),
+                " out of range: vocabulary has ", logits.size(2), " entries");
+  RecordResult res = rec.finish();
+  check_stated_facts(res);
+
+  Trace t;
+  t.spec = spec;
+  t.input_ids = ids;
+  t.attention_mask = mask;
+  add_predictions(t, logits, has_logits, ctx.has_padding);
+  t.captures = std::move(res.captures);
+  add_run_facts(t, res);
+  t.routes = res.routes;
+  t.warnings = collect.messages;
+  if (spec.to_cpu) {
+    t.entropy = t.entropy.cpu();
+    if (t.topk_probs.defined()) { t.topk_probs = t.topk_probs.cpu(); t.topk_ids = t.topk_ids.cpu(); }
+    for (auto& kv : t.captures) kv.second = kv.second.cpu();
+  }
+  return t;
+}
+
+torch::Tensor Model::recorded_forward(const torch::Tensor& ids, const torch::Tensor& mask, bool has_padding,
+                                      bool block_cache, Recorder& rec) {
+  std::vector<torch::jit::IValue> inputs{ids.to(device_)};
+  if (takes_mask_) inputs.emplace_back(mask.to(device_));
+  TORCH_CHECK(takes_mask_ || !has_padding, "attention_mask has padding but the model's "
+              "forward takes no attention_mask argument");
+  // Layers reuse each other's freed blocks instead of fresh pages (block_cache.h).
+  const bool use_blocks = device_.is_cpu() && block_cache;
+  c10::IValue out;
+  try {
+    torch::NoGradGuard no_grad;
+    RecorderScope scope(&rec);
+    std::optional<BlockCacheScope> blocks;
+    if (use_blocks) blocks.emplace();
+    out = module_.forward(inputs);
+  } catch (const std::exception& e) {
+    forward_failed(e, ids.size(1), info_.context_length);
+  }
+  return output_tensor(out, info_.output, ids.size(0), ids.size(1));
+}
+
+std::string Model::output_kind(const torch::Tensor& logits) {
+  // Written into the model's facts only by the dry run at load (single-threaded), so concurrent
+  // runs never write shared state.
   std::string output = info_.output;
   if (output == "logits" && info_.vocab_size > 0 && logits.size(2) != info_.vocab_size &&
       std::find(info_.inferred.begin(), info_.inferred.end(), "vocab_size (embedding table)") !=
@@ -157,16 +227,14 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
                                " != the " + std::to_string(info_.vocab_size) + " embedding rows)");
     }
   }
-  const bool has_logits = output == "logits";
-  if (has_logits && info_.vocab_size < 0 && loading_) {
+  if (output == "logits" && info_.vocab_size < 0 && loading_) {
     info_.vocab_size = logits.size(2);
     info_.inferred.push_back("vocab_size (logits)");
   }
-  if (has_logits)
-    TORCH_CHECK(hi < logits.size(2), "token id ", hi, " out of range: vocabulary has ",
-                logits.size(2), " entries");
+  return output;
+}
 
-  RecordResult res = rec.finish();
+void Model::check_stated_facts(const RecordResult& res) const {
   // The graph wins over attnscope.json: a stated head count the captured shapes do not have
   // would split every map at the wrong head.
   if (info_.n_heads > 0)
@@ -187,37 +255,36 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
                       res.v_dims[l], " per head: ",
                       info_.v_head_dim > 0 ? "fix or remove v_head_dim" : "state v_head_dim");
   }
-  Trace t;
-  t.spec = spec;
-  t.input_ids = ids;
-  t.attention_mask = mask;
+}
+
+void Model::add_predictions(Trace& t, const torch::Tensor& logits, bool has_logits, bool has_padding) const {
+  const auto& mask = t.attention_mask;
   const auto nan_at_pads = [&](const torch::Tensor& x) {  // [B, T, ...]: undefined at padding
-    if (!ctx.has_padding) return x;
+    if (!has_padding) return x;
     auto ok = mask.to(torch::kBool).to(x.device());
     while (ok.dim() < x.dim()) ok = ok.unsqueeze(-1);
     return torch::where(ok, x, std::numeric_limits<float>::quiet_NaN());
   };
   // Predictive entropy and top-k in one pass over the logits (each block in fp32 once).
-  const int64_t k = has_logits ? std::min<int64_t>(spec.top_k, logits.size(2)) : 0;
-  auto ps = predictive_stats(logits, has_logits && spec.predictive_entropy, k, spec.temperature);
+  const int64_t k = has_logits ? std::min<int64_t>(t.spec.top_k, logits.size(2)) : 0;
+  auto ps = predictive_stats(logits, has_logits && t.spec.predictive_entropy, k, t.spec.temperature);
   if (ps.entropy.defined()) {
     t.entropy = nan_at_pads(ps.entropy);
   } else {  // not asked for, or no next-token distribution: NaN
-    t.entropy = torch::full({batch, len}, std::numeric_limits<float>::quiet_NaN(),
+    t.entropy = torch::full(mask.sizes(), std::numeric_limits<float>::quiet_NaN(),
                             torch::dtype(torch::kFloat).device(logits.device()));
   }
   if (k > 0) {
     t.topk_probs = nan_at_pads(ps.probs);
     t.topk_ids = ps.ids;
   }
-  t.captures = std::move(res.captures);
+}
 
+void Model::add_run_facts(Trace& t, const RecordResult& res) {
   // The trace gets the facts this run saw; the model's own facts are fixed at load (from
   // attnscope.json and the dry run), so concurrent runs never write shared state except the
   // idle-site list, which is guarded.
-  int64_t h = -1, kv = -1;
-  for (int64_t x : res.heads) if (x > 0) { h = x; break; }
-  for (int64_t x : res.kv_heads) if (x > 0) { kv = x; break; }
+  const int64_t h = first_positive(res.heads), kv = first_positive(res.kv_heads);
   // A hybrid's trace spans the model's layers; only its attention layers hold captures.
   t.n_layers = info_.attention_layers.empty() ? res.layers_run : std::max(res.layers_run, info_.n_layers);
   for (int64_t l = 0; l < static_cast<int64_t>(res.heads.size()); ++l)
@@ -239,17 +306,10 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
     t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
   if (!t.layer_paths.empty()) t.layer_paths.resize(t.n_layers);
   if (!vocab_.empty()) {
-    auto acc = ids.accessor<int64_t, 2>();
-    for (int64_t b = 0; b < batch; ++b)
-      for (int64_t i = 0; i < len; ++i) t.tokens.push_back(vocab_.token(acc[b][i]));
+    auto acc = t.input_ids.accessor<int64_t, 2>();
+    for (int64_t b = 0; b < t.input_ids.size(0); ++b)
+      for (int64_t i = 0; i < t.input_ids.size(1); ++i) t.tokens.push_back(vocab_.token(acc[b][i]));
   }
-  t.warnings = collect.messages;
-  if (spec.to_cpu) {
-    t.entropy = t.entropy.cpu();
-    if (t.topk_probs.defined()) { t.topk_probs = t.topk_probs.cpu(); t.topk_ids = t.topk_ids.cpu(); }
-    for (auto& kv : t.captures) kv.second = kv.second.cpu();
-  }
-  return t;
 }
 
 }  // namespace attnscope

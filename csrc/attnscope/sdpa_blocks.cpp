@@ -19,14 +19,6 @@
 
 namespace attnscope {
 
-std::string sdpa_route() {
-  const char* env = std::getenv("ATTNSCOPE_SDPA_ROUTE");
-  std::string r = env && *env ? env : "auto";
-  TORCH_CHECK(r == "auto" || r == "blocks" || r == "softmax", "ATTNSCOPE_SDPA_ROUTE=", r,
-              " is not a route: expected auto, blocks or softmax");
-  return r;
-}
-
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();

@@ -14,12 +14,6 @@
 
 namespace attnscope {
 
-/// Route for SDPA sites: "auto" (fused C++ rows on the CPU, blocks elsewhere), "blocks" (the
-/// ATen block route with the kernel's log-sum-exp), "softmax" (ATen blocks with a softmax per
-/// block). From the environment variable ATTNSCOPE_SDPA_ROUTE, read at each site (default auto);
-/// any other value is refused by name.
-std::string sdpa_route();
-
 /// Output and log-sum-exp of one SDPA call from a fused kernel.
 struct AttentionLse {
   /// [B, H, Tq, Dv] in q's dtype: the site's attention output.

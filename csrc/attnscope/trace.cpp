@@ -83,6 +83,7 @@ void Trace::save(const std::string& path) const {
                 {"n_heads", std::to_string(n_heads)},
                 {"n_kv_heads", std::to_string(n_kv_heads)},
                 {"layer_paths", string_array(layer_paths)},
+                {"routes", string_array(routes)},
                 {"tokens", string_array(tokens)},
                 {"prompt_len", std::to_string(prompt_len)},
                 {"generation", generation}};
@@ -130,9 +131,10 @@ Trace Trace::load(const std::string& path) {
   t.n_heads = meta_int(f, "n_heads", path, 1, 65536);
   t.n_kv_heads = meta_int(f, "n_kv_heads", path, 1, t.n_heads);
   t.layer_paths = parse_string_array(meta("layer_paths"), "trace layer_paths");
+  t.routes = parse_string_array(meta("routes"), "trace routes");
   t.attention_layers = parse_int_array(meta("attention_layers"), "trace attention_layers", t.n_layers - 1);
   t.tokens = parse_string_array(meta("tokens"), "trace tokens");
-  for (auto* list : {&t.tokens, &t.layer_paths})  // files may hold any bytes; Python decodes UTF-8
+  for (auto* list : {&t.tokens, &t.layer_paths, &t.routes})  // files may hold any bytes; Python decodes UTF-8
     for (auto& s : *list) s = json::valid_utf8(s);
   // Shapes agree with each other: ids [B, T] are the reference every reader indexes by.
   TORCH_CHECK_VALUE(t.input_ids.defined() && t.input_ids.dim() == 2 && t.input_ids.scalar_type() == torch::kLong,

@@ -35,6 +35,11 @@ struct Trace {
   /// Model-layer indices of the layers with softmax attention, increasing, when not every
   /// layer 0..n_layers-1 has it (hybrids); empty = all of them.
   std::vector<int64_t> attention_layers;
+  /// How each layer's attention was recorded ("" where none ran): "fused" (SDPA site, C++ rows
+  /// on the CPU), "blocks" (ATen blocks with the kernel's log-sum-exp), "softmax" (ATen blocks,
+  /// a softmax per block), "probabilities" (the model's own softmax output). Empty in files
+  /// written before it was kept.
+  std::vector<std::string> routes;
   /// Raw token strings `B*T`, row-major like input_ids (empty if the model has no vocabulary).
   std::vector<std::string> tokens;
   /// Generated traces: columns 0..prompt_len-1 are the (left-padded) prompt, the rest the

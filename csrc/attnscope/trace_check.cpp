@@ -4,6 +4,7 @@
 // refused by name here instead of failing, or misleading, in a figure later.
 #include <attnscope/trace.h>
 
+#include <algorithm>
 #include <cmath>
 #include <regex>
 #include <sstream>
@@ -143,6 +144,12 @@ void check_trace(const Trace& t, const std::string& where) {
       TORCH_CHECK_VALUE(!outside(x, -1e-4, INFINITY), at, name, " holds negative values");
     }
   }
+  // How each layer was recorded (after the layer facts, which name the commoner edits).
+  TORCH_CHECK_VALUE(static_cast<int64_t>(t.routes.size()) <= std::max<int64_t>(t.n_layers, 0), at, t.routes.size(),
+                    " routes for n_layers ", t.n_layers);
+  for (const auto& r : t.routes)
+    TORCH_CHECK_VALUE(r.empty() || r == "fused" || r == "blocks" || r == "softmax" || r == "probabilities", at,
+                      "route '", r, "' is not one of fused, blocks, softmax, probabilities");
 }
 
 }  // namespace attnscope

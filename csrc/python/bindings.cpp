@@ -103,6 +103,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("n_kv_heads", &Trace::n_kv_heads)
       .def_readonly("kv_head_of", &Trace::kv_head_of)
       .def_readonly("layer_paths", &Trace::layer_paths)
+      .def_readonly("routes", &Trace::routes)
       .def_readonly("attention_layers", &Trace::attention_layers)
       .def_readonly("tokens", &Trace::tokens)
       .def("save", &Trace::save, py::arg("path"), "write as safetensors")

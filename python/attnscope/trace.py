@@ -248,6 +248,7 @@ _CORE_FIELDS = {
     "n_kv_heads": "KV heads per layer",
     "kv_head_of": "Tensor[H] int64: the KV head each query head reads",
     "layer_paths": "module path of each layer's attention site",
+    "routes": "how each layer's attention was recorded: fused, blocks, softmax, probabilities (trace.h)",
 }
 for _name, _doc in _CORE_FIELDS.items():
     setattr(Trace, _name, property(lambda self, n=_name: getattr(self._core, n), doc=_doc))
