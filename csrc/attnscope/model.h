@@ -101,6 +101,23 @@ class Model {
   /// Fills what attnscope.json did not state (heads, KV heads, layers, causal) from a forward
   /// on a few tokens with layer 0's head-mean map captured; failures leave them unknown.
   void dry_run();
+  // What the archive's decode method returned: logits [B, t, V], caches [L, B, KV, T, D].
+  struct Decoded {
+    torch::Tensor logits, k, v;
+  };
+  // Generated ids and mask [B, P + n] on the CPU, steps taken, why each row stopped.
+  struct Generated {
+    torch::Tensor ids, mask;
+    int64_t steps = 0;
+    std::vector<std::string> reason;
+  };
+  // Model::generate's steps (generate.cpp).
+  Decoded decode(const torch::Tensor& ids, const torch::Tensor& mask, const c10::IValue& k, const c10::IValue& v);
+  int64_t prefix_length(const GenerateOptions& o, bool cached, const torch::Tensor& mask) const;
+  Generated sample(const torch::Tensor& ids, const torch::Tensor& mask, const GenerateOptions& o,
+                   const std::vector<int64_t>& stop, bool cached, int64_t from);
+  std::vector<std::string> tokens_of(const torch::Tensor& ids) const;
+  torch::Tensor output_tensor_of(const c10::IValue& out, int64_t batch, int64_t len) const;
   // Model::run's steps (run.cpp).
   torch::Tensor recorded_forward(const torch::Tensor& ids, const torch::Tensor& mask, bool has_padding,
                                  bool block_cache, Recorder& rec);

@@ -209,7 +209,11 @@ torch::Tensor Model::recorded_forward(const torch::Tensor& ids, const torch::Ten
   } catch (const std::exception& e) {
     forward_failed(e, ids.size(1), info_.context_length);
   }
-  return output_tensor(out, info_.output, ids.size(0), ids.size(1));
+  return output_tensor_of(out, ids.size(0), ids.size(1));
+}
+
+torch::Tensor Model::output_tensor_of(const c10::IValue& out, int64_t batch, int64_t len) const {
+  return output_tensor(out, info_.output, batch, len);
 }
 
 std::string Model::output_kind(const torch::Tensor& logits) {
@@ -305,11 +309,7 @@ void Model::add_run_facts(Trace& t, const RecordResult& res) {
   for (int64_t site : res.site_of_layer)
     t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
   if (!t.layer_paths.empty()) t.layer_paths.resize(t.n_layers);
-  if (!vocab_.empty()) {
-    auto acc = t.input_ids.accessor<int64_t, 2>();
-    for (int64_t b = 0; b < t.input_ids.size(0); ++b)
-      for (int64_t i = 0; i < t.input_ids.size(1); ++i) t.tokens.push_back(vocab_.token(acc[b][i]));
-  }
+  t.tokens = tokens_of(t.input_ids);
 }
 
 }  // namespace attnscope

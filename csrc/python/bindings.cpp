@@ -74,13 +74,7 @@ void bind_capture_spec(py::module_& m) {
                                   py::arg("shape") = c.shape, py::arg("doc") = c.doc));
             return out; }, "every capture a run can produce: name, field, value, shape, doc");
 }
-}  // namespace
-
-PYBIND11_MODULE(_core, m) {
-  m.doc() = "attnscope C++ core (private; use the attnscope package)";
-
-  bind_capture_spec(m);
-
+void bind_trace(py::module_& m) {
   py::class_<Trace>(m, "Trace", "Everything one run produced (see csrc/attnscope/trace.h)")
       .def_readonly("input_ids", &Trace::input_ids)
       .def_readonly("attention_mask", &Trace::attention_mask)
@@ -108,7 +102,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("tokens", &Trace::tokens)
       .def("save", &Trace::save, py::arg("path"), "write as safetensors")
       .def_static("load", &Trace::load, py::arg("path"), "read a trace file");
+}
 
+void bind_dataset(py::module_& m) {
   py::class_<DatasetParts>(m, "DatasetParts", "What a dataset run accumulates (see csrc/attnscope/dataset.h)")
       .def(py::init<>())
       .def_readwrite("layer_maps", &DatasetParts::layer_maps)
@@ -154,7 +150,9 @@ PYBIND11_MODULE(_core, m) {
       .def("position_count", &DatasetStats::position_count, "sequences having each position [T]")
       .def("save", &DatasetStats::save, py::arg("path"), "write as safetensors")
       .def_static("load", &DatasetStats::load, py::arg("path"), "read a dataset file");
+}
 
+void bind_model(py::module_& m) {
   py::class_<attnscope::GenerateOptions>(m, "GenerateOptions", "how Model.generate picks tokens (model.h)")
       .def(py::init<>())
       .def_readwrite("max_new_tokens", &attnscope::GenerateOptions::max_new_tokens)
@@ -219,4 +217,13 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("instrumented", &Model::instrumented)
       .def_property_readonly("tokenizer_json", &Model::tokenizer_json)
       .def_property_readonly("metadata_json", &Model::metadata_json);
+}
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "attnscope C++ core (private; use the attnscope package)";
+  bind_capture_spec(m);
+  bind_trace(m);
+  bind_dataset(m);
+  bind_model(m);
 }
