@@ -140,7 +140,10 @@ class LayerAccumulator {
   torch::Tensor pool_tile_, pool_sum_, uni_sum_;
   std::map<int64_t, torch::Tensor> head_maps_;  // head -> [B, Tq, Tk]
 
-  struct Rows;  // where one row's results go (fused_sdpa.cpp)
+  struct Rows;      // where one row's results go (fused_sdpa.cpp)
+  struct SdpaPass;  // one fused SDPA pass over a layer (fused_sdpa.cpp)
+  void cut_parts(SdpaPass& p) const;
+  void sdpa_task(const SdpaPass& p, int64_t task, float* buf) const;
   Rows rows_for(const RunContext& ctx);
   /// Takes what the spec asks from one row: probabilities e[j] * inv, j < keys.
   /// `distance`: Σ e[j]·|i − j| from softmax_row, for the row statistics.

@@ -150,6 +150,28 @@ struct MaskView {
 };
 }  // namespace
 
+/// One fused SDPA pass over a layer: its inputs and how its rows are cut into tasks.
+struct LayerAccumulator::SdpaPass {
+  torch::Tensor q, k, v, out;  // [B, Hb, Tq, D], [B, Hkv', Tk, D], [B, Hkv, Tk, Dv], [B, Hq, Tq, Dv]
+  int64_t group = 1;           // query head hb reads k head hb / group
+  float scale = 1.0f;
+  bool causal = true;
+  const int64_t* row_keys = nullptr;  // [Tq] keys each row may see at most (null: all)
+  const MaskView* mask = nullptr;
+  int64_t block = 0, n_part = 1, n_task_heads = 1, hb_n = 0;
+  bool heads_inside = false;  // a task runs every head (a head-mean map adds them into the same rows)
+  std::vector<int64_t> cut;   // [n_part + 1] row boundaries of the parts
+  torch::Tensor psum, pmax;   // [parts, B, H, Tk] partial received sums / max (several parts)
+  Rows rows;
+
+  // Keys a block of rows [r0, r0 + n) reads: none after the last one a row of it may see.
+  int64_t block_keys(int64_t tk, int64_t r0, int64_t n) const {
+    int64_t keys = causal ? std::min(tk, r0 + n) : tk;
+    if (row_keys) keys = std::min(keys, *std::max_element(row_keys + r0, row_keys + r0 + n));
+    return std::max<int64_t>(keys, 1);
+  }
+};
+
 void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, int64_t group, double scale,
                                 const torch::Tensor& mask, float hidden_below, bool causal,
                                 const torch::Tensor& row_keys, const RunContext& ctx, Workspace& ws,
@@ -157,130 +179,123 @@ void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, 
   TORCH_INTERNAL_ASSERT(q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
                         k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
                         k.size(2) == tk_);
-  const int64_t hb_n = q.size(1);
-  Rows t = rows_for(ctx);
+  const MaskView mv(mask, hidden_below);
+  SdpaPass p;
+  p.q = q, p.k = k, p.v = v, p.out = out, p.group = group, p.causal = causal, p.mask = &mv;
+  p.scale = static_cast<float>(scale);
+  p.row_keys = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
+  p.hb_n = q.size(1);
+  p.rows = rows_for(ctx);
   torch::Tensor pool_rows, pool_uni;  // every row's tile sums, folded into tiles after the pass
   if (pool_n_ > 0) {
     pool_rows = ws.get(5, {batch_, heads_, tq_, pool_n_}, q.device());
     pool_uni = ws.get(6, {batch_, tq_, pool_n_}, q.device());
-    t.pool = pool_rows.data_ptr<float>();
-    t.pool_uni = pool_uni.data_ptr<float>();
+    p.rows.pool = pool_rows.data_ptr<float>();
+    p.rows.pool_uni = pool_uni.data_ptr<float>();
   }
-  const MaskView mv(mask, hidden_below);
-  // Rows per block: a [R, Tk] fp32 buffer of <= 4 MB per thread (flat in T), as many rows as
-  // fit up to 256. The products pack K (q·kᵀ) and V (P·V) once per block: with 64-row blocks
-  // that packing was a quarter of the products' time at 4k tokens (perf, bench_site); the row
-  // passes read one row at a time (in L1 whatever the block), so larger blocks cost them nothing.
-  const int64_t block = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(1, tk_), 32, 256);
-  const float sc = static_cast<float>(scale);
-  // Keys a block of rows [r0, r0 + rows) reads: none after the last one a row of it may see.
-  const int64_t* rk = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
-  auto block_keys = [&](int64_t r0, int64_t rows) {
-    int64_t keys = causal ? std::min(tk_, r0 + rows) : tk_;
-    if (rk) keys = std::min(keys, *std::max_element(rk + r0, rk + r0 + rows));
-    return std::max<int64_t>(keys, 1);
-  };
+  // Rows per block: a [R, Tk] fp32 buffer of <= 4 MB per thread, up to 256 rows (why:
+  // docs/performance.md, "Fused SDPA route").
+  p.block = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(1, tk_), 32, 256);
+  cut_parts(p);
+  if (p.rows.recv_sum && p.n_part > 1) {
+    p.psum = torch::zeros({p.n_part, batch_, heads_, tk_}, torch::kFloat);
+    p.pmax = torch::zeros({p.n_part, batch_, heads_, tk_}, torch::kFloat);
+  }
+  const int64_t per_thread = std::min(p.block, tq_) * tk_;
+  const auto bufs = ws.get(4, {at::get_num_threads(), per_thread}, q.device());
+  p.heads_inside = p.rows.mean_map != nullptr;
+  p.n_task_heads = p.heads_inside ? 1 : p.hb_n;
+  at::parallel_for(0, batch_ * p.n_task_heads * p.n_part, 1, [&](int64_t begin, int64_t end) {
+    float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
+    for (int64_t task = begin; task < end; ++task) sdpa_task(p, task, buf);
+  });
+  if (pool_n_ > 0) fold_pooled_rows(pool_rows, pool_uni, 0, ctx);
+  if (p.psum.defined()) {
+    recv_sum_.add_(p.psum.sum(0));
+    torch::max_out(recv_max_, recv_max_, p.pmax.amax(0));
+  }
+}
+
+void LayerAccumulator::cut_parts(SdpaPass& p) const {
   // Tasks are (batch, head, part of the rows): each (batch, head) is cut into as many parts as
   // threads, at block boundaries where the work (rows x keys read, from the real mask) is
-  // evenly split, so every task holds the same work. at::parallel_for hands each thread a
-  // contiguous range of tasks: equal tasks keep the threads equally busy (causal rows cost ~r,
-  // so equal row counts would leave a thread idle). With received sums each part sums into its
-  // own partial buffer, merged below.
-  const int64_t n_blocks = (tq_ + block - 1) / block;
-  const int64_t n_part = std::min<int64_t>(n_blocks, std::max(1, at::get_num_threads()));
-  std::vector<int64_t> cut(static_cast<size_t>(n_part + 1), tq_);
-  {
-    std::vector<double> work(static_cast<size_t>(n_blocks + 1), 0.0);  // work of blocks before i
-    for (int64_t i = 0; i < n_blocks; ++i) {
-      const int64_t r0 = i * block, rows = std::min(block, tq_ - r0);
-      work[i + 1] = work[i] + double(rows) * double(block_keys(r0, rows));
-    }
-    cut[0] = 0;
-    for (int64_t p = 1, i = 0; p < n_part; ++p) {  // the block boundary nearest to p / n_part
-      const double target = work[n_blocks] * double(p) / double(n_part);
-      while (i < n_blocks && work[i + 1] <= target) ++i;
-      const int64_t at = i < n_blocks && work[i + 1] - target < target - work[i] ? i + 1 : i;
-      cut[p] = std::max(cut[p - 1], std::min(tq_, at * block));
-    }
+  // evenly split, so every task holds the same work: at::parallel_for hands each thread a
+  // contiguous range of tasks, and causal rows cost ~r, so equal row counts would leave a
+  // thread idle. With received sums each part sums into its own partial buffer.
+  const int64_t n_blocks = (tq_ + p.block - 1) / p.block;
+  p.n_part = std::min<int64_t>(n_blocks, std::max(1, at::get_num_threads()));
+  p.cut.assign(static_cast<size_t>(p.n_part + 1), tq_);
+  std::vector<double> work(static_cast<size_t>(n_blocks + 1), 0.0);  // work of blocks before i
+  for (int64_t i = 0; i < n_blocks; ++i) {
+    const int64_t r0 = i * p.block, rows = std::min(p.block, tq_ - r0);
+    work[i + 1] = work[i] + double(rows) * double(p.block_keys(tk_, r0, rows));
   }
-  torch::Tensor psum, pmax;  // [parts, B, H, Tk] partial received sums / max
-  if (t.recv_sum && n_part > 1) {
-    psum = torch::zeros({n_part, batch_, heads_, tk_}, torch::kFloat);
-    pmax = torch::zeros({n_part, batch_, heads_, tk_}, torch::kFloat);
+  p.cut[0] = 0;
+  for (int64_t part = 1, i = 0; part < p.n_part; ++part) {  // the block boundary nearest to part / n_part
+    const double target = work[n_blocks] * double(part) / double(p.n_part);
+    while (i < n_blocks && work[i + 1] <= target) ++i;
+    const int64_t at = i < n_blocks && work[i + 1] - target < target - work[i] ? i + 1 : i;
+    p.cut[part] = std::max(p.cut[part - 1], std::min(tq_, at * p.block));
   }
-  const int64_t per_thread = std::min(block, tq_) * tk_;
-  const auto bufs = ws.get(4, {at::get_num_threads(), per_thread}, q.device());
-  // A head-mean map adds every head into the same rows: then a task is (batch, part) and runs
-  // the heads one after another.
-  const bool heads_inside = t.mean_map != nullptr;
-  const int64_t n_task_heads = heads_inside ? 1 : hb_n;
-  at::parallel_for(0, batch_ * n_task_heads * n_part, 1, [&](int64_t begin, int64_t end) {
-    float* const buf = bufs.data_ptr<float>() + at::get_thread_num() * per_thread;
-    float inv[256];  // 1 / row sum of each row of the block (block <= 256)
-    // Received sums of a group of up to kGroup rows of the block, added together (see
-    // add_received_rows): the rows' exponentials are still in L2.
-    constexpr int64_t kGroup = 8;
-    const float* g_rows[kGroup];
-    float g_inv[kGroup];
-    int64_t g_keys[kGroup], g_n = 0, g_bh = -1;
-    auto flush = [&](const Rows& tp) {
-      if (g_n > 0) add_received_rows(g_rows, g_inv, g_keys, g_n, tp.recv_sum + g_bh * tk_, tp.recv_max + g_bh * tk_);
-      g_n = 0;
-    };
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / n_part / n_task_heads, part = task % n_part;
-      const int64_t hb_begin = heads_inside ? 0 : task / n_part % n_task_heads;
-      const int64_t hb_end = heads_inside ? hb_n : hb_begin + 1;
-      const int64_t r_begin = cut[part], r_end = cut[part + 1];
-      Rows tp = t;  // this part's received sums go to its own partial buffer
-      if (psum.defined()) {
-        tp.recv_sum = psum.data_ptr<float>() + part * batch_ * heads_ * tk_;
-        tp.recv_max = pmax.data_ptr<float>() + part * batch_ * heads_ * tk_;
+}
+
+void LayerAccumulator::sdpa_task(const SdpaPass& p, int64_t task, float* buf) const {
+  const int64_t b = task / p.n_part / p.n_task_heads, part = task % p.n_part;
+  const int64_t hb_begin = p.heads_inside ? 0 : task / p.n_part % p.n_task_heads;
+  const int64_t hb_end = p.heads_inside ? p.hb_n : hb_begin + 1;
+  Rows tp = p.rows;  // this part's received sums go to its own partial buffer
+  if (p.psum.defined()) {
+    tp.recv_sum = p.psum.data_ptr<float>() + part * batch_ * heads_ * tk_;
+    tp.recv_max = p.pmax.data_ptr<float>() + part * batch_ * heads_ * tk_;
+  }
+  float inv[256];  // 1 / row sum of each row of the block (block <= 256)
+  // Received sums of a group of up to kGroup rows, added together (add_received_rows) while the
+  // rows' exponentials are still in L2.
+  constexpr int64_t kGroup = 8;
+  const float* g_rows[kGroup];
+  float g_inv[kGroup];
+  int64_t g_keys[kGroup], g_n = 0, g_bh = -1;
+  auto flush = [&] {
+    if (g_n > 0) add_received_rows(g_rows, g_inv, g_keys, g_n, tp.recv_sum + g_bh * tk_, tp.recv_max + g_bh * tk_);
+    g_n = 0;
+  };
+  // Blocks outside, heads inside: a head-mean map's block of rows stays in cache while every
+  // head adds to it.
+  for (int64_t r0 = p.cut[part]; r0 < p.cut[part + 1]; r0 += p.block) {
+    const int64_t rows = std::min(p.block, tq_ - r0);
+    const int64_t keys = p.block_keys(tk_, r0, rows);
+    auto out_blk = torch::from_blob(buf, {rows, keys}, torch::kFloat);
+    for (int64_t hb = hb_begin; hb < hb_end; ++hb) {
+      const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
+      const auto qb = p.q.select(0, b).select(0, hb), kb = p.k.select(0, b).select(0, hb / p.group);  // [T, D]
+      at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i;
+        int64_t n = p.causal ? std::min(keys, r + 1) : keys;
+        if (p.row_keys) n = std::min(n, p.row_keys[r]);
+        float* z = buf + i * keys;
+        const RowSoftmax sm = softmax_row(z, n, p.scale, p.mask->row(b, hb, r), tp.entropy != nullptr,
+                                          tp.stats ? tk_ - tq_ + r : -1);
+        if (tp.entropy) tp.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
+        take_row(tp, z, sm.inv_sum, sm.distance, n, b, hb, r);
+        inv[i] = sm.inv_sum;
+        if (p.out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
+        if (tp.recv_sum && tp.valid[b * tp.t_all + tp.q_off + r]) {  // padded queries are left out
+          g_bh = b * heads_ + h;
+          g_rows[g_n] = z, g_inv[g_n] = sm.inv_sum, g_keys[g_n] = n;
+          if (++g_n == kGroup) flush();
+        }
       }
-      // Blocks outside, heads inside: a head-mean map's block of rows stays in cache while
-      // every head adds to it (with heads outside, each head re-read the part's rows from memory).
-      for (int64_t r0 = r_begin; r0 < r_end; r0 += block) {
-        const int64_t rows = std::min(block, tq_ - r0);
-        const int64_t keys = block_keys(r0, rows);
-        auto out_blk = torch::from_blob(buf, {rows, keys}, torch::kFloat);
-        for (int64_t hb = hb_begin; hb < hb_end; ++hb) {
-          const int64_t h = block_heads_.empty() ? hb : block_heads_[hb];
-          const auto qb = q.select(0, b).select(0, hb), kb = k.select(0, b).select(0, hb / group);  // [T, D]
-          at::mm_out(out_blk, qb.narrow(0, r0, rows), kb.narrow(0, 0, keys).t());
-          for (int64_t i = 0; i < rows; ++i) {
-            const int64_t r = r0 + i;
-            int64_t n = causal ? std::min(keys, r + 1) : keys;
-            if (rk) n = std::min(n, rk[r]);
-            float* z = buf + i * keys;
-            const RowSoftmax sm = softmax_row(z, n, sc, mv.row(b, hb, r), t.entropy != nullptr,
-                                              t.stats ? tk_ - tq_ + r : -1);
-            if (t.entropy) t.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
-            take_row(tp, z, sm.inv_sum, sm.distance, n, b, hb, r);
-            inv[i] = sm.inv_sum;
-            if (out.defined() && n < keys) std::memset(z + n, 0, sizeof(float) * (keys - n));
-            if (tp.recv_sum && t.valid[b * t.t_all + t.q_off + r]) {  // padded queries are left out
-              g_bh = b * heads_ + h;
-              g_rows[g_n] = z, g_inv[g_n] = sm.inv_sum, g_keys[g_n] = n;
-              if (++g_n == kGroup) flush(tp);
-            }
-          }
-          flush(tp);  // the next head sums into other rows
-          if (out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
-            auto o = out.select(0, b).select(0, hb).narrow(0, r0, rows);
-            at::mm_out(o, out_blk, v.select(0, b).select(0, hb / group).narrow(0, 0, keys));
-            for (int64_t i = 0; i < rows; ++i) {
-              float* orow = o.data_ptr<float>() + i * o.stride(0);
-              scale_row(orow, inv[i], o.size(1), orow, false);
-            }
-          }
+      flush();  // the next head sums into other rows
+      if (p.out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
+        auto o = p.out.select(0, b).select(0, hb).narrow(0, r0, rows);
+        at::mm_out(o, out_blk, p.v.select(0, b).select(0, hb / p.group).narrow(0, 0, keys));
+        for (int64_t i = 0; i < rows; ++i) {
+          float* orow = o.data_ptr<float>() + i * o.stride(0);
+          scale_row(orow, inv[i], o.size(1), orow, false);
         }
       }
     }
-  });
-  if (pool_n_ > 0) fold_pooled_rows(pool_rows, pool_uni, 0, ctx);
-  if (psum.defined()) {
-    recv_sum_.add_(psum.sum(0));
-    torch::max_out(recv_max_, recv_max_, pmax.amax(0));
   }
 }
 
