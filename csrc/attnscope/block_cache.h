@@ -1,10 +1,8 @@
 // Reuse of large CPU blocks during a run. A transformer's layers allocate the same tensor sizes
-// in turn; glibc serves each allocation above its mmap threshold (at most 32 MB) with fresh
-// pages and returns them to the system when freed, so every layer pays page faults and the
-// kernel's zero-filling again (at 8k tokens on the default model, 3-7 GB of fresh pages per
-// forward, more or less depending on what else the process allocated before). While a
-// BlockCacheScope is alive, CPU tensors of at least kMinBytes come from blocks that earlier
-// tensors of the same size class freed in that scope.
+// in turn; glibc serves each allocation above its mmap threshold with fresh pages and returns
+// them when freed, so every layer would pay page faults and zero-filling again (measured:
+// docs/performance.md, "Memory"). While a BlockCacheScope is alive, CPU tensors of at least kMinBytes come from blocks
+// that earlier tensors of the same size class freed in that scope.
 #pragma once
 #include <cstddef>
 
@@ -35,6 +33,5 @@ struct BlockCacheStats {
   size_t reused = 0, fresh = 0, cached_bytes = 0;
 };
 BlockCacheStats block_cache_stats();
-
 
 }  // namespace attnscope

@@ -274,8 +274,8 @@ void LayerAccumulator::sdpa_task(const SdpaPass& p, int64_t task, float* buf) co
         int64_t n = p.causal ? std::min(keys, r + 1) : keys;
         if (p.row_keys) n = std::min(n, p.row_keys[r]);
         float* z = buf + i * keys;
-        const RowSoftmax sm = softmax_row(z, n, p.scale, p.mask->row(b, hb, r), tp.entropy != nullptr,
-                                          tp.stats ? tk_ - tq_ + r : -1);
+        const RowSoftmax sm =
+            softmax_row(z, n, p.scale, p.mask->row(b, hb, r), tp.entropy != nullptr, tp.stats ? tk_ - tq_ + r : -1);
         if (tp.entropy) tp.entropy[(b * heads_ + h) * tq_ + r] = sm.entropy;
         take_row(tp, z, sm.inv_sum, sm.distance, n, b, hb, r);
         inv[i] = sm.inv_sum;
@@ -286,7 +286,7 @@ void LayerAccumulator::sdpa_task(const SdpaPass& p, int64_t task, float* buf) co
           if (++g_n == kGroup) flush();
         }
       }
-      flush();  // the next head sums into other rows
+      flush();                // the next head sums into other rows
       if (p.out.defined()) {  // this block's output rows: (E [rows, keys] · V [keys, Dv]) / S
         auto o = p.out.select(0, b).select(0, hb).narrow(0, r0, rows);
         at::mm_out(o, out_blk, p.v.select(0, b).select(0, hb / p.group).narrow(0, 0, keys));

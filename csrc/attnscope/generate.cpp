@@ -91,8 +91,10 @@ Model::Decoded Model::decode(const torch::Tensor& ids, const torch::Tensor& mask
                     e[0].tagKind(), ", ", e[1].tagKind(), ", ", e[2].tagKind(), "; expected three tensors");
   Decoded d{e[0].toTensor(), e[1].toTensor(), e[2].toTensor()};
   const int64_t B = ids.size(0), t = ids.size(1);
-  TORCH_CHECK_VALUE(d.logits.dim() == 3 && d.logits.size(0) == B && d.logits.size(1) == t, "the archive's decode "
-                    "method returned logits of shape ", d.logits.sizes(), "; expected [", B, ", ", t, ", V]");
+  TORCH_CHECK_VALUE(d.logits.dim() == 3 && d.logits.size(0) == B && d.logits.size(1) == t,
+                    "the archive's decode "
+                    "method returned logits of shape ",
+                    d.logits.sizes(), "; expected [", B, ", ", t, ", V]");
   const auto cs = info_.cache_shape();  // KV heads, k and v widths
   TORCH_CHECK_VALUE(d.k.dim() == 5 && d.v.dim() == 5 && d.k.size(0) == info_.n_layers && d.k.size(1) == B &&
                         d.v.sizes().slice(0, 4) == d.k.sizes().slice(0, 4) && d.k.size(2) == cs[0] &&
@@ -115,18 +117,19 @@ std::vector<std::string> Model::tokens_of(const torch::Tensor& ids) const {
 int64_t Model::prefix_length(const GenerateOptions& o, bool cached, const torch::Tensor& mask) const {
   if (!o.past_k.defined() && !o.past_v.defined()) return 0;
   const int64_t batch = mask.size(0), plen = mask.size(1);
-  TORCH_CHECK_VALUE(cached, "generate: a prefix KV cache (past_k/past_v) needs use_cache and an archive "
+  TORCH_CHECK_VALUE(cached,
+                    "generate: a prefix KV cache (past_k/past_v) needs use_cache and an archive "
                     "with the decode method");
   TORCH_CHECK_VALUE(mask.all().item<bool>(), "generate: a prefix KV cache needs an unpadded prompt");
   const auto& pk = o.past_k;
   const auto& pv = o.past_v;
   const auto cs = info_.cache_shape();
   TORCH_CHECK_VALUE(pk.defined() && pv.defined() && pk.dim() == 5 && pv.dim() == 5 &&
-                        pk.sizes().slice(0, 4) == pv.sizes().slice(0, 4) &&
-                        pk.size(0) == info_.n_layers && (pk.size(1) == 1 || pk.size(1) == batch) &&
-                        pk.size(2) == cs[0] && pk.size(4) == cs[1] && pv.size(4) == cs[2] && pk.size(3) < plen,
-                    "generate: past_k/past_v must be [", info_.n_layers, ", 1 or ", batch, ", ", cs[0],
-                    ", P0 < ", plen, ", ", cs[1], "] and [..., ", cs[2], "], got ", pk.sizes(), " and ",
+                        pk.sizes().slice(0, 4) == pv.sizes().slice(0, 4) && pk.size(0) == info_.n_layers &&
+                        (pk.size(1) == 1 || pk.size(1) == batch) && pk.size(2) == cs[0] && pk.size(4) == cs[1] &&
+                        pv.size(4) == cs[2] && pk.size(3) < plen,
+                    "generate: past_k/past_v must be [", info_.n_layers, ", 1 or ", batch, ", ", cs[0], ", P0 < ", plen,
+                    ", ", cs[1], "] and [..., ", cs[2], "], got ", pk.sizes(), " and ",
                     pv.defined() ? pv.sizes() : c10::IntArrayRef{});
   return pk.size(3);
 }
@@ -143,7 +146,7 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
   TORCH_CHECK_VALUE(info_.output == "logits", "generate needs a model that returns logits; this one "
                     "returns hidden states (an encoder without LM head)");
   const auto ids = checked_ids(prompt_ids, info_.vocab_size);  // [B, P]
-  const auto mask = checked_mask(attention_mask, ids);          // [B, P]
+  const auto mask = checked_mask(attention_mask, ids);         // [B, P]
   const int64_t plen = ids.size(1);
   TORCH_CHECK_VALUE(mask.select(1, plen - 1).all().item<bool>(), "generate: prompts must be left-padded "
                     "(every row's last position a real token), so that new tokens follow each prompt");
@@ -152,7 +155,8 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
                     " tokens with room to generate: shorten it");
   std::vector<int64_t> stop;
   if (o.stop_ids) stop = *o.stop_ids;
-  else if (info_.eos_id >= 0) stop.push_back(info_.eos_id);
+  else if (info_.eos_id >= 0)
+    stop.push_back(info_.eos_id);
   const bool cached = o.use_cache && has_decode();
   const int64_t from = prefix_length(o, cached, mask);  // prompt positions already in a given cache
   Generated g = sample(ids, mask, o, stop, cached, from);
@@ -186,7 +190,8 @@ Model::Generated Model::sample(const torch::Tensor& ids, const torch::Tensor& ma
   if (cached) {
     auto empty = empty_cache(batch, "generate");  // also the dtype and device of a given prefix
     k_cache = from > 0 ? o.past_k.to(empty.first.options()).expand({-1, batch, -1, -1, -1}).contiguous() : empty.first;
-    v_cache = from > 0 ? o.past_v.to(empty.second.options()).expand({-1, batch, -1, -1, -1}).contiguous() : empty.second;
+    v_cache =
+        from > 0 ? o.past_v.to(empty.second.options()).expand({-1, batch, -1, -1, -1}).contiguous() : empty.second;
   }
   auto step = [&](const torch::Tensor& new_ids) -> torch::Tensor {  // logits [B, t, V]
     if (!cached) {

@@ -1,14 +1,14 @@
 // Model: a TorchScript causal LM loaded for attention capture: loading, the graph pass and the
 // facts here (model.cpp); Model::run in run.cpp, Model::generate in generate.cpp.
 #pragma once
-#include <memory>
-#include <mutex>
 #include <attnscope/generate_options.h>
 #include <attnscope/instrument.h>
 #include <attnscope/model_info.h>
 #include <attnscope/spec.h>
 #include <attnscope/trace.h>
 #include <attnscope/vocab.h>
+#include <memory>
+#include <mutex>
 
 #include <torch/script.h>
 

@@ -102,7 +102,7 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool si
   const int64_t off = tk - tq;
   // Causal trimming: keys after a block's last query are skipped. Checked, not assumed, on the
   // layer's first block (the one with the most keys to skip): if any is non-zero there the
-  // layer is processed untrimmed. Checking every block cost ~10% of a forward at T=512; a mask
+  // layer is processed untrimmed (checking every block costs more: docs/performance.md); a mask
   // that is causal in the first block and not later (prefix-LM with a prefix longer than one
   // block) would need `"causal": false` in attnscope.json. CPU only: the check synchronises.
   bool trim = ctx_.causal && !probs.is_cuda();
@@ -143,10 +143,14 @@ namespace {
 double hidden_below_of(const torch::Tensor& m) {
   if (!m.defined() || m.scalar_type() == torch::kBool) return 0.0;
   switch (m.scalar_type()) {
-    case torch::kHalf: return -65504.0 / 2;
-    case torch::kBFloat16: return -3.3895313892515355e38 / 2;
-    case torch::kDouble: return -std::numeric_limits<double>::max() / 2;
-    default: return -std::numeric_limits<float>::max() / 2.0;
+    case torch::kHalf:
+      return -65504.0 / 2;
+    case torch::kBFloat16:
+      return -3.3895313892515355e38 / 2;
+    case torch::kDouble:
+      return -std::numeric_limits<double>::max() / 2;
+    default:
+      return -std::numeric_limits<float>::max() / 2.0;
   }
 }
 
@@ -206,9 +210,8 @@ Recorder::SdpaHeads Recorder::sdpa_heads(const LayerAccumulator& acc, const torc
 }
 
 torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
-                                const std::optional<torch::Tensor>& mask, bool is_causal,
-                                std::optional<double> scale, int64_t op_layer,
-                                const torch::Tensor& v, double dropout_p) {
+                                const std::optional<torch::Tensor>& mask, bool is_causal, std::optional<double> scale,
+                                int64_t op_layer, const torch::Tensor& v, double dropout_p) {
   const int64_t layer = resolve_layer(op_layer);
   check_sdpa(q, k, v, layer);
   torch::NoGradGuard no_grad;
@@ -261,8 +264,8 @@ torch::Tensor Recorder::fused_route(LayerAccumulator& acc, const SdpaHeads& h, c
   // nothing is random: the site's SDPA is then not run a second time.
   torch::Tensor out, vf;
   if (v.defined() && h.all && dropout_p == 0.0 && q.scalar_type() == torch::kFloat &&
-      h.k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat && v.dim() == 4 &&
-      v.size(0) == batch && v.size(1) == hkv && v.size(2) == tk) {
+      h.k.scalar_type() == torch::kFloat && v.scalar_type() == torch::kFloat && v.dim() == 4 && v.size(0) == batch &&
+      v.size(1) == hkv && v.size(2) == tk) {
     vf = v;
     // [B, Hq, Tq, Dv] over [B, Tq, Hq, Dv] memory, as the fused kernel lays it out: the
     // model's usual transpose(1, 2).reshape(B, Tq, Hq * Dv) is then a view, not a copy.

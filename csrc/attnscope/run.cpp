@@ -55,9 +55,9 @@ class CollectWarnings : public c10::WarningHandler {
 // ("logits" first).
 torch::Tensor output_tensor(const c10::IValue& out, const std::string& kind, int64_t batch, int64_t len) {
   torch::Tensor logits;
-  if (out.isTensor()) logits = out.toTensor();
-  else if (out.isTuple() && !out.toTupleRef().elements().empty() &&
-           out.toTupleRef().elements()[0].isTensor())
+  if (out.isTensor())
+    logits = out.toTensor();
+  else if (out.isTuple() && !out.toTupleRef().elements().empty() && out.toTupleRef().elements()[0].isTensor())
     logits = out.toTupleRef().elements()[0].toTensor();
   else if (out.isList() && !out.toListRef().empty() && out.toListRef()[0].isTensor())
     logits = out.toListRef()[0].toTensor();
@@ -71,8 +71,8 @@ torch::Tensor output_tensor(const c10::IValue& out, const std::string& kind, int
   TORCH_CHECK(logits.defined(), "forward returned ", out.tagKind(), "; expected ", what,
               " or a tuple/list/dict whose first element is that");
   TORCH_CHECK(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == len,
-              "forward returned a tensor of shape ", logits.sizes(), "; expected ", what,
-              " with B = ", batch, ", T = ", len);
+              "forward returned a tensor of shape ", logits.sizes(), "; expected ", what, " with B = ", batch,
+              ", T = ", len);
   return logits;
 }
 
@@ -92,7 +92,8 @@ RunOptions RunOptions::from_environment() {
               "ATTNSCOPE_SDPA_ROUTE=", o.sdpa_route, " is not a route: expected auto, blocks or softmax");
   const char* cache = std::getenv("ATTNSCOPE_BLOCK_CACHE");
   const std::string v = cache ? cache : "1";
-  TORCH_CHECK_VALUE(v == "0" || v == "1", "ATTNSCOPE_BLOCK_CACHE=", v, ": expected 1 (reuse freed blocks "
+  TORCH_CHECK_VALUE(v == "0" || v == "1", "ATTNSCOPE_BLOCK_CACHE=", v,
+                    ": expected 1 (reuse freed blocks "
                     "during a run, the default) or 0 (leave every allocation to the process's allocator)");
   o.block_cache = v == "1";
   return o;
@@ -121,10 +122,11 @@ torch::Tensor checked_ids(const torch::Tensor& input_ids, int64_t vocab_size) {
 torch::Tensor checked_mask(const torch::Tensor& attention_mask, const torch::Tensor& ids) {
   if (!attention_mask.defined()) return torch::ones_like(ids);
   auto am = attention_mask.dim() == 1 ? attention_mask.unsqueeze(0) : attention_mask;
-  TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(),
-              " does not match input_ids ", ids.sizes());
+  TORCH_CHECK(am.sizes() == ids.sizes(), "attention_mask shape ", attention_mask.sizes(), " does not match input_ids ",
+              ids.sizes());
   TORCH_CHECK_VALUE(!at::isFloatingType(am.scalar_type()) && !at::isComplexType(am.scalar_type()),
-                    "attention_mask has dtype ", am.scalar_type(), ": expected bool or an integer type holding 0 "
+                    "attention_mask has dtype ", am.scalar_type(),
+                    ": expected bool or an integer type holding 0 "
                     "(padding) and 1 (token); a fractional mask is not a padding layout");
   auto mask = am.to(torch::kLong).cpu();
   const auto bad = (mask != 0).logical_and(mask != 1);
@@ -138,17 +140,17 @@ torch::Tensor checked_mask(const torch::Tensor& attention_mask, const torch::Ten
   auto first = mask.argmax(1), count = mask.sum(1);
   auto pos = torch::arange(ids.size(1), torch::kLong).unsqueeze(0);
   auto contiguous = (pos >= first.unsqueeze(1)).logical_and(pos < (first + count).unsqueeze(1));
-  TORCH_CHECK(mask.to(torch::kBool).equal(contiguous), "attention_mask: each row's tokens must be "
+  TORCH_CHECK(mask.to(torch::kBool).equal(contiguous),
+              "attention_mask: each row's tokens must be "
               "one contiguous run (left or right padding); row ",
               (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
               " has padding between tokens");
   return mask;
 }
 
-Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
-                 const torch::Tensor& attention_mask) {
+Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec, const torch::Tensor& attention_mask) {
   const auto ids = checked_ids(input_ids, info_.vocab_size);  // [B, T]
-  const auto mask = checked_mask(attention_mask, ids);          // [B, T]
+  const auto mask = checked_mask(attention_mask, ids);        // [B, T]
   const int64_t len = ids.size(1);
   TORCH_CHECK_VALUE(info_.context_length <= 0 || len <= info_.context_length, "input of ", len,
               " tokens is longer than the model's context of ", info_.context_length,
@@ -185,7 +187,10 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec,
   t.warnings = collect.messages;
   if (spec.to_cpu) {
     t.entropy = t.entropy.cpu();
-    if (t.topk_probs.defined()) { t.topk_probs = t.topk_probs.cpu(); t.topk_ids = t.topk_ids.cpu(); }
+    if (t.topk_probs.defined()) {
+      t.topk_probs = t.topk_probs.cpu();
+      t.topk_ids = t.topk_ids.cpu();
+    }
     for (auto& kv : t.captures) kv.second = kv.second.cpu();
   }
   return t;
@@ -195,7 +200,8 @@ torch::Tensor Model::recorded_forward(const torch::Tensor& ids, const torch::Ten
                                       bool block_cache, Recorder& rec) {
   std::vector<torch::jit::IValue> inputs{ids.to(device_)};
   if (takes_mask_) inputs.emplace_back(mask.to(device_));
-  TORCH_CHECK(takes_mask_ || !has_padding, "attention_mask has padding but the model's "
+  TORCH_CHECK(takes_mask_ || !has_padding,
+              "attention_mask has padding but the model's "
               "forward takes no attention_mask argument");
   // Layers reuse each other's freed blocks instead of fresh pages (block_cache.h).
   const bool use_blocks = device_.is_cpu() && block_cache;

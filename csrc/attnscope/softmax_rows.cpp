@@ -8,8 +8,8 @@
 // Written with GCC/Clang vector types (16 floats): each loop below is one pass of vector code
 // whatever the auto-vectoriser decides (it declined the masked and exp loops). The AVX-512 clone
 // (one register per vector) or the AVX2 clone (two) is picked at load time where the CPU has it;
-// elsewhere the same code runs as SSE quadruples. 16 lanes against 8 halved the time of the
-// softmax pass on an AVX-512 machine (bench_site), where it was twice ATen's flash kernel's.
+// elsewhere the same code runs as SSE quadruples (why 16 lanes: docs/performance.md, "One
+// attention site alone").
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
 #define ATTNSCOPE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else

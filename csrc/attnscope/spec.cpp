@@ -59,7 +59,8 @@ Ints ints_of(const json::Value& v, const SpecField& f) {
   Ints out;
   if (const json::Value* a = v.get_array(f.name))
     for (size_t k = 0; k < a->arr.size(); ++k)
-      out.push_back(a->arr[k].as_int("capture spec '" + std::string(f.name) + "'[" + std::to_string(k) + "]", f.lo, f.hi));
+      out.push_back(
+          a->arr[k].as_int("capture spec '" + std::string(f.name) + "'[" + std::to_string(k) + "]", f.lo, f.hi));
   return out;
 }
 }  // namespace
@@ -68,20 +69,27 @@ const std::vector<SpecField>& spec_fields() {
   static const std::vector<SpecField> fields = {
       {"heads", &CaptureSpec::heads, 0, kMaxIndex, "(layer, head) pairs whose full map is kept"},
       {"layer_maps", &CaptureSpec::layer_maps, 0, kMaxIndex, "layers whose head-mean map is kept"},
-      {"layer_map_head", &CaptureSpec::layer_map_head, -1, kMaxIndex, "head shown in layer_maps instead of the mean; -1 = mean"},
+      {"layer_map_head", &CaptureSpec::layer_map_head, -1, kMaxIndex,
+       "head shown in layer_maps instead of the mean; -1 = mean"},
       {"layers", &CaptureSpec::layers, 0, kMaxIndex, "layers of the aggregates (order kept); empty = every layer"},
-      {"received", &CaptureSpec::received, 0, 1, "attention each key position receives: mean and max over the queries that see it"},
-      {"from_tokens", &CaptureSpec::from_tokens, -kMaxIndex, kMaxIndex, "query positions whose rows are kept (negative counts from the end)"},
+      {"received", &CaptureSpec::received, 0, 1,
+       "attention each key position receives: mean and max over the queries that see it"},
+      {"from_tokens", &CaptureSpec::from_tokens, -kMaxIndex, kMaxIndex,
+       "query positions whose rows are kept (negative counts from the end)"},
       {"attn_entropy", &CaptureSpec::attn_entropy, 0, 1, "entropy (nats) of each attention row"},
       {"sink_tokens", &CaptureSpec::sink_tokens, 0, kMaxIndex, "k > 0: attention on the first k real keys per query"},
-      {"row_stats", &CaptureSpec::row_stats, 0, 1, "row statistics: self, previous, distance, local, duplicate, induction"},
+      {"row_stats", &CaptureSpec::row_stats, 0, 1,
+       "row statistics: self, previous, distance, local, duplicate, induction"},
       {"local_window", &CaptureSpec::local_window, 0, kMaxIndex, "half-width (tokens) of row_local"},
-      {"pooled_maps", &CaptureSpec::pooled_maps, 0, int64_t(1) << 16, "n > 0: every map pooled into n x n tiles during the run"},
-      {"predictive_entropy", &CaptureSpec::predictive_entropy, 0, 1, "next-token entropy per position (false: NaN, no pass over the logits)"},
+      {"pooled_maps", &CaptureSpec::pooled_maps, 0, int64_t(1) << 16,
+       "n > 0: every map pooled into n x n tiles during the run"},
+      {"predictive_entropy", &CaptureSpec::predictive_entropy, 0, 1,
+       "next-token entropy per position (false: NaN, no pass over the logits)"},
       {"top_k", &CaptureSpec::top_k, 0, int64_t(1) << 24, "top-k next-token predictions per position (0 = none)"},
       {"temperature", &CaptureSpec::temperature, 0, 0, "softmax temperature of predictive entropy and top-k (> 0)"},
       {"to_cpu", &CaptureSpec::to_cpu, 0, 1, "move every capture to the CPU at the end of the run"},
-      {"chunk_elements", &CaptureSpec::chunk_elements, 1, kMaxIndex, "upper bound on the elements of one attention block"},
+      {"chunk_elements", &CaptureSpec::chunk_elements, 1, kMaxIndex,
+       "upper bound on the elements of one attention block"},
   };
   return fields;
 }
@@ -90,7 +98,8 @@ const std::vector<CaptureName>& capture_names() {
   static const std::vector<CaptureName> names = {
       {"head_map/L{l}H{h}", "heads", 1, "[B, T, T]", "attention of head h in layer l: row = query i, column = key j"},
       {"layer_map/L{l}", "layer_maps", 1, "[B, T, T]", "mean over heads (or head layer_map_head)"},
-      {"received_mean", "received", 1, "[L, B, H, T]", "attention key j receives, averaged over the real queries that see it"},
+      {"received_mean", "received", 1, "[L, B, H, T]",
+       "attention key j receives, averaged over the real queries that see it"},
       {"received_count", "received", 1, "[L, B, H, T]", "the real queries that see key j"},
       {"received_max", "received", 1, "[L, B, H, T]", "max over those queries"},
       {"from", "from_tokens", 0, "[L, B, H, n, T]", "rows of the from_tokens queries"},
@@ -128,8 +137,7 @@ CaptureSpec CaptureSpec::for_captures(const std::vector<std::string>& wanted) {
         for (const auto& f : spec_fields())
           if (std::string(f.name) == c.field)
             std::visit(Overload{[&](bool CaptureSpec::*m) { s.*m = true; },
-                                [&](int64_t CaptureSpec::*m) { s.*m = std::max(s.*m, c.value); },
-                                [](auto) {}},
+                                [&](int64_t CaptureSpec::*m) { s.*m = std::max(s.*m, c.value); }, [](auto) {}},
                        f.member);
       }
     }
@@ -149,8 +157,7 @@ std::vector<std::string> CaptureSpec::produces() const {
       if (field == f.name && field != "heads" && field != "layer_maps")
         on = std::visit(Overload{[&](bool CaptureSpec::*m) { return this->*m; },
                                  [&](int64_t CaptureSpec::*m) { return this->*m > 0; },
-                                 [&](Ints CaptureSpec::*m) { return !(this->*m).empty(); },
-                                 [](auto) { return false; }},
+                                 [&](Ints CaptureSpec::*m) { return !(this->*m).empty(); }, [](auto) { return false; }},
                         f.member);
     if (on) out.push_back(c.name);
   }
@@ -166,8 +173,7 @@ std::string CaptureSpec::to_json() const {
     o << (first ? "" : ",") << "\"" << f.name << "\":";
     first = false;
     std::visit(Overload{[&](bool CaptureSpec::*m) { o << (this->*m ? "true" : "false"); },
-                        [&](int64_t CaptureSpec::*m) { o << this->*m; },
-                        [&](double CaptureSpec::*m) { o << this->*m; },
+                        [&](int64_t CaptureSpec::*m) { o << this->*m; }, [&](double CaptureSpec::*m) { o << this->*m; },
                         [&](Ints CaptureSpec::*m) { o << json::int_array(this->*m); },
                         [&](Pairs CaptureSpec::*m) { o << pairs_json(this->*m); }},
                f.member);

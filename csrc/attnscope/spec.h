@@ -83,9 +83,9 @@ struct CaptureSpec {
 /// One CaptureSpec field, described once: to_json, from_json, validate, the Python binding and
 /// Python's CaptureSpec.fields() all read this table (spec.cpp), so a new field is one entry.
 struct SpecField {
-  using Member = std::variant<bool CaptureSpec::*, int64_t CaptureSpec::*, double CaptureSpec::*,
-                              std::vector<int64_t> CaptureSpec::*,
-                              std::vector<std::pair<int64_t, int64_t>> CaptureSpec::*>;
+  using Member =
+      std::variant<bool CaptureSpec::*, int64_t CaptureSpec::*, double CaptureSpec::*,
+                   std::vector<int64_t> CaptureSpec::*, std::vector<std::pair<int64_t, int64_t>> CaptureSpec::*>;
   const char* name;
   Member member;
   /// Integers (and each element of a list) lie in [lo, hi]; a double must be > lo.

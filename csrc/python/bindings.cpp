@@ -39,8 +39,7 @@ py::object field_value(const CaptureSpec& s, const attnscope::SpecField& f) {
 const char* field_type(const attnscope::SpecField& f) {
   return std::visit(Overload{[](bool CaptureSpec::*) { return "bool"; }, [](int64_t CaptureSpec::*) { return "int"; },
                              [](double CaptureSpec::*) { return "float"; },
-                             [](std::vector<int64_t> CaptureSpec::*) { return "ints"; },
-                             [](auto) { return "pairs"; }},
+                             [](std::vector<int64_t> CaptureSpec::*) { return "ints"; }, [](auto) { return "pairs"; }},
                     f.member);
 }
 
@@ -51,28 +50,40 @@ void bind_capture_spec(py::module_& m) {
     std::visit([&](auto member) { cls.def_readwrite(f.name, member, f.doc); }, f.member);
   cls.def("to_json", &CaptureSpec::to_json, "the spec as JSON")
       .def_static("from_json", &CaptureSpec::from_json, py::arg("text"), "spec from JSON")
-      .def("to_dict", [](const CaptureSpec& s) {
+      .def(
+          "to_dict",
+          [](const CaptureSpec& s) {
             py::dict d;
             for (const auto& f : attnscope::spec_fields()) d[f.name] = field_value(s, f);
-            return d; }, "the spec as {field: value}")
+            return d;
+          },
+          "the spec as {field: value}")
       .def_static("all_aggregates", &CaptureSpec::all_aggregates, "every aggregate for every layer (capture='all')")
       .def_static("for_captures", &CaptureSpec::for_captures, py::arg("names"), "the spec that produces these captures")
       .def("captures_anything", &CaptureSpec::captures_anything, "True when the spec keeps any attention capture")
       .def("produces", &CaptureSpec::produces, "names of the captures a run with this spec produces")
-      .def_static("fields", [] {
+      .def_static(
+          "fields",
+          [] {
             py::list out;
             const CaptureSpec d;
             for (const auto& f : attnscope::spec_fields())
               out.append(py::dict(py::arg("name") = f.name, py::arg("type") = field_type(f),
-                                  py::arg("default") = field_value(d, f), py::arg("lo") = f.lo,
-                                  py::arg("hi") = f.hi, py::arg("doc") = f.doc));
-            return out; }, "every field: name, type, default, bounds, doc")
-      .def_static("capture_names", [] {
+                                  py::arg("default") = field_value(d, f), py::arg("lo") = f.lo, py::arg("hi") = f.hi,
+                                  py::arg("doc") = f.doc));
+            return out;
+          },
+          "every field: name, type, default, bounds, doc")
+      .def_static(
+          "capture_names",
+          [] {
             py::list out;
             for (const auto& c : attnscope::capture_names())
               out.append(py::dict(py::arg("name") = c.name, py::arg("field") = c.field, py::arg("value") = c.value,
                                   py::arg("shape") = c.shape, py::arg("doc") = c.doc));
-            return out; }, "every capture a run can produce: name, field, value, shape, doc");
+            return out;
+          },
+          "every capture a run can produce: name, field, value, shape, doc");
 }
 void bind_trace(py::module_& m) {
   py::class_<Trace>(m, "Trace", "Everything one run produced (see csrc/attnscope/trace.h)")
@@ -80,10 +91,12 @@ void bind_trace(py::module_& m) {
       .def_readonly("attention_mask", &Trace::attention_mask)
       .def_readonly("entropy", &Trace::entropy)
       .def_readonly("warnings", &Trace::warnings)
-      .def("set_capture", [](Trace& t, const std::string& name, const torch::Tensor& x) { t.captures[name] = x; },
-           py::arg("name"), py::arg("tensor"), "add or replace a capture")
-      .def("drop_capture", [](Trace& t, const std::string& name) { t.captures.erase(name); }, py::arg("name"),
-           "remove a capture")
+      .def(
+          "set_capture", [](Trace& t, const std::string& name, const torch::Tensor& x) { t.captures[name] = x; },
+          py::arg("name"), py::arg("tensor"), "add or replace a capture")
+      .def(
+          "drop_capture", [](Trace& t, const std::string& name) { t.captures.erase(name); }, py::arg("name"),
+          "remove a capture")
       .def_readonly("prompt_len", &Trace::prompt_len)
       .def("set_generation", &Trace::set_generation, py::arg("prompt_len"), py::arg("generation"),
            "mark as generated: where the answer begins, how it was made (JSON)")
@@ -114,7 +127,8 @@ void bind_dataset(py::module_& m) {
       .def_readwrite("row_stats", &DatasetParts::row_stats)
       .def("needed", &DatasetParts::needed, py::arg("n_layers"), py::arg("n_heads"), "captures each trace must hold")
       .def_static("of_trace", &DatasetParts::of_trace, py::arg("trace"), "every part a trace's captures can feed")
-      .def_static("part_of", &DatasetParts::part_of, py::arg("name"), "the part that accumulates a capture (\"\" = none)");
+      .def_static("part_of", &DatasetParts::part_of, py::arg("name"),
+                  "the part that accumulates a capture (\"\" = none)");
 
   m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
         py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");
