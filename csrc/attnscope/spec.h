@@ -102,7 +102,11 @@ struct CaptureName {
   const char* name;
   const char* field;
   int64_t value;
+  /// Dims, as trace files are checked against them: L layers, B batch, H heads, T tokens,
+  /// anything else any size.
   const char* shape;
+  /// Values are probabilities in [0, 1] (NaN where undefined); else any value >= 0.
+  bool probability;
   const char* doc;
 };
 const std::vector<CaptureName>& capture_names();

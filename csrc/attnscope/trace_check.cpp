@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <regex>
 #include <sstream>
 #include <string>
@@ -15,48 +16,24 @@ namespace attnscope {
 
 namespace {
 
-/// Shape of an aggregate capture: its dims after [L, B], with -1 = the head count, -2 = the
-/// sequence length, 0 = any (checked only for rank).
-struct AggShape {
-  const char* name;
-  std::vector<int64_t> rest;
-  bool probability;  // values in [0, 1] (or NaN)
-};
-
-const std::vector<AggShape>& agg_shapes() {
-  static const std::vector<AggShape> s = {
-      {"received_mean", {-1, -2}, true},  {"received_max", {-1, -2}, true},
-      {"received_count", {-1, -2}, false}, {"attn_entropy", {-1, -2}, false},
-      {"sink_mass_rows", {-1, -2}, true}, {"sink_mass", {-1}, true},
-      {"from", {-1, 0, -2}, true},         {"row_self", {-1, -2}, true},
-      {"row_prev", {-1, -2}, true},        {"row_distance", {-1, -2}, false},
-      {"row_local", {-1, -2}, true},       {"row_duplicate", {-1, -2}, true},
-      {"row_induction", {-1, -2}, true},   {"pooled_map", {-1, 0, 0}, true},
-      {"pooled_uniform", {0, 0}, true},    {"sink_share", {-1, -2}, true},
-  };
-  return s;
-}
-
 /// Values outside [lo, hi] (NaN allowed: undefined positions).
 bool outside(const torch::Tensor& x, double lo, double hi) {
   return x.numel() > 0 && (x.lt(lo).any().item<bool>() || x.gt(hi).any().item<bool>());
 }
 
-}  // namespace
-
-void check_trace(const Trace& t, const std::string& where) {
+// The mask: 0/1 integers, and each row's real tokens one run (padding on the left or right).
+void check_ids_and_mask(const Trace& t, const std::string& at) {
   const auto B = t.input_ids.size(0), T = t.input_ids.size(1);
-  const std::string at = "'" + where + "': ";
   TORCH_CHECK_VALUE(B > 0 && T > 0, at, "input_ids is empty (", B, " x ", T, ")");
   TORCH_CHECK_VALUE(t.input_ids.min().item<int64_t>() >= 0, at, "token id ", t.input_ids.min().item<int64_t>(),
                     " is negative: ids must be in [0, vocab_size)");
-  // The mask: 0/1 integers, and each row's real tokens one run (padding on the left or right).
   const auto& m = t.attention_mask;
   TORCH_CHECK_VALUE(!m.is_floating_point() && !m.is_complex(), at, "attention_mask must hold integers 0/1, got ",
                     m.scalar_type());
   const auto mk = m.to(torch::kLong);
-  TORCH_CHECK_VALUE(!outside(mk, 0, 1), at, "attention_mask holds ", mk.max().item<int64_t>() > 1 ?
-                    mk.max().item<int64_t>() : mk.min().item<int64_t>(), ": only 0 (padding) and 1 (token) are allowed");
+  TORCH_CHECK_VALUE(!outside(mk, 0, 1), at, "attention_mask holds ",
+                    mk.max().item<int64_t>() > 1 ? mk.max().item<int64_t>() : mk.min().item<int64_t>(),
+                    ": only 0 (padding) and 1 (token) are allowed");
   const auto real = mk.sum(1);
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK_VALUE(real[b].item<int64_t>() > 0, at, "row ", b, " of attention_mask has no real token");
@@ -66,25 +43,31 @@ void check_trace(const Trace& t, const std::string& where) {
     TORCH_CHECK_VALUE(steps == 2, at, "row ", b, " of attention_mask has a hole: real tokens must be one run, "
                       "with padding only on the left or the right");
   }
+}
+
+void check_predictions(const Trace& t, const std::string& at) {
+  const auto B = t.input_ids.size(0), T = t.input_ids.size(1);
   TORCH_CHECK_VALUE(t.entropy.is_floating_point(), at, "entropy must be floating point, got ", t.entropy.scalar_type());
   TORCH_CHECK_VALUE(t.topk_probs.defined() == t.topk_ids.defined(), at, "topk_probs and topk_ids come together");
-  if (t.topk_ids.defined()) {
-    const auto& p = t.topk_probs;
-    TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == B && p.size(1) == T && t.topk_ids.sizes() == p.sizes() &&
-                          p.is_floating_point() && !t.topk_ids.is_floating_point(),
-                      at, "topk_probs (float) and topk_ids (int) must both be [", B, ", ", T, ", k], got ",
-                      p.sizes(), " and ", t.topk_ids.sizes());
-    TORCH_CHECK_VALUE(t.topk_ids.numel() == 0 || t.topk_ids.min().item<int64_t>() >= 0, at, "topk_ids holds a "
-                      "negative id");
-    TORCH_CHECK_VALUE(!outside(p, 0, 1), at, "topk_probs holds values outside [0, 1]");
-  }
-  // Heads: kv_head_of maps each query head to a KV head.
-  if (t.kv_head_of.defined()) {
+  if (!t.topk_ids.defined()) return;
+  const auto& p = t.topk_probs;
+  TORCH_CHECK_VALUE(p.dim() == 3 && p.size(0) == B && p.size(1) == T && t.topk_ids.sizes() == p.sizes() &&
+                        p.is_floating_point() && !t.topk_ids.is_floating_point(),
+                    at, "topk_probs (float) and topk_ids (int) must both be [", B, ", ", T, ", k], got ", p.sizes(),
+                    " and ", t.topk_ids.sizes());
+  TORCH_CHECK_VALUE(t.topk_ids.numel() == 0 || t.topk_ids.min().item<int64_t>() >= 0, at,
+                    "topk_ids holds a negative id");
+  TORCH_CHECK_VALUE(!outside(p, 0, 1), at, "topk_probs holds values outside [0, 1]");
+}
+
+// Heads, layer facts and the spec against the stated layer and head counts.
+void check_layer_facts(const Trace& t, const std::string& at) {
+  if (t.kv_head_of.defined()) {  // each query head's KV head
     const auto& k = t.kv_head_of;
     TORCH_CHECK_VALUE(k.dim() == 1 && k.size(0) == t.n_heads && !k.is_floating_point(), at, "kv_head_of must be [",
                       t.n_heads, "] integers (one per head), got ", k.sizes(), " ", k.scalar_type());
-    TORCH_CHECK_VALUE(!outside(k.to(torch::kLong), 0, t.n_kv_heads - 1), at, "kv_head_of holds a KV head outside 0..",
-                      t.n_kv_heads - 1);
+    TORCH_CHECK_VALUE(!outside(k.to(torch::kLong), 0, t.n_kv_heads - 1), at,
+                      "kv_head_of holds a KV head outside 0..", t.n_kv_heads - 1);
   }
   TORCH_CHECK_VALUE(t.layer_paths.empty() || static_cast<int64_t>(t.layer_paths.size()) == t.n_layers, at,
                     t.layer_paths.size(), " layer_paths for n_layers ", t.n_layers);
@@ -94,56 +77,77 @@ void check_trace(const Trace& t, const std::string& where) {
                       at, "attention_layers must increase within 0..", t.n_layers - 1, ", got ",
                       t.attention_layers[i], " at ", i);
   try {
-    t.spec.validate(t.n_layers, t.n_heads, T);
+    t.spec.validate(t.n_layers, t.n_heads, t.input_ids.size(1));
   } catch (const c10::Error& e) {
     TORCH_CHECK_VALUE(false, at, "its capture spec does not fit the trace: ", e.what_without_backtrace());
   }
+}
+
+// A map capture: "head_map/L{l}H{h}" or "layer_map/L{l}", float [B, T, T] attention weights.
+bool check_map(const Trace& t, const std::string& at, const std::string& name, const torch::Tensor& x) {
+  static const std::regex head_map(R"(head_map/L(\d{1,9})H(\d{1,9}))"), layer_map(R"(layer_map/L(\d{1,9}))");
+  std::smatch mm;
+  const bool hm = std::regex_match(name, mm, head_map);
+  if (!hm && !std::regex_match(name, mm, layer_map)) return false;
+  const auto B = t.input_ids.size(0), T = t.input_ids.size(1);
+  const int64_t l = std::stoll(mm[1]);
+  TORCH_CHECK_VALUE(l < t.n_layers, at, name, ": layer ", l, " out of range: the trace has ", t.n_layers, " layers");
+  if (hm)
+    TORCH_CHECK_VALUE(std::stoll(mm[2]) < t.n_heads, at, name, ": head ", mm[2].str(),
+                      " out of range: the trace has ", t.n_heads, " heads");
+  TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == B && x.size(1) == T && x.size(2) == T && x.is_floating_point(), at,
+                    name, " must be a float [", B, ", ", T, ", ", T, "] map, got ", x.sizes(), " ", x.scalar_type());
+  TORCH_CHECK_VALUE(!outside(x, 0.0, 1.0 + 1e-4), at, name, " holds values outside [0, 1]: not attention weights");
+  return true;
+}
+
+// An aggregate capture [L, B, ...]: its dims and values as capture_names() describes them.
+void check_aggregate(const Trace& t, const std::string& at, const std::string& name, const torch::Tensor& x,
+                     int64_t n_agg) {
+  const CaptureName* c = nullptr;
+  for (const auto& a : capture_names())
+    if (name == a.name) c = &a;
+  TORCH_CHECK_VALUE(c && std::string(c->shape).rfind("[L, B", 0) == 0, at, "unknown capture '", name, "'");
+  std::vector<int64_t> want;  // sizes, 0 where any size goes
+  std::istringstream dims(std::string(c->shape).substr(1, std::strlen(c->shape) - 2));
+  for (std::string d; std::getline(dims, d, ',');) {
+    d.erase(0, d.find_first_not_of(' '));
+    want.push_back(d == "L" ? n_agg : d == "B" ? t.input_ids.size(0) : d == "H" ? t.n_heads
+                                                                   : d == "T" ? t.input_ids.size(1) : 0);
+  }
+  bool ok = x.is_floating_point() && x.dim() == static_cast<int64_t>(want.size());
+  for (size_t d = 0; ok && d < want.size(); ++d) ok = want[d] <= 0 || x.size(d) == want[d];
+  std::ostringstream w;  // the expected shape, "?" where any size goes
+  for (size_t d = 0; d < want.size(); ++d) w << (d ? ", " : "[") << (want[d] > 0 ? std::to_string(want[d]) : "?");
+  w << "]";
+  TORCH_CHECK_VALUE(ok, at, name, " must be a float ", w.str(), " tensor ", c->shape, ", got ", x.sizes(), " ",
+                    x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(0) <= t.n_layers, at, name, " has ", x.size(0), " layers; the trace has ", t.n_layers);
+  if (c->probability) {
+    TORCH_CHECK_VALUE(!outside(x, 0.0, 1.0 + 1e-4), at, name, " holds values outside [0, 1]");
+  } else {
+    TORCH_CHECK_VALUE(!outside(x, -1e-4, INFINITY), at, name, " holds negative values");
+  }
+}
+
+}  // namespace
+
+void check_trace(const Trace& t, const std::string& where) {
+  const std::string at = "'" + where + "': ";
+  check_ids_and_mask(t, at);
+  check_predictions(t, at);
+  check_layer_facts(t, at);
   // Captures: aggregates [L, B, ...] over the aggregate layers, maps [B, T, T].
   int64_t n_agg = -1;
   if (t.captures.count("aggregate_layers")) {
     const auto& a = t.captures.at("aggregate_layers");
     TORCH_CHECK_VALUE(a.dim() == 1 && !a.is_floating_point(), at, "aggregate_layers must be a 1-D integer tensor");
-    TORCH_CHECK_VALUE(!outside(a.to(torch::kLong), 0, t.n_layers - 1), at, "aggregate_layers names a layer outside 0..",
-                      t.n_layers - 1, " (n_layers ", t.n_layers, ")");
+    TORCH_CHECK_VALUE(!outside(a.to(torch::kLong), 0, t.n_layers - 1), at,
+                      "aggregate_layers names a layer outside 0..", t.n_layers - 1, " (n_layers ", t.n_layers, ")");
     n_agg = a.size(0);
   }
-  static const std::regex head_map(R"(head_map/L(\d{1,9})H(\d{1,9}))"), layer_map(R"(layer_map/L(\d{1,9}))");
-  for (const auto& [name, x] : t.captures) {
-    if (name == "aggregate_layers") continue;
-    std::smatch mm;
-    const bool hm = std::regex_match(name, mm, head_map);
-    if (hm || std::regex_match(name, mm, layer_map)) {
-      const int64_t l = std::stoll(mm[1]);
-      TORCH_CHECK_VALUE(l < t.n_layers, at, name, ": layer ", l, " out of range: the trace has ", t.n_layers, " layers");
-      if (hm) {
-        TORCH_CHECK_VALUE(std::stoll(mm[2]) < t.n_heads, at, name, ": head ", mm[2].str(), " out of range: the trace has ",
-                          t.n_heads, " heads");
-      }
-      TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == B && x.size(1) == T && x.size(2) == T && x.is_floating_point(), at,
-                        name, " must be a float [", B, ", ", T, ", ", T, "] map, got ", x.sizes(), " ", x.scalar_type());
-      TORCH_CHECK_VALUE(!outside(x, 0.0, 1.0 + 1e-4), at, name, " holds values outside [0, 1]: not attention weights");
-      continue;
-    }
-    const AggShape* s = nullptr;
-    for (const auto& a : agg_shapes())
-      if (name == a.name) s = &a;
-    TORCH_CHECK_VALUE(s, at, "unknown capture '", name, "'");
-    std::vector<int64_t> want{n_agg, B};
-    for (int64_t d : s->rest) want.push_back(d == -1 ? t.n_heads : d == -2 ? T : 0);
-    bool ok = x.is_floating_point() && x.dim() == static_cast<int64_t>(want.size());
-    for (size_t d = 0; ok && d < want.size(); ++d) ok = want[d] <= 0 || x.size(d) == want[d];
-    std::ostringstream w;  // the expected shape, "?" where any size goes
-    for (size_t d = 0; d < want.size(); ++d) w << (d ? ", " : "[") << (want[d] > 0 ? std::to_string(want[d]) : "?");
-    w << "]";
-    TORCH_CHECK_VALUE(ok, at, name, " must be a float ", w.str(), " tensor (layers, batch, heads, positions), got ",
-                      x.sizes(), " ", x.scalar_type());
-    TORCH_CHECK_VALUE(x.size(0) <= t.n_layers, at, name, " has ", x.size(0), " layers; the trace has ", t.n_layers);
-    if (s->probability) {
-      TORCH_CHECK_VALUE(!outside(x, 0.0, 1.0 + 1e-4), at, name, " holds values outside [0, 1]");
-    } else {
-      TORCH_CHECK_VALUE(!outside(x, -1e-4, INFINITY), at, name, " holds negative values");
-    }
-  }
+  for (const auto& [name, x] : t.captures)
+    if (name != "aggregate_layers" && !check_map(t, at, name, x)) check_aggregate(t, at, name, x, n_agg);
   // How each layer was recorded (after the layer facts, which name the commoner edits).
   TORCH_CHECK_VALUE(static_cast<int64_t>(t.routes.size()) <= std::max<int64_t>(t.n_layers, 0), at, t.routes.size(),
                     " routes for n_layers ", t.n_layers);
