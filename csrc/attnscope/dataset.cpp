@@ -97,8 +97,7 @@ void DatasetStats::resize(int64_t length) {
   length_ = length;
 }
 
-void DatasetStats::add(const Trace& t) {
-  // Everything is checked before any sum changes: a rejected trace leaves the stats as they were.
+torch::Tensor DatasetStats::check_addable(const Trace& t) const {
   TORCH_CHECK(t.input_ids.defined() && t.input_ids.dim() == 2, "DatasetStats.add: the trace has "
               "no [B, T] input_ids");
   TORCH_CHECK(t.n_layers > 0 && t.n_heads > 0, "DatasetStats.add: the trace does not know its "
@@ -106,7 +105,7 @@ void DatasetStats::add(const Trace& t) {
   TORCH_CHECK(n_layers_ < 0 || (t.n_layers == n_layers_ && t.n_heads == n_heads_),
               "DatasetStats.add: trace has ", t.n_layers, " layers x ", t.n_heads,
               " heads, the dataset ", n_layers_, " x ", n_heads_);
-  const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = t.n_layers;
+  const int64_t T = t.input_ids.size(1), L = t.n_layers;
   torch::Device dev = torch::kCPU;  // the sums live where the captures are (CUDA with to_cpu=false)
   if (n_layers_ >= 0) dev = state_.at("n_sequences").device();
   else
@@ -131,6 +130,14 @@ void DatasetStats::add(const Trace& t) {
                 " (CaptureSpec.layers empty = all); see dataset_capture_spec()");
   }
   for (const auto& n : parts_.needed(L, t.n_heads)) t.get(n);  // throws naming the missing capture
+  return valid;
+}
+
+void DatasetStats::add(const Trace& t) {
+  // Everything is checked before any sum changes: a rejected trace leaves the stats as they were.
+  const auto valid = check_addable(t);  // [B, T] bool on the sums' device
+  const auto dev = valid.device();
+  const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = t.n_layers;
   if (n_layers_ < 0) init(t, dev);
   resize(T);
   auto vd = valid.to(torch::kDouble);                                   // [B, T]
@@ -181,17 +188,24 @@ void DatasetStats::add(const Trace& t) {
     sum.add_(torch::where(ok, x, 0.0).sum({1, 3}));
     count.add_(ok.sum({1, 3}, false, torch::kDouble));
   }
+  add_maps(t, valid);
+}
+
+void DatasetStats::add_maps(const Trace& t, const torch::Tensor& valid) {
+  const auto dev = valid.device();
+  const int64_t T = t.input_ids.size(1), L = t.n_layers;
+  auto narrow_t = [&](torch::Tensor& s) { return s.narrow(s.dim() - 1, 0, T).narrow(s.dim() - 2, 0, T); };
   // [B, T, T]: both positions real (padded rows/columns of a map are left out of the sums)
   auto pair = valid.unsqueeze(2).logical_and(valid.unsqueeze(1));
   if (parts_.layer_maps) {
-    auto sum = narrow_t(state_["layer_map_sum"], 2);
+    auto sum = narrow_t(state_["layer_map_sum"]);
     for (int64_t l = 0; l < L; ++l) {
       auto m = t.get("layer_map/L" + std::to_string(l)).to(dev).to(torch::kDouble);  // [B, T, T]
       sum[l].add_(torch::where(pair, m, 0.0).sum(0));
     }
   }
   if (parts_.head_maps) {
-    auto sum = narrow_t(state_["head_map_sum"], 2);
+    auto sum = narrow_t(state_["head_map_sum"]);
     for (int64_t l = 0; l < L; ++l)
       for (int64_t h = 0; h < n_heads_; ++h) {
         auto m = t.get("head_map/L" + std::to_string(l) + "H" + std::to_string(h)).to(dev).to(torch::kDouble);

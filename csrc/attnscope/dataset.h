@@ -112,6 +112,10 @@ class DatasetStats {
   static DatasetStats load(const std::string& path);
 
  private:
+  // add()'s steps: the trace checked against the dataset (returns its real positions [B, T] on
+  // the sums' device), then the maps' sums.
+  torch::Tensor check_addable(const Trace& t) const;
+  void add_maps(const Trace& t, const torch::Tensor& valid);
   /// Position axes (trailing) of state tensor `name`; resize() pads them.
   static int position_dims(const std::string& name);
   void init(const Trace& t, const torch::Device& device);

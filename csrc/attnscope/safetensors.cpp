@@ -110,79 +110,74 @@ void remove_stale_temporaries(const std::string& path) {
   ::closedir(d);
 }
 
-SafetensorsFile read_safetensors(const std::string& path) {
-  // Validated the way the format's reference implementation does before anything is allocated:
-  // header length bounded (100 MB) and inside the file; a JSON object of string metadata and
-  // tensors whose dtype is known, shape non-negative integers, byte length = dtype size x
-  // elements; data offsets in bounds, contiguous, non-overlapping and covering the whole data
-  // section. Every read is checked.
-  std::ifstream in(path, std::ios::binary);
-  TORCH_CHECK(in.good(), "file not found: '", path, "'");
-  in.seekg(0, std::ios::end);
-  const std::streamoff end = in.tellg();
-  TORCH_CHECK_VALUE(end >= 8, "'", path, "' is not a safetensors file: ", end, " bytes, less than its 8-byte header length");
-  const uint64_t size = static_cast<uint64_t>(end);
-  in.seekg(0);
+namespace {
+// One tensor's record in a safetensors header: name, dtype, shape, data bytes [b, e).
+struct Entry {
+  std::string name;
+  c10::ScalarType st;
+  std::vector<int64_t> shape;
+  uint64_t b, e;
+};
+
+// The header's JSON (its length bounded, 100 MB, and inside the file); `base` is where data begins.
+json::Value read_header(std::ifstream& in, const std::string& path, uint64_t size, uint64_t& base) {
   unsigned char len[8] = {0};
   in.read(reinterpret_cast<char*>(len), 8);
   TORCH_CHECK(in.gcount() == 8, "'", path, "': cannot read its header length");
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(len[i]) << (8 * i);
   constexpr uint64_t kMaxHeader = 100000000;
-  TORCH_CHECK_VALUE(n >= 2 && n <= size - 8 && n <= kMaxHeader, "'", path, "' is not a safetensors file (header length ", n,
-                    " for a file of ", size, " bytes; at most ", kMaxHeader, ")");
+  TORCH_CHECK_VALUE(n >= 2 && n <= size - 8 && n <= kMaxHeader, "'", path,
+                    "' is not a safetensors file (header length ", n, " for a file of ", size, " bytes; at most ",
+                    kMaxHeader, ")");
   std::string header(n, '\0');
   in.read(&header[0], static_cast<std::streamsize>(n));
   TORCH_CHECK(static_cast<uint64_t>(in.gcount()) == n, "'", path, "': header truncated");
   TORCH_CHECK_VALUE(header[0] == '{', "'", path, "': safetensors header does not start with '{'");
   json::Value root = json::parse(header, "'" + path + "' safetensors header");
   TORCH_CHECK_VALUE(root.is_object(), "'", path, "': safetensors header is not a JSON object");
-  SafetensorsFile f;
-  const uint64_t base = 8 + n, data_len = size - base;
-  struct Entry { std::string name; c10::ScalarType st; std::vector<int64_t> shape; uint64_t b, e; };
-  std::vector<Entry> entries;
-  for (const auto& kv : root.obj) {
-    const std::string where = "'" + path + "': tensor '" + kv.first.substr(0, 80) + "'";
-    if (kv.first == "__metadata__") {
-      TORCH_CHECK_VALUE(kv.second.is_object(), "'", path, "': __metadata__ must be an object of strings");
-      for (const auto& m : kv.second.obj) {
-        TORCH_CHECK_VALUE(m.second.is_string(), "'", path, "': __metadata__ '", m.first.substr(0, 80),
-                          "' is ", m.second.describe(), ", expected a string");
-        f.metadata[m.first] = m.second.str;
-      }
-      continue;
-    }
-    TORCH_CHECK_VALUE(kv.second.is_object(), where, ": expected an object with dtype, shape, data_offsets");
-    const std::string dt = kv.second.get_string("dtype", "");
-    c10::ScalarType st = torch::kFloat;
-    bool known = false;
-    for (const auto& d : dtype_names())
-      if (d.second == dt) { st = d.first; known = true; }
-    TORCH_CHECK_VALUE(known, where, " has unsupported dtype '", dt, "'");
-    const json::Value* s = kv.second.get_array("shape");
-    TORCH_CHECK_VALUE(s, where, " has no shape");
-    std::vector<int64_t> shape;
-    uint64_t numel = 1;
-    const uint64_t limit = data_len / c10::elementSize(st) + 1;  // what the file's data can hold
-    for (size_t d = 0; d < s->arr.size(); ++d) {
-      const int64_t x = s->arr[d].as_int(where + " shape[" + std::to_string(d) + "]", 0, INT64_MAX);
-      shape.push_back(x);
-      numel = x == 0 ? 0 : (numel > limit / static_cast<uint64_t>(x) ? limit : numel * static_cast<uint64_t>(x));
-    }
-    const json::Value* off = kv.second.get_array("data_offsets");
-    TORCH_CHECK_VALUE(off && off->arr.size() == 2, where, " lacks data_offsets [begin, end]");
-    const uint64_t b = static_cast<uint64_t>(off->arr[0].as_int(where + " data_offsets[0]", 0, INT64_MAX));
-    const uint64_t e = static_cast<uint64_t>(off->arr[1].as_int(where + " data_offsets[1]", 0, INT64_MAX));
-    TORCH_CHECK_VALUE(b <= e && e <= data_len, where, " has data_offsets [", b, ", ", e,
-                      ") outside the data section of ", data_len, " bytes");
-    TORCH_CHECK_VALUE(numel < limit && numel * c10::elementSize(st) == e - b, where, " holds ", e - b,
-                      " bytes, but dtype ", dt, " x its shape needs ", numel >= limit ? std::string("more than the file") :
-                      std::to_string(numel * c10::elementSize(st)));
-    entries.push_back({kv.first, st, std::move(shape), b, e});
+  base = 8 + n;
+  return root;
+}
+
+// A tensor's record checked: known dtype, non-negative shape, offsets inside the data section,
+// byte length = dtype size x elements (computed without overflow).
+Entry entry_of(const std::string& name, const json::Value& v, const std::string& where, uint64_t data_len) {
+  TORCH_CHECK_VALUE(v.is_object(), where, ": expected an object with dtype, shape, data_offsets");
+  const std::string dt = v.get_string("dtype", "");
+  c10::ScalarType st = torch::kFloat;
+  bool known = false;
+  for (const auto& d : dtype_names())
+    if (d.second == dt) st = d.first, known = true;
+  TORCH_CHECK_VALUE(known, where, " has unsupported dtype '", dt, "'");
+  const json::Value* s = v.get_array("shape");
+  TORCH_CHECK_VALUE(s, where, " has no shape");
+  std::vector<int64_t> shape;
+  uint64_t numel = 1;
+  const uint64_t limit = data_len / c10::elementSize(st) + 1;  // what the file's data can hold
+  for (size_t d = 0; d < s->arr.size(); ++d) {
+    const int64_t x = s->arr[d].as_int(where + " shape[" + std::to_string(d) + "]", 0, INT64_MAX);
+    shape.push_back(x);
+    numel = x == 0 ? 0 : (numel > limit / static_cast<uint64_t>(x) ? limit : numel * static_cast<uint64_t>(x));
   }
+  const json::Value* off = v.get_array("data_offsets");
+  TORCH_CHECK_VALUE(off && off->arr.size() == 2, where, " lacks data_offsets [begin, end]");
+  const uint64_t b = static_cast<uint64_t>(off->arr[0].as_int(where + " data_offsets[0]", 0, INT64_MAX));
+  const uint64_t e = static_cast<uint64_t>(off->arr[1].as_int(where + " data_offsets[1]", 0, INT64_MAX));
+  TORCH_CHECK_VALUE(b <= e && e <= data_len, where, " has data_offsets [", b, ", ", e, ") outside the data section of ",
+                    data_len, " bytes");
+  TORCH_CHECK_VALUE(numel < limit && numel * c10::elementSize(st) == e - b, where, " holds ", e - b,
+                    " bytes, but dtype ", dt, " x its shape needs ",
+                    numel >= limit ? std::string("more than the file") : std::to_string(numel * c10::elementSize(st)));
+  return {name, st, std::move(shape), b, e};
+}
+
+// The records tile the data section: contiguous, not overlapping, nothing left over.
+void check_layout(const std::vector<Entry>& entries, const std::string& path, uint64_t data_len) {
   std::vector<const Entry*> order;
   for (const auto& e : entries) order.push_back(&e);
-  std::sort(order.begin(), order.end(), [](const Entry* x, const Entry* y) { return x->b < y->b || (x->b == y->b && x->e < y->e); });
+  std::sort(order.begin(), order.end(),
+            [](const Entry* x, const Entry* y) { return x->b < y->b || (x->b == y->b && x->e < y->e); });
   uint64_t at = 0;
   for (const Entry* e : order) {
     TORCH_CHECK_VALUE(e->b == at, "'", path, "': tensor '", e->name.substr(0, 80), "' starts at byte ", e->b,
@@ -191,6 +186,39 @@ SafetensorsFile read_safetensors(const std::string& path) {
   }
   TORCH_CHECK_VALUE(at == data_len, "'", path, "': the tensors cover ", at, " of the ", data_len,
                     " data bytes (the file has trailing or missing data)");
+}
+}  // namespace
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  // Validated the way the format's reference implementation does before anything is allocated;
+  // every read is checked.
+  std::ifstream in(path, std::ios::binary);
+  TORCH_CHECK(in.good(), "file not found: '", path, "'");
+  in.seekg(0, std::ios::end);
+  const std::streamoff end = in.tellg();
+  TORCH_CHECK_VALUE(end >= 8, "'", path, "' is not a safetensors file: ", end,
+                    " bytes, less than its 8-byte header length");
+  const uint64_t size = static_cast<uint64_t>(end);
+  in.seekg(0);
+  uint64_t base = 0;
+  const json::Value root = read_header(in, path, size, base);
+  const uint64_t data_len = size - base;
+  SafetensorsFile f;
+  std::vector<Entry> entries;
+  for (const auto& kv : root.obj) {
+    if (kv.first == "__metadata__") {
+      TORCH_CHECK_VALUE(kv.second.is_object(), "'", path, "': __metadata__ must be an object of strings");
+      for (const auto& m : kv.second.obj) {
+        TORCH_CHECK_VALUE(m.second.is_string(), "'", path, "': __metadata__ '", m.first.substr(0, 80), "' is ",
+                          m.second.describe(), ", expected a string");
+        f.metadata[m.first] = m.second.str;
+      }
+      continue;
+    }
+    entries.push_back(
+        entry_of(kv.first, kv.second, "'" + path + "': tensor '" + kv.first.substr(0, 80) + "'", data_len));
+  }
+  check_layout(entries, path, data_len);
   for (const auto& e : entries) {
     auto t = torch::empty(e.shape, torch::dtype(e.st));
     in.seekg(static_cast<std::streamoff>(base + e.b));

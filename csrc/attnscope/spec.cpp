@@ -96,7 +96,8 @@ const std::vector<SpecField>& spec_fields() {
 
 const std::vector<CaptureName>& capture_names() {
   static const std::vector<CaptureName> names = {
-      {"head_map/L{l}H{h}", "heads", 1, "[B, T, T]", true, "attention of head h in layer l: row = query i, column = key j"},
+      {"head_map/L{l}H{h}", "heads", 1, "[B, T, T]", true,
+       "attention of head h in layer l: row = query i, column = key j"},
       {"layer_map/L{l}", "layer_maps", 1, "[B, T, T]", true, "mean over heads (or head layer_map_head)"},
       {"received_mean", "received", 1, "[L, B, H, T]", true,
        "attention key j receives, averaged over the real queries that see it"},
@@ -104,7 +105,8 @@ const std::vector<CaptureName>& capture_names() {
       {"received_max", "received", 1, "[L, B, H, T]", true, "max over those queries"},
       {"from", "from_tokens", 0, "[L, B, H, n, T]", true, "rows of the from_tokens queries"},
       {"attn_entropy", "attn_entropy", 1, "[L, B, H, T]", false, "entropy (nats) of each query's attention"},
-      {"sink_mass_rows", "sink_tokens", 1, "[L, B, H, T]", true, "attention on the first sink_tokens real keys of each row"},
+      {"sink_mass_rows", "sink_tokens", 1, "[L, B, H, T]", true,
+       "attention on the first sink_tokens real keys of each row"},
       {"sink_mass", "sink_tokens", 1, "[L, B, H]", true, "its mean over real queries"},
       {"row_self", "row_stats", 1, "[L, B, H, T]", true, "weight on key i"},
       {"row_prev", "row_stats", 1, "[L, B, H, T]", true, "weight on key i-1"},

@@ -66,8 +66,8 @@ void check_layer_facts(const Trace& t, const std::string& at) {
     const auto& k = t.kv_head_of;
     TORCH_CHECK_VALUE(k.dim() == 1 && k.size(0) == t.n_heads && !k.is_floating_point(), at, "kv_head_of must be [",
                       t.n_heads, "] integers (one per head), got ", k.sizes(), " ", k.scalar_type());
-    TORCH_CHECK_VALUE(!outside(k.to(torch::kLong), 0, t.n_kv_heads - 1), at,
-                      "kv_head_of holds a KV head outside 0..", t.n_kv_heads - 1);
+    TORCH_CHECK_VALUE(!outside(k.to(torch::kLong), 0, t.n_kv_heads - 1), at, "kv_head_of holds a KV head outside 0..",
+                      t.n_kv_heads - 1);
   }
   TORCH_CHECK_VALUE(t.layer_paths.empty() || static_cast<int64_t>(t.layer_paths.size()) == t.n_layers, at,
                     t.layer_paths.size(), " layer_paths for n_layers ", t.n_layers);
@@ -93,8 +93,8 @@ bool check_map(const Trace& t, const std::string& at, const std::string& name, c
   const int64_t l = std::stoll(mm[1]);
   TORCH_CHECK_VALUE(l < t.n_layers, at, name, ": layer ", l, " out of range: the trace has ", t.n_layers, " layers");
   if (hm)
-    TORCH_CHECK_VALUE(std::stoll(mm[2]) < t.n_heads, at, name, ": head ", mm[2].str(),
-                      " out of range: the trace has ", t.n_heads, " heads");
+    TORCH_CHECK_VALUE(std::stoll(mm[2]) < t.n_heads, at, name, ": head ", mm[2].str(), " out of range: the trace has ",
+                      t.n_heads, " heads");
   TORCH_CHECK_VALUE(x.dim() == 3 && x.size(0) == B && x.size(1) == T && x.size(2) == T && x.is_floating_point(), at,
                     name, " must be a float [", B, ", ", T, ", ", T, "] map, got ", x.sizes(), " ", x.scalar_type());
   TORCH_CHECK_VALUE(!outside(x, 0.0, 1.0 + 1e-4), at, name, " holds values outside [0, 1]: not attention weights");
@@ -112,8 +112,11 @@ void check_aggregate(const Trace& t, const std::string& at, const std::string& n
   std::istringstream dims(std::string(c->shape).substr(1, std::strlen(c->shape) - 2));
   for (std::string d; std::getline(dims, d, ',');) {
     d.erase(0, d.find_first_not_of(' '));
-    want.push_back(d == "L" ? n_agg : d == "B" ? t.input_ids.size(0) : d == "H" ? t.n_heads
-                                                                   : d == "T" ? t.input_ids.size(1) : 0);
+    want.push_back(d == "L"   ? n_agg
+                   : d == "B" ? t.input_ids.size(0)
+                   : d == "H" ? t.n_heads
+                   : d == "T" ? t.input_ids.size(1)
+                              : 0);
   }
   bool ok = x.is_floating_point() && x.dim() == static_cast<int64_t>(want.size());
   for (size_t d = 0; ok && d < want.size(); ++d) ok = want[d] <= 0 || x.size(d) == want[d];
@@ -142,8 +145,8 @@ void check_trace(const Trace& t, const std::string& where) {
   if (t.captures.count("aggregate_layers")) {
     const auto& a = t.captures.at("aggregate_layers");
     TORCH_CHECK_VALUE(a.dim() == 1 && !a.is_floating_point(), at, "aggregate_layers must be a 1-D integer tensor");
-    TORCH_CHECK_VALUE(!outside(a.to(torch::kLong), 0, t.n_layers - 1), at,
-                      "aggregate_layers names a layer outside 0..", t.n_layers - 1, " (n_layers ", t.n_layers, ")");
+    TORCH_CHECK_VALUE(!outside(a.to(torch::kLong), 0, t.n_layers - 1), at, "aggregate_layers names a layer outside 0..",
+                      t.n_layers - 1, " (n_layers ", t.n_layers, ")");
     n_agg = a.size(0);
   }
   for (const auto& [name, x] : t.captures)

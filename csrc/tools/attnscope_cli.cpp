@@ -29,8 +29,8 @@ input
   --device DEV         cpu | cuda | cuda:N | auto (default auto)
 
 what to capture (default: --all)
-  --all                received mean/max, attention entropy, sink mass (first token), for
-                       every layer
+  --all                every aggregate for every layer: received mean/max, attention entropy,
+                       sink mass (first token), row statistics
   --heads L:H,...      full maps of these (layer, head) pairs
   --layer-maps L,...   head-mean map of these layers (--layer-map-head H: one head instead)
   --layers L,...       restrict the aggregates below to these layers
@@ -91,110 +91,163 @@ std::vector<std::vector<int64_t>> read_ids_file(const std::string& path) {
   return rows;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  std::vector<std::string> a(argv + 1, argv + argc);
+struct Args {
   std::string model_path, out_path, device = "auto", ids_file;
   std::vector<int64_t> ids;
   int64_t pad_id = 0;
-  bool describe = false, any_capture = false, all = false;
+  bool help = false, describe = false;
   attnscope::CaptureSpec spec;
-  try {
-    for (size_t i = 0; i < a.size(); ++i) {
-      auto next = [&]() -> std::string {
-        if (i + 1 >= a.size()) throw std::invalid_argument(a[i] + " needs a value");
-        return a[++i];
-      };
-      const std::string& f = a[i];
-      if (f == "--help" || f == "-h") { std::cout << kHelp; return 0; }
-      else if (f == "--model") model_path = next();
-      else if (f == "--ids") ids = parse_ints(next(), "--ids");
-      else if (f == "--ids-file") ids_file = next();
-      else if (f == "--pad-id") pad_id = parse_int(next(), f);
-      else if (f == "--device") device = next();
-      else if (f == "--out") out_path = next();
-      else if (f == "--describe") describe = true;
-      else if (f == "--all") { all = true; any_capture = true; }
-      else if (f == "--heads") {
-        std::stringstream ss(next());
-        std::string pair;
-        while (std::getline(ss, pair, ',')) {
-          auto c = pair.find(':');
-          if (c == std::string::npos) throw std::invalid_argument("--heads: '" + pair + "' is not LAYER:HEAD");
-          spec.heads.emplace_back(parse_int(pair.substr(0, c), "--heads layer"), parse_int(pair.substr(c + 1), "--heads head"));
-        }
-        any_capture = true;
-      }
-      else if (f == "--layer-maps") { spec.layer_maps = parse_ints(next(), f); any_capture = true; }
-      else if (f == "--layer-map-head") spec.layer_map_head = parse_int(next(), f);
-      else if (f == "--layers") spec.layers = parse_ints(next(), f);
-      else if (f == "--received") { spec.received = true; any_capture = true; }
-      else if (f == "--attn-entropy") { spec.attn_entropy = true; any_capture = true; }
-      else if (f == "--sink") { spec.sink_tokens = parse_int(next(), f); any_capture = true; }
-      else if (f == "--from") { spec.from_tokens = parse_ints(next(), f); any_capture = true; }
-      else if (f == "--top-k") spec.top_k = parse_int(next(), f);
-      else if (f == "--temperature") spec.temperature = parse_number(next(), f);
-      else if (f == "--chunk-elements") spec.chunk_elements = parse_int(next(), f);
-      else throw std::invalid_argument("unknown option '" + f + "' (see --help)");
+};
+
+void parse_heads(const std::string& text, attnscope::CaptureSpec& spec) {
+  std::stringstream ss(text);
+  std::string pair;
+  while (std::getline(ss, pair, ',')) {
+    auto c = pair.find(':');
+    if (c == std::string::npos) throw std::invalid_argument("--heads: '" + pair + "' is not LAYER:HEAD");
+    spec.heads.emplace_back(parse_int(pair.substr(0, c), "--heads layer"),
+                            parse_int(pair.substr(c + 1), "--heads head"));
+  }
+}
+
+// The options; throws std::invalid_argument naming the option and what it expected.
+Args parse_args(const std::vector<std::string>& a) {
+  Args r;
+  auto& spec = r.spec;
+  bool any_capture = false, all = false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    auto next = [&]() -> std::string {
+      if (i + 1 >= a.size()) throw std::invalid_argument(a[i] + " needs a value");
+      return a[++i];
+    };
+    const std::string& f = a[i];
+    if (f == "--help" || f == "-h") {
+      r.help = true;
+      return r;
+    } else if (f == "--model")
+      r.model_path = next();
+    else if (f == "--ids")
+      r.ids = parse_ints(next(), "--ids");
+    else if (f == "--ids-file")
+      r.ids_file = next();
+    else if (f == "--pad-id")
+      r.pad_id = parse_int(next(), f);
+    else if (f == "--device")
+      r.device = next();
+    else if (f == "--out")
+      r.out_path = next();
+    else if (f == "--describe")
+      r.describe = true;
+    else if (f == "--all")
+      all = any_capture = true;
+    else if (f == "--heads") {
+      parse_heads(next(), spec);
+      any_capture = true;
+    } else if (f == "--layer-maps") {
+      spec.layer_maps = parse_ints(next(), f);
+      any_capture = true;
+    } else if (f == "--layer-map-head")
+      spec.layer_map_head = parse_int(next(), f);
+    else if (f == "--layers")
+      spec.layers = parse_ints(next(), f);
+    else if (f == "--received") {
+      spec.received = true;
+      any_capture = true;
+    } else if (f == "--attn-entropy") {
+      spec.attn_entropy = true;
+      any_capture = true;
+    } else if (f == "--sink") {
+      spec.sink_tokens = parse_int(next(), f);
+      any_capture = true;
+    } else if (f == "--from") {
+      spec.from_tokens = parse_ints(next(), f);
+      any_capture = true;
+    } else if (f == "--top-k")
+      spec.top_k = parse_int(next(), f);
+    else if (f == "--temperature")
+      spec.temperature = parse_number(next(), f);
+    else if (f == "--chunk-elements")
+      spec.chunk_elements = parse_int(next(), f);
+    else
+      throw std::invalid_argument("unknown option '" + f + "' (see --help)");
+  }
+  if (r.model_path.empty()) throw std::invalid_argument("--model is required (see --help)");
+  if (r.ids.empty() == r.ids_file.empty())
+    throw std::invalid_argument("give exactly one of --ids or --ids-file (see --help)");
+  if (all || !any_capture) {  // every aggregate (CaptureSpec::all_aggregates), with the options given
+    const auto every = attnscope::CaptureSpec::all_aggregates();
+    spec.received = every.received, spec.attn_entropy = every.attn_entropy, spec.row_stats = every.row_stats;
+    if (spec.sink_tokens == 0) spec.sink_tokens = every.sink_tokens;
+  }
+  return r;
+}
+
+// ids [1, T] from --ids, or the rows of --ids-file left-padded with --pad-id (mask [B, T]).
+torch::Tensor input_of(const Args& r, torch::Tensor& mask) {
+  if (!r.ids.empty()) return torch::tensor(r.ids, torch::kLong).unsqueeze(0);
+  auto rows = read_ids_file(r.ids_file);
+  if (rows.empty()) throw std::invalid_argument("--ids-file: '" + r.ids_file + "' has no ids");
+  size_t len = 0;
+  for (auto& row : rows) len = std::max(len, row.size());
+  auto input = torch::full({(int64_t)rows.size(), (int64_t)len}, r.pad_id, torch::kLong);
+  mask = torch::zeros_like(input);
+  for (size_t b = 0; b < rows.size(); ++b) {
+    size_t off = len - rows[b].size();  // left padding, as decoder LMs expect
+    for (size_t j = 0; j < rows[b].size(); ++j) {
+      input[b][off + j] = rows[b][j];
+      mask[b][off + j] = 1;
     }
-    if (model_path.empty()) throw std::invalid_argument("--model is required (see --help)");
-    if (ids.empty() == ids_file.empty())
-      throw std::invalid_argument("give exactly one of --ids or --ids-file (see --help)");
+  }
+  return input;
+}
+
+void report(const attnscope::Trace& trace, const attnscope::CaptureSpec& spec) {
+  std::cout << "ran " << trace.input_ids.size(0) << " x " << trace.input_ids.size(1) << " tokens through "
+            << trace.n_layers << " attention layers (" << trace.n_heads << " heads, " << trace.n_kv_heads
+            << " kv heads)\n";
+  for (const auto& kv : trace.captures) std::cout << "  " << kv.first << " " << kv.second.sizes() << "\n";
+  auto ent = trace.entropy[0];
+  auto top = ent.nan_to_num(-1).topk(std::min<int64_t>(5, ent.size(0)));
+  std::cout << "highest predictive entropy (nats) at positions:";
+  for (int64_t i = 0; i < std::get<1>(top).size(0); ++i) {
+    int64_t p = std::get<1>(top)[i].item<int64_t>();
+    std::cout << " " << p << "=" << ent[p].item<float>();
+    if (!trace.tokens.empty()) std::cout << "(" << trace.tokens[p] << ")";
+  }
+  std::cout << "\n";
+  if (trace.captures.count("sink_mass")) {
+    auto sink = trace.captures.at("sink_mass").mean({1, 2});
+    std::cout << "sink mass (first " << spec.sink_tokens << " token[s]) per layer:";
+    for (int64_t l = 0; l < sink.size(0); ++l) std::cout << " " << sink[l].item<float>();
+    std::cout << "\n";
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  try {
+    args = parse_args(std::vector<std::string>(argv + 1, argv + argc));
   } catch (const std::exception& e) {
     std::cerr << "attnscope-cli: " << e.what() << "\n";
     return 2;
   }
-  if (all || !any_capture) {
-    spec.received = spec.attn_entropy = true;
-    if (spec.sink_tokens == 0) spec.sink_tokens = 1;
+  if (args.help) {
+    std::cout << kHelp;
+    return 0;
   }
   try {
-    torch::Tensor input, mask;
-    if (!ids.empty()) {
-      input = torch::tensor(ids, torch::kLong).unsqueeze(0);
-    } else {
-      auto rows = read_ids_file(ids_file);
-      if (rows.empty()) throw std::invalid_argument("--ids-file: '" + ids_file + "' has no ids");
-      size_t len = 0;
-      for (auto& r : rows) len = std::max(len, r.size());
-      input = torch::full({(int64_t)rows.size(), (int64_t)len}, pad_id, torch::kLong);
-      mask = torch::zeros_like(input);
-      for (size_t b = 0; b < rows.size(); ++b) {
-        size_t off = len - rows[b].size();  // left padding, as decoder LMs expect
-        for (size_t j = 0; j < rows[b].size(); ++j) {
-          input[b][off + j] = rows[b][j];
-          mask[b][off + j] = 1;
-        }
-      }
-    }
-    attnscope::verify_archive(model_path);  // CRC of every member: a damaged weight is not run
-    auto model = attnscope::Model::load(model_path, device);
-    if (describe) std::cout << model.describe();
-    auto trace = model.run(input, spec, mask);
-    std::cout << "ran " << trace.input_ids.size(0) << " x " << trace.input_ids.size(1)
-              << " tokens through " << trace.n_layers << " attention layers ("
-              << trace.n_heads << " heads, " << trace.n_kv_heads << " kv heads)\n";
-    for (const auto& kv : trace.captures)
-      std::cout << "  " << kv.first << " " << kv.second.sizes() << "\n";
-    auto ent = trace.entropy[0];
-    auto top = ent.nan_to_num(-1).topk(std::min<int64_t>(5, ent.size(0)));
-    std::cout << "highest predictive entropy (nats) at positions:";
-    for (int64_t i = 0; i < std::get<1>(top).size(0); ++i) {
-      int64_t p = std::get<1>(top)[i].item<int64_t>();
-      std::cout << " " << p << "=" << ent[p].item<float>();
-      if (!trace.tokens.empty()) std::cout << "(" << trace.tokens[p] << ")";
-    }
-    std::cout << "\n";
-    if (trace.captures.count("sink_mass")) {
-      auto sink = trace.captures["sink_mass"].mean({1, 2});
-      std::cout << "sink mass (first " << spec.sink_tokens << " token[s]) per layer:";
-      for (int64_t l = 0; l < sink.size(0); ++l) std::cout << " " << sink[l].item<float>();
-      std::cout << "\n";
-    }
-    if (!out_path.empty()) {
-      trace.save(out_path);
-      std::cout << "wrote " << out_path << "\n";
+    torch::Tensor mask;
+    const auto input = input_of(args, mask);
+    attnscope::verify_archive(args.model_path);  // CRC of every member: a damaged weight is not run
+    auto model = attnscope::Model::load(args.model_path, args.device);
+    if (args.describe) std::cout << model.describe();
+    auto trace = model.run(input, args.spec, mask);
+    report(trace, args.spec);
+    if (!args.out_path.empty()) {
+      trace.save(args.out_path);
+      std::cout << "wrote " << args.out_path << "\n";
     }
   } catch (const c10::Error& e) {
     std::cerr << "attnscope-cli: " << e.what_without_backtrace() << "\n";
