@@ -39,20 +39,7 @@ void check_options(const GenerateOptions& o) {
   TORCH_CHECK_VALUE(o.temperature >= 0.0, "temperature ", o.temperature, " must be >= 0 (0 = greedy)");
   TORCH_CHECK_VALUE(o.top_p > 0.0 && o.top_p <= 1.0, "top_p ", o.top_p, " must be in (0, 1]");
   TORCH_CHECK_VALUE(o.top_k >= 0, "top_k ", o.top_k, " must be >= 0 (0 = no limit)");
-}
-
-// How a generation went, as the JSON Trace::generation holds.
-std::string generation_json(const GenerateOptions& o, const std::vector<int64_t>& stop, bool cached, int64_t from,
-                            int64_t steps, const std::vector<std::string>& reason) {
-  std::ostringstream g;
-  g.precision(17);
-  g << "{\"temperature\": " << o.temperature << ", \"top_k\": " << o.top_k << ", \"top_p\": " << o.top_p
-    << ", \"seed\": " << o.seed << ", \"max_new_tokens\": " << o.max_new_tokens
-    << ", \"stop_ids\": " << json::int_array(stop) << ", \"kv_cache\": " << (cached ? "true" : "false")
-    << ", \"prefix_cached\": " << from << ", \"steps\": " << steps << ", \"stop_reason\": [";
-  for (size_t b = 0; b < reason.size(); ++b) g << (b ? ", " : "") << "\"" << reason[b] << "\"";
-  g << "]}";
-  return g.str();
+  TORCH_CHECK_VALUE(o.seed <= uint64_t(INT64_MAX), "seed ", o.seed, " must be < 2^63");
 }
 
 }  // namespace
@@ -172,7 +159,11 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
     t.tokens = tokens_of(g.ids);
   }
   t.prompt_len = plen;
-  t.generation = generation_json(o, stop, cached, from, g.steps, g.reason);
+  GenerationInfo info;
+  info.temperature = o.temperature, info.top_k = o.top_k, info.top_p = o.top_p, info.seed = int64_t(o.seed);
+  info.max_new_tokens = o.max_new_tokens, info.stop_ids = stop, info.kv_cache = cached, info.prefix_cached = from;
+  info.steps = g.steps, info.stop_reason = g.reason;
+  t.generation = info;
   return t;
 }
 

@@ -56,10 +56,9 @@ std::vector<std::string> Trace::names() const {
   return n;
 }
 
-void Trace::set_generation(int64_t p, const std::string& g) {
+void Trace::set_generation(int64_t p, const GenerationInfo& g) {
   const int64_t T = input_ids.defined() ? input_ids.size(-1) : 0;
   TORCH_CHECK_VALUE(p >= 0 && p <= T, "prompt_len ", p, " out of range: the trace has ", T, " positions");
-  TORCH_CHECK_VALUE(json::parse(g, "generation").is_object(), "generation: expected a JSON object");
   prompt_len = p;
   generation = g;
 }
@@ -86,7 +85,7 @@ void Trace::save(const std::string& path) const {
                 {"routes", string_array(routes)},
                 {"tokens", string_array(tokens)},
                 {"prompt_len", std::to_string(prompt_len)},
-                {"generation", generation}};
+                {"generation", generation ? generation->to_json() : std::string()}};
   if (!attention_layers.empty()) {
     std::string a = "[";
     for (size_t i = 0; i < attention_layers.size(); ++i) a += (i ? "," : "") + std::to_string(attention_layers[i]);
@@ -147,9 +146,8 @@ Trace Trace::load(const std::string& path) {
   TORCH_CHECK_VALUE(static_cast<int64_t>(t.tokens.size()) == 0 || static_cast<int64_t>(t.tokens.size()) == B * T,
                     "'", path, "': ", t.tokens.size(), " token strings for ", B, " x ", T, " ids");
   t.prompt_len = meta_int(f, "prompt_len", path, -1, T, false, -1);
-  t.generation = json::valid_utf8(meta("generation"));
-  TORCH_CHECK_VALUE(t.generation.empty() || json::parse(t.generation, "'" + path + "': generation").is_object(),
-                    "'", path, "': generation must be a JSON object or empty");
+  if (const std::string g = json::valid_utf8(meta("generation")); !g.empty())
+    t.generation = GenerationInfo::from_json(g, "'" + path + "': generation");
   check_trace(t, path);
   return t;
 }

@@ -1,11 +1,13 @@
 // Trace: everything one Model::run produced. Saved as safetensors (see save()); Python
 // reads it with `safetensors` alone: tensors by name, facts as metadata strings.
 #pragma once
+#include <attnscope/generation_info.h>
 #include <attnscope/spec.h>
 
 #include <torch/torch.h>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -45,9 +47,8 @@ struct Trace {
   /// Generated traces: columns 0..prompt_len-1 are the (left-padded) prompt, the rest the
   /// response; -1 for a trace of given text.
   int64_t prompt_len = -1;
-  /// Generated traces: JSON of how (temperature actually used, top_k, top_p, seed,
-  /// max_new_tokens, stop_ids, kv_cache, steps, stop reason per row); "" otherwise.
-  std::string generation;
+  /// Generated traces: how they were made (and where a branch forked); empty otherwise.
+  std::optional<GenerationInfo> generation;
   /// Warnings raised while the run computed this trace (also passed on to the previous
   /// c10 warning handler); the Python wrapper re-issues them as Python warnings. Not saved.
   std::vector<std::string> warnings;
@@ -58,8 +59,8 @@ struct Trace {
   /// Names of the captured tensors.
   std::vector<std::string> names() const;
   /// Marks the trace as generated (a branch of an answer records where the answer began and
-  /// where it forked): `prompt_len` in [0, T], `generation` a JSON object.
-  void set_generation(int64_t prompt_len, const std::string& generation);
+  /// where it forked): `prompt_len` in [0, T].
+  void set_generation(int64_t prompt_len, const GenerationInfo& generation);
 
   /// Writes `path` as safetensors: tensors input_ids, attention_mask, entropy, topk_probs,
   /// topk_ids, kv_head_of and "captures/<name>"; metadata format="attnscope-trace", version,

@@ -10,6 +10,7 @@
 #include <variant>
 
 namespace py = pybind11;
+using namespace pybind11::literals;
 using attnscope::CaptureSpec;
 using attnscope::DatasetParts;
 using attnscope::DatasetStats;
@@ -85,6 +86,53 @@ void bind_capture_spec(py::module_& m) {
           },
           "every capture a run can produce: name, field, value, shape, doc");
 }
+py::object opt(const std::optional<double>& v) {
+  return v ? py::cast(*v) : py::none();
+}
+
+py::dict generation_dict(const attnscope::GenerationInfo& g) {
+  py::dict d("temperature"_a = g.temperature, "top_k"_a = g.top_k, "top_p"_a = g.top_p, "seed"_a = g.seed,
+             "max_new_tokens"_a = g.max_new_tokens, "stop_ids"_a = g.stop_ids, "kv_cache"_a = g.kv_cache,
+             "prefix_cached"_a = g.prefix_cached, "steps"_a = g.steps, "stop_reason"_a = g.stop_reason);
+  if (g.fork) {
+    const auto& f = *g.fork;
+    d["fork"] = py::dict("position"_a = f.position, "chosen_id"_a = f.chosen_id, "chosen"_a = f.chosen,
+                         "chosen_p"_a = opt(f.chosen_p), "forced_id"_a = f.forced_id, "forced"_a = f.forced,
+                         "forced_p"_a = opt(f.forced_p), "rank"_a = f.rank ? py::cast(*f.rank) : py::none());
+  }
+  return d;
+}
+
+void bind_generation(py::module_& m) {
+  using attnscope::Fork;
+  using attnscope::GenerationInfo;
+  py::class_<Fork>(m, "Fork", "where a branch left its answer (see csrc/attnscope/generation_info.h)")
+      .def(py::init<>())
+      .def_readwrite("position", &Fork::position)
+      .def_readwrite("chosen_id", &Fork::chosen_id)
+      .def_readwrite("forced_id", &Fork::forced_id)
+      .def_readwrite("chosen", &Fork::chosen)
+      .def_readwrite("forced", &Fork::forced)
+      .def_readwrite("chosen_p", &Fork::chosen_p)
+      .def_readwrite("forced_p", &Fork::forced_p)
+      .def_readwrite("rank", &Fork::rank);
+  py::class_<GenerationInfo>(m, "GenerationInfo", "how a trace was generated (see generation_info.h)")
+      .def(py::init<>())
+      .def_readwrite("temperature", &GenerationInfo::temperature)
+      .def_readwrite("top_k", &GenerationInfo::top_k)
+      .def_readwrite("top_p", &GenerationInfo::top_p)
+      .def_readwrite("seed", &GenerationInfo::seed)
+      .def_readwrite("max_new_tokens", &GenerationInfo::max_new_tokens)
+      .def_readwrite("stop_ids", &GenerationInfo::stop_ids)
+      .def_readwrite("kv_cache", &GenerationInfo::kv_cache)
+      .def_readwrite("prefix_cached", &GenerationInfo::prefix_cached)
+      .def_readwrite("steps", &GenerationInfo::steps)
+      .def_readwrite("stop_reason", &GenerationInfo::stop_reason)
+      .def_readwrite("fork", &GenerationInfo::fork)
+      .def("to_dict", &generation_dict, "as a dict (Trace.generation)")
+      .def("to_json", &GenerationInfo::to_json, "as the JSON trace files keep");
+}
+
 void bind_trace(py::module_& m) {
   py::class_<Trace>(m, "Trace", "Everything one run produced (see csrc/attnscope/trace.h)")
       .def_readonly("input_ids", &Trace::input_ids)
@@ -99,7 +147,7 @@ void bind_trace(py::module_& m) {
           "remove a capture")
       .def_readonly("prompt_len", &Trace::prompt_len)
       .def("set_generation", &Trace::set_generation, py::arg("prompt_len"), py::arg("generation"),
-           "mark as generated: where the answer begins, how it was made (JSON)")
+           "mark as generated: where the answer begins, how it was made")
       .def_readonly("generation", &Trace::generation)
       .def_readonly("topk_probs", &Trace::topk_probs)
       .def_readonly("topk_ids", &Trace::topk_ids)
@@ -237,6 +285,7 @@ void bind_model(py::module_& m) {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "attnscope C++ core (private; use the attnscope package)";
   bind_capture_spec(m);
+  bind_generation(m);
   bind_trace(m);
   bind_dataset(m);
   bind_model(m);

@@ -9,7 +9,7 @@ from .atlas import HeadAtlas, head_atlas, top_heads
 from .profile import TokenProfile, token_profile
 from .branches import TurningPoints, final_answer, turning_points
 from .streaming import TokenStream
-from .trace import Trace
+from .trace import Fork, GenerationInfo, Trace
 from .view import AttentionView, show
 from .dataset import DatasetTrace, aggregate_dataset, merge_datasets, read_texts
 from .differential import differential_heads, differential_map, differential_received
@@ -39,7 +39,7 @@ def export_hf(model, tokenizer, path, **kwargs):
     return _export_hf(model, tokenizer, path, **kwargs)
 
 
-__all__ = ["Model", "CaptureSpec", "capture_spec", "Trace", "TokenStream", "turning_points", "TurningPoints", "final_answer", "load", "from_module", "readable", "visualize_attention",
+__all__ = ["Model", "CaptureSpec", "capture_spec", "Trace", "GenerationInfo", "Fork", "TokenStream", "turning_points", "TurningPoints", "final_answer", "load", "from_module", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "visualize_attention_diff", "visualize_turning_points", "high_entropy_positions",
            "visualize_head_summary", "visualize_head_atlas", "HeadAtlas", "head_atlas", "top_heads",
            "visualize_token_profile", "TokenProfile", "token_profile", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",

@@ -237,8 +237,8 @@ class Model:
         for name, v in (("temperature", temperature), ("top_p", top_p)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
                 raise ValueError(f"{name} {v!r} must be a finite number")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 64:
-            raise ValueError(f"seed {seed!r} must be an int in 0..2**64-1")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63:
+            raise ValueError(f"seed {seed!r} must be an int in 0..2**63-1")
         if not isinstance(use_cache, bool):
             raise ValueError(f"use_cache {use_cache!r} must be True or False")
         if temperature < 0:

@@ -8,8 +8,6 @@ is B·T² floats (a head map, or a layer's head-mean map); `release()` drops the
 nothing more is computed, `drop(name)` frees one capture. A trace read from a file has no
 model: asking it for something missing raises the error that says how to capture it.
 """
-import json
-
 from . import _core
 from .labels import readable
 
@@ -184,14 +182,23 @@ class Trace:
 
     @property
     def generation(self):
-        """How a generated trace was made, as a dict (GenerationInfo.to_dict()); None otherwise."""
+        """How a generated trace was made, as a dict (temperature, top_k, top_p, seed,
+        max_new_tokens, stop_ids, kv_cache, prefix_cached, steps, stop_reason, and a branch's
+        fork); None for a trace of given text. `generation_info` is the same, typed."""
         g = self._core.generation
-        return json.loads(g) if g else None
+        return g.to_dict() if g is not None else None
+
+    @property
+    def generation_info(self):
+        """How a generated trace was made (attnscope.GenerationInfo, with its Fork), or None."""
+        return self._core.generation
 
     def set_generation(self, prompt_len, generation):
         """Marks the trace as generated: columns before `prompt_len` are the prompt; `generation`
-        is how (a dict as Trace.generation gives; a branch adds its "fork")."""
-        self._core.set_generation(prompt_len, json.dumps(generation))
+        is how, a GenerationInfo or a dict as Trace.generation gives (a branch adds its "fork")."""
+        if isinstance(generation, dict):
+            generation = generation_info(generation)
+        self._core.set_generation(prompt_len, generation)
 
     @property
     def fork(self):
@@ -252,6 +259,26 @@ _CORE_FIELDS = {
 }
 for _name, _doc in _CORE_FIELDS.items():
     setattr(Trace, _name, property(lambda self, n=_name: getattr(self._core, n), doc=_doc))
+
+
+GenerationInfo, Fork = _core.GenerationInfo, _core.Fork
+
+
+def generation_info(d):
+    """GenerationInfo from a dict as Trace.generation gives (unknown keys refused by name)."""
+    g, fields = GenerationInfo(), {k for k in dir(GenerationInfo) if not k.startswith("_")} - {"to_dict", "to_json"}
+    for k, v in d.items():
+        if k not in fields:
+            raise ValueError(f"generation: unknown key {k!r}; expected one of {', '.join(sorted(fields))}")
+        if k == "fork" and isinstance(v, dict):
+            f = Fork()
+            for fk, fv in v.items():
+                if not hasattr(f, fk) or fk.startswith("_"):
+                    raise ValueError(f"generation fork: unknown key {fk!r}")
+                setattr(f, fk, fv)
+            v = f
+        setattr(g, k, v)
+    return g
 
 
 def core_of(trace):

@@ -73,7 +73,12 @@ def test_fork_survives_a_file(answer, tmp_path):
     t.save(tmp_path / "b.safetensors")
     back = attnscope.Trace.load(tmp_path / "b.safetensors")
     assert back.fork == t.fork and back.prompt_len == answer.prompt_len
-    assert t.generation["steps"] <= 3
+    assert back.generation == t.generation and t.generation["steps"] <= 3
+    info = back.generation_info  # the same facts, typed (generation_info.h)
+    assert isinstance(info, attnscope.GenerationInfo) and info.fork.position == answer.prompt_len
+    assert info.fork.rank == 2 and info.fork.forced_id == t.fork["forced_id"] and info.steps == t.generation["steps"]
+    with pytest.raises(ValueError, match="generation: unknown key 'temprature'"):
+        back.set_generation(answer.prompt_len, {**t.generation, "temprature": 1.0})
 
 
 def test_branch_by_token_text(model, answer):
