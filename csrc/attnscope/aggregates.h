@@ -79,19 +79,29 @@ class LayerAccumulator {
   void add_block(const torch::Tensor& probs, int64_t r0, const RunContext& ctx, Workspace& ws,
                  const torch::Tensor& visible = {}, const torch::Tensor& entropy = {});
 
-  /// SDPA sites on the CPU, the whole layer in one parallel pass (fused_sdpa.cpp):
-  /// `q (Tensor[B, Hb, Tq, D])`, `k (Tensor[B, Hb / group, Tk, D])` fp32: block head h reads
-  /// k head h / group (grouped-query attention without copies of K).
-  /// `mask`: undefined, or bool / fp32 viewed as [B, Hb, Tq, Tk] (broadcast strides allowed; the
-  /// last stride 0 or 1). `row_keys (Tensor[Tq] int64)`: keys at or after row_keys[r] are hidden
-  /// from row r (undefined: none known). Tasks (batch, head) run in parallel, each over blocks
-  /// of its rows: q·kᵀ of the block (a buffer that stays in cache), then softmax_row per row.
-  /// With `out (Tensor[B, Hb, Tq, Dv])` defined (every head), also writes the attention output
-  /// P·V into it, `v (Tensor[B, Hb / group, Tk, Dv])` fp32. Per-thread row buffers come from
-  /// `ws` slot 4 (kept for the run, so layers allocate nothing).
-  void add_sdpa(const torch::Tensor& q, const torch::Tensor& k, int64_t group, double scale,
-                const torch::Tensor& mask, float hidden_below, bool causal, const torch::Tensor& row_keys,
-                const RunContext& ctx, Workspace& ws, const torch::Tensor& v = {}, const torch::Tensor& out = {});
+  /// One SDPA site as the fused route takes it.
+  struct SdpaInputs {
+    /// `q (Tensor[B, Hb, Tq, D])`, `k (Tensor[B, Hb / group, Tk, D])` fp32: block head h reads
+    /// k head h / group (grouped-query attention without copies of K).
+    torch::Tensor q, k;
+    int64_t group = 1;
+    double scale = 1.0;
+    /// Undefined, or bool / fp32 viewed as [B, Hb, Tq, Tk] (broadcast strides allowed; the last
+    /// stride 0 or 1); an additive value at or below `hidden_below` hides its key.
+    torch::Tensor mask;
+    float hidden_below = 0.0f;
+    bool causal = true;
+    /// `Tensor[Tq] int64`: keys at or after row_keys[r] are hidden from row r (undefined: none known).
+    torch::Tensor row_keys;
+    /// With `out (Tensor[B, Hb, Tq, Dv])` defined (every head), the attention output P·V is
+    /// written into it from `v (Tensor[B, Hb / group, Tk, Dv])` fp32.
+    torch::Tensor v, out;
+  };
+  /// SDPA sites on the CPU, the whole layer in one parallel pass (fused_sdpa.cpp). Tasks
+  /// (batch, head, part of the rows) run in parallel, each over blocks of its rows: q·kᵀ of the
+  /// block (a buffer that stays in cache), then softmax_row per row. Per-thread row buffers come
+  /// from `ws` slot 4 (kept for the run, so layers allocate nothing).
+  void add_sdpa(const SdpaInputs& in, const RunContext& ctx, Workspace& ws);
   /// add_sdpa leaves "received_count" (the divisor of the received mean) to this:
   /// `counts (Tensor[B|1, H|1, Tk])` valid queries that can see each key, added once per layer.
   void add_counts(const torch::Tensor& counts);

@@ -172,18 +172,16 @@ struct LayerAccumulator::SdpaPass {
   }
 };
 
-void LayerAccumulator::add_sdpa(const torch::Tensor& q, const torch::Tensor& k, int64_t group, double scale,
-                                const torch::Tensor& mask, float hidden_below, bool causal,
-                                const torch::Tensor& row_keys, const RunContext& ctx, Workspace& ws,
-                                const torch::Tensor& v, const torch::Tensor& out) {
+void LayerAccumulator::add_sdpa(const SdpaInputs& in, const RunContext& ctx, Workspace& ws) {
+  const auto &q = in.q, &k = in.k;
   TORCH_INTERNAL_ASSERT(q.device().is_cpu() && q.scalar_type() == torch::kFloat &&
                         k.scalar_type() == torch::kFloat && q.size(0) == batch_ && q.size(2) == tq_ &&
                         k.size(2) == tk_);
-  const MaskView mv(mask, hidden_below);
+  const MaskView mv(in.mask, in.hidden_below);
   SdpaPass p;
-  p.q = q, p.k = k, p.v = v, p.out = out, p.group = group, p.causal = causal, p.mask = &mv;
-  p.scale = static_cast<float>(scale);
-  p.row_keys = row_keys.defined() ? row_keys.data_ptr<int64_t>() : nullptr;
+  p.q = q, p.k = k, p.v = in.v, p.out = in.out, p.group = in.group, p.causal = in.causal, p.mask = &mv;
+  p.scale = static_cast<float>(in.scale);
+  p.row_keys = in.row_keys.defined() ? in.row_keys.data_ptr<int64_t>() : nullptr;
   p.hb_n = q.size(1);
   p.rows = rows_for(ctx);
   torch::Tensor pool_rows, pool_uni;  // every row's tile sums, folded into tiles after the pass

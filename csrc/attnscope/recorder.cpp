@@ -271,8 +271,11 @@ torch::Tensor Recorder::fused_route(LayerAccumulator& acc, const SdpaHeads& h, c
     // model's usual transpose(1, 2).reshape(B, Tq, Hq * Dv) is then a view, not a copy.
     out = torch::empty({batch, tq, hq, v.size(3)}, q.options()).transpose(1, 2);
   }
-  acc.add_sdpa(h.q, h.k, h.k_group, scale, mf, static_cast<float>(hidden_below), is_causal,
-               m.defined() ? masks_.row_keys(m, hidden_below, tq) : torch::Tensor(), ctx_, ws_, vf, out);
+  LayerAccumulator::SdpaInputs in;
+  in.q = h.q, in.k = h.k, in.group = h.k_group, in.scale = scale, in.mask = mf, in.v = vf, in.out = out;
+  in.hidden_below = static_cast<float>(hidden_below), in.causal = is_causal;
+  if (m.defined()) in.row_keys = masks_.row_keys(m, hidden_below, tq);
+  acc.add_sdpa(in, ctx_, ws_);
   if (acc.wants_visibility()) acc.add_counts(masks_.visible_counts(m, ctx_.valid, hidden_below, is_causal, tq, tk));
   return out;
 }
