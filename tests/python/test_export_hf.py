@@ -233,6 +233,15 @@ def test_exact_causal_mask_detection():
     assert not hf_export.exact_causal(tril.float()[None, None], 5, 5)
 
 
+def test_cli_export_gguf_refuses_a_dtype_it_would_not_write(tmp_path, capsys):
+    from attnscope.cli import main
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF")  # refused before the file is read
+    assert main(["export", "--hf", str(src), "--out", str(tmp_path / "m.pt"), "--dtype", "bf16"]) == 1
+    err = capsys.readouterr().err
+    assert "--dtype bf16: a GGUF file is exported in fp32" in err and not (tmp_path / "m.pt").exists()
+
+
 def test_cli_export_gguf(tmp_path):
     from attnscope.models import default_gguf
     try:

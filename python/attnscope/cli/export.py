@@ -6,6 +6,9 @@ def export(args):
     import attnscope
     src = args.hf
     if os.path.isfile(src) and src.endswith(".gguf"):
+        if args.dtype != "fp32":  # the GGUF loader dequantizes into fp32: saying so, not writing fp32 silently
+            raise ValueError(f"--dtype {args.dtype}: a GGUF file is exported in fp32 (its weights are dequantized "
+                             "into attnscope's Llama-family module); export a Hugging Face folder for bf16 or fp16")
         from attnscope.models import export as export_module, load_gguf
         model, tok = load_gguf(src, attention=args.attention, progress=True)
         export_module(model, args.out, tokenizer=tok, source=os.path.basename(src))
