@@ -170,9 +170,10 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec, const 
   Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
   const auto logits = recorded_forward(ids, mask, ctx.has_padding, options.block_cache, rec);
   const bool has_logits = output_kind(logits) == "logits";
-  if (has_logits)
-    TORCH_CHECK(ids.max().item<int64_t>() < logits.size(2), "token id ", ids.max().item<int64_t>(),
-                " out of range: vocabulary has ", logits.size(2), " entries");
+  if (has_logits) {
+    const int64_t top = ids.max().item<int64_t>();
+    TORCH_CHECK(top < logits.size(2), "token id ", top, " out of range: vocabulary has ", logits.size(2), " entries");
+  }
   RecordResult res = rec.finish();
   check_stated_facts(res);
 
