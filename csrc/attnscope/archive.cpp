@@ -3,6 +3,9 @@
 // validator refuses the archives torch writes.
 #include <attnscope/archive.h>
 
+#include <attnscope/pickled_tensors.h>
+
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
 #include <fcntl.h>
@@ -12,7 +15,9 @@
 
 #include <array>
 #include <cstring>
+#include <map>
 #include <string>
+#include <vector>
 
 namespace attnscope {
 
@@ -66,68 +71,165 @@ struct Mapped {
   }
 };
 
+/// The archive's zip directory, walked once: each member's name, method, CRC and where its bytes lie.
+struct Member {
+  std::string name;
+  uint16_t method = 0;
+  uint32_t crc = 0;
+  uint64_t data = 0, csize = 0, usize = 0;
+};
+
+struct Zip {
+  Mapped m;
+  std::vector<Member> members;
+  std::string bad;  // "'<path>': damaged TorchScript archive: "
+
+  explicit Zip(const std::string& path) {
+    m.path = path;
+    bad = "'" + path + "': damaged TorchScript archive: ";
+    const int fd = open(path.c_str(), O_RDONLY);
+    TORCH_CHECK_VALUE(fd >= 0, "archive not found: '", path, "'");
+    struct stat st {};
+    fstat(fd, &st);
+    m.n = static_cast<size_t>(st.st_size);
+    void* mem = m.n ? mmap(nullptr, m.n, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    close(fd);
+    TORCH_CHECK_VALUE(mem != MAP_FAILED, "'", path, "': not a TorchScript archive (empty or unreadable)");
+    m.p = static_cast<const uint8_t*>(mem);
+    walk(directory());
+  }
+
+  const Member* find(const std::string& name) const {
+    for (const auto& e : members)
+      if (e.name == name) return &e;
+    return nullptr;
+  }
+
+ private:
+  /// (entries, offset of the central directory), from the end record (zip64 included).
+  std::pair<uint64_t, uint64_t> directory() const {
+    // End of central directory: the last signature within the final 64 KiB + 22 bytes.
+    int64_t eocd = -1;
+    for (int64_t i = static_cast<int64_t>(m.n) - 22; i >= 0 && i >= static_cast<int64_t>(m.n) - 22 - 65535; --i)
+      if (m.at<uint32_t>(i) == 0x06054b50u) {
+        eocd = i;
+        break;
+      }
+    TORCH_CHECK_VALUE(eocd >= 0, "'", m.path, "': not a TorchScript archive (no zip directory)");
+    uint64_t entries = m.at<uint16_t>(eocd + 10), cd = m.at<uint32_t>(eocd + 16);
+    if (entries == 0xFFFF || cd == 0xFFFFFFFFu) {  // zip64: its locator sits right before
+      TORCH_CHECK_VALUE(eocd >= 20 && m.at<uint32_t>(eocd - 20) == 0x07064b50u, bad, "no zip64 locator");
+      const uint64_t z = m.at<uint64_t>(eocd - 12);
+      TORCH_CHECK_VALUE(m.at<uint32_t>(z) == 0x06064b50u, bad, "no zip64 directory end at ", z);
+      entries = m.at<uint64_t>(z + 32);
+      cd = m.at<uint64_t>(z + 48);
+    }
+    TORCH_CHECK_VALUE(entries <= m.n / 46, bad, "the directory lists ", entries,
+                      " members, more than the file can hold");
+    return {entries, cd};
+  }
+
+  void walk(std::pair<uint64_t, uint64_t> dir) {
+    uint64_t off = dir.second;
+    for (uint64_t e = 0; e < dir.first; ++e) {
+      TORCH_CHECK_VALUE(m.at<uint32_t>(off) == 0x02014b50u, bad, "directory entry ", e, " is corrupted");
+      Member mb;
+      mb.method = m.at<uint16_t>(off + 10);
+      mb.crc = m.at<uint32_t>(off + 16);
+      mb.csize = m.at<uint32_t>(off + 20);
+      mb.usize = m.at<uint32_t>(off + 24);
+      const uint16_t nlen = m.at<uint16_t>(off + 28), xlen = m.at<uint16_t>(off + 30), clen = m.at<uint16_t>(off + 32);
+      uint64_t local = m.at<uint32_t>(off + 42);
+      mb.name.assign(reinterpret_cast<const char*>(m.p) + off + 46,
+                     std::min<uint64_t>(nlen, m.n - std::min<uint64_t>(m.n, off + 46)));
+      // zip64 extra field (id 1): the sizes and offset that did not fit, in this order.
+      for (uint64_t x = off + 46 + nlen; x + 4 <= off + 46 + nlen + xlen;) {
+        const uint16_t id = m.at<uint16_t>(x), len = m.at<uint16_t>(x + 2);
+        if (id == 1) {
+          uint64_t y = x + 4;
+          if (mb.usize == 0xFFFFFFFFu) {
+            mb.usize = m.at<uint64_t>(y);
+            y += 8;
+          }
+          if (mb.csize == 0xFFFFFFFFu) {
+            mb.csize = m.at<uint64_t>(y);
+            y += 8;
+          }
+          if (local == 0xFFFFFFFFu) local = m.at<uint64_t>(y);
+        }
+        x += 4 + len;
+      }
+      TORCH_CHECK_VALUE(m.at<uint32_t>(local) == 0x04034b50u, bad, "member '", mb.name, "' has no local header at ",
+                        local);
+      mb.data = local + 30 + m.at<uint16_t>(local + 26) + m.at<uint16_t>(local + 28);
+      TORCH_CHECK_VALUE(mb.data <= m.n && mb.csize <= m.n - mb.data, bad, "member '", mb.name, "' (", mb.csize,
+                        " bytes) runs past the end of the file");
+      TORCH_CHECK_VALUE(mb.method != 0 || mb.csize == mb.usize, bad, "stored member '", mb.name, "' has two sizes (",
+                        mb.csize, ", ", mb.usize, ")");
+      members.push_back(std::move(mb));
+      off += 46 + nlen + xlen + clen;
+    }
+  }
+};
+
+/// Checks one pickle's storages against their records and its tensors against their storages.
+void check_pickle(const Zip& z, const std::string& root, const std::string& dir) {
+  const Member* pkl = z.find(root + dir + ".pkl");
+  if (!pkl) return;  // constants.pkl is optional; a missing data.pkl is torch's own error
+  TORCH_CHECK_VALUE(pkl->method == 0, z.bad, "'", pkl->name, "' is compressed; attnscope reads archives as ",
+                    "torch.jit.save writes them (stored members)");
+  const auto decl = read_pickled_tensors(z.m.p + pkl->data, pkl->usize, "'" + z.m.path + "' " + dir + ".pkl");
+  std::map<std::string, int64_t> numel;  // storage key → declared elements
+  for (const auto& s : decl.storages) {
+    const std::string rec = root + dir + "/" + s.key;
+    const Member* r = s.numel > 0 ? z.find(rec) : nullptr;
+    TORCH_CHECK_VALUE(s.numel == 0 || r, z.bad, dir, ".pkl declares a ", s.type, " storage of ", s.numel,
+                      " elements in record '", rec, "', which the archive does not have");
+    TORCH_CHECK_VALUE(s.numel == 0 || static_cast<uint64_t>(s.numel) <= r->usize / static_cast<uint64_t>(s.itemsize),
+                      z.bad, "record '", rec, "' holds ", r->usize, " bytes, but ", dir, ".pkl declares a ", s.type,
+                      " storage of ", s.numel, " elements (", static_cast<double>(s.numel) * s.itemsize,
+                      " bytes) there");
+    numel[s.key] = std::max(numel[s.key], s.numel);
+  }
+  for (const auto& t : decl.tensors) {
+    bool empty = false;
+    long double last = t.offset;  // the last element the tensor reaches, exact far beyond int64
+    for (size_t d = 0; d < t.sizes.size(); ++d) {
+      empty |= t.sizes[d] == 0;
+      last += static_cast<long double>(t.sizes[d] > 0 ? t.sizes[d] - 1 : 0) * t.strides[d];
+    }
+    TORCH_CHECK_VALUE(empty || last < static_cast<long double>(numel[t.key]), z.bad, "a tensor in ", dir,
+                      ".pkl (offset ", t.offset, ", sizes ", c10::IntArrayRef(t.sizes), ", strides ",
+                      c10::IntArrayRef(t.strides), ") reaches element ", static_cast<double>(last), " of record '",
+                      root, dir, "/", t.key, "', which holds ", numel[t.key], " elements");
+  }
+}
+
 }  // namespace
 
 void verify_archive(const std::string& path) {
-  Mapped m;
-  m.path = path;
-  const int fd = open(path.c_str(), O_RDONLY);
-  TORCH_CHECK_VALUE(fd >= 0, "archive not found: '", path, "'");
-  struct stat st{};
-  fstat(fd, &st);
-  m.n = static_cast<size_t>(st.st_size);
-  void* mem = m.n ? mmap(nullptr, m.n, PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
-  close(fd);
-  TORCH_CHECK_VALUE(mem != MAP_FAILED, "'", path, "': not a TorchScript archive (empty or unreadable)");
-  m.p = static_cast<const uint8_t*>(mem);
-  const std::string bad = "'" + path + "': damaged TorchScript archive: ";
-  // End of central directory: the last signature within the final 64 KiB + 22 bytes.
-  int64_t eocd = -1;
-  for (int64_t i = static_cast<int64_t>(m.n) - 22; i >= 0 && i >= static_cast<int64_t>(m.n) - 22 - 65535; --i)
-    if (m.at<uint32_t>(i) == 0x06054b50u) { eocd = i; break; }
-  TORCH_CHECK_VALUE(eocd >= 0, "'", path, "': not a TorchScript archive (no zip directory)");
-  uint64_t entries = m.at<uint16_t>(eocd + 10), cd = m.at<uint32_t>(eocd + 16);
-  if (entries == 0xFFFF || cd == 0xFFFFFFFFu) {  // zip64: its locator sits right before
-    TORCH_CHECK_VALUE(eocd >= 20 && m.at<uint32_t>(eocd - 20) == 0x07064b50u, bad, "no zip64 locator");
-    const uint64_t z = m.at<uint64_t>(eocd - 12);
-    TORCH_CHECK_VALUE(m.at<uint32_t>(z) == 0x06064b50u, bad, "no zip64 directory end at ", z);
-    entries = m.at<uint64_t>(z + 32);
-    cd = m.at<uint64_t>(z + 48);
-  }
-  TORCH_CHECK_VALUE(entries <= m.n / 46, bad, "the directory lists ", entries, " members, more than the file can hold");
+  const Zip z(path);
   static const Crc32 crc;
-  uint64_t off = cd;
-  for (uint64_t e = 0; e < entries; ++e) {
-    TORCH_CHECK_VALUE(m.at<uint32_t>(off) == 0x02014b50u, bad, "directory entry ", e, " is corrupted");
-    const uint16_t method = m.at<uint16_t>(off + 10);
-    const uint32_t want = m.at<uint32_t>(off + 16);
-    uint64_t csize = m.at<uint32_t>(off + 20), usize = m.at<uint32_t>(off + 24);
-    const uint16_t nlen = m.at<uint16_t>(off + 28), xlen = m.at<uint16_t>(off + 30), clen = m.at<uint16_t>(off + 32);
-    uint64_t local = m.at<uint32_t>(off + 42);
-    const std::string name(reinterpret_cast<const char*>(m.p) + off + 46,
-                           std::min<uint64_t>(nlen, m.n - std::min<uint64_t>(m.n, off + 46)));
-    // zip64 extra field (id 1): the sizes and offset that did not fit, in this order.
-    for (uint64_t x = off + 46 + nlen; x + 4 <= off + 46 + nlen + xlen;) {
-      const uint16_t id = m.at<uint16_t>(x), len = m.at<uint16_t>(x + 2);
-      if (id == 1) {
-        uint64_t y = x + 4;
-        if (usize == 0xFFFFFFFFu) { usize = m.at<uint64_t>(y); y += 8; }
-        if (csize == 0xFFFFFFFFu) { csize = m.at<uint64_t>(y); y += 8; }
-        if (local == 0xFFFFFFFFu) local = m.at<uint64_t>(y);
-      }
-      x += 4 + len;
+  // Stored members (all torch writes) are checked; a compressed one is left to the reader.
+  for (const auto& e : z.members)
+    TORCH_CHECK_VALUE(e.method != 0 || crc(z.m.p + e.data, e.csize) == e.crc, z.bad, "member '", e.name,
+                      "' fails its CRC-32");
+  check_archive_records(path);
+}
+
+void check_archive_records(const std::string& path) {
+  const Zip z(path);
+  std::string root;
+  for (const auto& e : z.members) {
+    const auto slash = e.name.find('/');
+    if (slash != std::string::npos && e.name.compare(slash + 1, std::string::npos, "data.pkl") == 0) {
+      root = e.name.substr(0, slash + 1);
+      break;
     }
-    TORCH_CHECK_VALUE(m.at<uint32_t>(local) == 0x04034b50u, bad, "member '", name, "' has no local header at ", local);
-    const uint64_t data = local + 30 + m.at<uint16_t>(local + 26) + m.at<uint16_t>(local + 28);
-    TORCH_CHECK_VALUE(data <= m.n && csize <= m.n - data, bad, "member '", name, "' (", csize,
-                      " bytes) runs past the end of the file");
-    // Stored members (all torch writes) are checked; a compressed one is left to the reader.
-    if (method == 0) {
-      TORCH_CHECK_VALUE(csize == usize, bad, "stored member '", name, "' has two sizes (", csize, ", ", usize, ")");
-      TORCH_CHECK_VALUE(crc(m.p + data, csize) == want, bad, "member '", name, "' fails its CRC-32");
-    }
-    off += 46 + nlen + xlen + clen;
   }
+  if (root.empty()) return;  // not a TorchScript module archive: torch::jit::load names it
+  check_pickle(z, root, "data");
+  check_pickle(z, root, "constants");
 }
 
 }  // namespace attnscope

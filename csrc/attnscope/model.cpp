@@ -1,5 +1,6 @@
 #include <attnscope/model.h>
 
+#include <attnscope/archive.h>
 #include <attnscope/entropy.h>
 #include <attnscope/json.h>
 #include <attnscope/recorder.h>
@@ -48,6 +49,7 @@ Model Model::load(const std::string& path, const std::string& device) {
   TORCH_CHECK(file_exists(path), "model file not found: '", path, "'");
   torch::Device dev = resolve_device(device);
   torch::jit::ExtraFilesMap extra{{"attnscope.json", ""}, {"tokenizer.json", ""}, {"tokens.json", ""}};
+  check_archive_records(path);  // a short weight record would be read past its end
   torch::jit::Module m;
   try {
     m = torch::jit::load(path, dev, extra);

@@ -253,6 +253,13 @@ void Model::check_stated_facts(const RecordResult& res) const {
       TORCH_CHECK_VALUE(res.heads[l] <= 0 || res.heads[l] == info_.n_heads, "attnscope.json says num_heads ",
                         info_.n_heads, ", but layer ", l, "'s attention has ", res.heads[l],
                         " heads: fix or remove num_heads");
+  // A site whose k has fewer heads than q shows the KV-head count itself (one repeated to the
+  // query count first, as eager GQA does, shows nothing): a wrong one would pair heads wrongly.
+  for (size_t l = 0; l < res.kv_heads.size() && l < res.heads.size(); ++l)
+    TORCH_CHECK_VALUE(info_.n_kv_heads <= 0 || res.kv_heads[l] <= 0 || res.kv_heads[l] == res.heads[l] ||
+                          res.kv_heads[l] == info_.n_kv_heads,
+                      "attnscope.json says num_kv_heads ", info_.n_kv_heads, ", but layer ", l, "'s keys have ",
+                      res.kv_heads[l], " heads for ", res.heads[l], " query heads: fix or remove num_kv_heads");
   // Head widths likewise, where a site shows them (SDPA: q and v): a wrong stated width would
   // shape the KV cache of generation wrongly and misreport the model.
   const int64_t v_dim = info_.v_head_dim > 0 ? info_.v_head_dim : info_.head_dim;

@@ -1,17 +1,20 @@
 // Bounded mutation fuzzing of every reader that takes bytes from a file or a user: the JSON
-// parser, capture specs, attnscope.json (ModelInfo), tokenizer.json / tokens.json (Vocab), and
-// safetensors traces and datasets. No libFuzzer needed: built by the normal compiler, and
-// under tools/sanitize.sh with ASan + UBSan, which turn a read past a buffer or undefined
+// parser, capture specs, attnscope.json (ModelInfo), tokenizer.json / tokens.json (Vocab),
+// safetensors traces and datasets, and a TorchScript archive's zip directory and pickles. No libFuzzer needed: built by
+// the normal compiler, and under tools/sanitize.sh with ASan + UBSan, which turn a read past a buffer or undefined
 // behaviour into a report and a non-zero exit.
 //
 // usage: attnscope_fuzz <corpus dir> <iterations> [seed]
 // A corpus file's name prefix picks its reader: json_, spec_, info_, vocab_, tokens_, st_, and
 // trmeta_ (a trace's header JSON, framed before the data of the st_ trace: its metadata and
-// tensor table mutated while the file stays well-formed).
+// tensor table mutated while the file stays well-formed), dsmeta_ (the same for a dataset file),
+// pkl_ (a data.pkl: its storages and tensors) and zip_ (a whole archive, records checked).
 // Every input must either parse or raise c10::Error; any other exception is a finding.
+#include <attnscope/archive.h>
 #include <attnscope/dataset.h>
 #include <attnscope/json.h>
 #include <attnscope/model.h>
+#include <attnscope/pickled_tensors.h>
 #include <attnscope/safetensors.h>
 #include <attnscope/spec.h>
 #include <attnscope/trace.h>
@@ -80,11 +83,18 @@ std::string mutate(std::string s, const std::vector<Seed>& corpus, std::mt19937_
   return s;
 }
 
-/// The data part of the corpus trace (st_trace.safetensors), set by main: trmeta_ inputs are
-/// that trace's header JSON, mutated, so the metadata and the tensor table are what varies.
-std::string& trace_data() {
-  static std::string d;
-  return d;
+/// The data parts of the corpus trace and dataset (st_*.safetensors), set by main: trmeta_ and
+/// dsmeta_ inputs are those files' header JSON, mutated, so the metadata and the tensor table are
+/// what varies.
+std::string& data_of(const std::string& kind) {
+  static std::string trace, dataset;
+  return kind == "trmeta" ? trace : dataset;
+}
+
+void frame(const std::string& header, const std::string& data, const std::string& path) {
+  std::string file(8, '\0');
+  for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((uint64_t(header.size()) >> (8 * i)) & 0xFF);
+  std::ofstream(path, std::ios::binary) << file << header << data;
 }
 
 void feed(const std::string& kind, const std::string& bytes, const std::string& scratch) {
@@ -94,10 +104,16 @@ void feed(const std::string& kind, const std::string& bytes, const std::string& 
   else if (kind == "vocab") attnscope::Vocab::from_tokenizer_json(bytes);
   else if (kind == "tokens") attnscope::Vocab::from_token_list(bytes);
   else if (kind == "trmeta") {  // a trace's header JSON alone: framed with a valid length before the data
-    std::string file(8, '\0');
-    for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((uint64_t(bytes.size()) >> (8 * i)) & 0xFF);
-    { std::ofstream(scratch, std::ios::binary) << file << bytes << trace_data(); }
+    frame(bytes, data_of(kind), scratch);
     attnscope::Trace::load(scratch);
+  } else if (kind == "dsmeta") {
+    frame(bytes, data_of(kind), scratch);
+    attnscope::DatasetStats::load(scratch);
+  } else if (kind == "pkl") {
+    attnscope::read_pickled_tensors(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), "fuzz");
+  } else if (kind == "zip") {
+    { std::ofstream(scratch, std::ios::binary) << bytes; }
+    attnscope::check_archive_records(scratch);
   } else if (kind == "st") {
     { std::ofstream(scratch, std::ios::binary) << bytes; }
     try { attnscope::Trace::load(scratch); } catch (const c10::Error&) {}
@@ -121,11 +137,13 @@ int main(int argc, char** argv) {
     corpus.push_back({name.substr(0, u), slurp(e.path())});
   }
   std::sort(corpus.begin(), corpus.end(), [](const Seed& a, const Seed& b) { return a.bytes < b.bytes; });
-  for (const auto& s : corpus)  // the trace seed's data part, behind every trmeta_ header
-    if (s.kind == "st" && s.bytes.size() >= 8 && s.bytes.find("attnscope-trace") != std::string::npos) {
+  for (const auto& s : corpus)  // the st_ seeds' data parts, behind every trmeta_ / dsmeta_ header
+    if (s.kind == "st" && s.bytes.size() >= 8) {
       uint64_t n = 0;
       for (int i = 0; i < 8; ++i) n |= uint64_t(static_cast<unsigned char>(s.bytes[i])) << (8 * i);
-      if (8 + n <= s.bytes.size()) trace_data() = s.bytes.substr(8 + n);
+      if (8 + n > s.bytes.size()) continue;
+      if (s.bytes.find("attnscope-trace") != std::string::npos) data_of("trmeta") = s.bytes.substr(8 + n);
+      if (s.bytes.find("attnscope-dataset") != std::string::npos) data_of("dsmeta") = s.bytes.substr(8 + n);
     }
   if (corpus.empty()) {
     std::cerr << "attnscope_fuzz: no corpus files in " << argv[1] << "\n";

@@ -74,3 +74,66 @@ def test_an_honest_decode_generates():
     assert t.input_ids.shape == (1, 5) and t.generation["kv_cache"] is True
     k, v = model(0).prefill(torch.tensor([[1, 2, 3]]))
     assert k.shape == (L, 1, KV, 3, D)
+
+
+def rewritten(src, dst, edit):
+    """A copy of the archive `src` with each member's bytes passed through edit(name, bytes): a
+    zip with valid CRCs (Python's writer), so only the records lie."""
+    import zipfile
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for info in zin.infolist():
+            zout.writestr(info, edit(info.filename, zin.read(info.filename)))
+    return str(dst)
+
+
+def first_storage(pkl):
+    """(key, byte offset and length of the numel argument) of the pickle's first storage."""
+    import pickletools
+    ops = [op for op in pickletools.genops(pkl) if op[0].name not in ("BINPUT", "LONG_BINPUT", "MEMOIZE")]
+    for i, (op, arg, pos) in enumerate(ops):
+        if op.name == "BINPERSID":  # MARK 'storage' torch.FloatStorage key device numel TUPLE BINPERSID
+            key, numel, end = ops[i - 4], ops[i - 2], ops[i - 1]
+            return key[1], numel[2], end[2] - numel[2]
+    raise AssertionError("no storage in the pickle")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "honest.pt"
+    torch.jit.save(torch.jit.script(Honest()), str(path))
+    return path
+
+
+@pytest.mark.parametrize("cut", ["empty", "half"])
+def test_a_weight_record_shorter_than_its_tensor_is_refused_before_it_is_read(saved, tmp_path, cut):
+    # Before: an empty record crashed torch::jit::load (SIGSEGV); a half one ran on the bytes past it.
+    import zipfile
+    pkl = next(zipfile.ZipFile(saved).read(n) for n in zipfile.ZipFile(saved).namelist() if n.endswith("/data.pkl"))
+    key = first_storage(pkl)[0]
+
+    def edit(name, b):
+        return (b"" if cut == "empty" else b[: len(b) // 2]) if name.endswith(f"/data/{key}") else b
+    bad = rewritten(saved, tmp_path / "short.pt", edit)
+    held = 0 if cut == "empty" else 512
+    msg = rf"short\.pt': damaged TorchScript archive: record 'honest/data/{key}' holds {held} bytes, but data\.pkl " \
+          r"declares a Float storage of 256 elements \(1024 bytes\) there"
+    with pytest.raises(ValueError, match=msg):
+        attnscope.load(bad)
+    assert attnscope.load(str(saved)).run([[1, 2, 3]]).input_ids.shape == (1, 3)  # the original loads
+
+
+def test_a_tensor_reaching_past_its_storage_is_refused(saved, tmp_path):
+    # The storage's declared size and its record agree (128 floats), the tensor on it says 16 x 16.
+    import zipfile
+    pkl_name = next(n for n in zipfile.ZipFile(saved).namelist() if n.endswith("/data.pkl"))
+    key, at, width = first_storage(zipfile.ZipFile(saved).read(pkl_name))
+    assert width == 3  # BININT2 256
+
+    def edit(name, b):
+        if name == pkl_name:
+            return b[:at] + b"M" + (128).to_bytes(2, "little") + b[at + 3:]
+        return b[:512] if name.endswith(f"/data/{key}") else b
+    bad = rewritten(saved, tmp_path / "past.pt", edit)
+    with pytest.raises(ValueError, match=r"a tensor in data\.pkl \(offset 0, sizes \[16, 16\], strides \[16, 1\]\) "
+                                         rf"reaches element 255 of record 'honest/data/{key}', which holds 128"):
+        attnscope.load(bad)

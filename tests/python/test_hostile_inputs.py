@@ -380,6 +380,20 @@ def test_stated_heads_must_match_the_captured_shapes(tmp_path, toy):
         m.run(torch.tensor([[1, 2, 3]]), _core.CaptureSpec(), None)
 
 
+@pytest.mark.parametrize("kv,ok", [(1, False), (2, True), (4, False)])
+def test_stated_kv_heads_must_match_the_keys(kv, ok):
+    # toy_sdpa_gqa: 4 query heads over 2 key/value heads. Before, any count was taken as said,
+    # and kv_head_of paired query heads with the wrong cache heads.
+    m = attnscope.from_module(torch.jit.load(os.path.join(FIX, "toy_sdpa_gqa.pt")), device="cpu",
+                              info={"num_heads": 4, "num_kv_heads": kv})
+    if ok:
+        assert m.run([[1, 2, 3]]).n_kv_heads == 2
+        return
+    with pytest.raises(ValueError, match=rf"attnscope.json says num_kv_heads {kv}, but layer 0's keys have 2 heads "
+                                         r"for 4 query heads: fix or remove num_kv_heads"):
+        m.run([[1, 2, 3]])
+
+
 def test_position_table_overflow_says_context(tmp_path):
     # An archive without context_length (a user's own trace): the forward's embedding error gets a hint.
     m = attnscope.load(os.path.join(FIX, "hf_gpt2_sdpa.pt"), device="cpu")
