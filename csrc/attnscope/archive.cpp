@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <map>
@@ -35,8 +36,8 @@ class Crc32 {
     for (int s = 1; s < 8; ++s)
       for (uint32_t i = 0; i < 256; ++i) t_[s][i] = (t_[s - 1][i] >> 8) ^ t_[0][t_[s - 1][i] & 0xFF];
   }
-  uint32_t operator()(const uint8_t* p, size_t n) const {
-    uint32_t c = 0xFFFFFFFFu;
+  uint32_t operator()(const uint8_t* p, size_t n, uint32_t prior = 0) const {
+    uint32_t c = prior ^ 0xFFFFFFFFu;
     for (; n >= 8; p += 8, n -= 8) {
       uint32_t lo, hi;
       std::memcpy(&lo, p, 4);
@@ -217,16 +218,56 @@ void verify_archive(const std::string& path) {
   check_archive_records(path);
 }
 
-void check_archive_records(const std::string& path) {
-  const Zip z(path);
-  std::string root;
+namespace {
+/// "x/" of a TorchScript archive whose members are x/data.pkl, x/code/..., or "" for another zip.
+std::string root_of(const Zip& z) {
   for (const auto& e : z.members) {
     const auto slash = e.name.find('/');
-    if (slash != std::string::npos && e.name.compare(slash + 1, std::string::npos, "data.pkl") == 0) {
-      root = e.name.substr(0, slash + 1);
-      break;
-    }
+    if (slash != std::string::npos && e.name.compare(slash + 1, std::string::npos, "data.pkl") == 0)
+      return e.name.substr(0, slash + 1);
   }
+  return "";
+}
+}  // namespace
+
+uint32_t crc32(const uint8_t* p, size_t n, uint32_t crc) {
+  static const Crc32 table;
+  return table(p, n, crc);
+}
+
+uint64_t fnv1a(const void* p, size_t n, uint64_t h) {
+  const auto* b = static_cast<const uint8_t*>(p);
+  for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
+std::string hex16(uint64_t h) {
+  static const char* d = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, h >>= 4) s[static_cast<size_t>(i)] = d[h & 15];
+  return s;
+}
+
+std::string archive_identity(const std::string& path) {
+  const Zip z(path);
+  const std::string root = root_of(z);
+  std::vector<const Member*> records;
+  for (const auto& e : z.members)
+    if (e.name.rfind(root + "data/", 0) == 0) records.push_back(&e);  // the module's parameters and buffers
+  std::sort(records.begin(), records.end(), [](const Member* a, const Member* b) { return a->name < b->name; });
+  uint64_t h = fnv1a(nullptr, 0);
+  for (const Member* r : records) {
+    const std::string rel = r->name.substr(root.size());
+    h = fnv1a(rel.data(), rel.size() + 1, h);  // with its terminating NUL: names cannot run together
+    h = fnv1a(&r->usize, sizeof r->usize, h);
+    h = fnv1a(&r->crc, sizeof r->crc, h);
+  }
+  return "w:" + hex16(h);
+}
+
+void check_archive_records(const std::string& path) {
+  const Zip z(path);
+  const std::string root = root_of(z);
   if (root.empty()) return;  // not a TorchScript module archive: torch::jit::load names it
   check_pickle(z, root, "data");
   check_pickle(z, root, "constants");

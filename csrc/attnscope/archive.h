@@ -2,6 +2,8 @@
 // without checking their CRC-32, so a damaged weight would load as different numbers, and it
 // trusts each tensor's declared size, so a record shorter than its tensor is read past its end.
 #pragma once
+#include <cstddef>
+#include <cstdint>
 #include <string>
 
 namespace attnscope {
@@ -16,5 +18,18 @@ void verify_archive(const std::string& path);
 /// naming the file, the record and both sizes. Reads the zip directory and the two pickles only,
 /// so Model::load runs it on every archive.
 void check_archive_records(const std::string& path);
+
+/// The identity of the weights in the archive at `path`: "w:" + 16 hex digits of a 64-bit
+/// FNV-1a hash over each data/ record's (parameters and buffers) name, size and CRC-32 as the zip
+/// directory states them (no weight byte is read). Two saves of the same weights agree; a
+/// changed weight changes its record's CRC and so the identity.
+std::string archive_identity(const std::string& path);
+
+/// CRC-32 (as zip uses) of `n` bytes, continuing from `crc` (0 to start).
+uint32_t crc32(const uint8_t* p, size_t n, uint32_t crc = 0);
+
+/// 64-bit FNV-1a of `n` bytes, continuing from `h`; hex16(h) writes it as 16 hex digits.
+uint64_t fnv1a(const void* p, size_t n, uint64_t h = 14695981039346656037ull);
+std::string hex16(uint64_t h);
 
 }  // namespace attnscope

@@ -69,26 +69,30 @@ int64_t DatasetStats::n_sequences() const {
   return it == state_.end() ? 0 : static_cast<int64_t>(it->second.item<double>());
 }
 
+std::map<std::string, std::vector<int64_t>> DatasetStats::state_shapes(const DatasetParts& parts, int64_t L, int64_t H,
+                                                                       int64_t T) {
+  std::map<std::string, std::vector<int64_t>> s{
+      {"n_sequences", {1}}, {"position_count", {T}}, {"pred_entropy_sum", {T}}};
+  if (parts.layer_maps) s["layer_map_sum"] = {L, T, T};
+  if (parts.head_maps) s["head_map_sum"] = {L, H, T, T};
+  if (parts.received) {
+    s["received_sum"] = {L, H, T};
+    s["received_max"] = {L, H, T};
+    s["sink_hits"] = {L, H};
+  }
+  if (parts.attn_entropy) s["entropy_sum"] = {L, H, T};
+  if (parts.row_stats) {
+    s["row_stat_sum"] = {6, L, H};
+    s["row_stat_count"] = {6, L, H};
+  }
+  return s;
+}
+
 void DatasetStats::init(const Trace& t, const torch::Device& device) {
   n_layers_ = t.n_layers;
   n_heads_ = t.n_heads;
   auto o = torch::TensorOptions().dtype(torch::kDouble).device(device);
-  const int64_t L = n_layers_, H = n_heads_, T = 0;
-  state_["n_sequences"] = torch::zeros({1}, o);
-  state_["position_count"] = torch::zeros({T}, o);
-  state_["pred_entropy_sum"] = torch::zeros({T}, o);
-  if (parts_.layer_maps) state_["layer_map_sum"] = torch::zeros({L, T, T}, o);
-  if (parts_.head_maps) state_["head_map_sum"] = torch::zeros({L, H, T, T}, o);
-  if (parts_.received) {
-    state_["received_sum"] = torch::zeros({L, H, T}, o);
-    state_["received_max"] = torch::zeros({L, H, T}, o);
-    state_["sink_hits"] = torch::zeros({L, H}, o);
-  }
-  if (parts_.attn_entropy) state_["entropy_sum"] = torch::zeros({L, H, T}, o);
-  if (parts_.row_stats) {
-    state_["row_stat_sum"] = torch::zeros({6, L, H}, o);
-    state_["row_stat_count"] = torch::zeros({6, L, H}, o);
-  }
+  for (const auto& [name, shape] : state_shapes(parts_, n_layers_, n_heads_, 0)) state_[name] = torch::zeros(shape, o);
 }
 
 void DatasetStats::resize(int64_t length) {
@@ -133,9 +137,27 @@ torch::Tensor DatasetStats::check_addable(const Trace& t) const {
   return valid;
 }
 
+void DatasetStats::check_model(const std::string& id, const std::string& name, const char* who) {
+  const bool first = n_layers_ < 0 && model_id_.empty();
+  if (first || id == model_id_) {
+    model_id_ = id, model_name_ = name.empty() ? model_name_ : name;
+    return;
+  }
+  const auto said = [](const std::string& i, const std::string& n) {
+    return i.empty() ? "an unknown model (a file written before model ids)" : "'" + n + "' (" + i + ")";
+  };
+  TORCH_CHECK_VALUE(mixed_, who, ": these sums come from ", said(model_id_, model_name_), ", the ",
+                    std::string(who).find("merge") != std::string::npos ? "other dataset" : "trace", " from ",
+                    said(id, name),
+                    ": same shape is not the same model; set allow_different_models to pool "
+                    "different models on purpose");
+  model_id_ = "mixed";
+}
+
 void DatasetStats::add(const Trace& t) {
   // Everything is checked before any sum changes: a rejected trace leaves the stats as they were.
   const auto valid = check_addable(t);  // [B, T] bool on the sums' device
+  if (!(mixed_ && model_id_ == "mixed")) check_model(t.model_id, t.model_name, "DatasetStats.add");
   const auto dev = valid.device();
   const int64_t B = t.input_ids.size(0), T = t.input_ids.size(1), L = t.n_layers;
   if (n_layers_ < 0) init(t, dev);
@@ -215,11 +237,9 @@ void DatasetStats::add_maps(const Trace& t, const torch::Tensor& valid) {
 }
 
 void DatasetStats::merge(const DatasetStats& other) {
-  TORCH_CHECK_VALUE(model_id_.empty() || other.model_id_.empty() || model_id_ == other.model_id_,
-                    "DatasetStats.merge: the datasets come from different models (", model_id_, " vs ",
-                    other.model_id_, ")");
-  if (model_id_.empty()) model_id_ = other.model_id_;
   if (other.n_layers_ < 0) return;
+  mixed_ = mixed_ || other.mixed_;
+  if (!(mixed_ && model_id_ == "mixed")) check_model(other.model_id_, other.model_name_, "DatasetStats.merge");
   TORCH_CHECK(parts_.to_string() == other.parts_.to_string(), "DatasetStats.merge: parts differ (",
               parts_.to_string(), " vs ", other.parts_.to_string(), ")");
   TORCH_CHECK(epsilon_ == other.epsilon_, "DatasetStats.merge: epsilon differs (", epsilon_,

@@ -67,10 +67,14 @@ class DatasetStats {
   int64_t n_layers() const { return n_layers_; }
   int64_t n_heads() const { return n_heads_; }
   double epsilon() const { return epsilon_; }
-  /// Which model the sums come from (family, shape, weights' hash; "" = unknown): saved with
-  /// the file, and merge() refuses two different ones (same shape is not the same model).
+  /// Which model the sums come from (Model::model_id of the traces added; "" = unknown, in files
+  /// written before it was kept) and its name: saved with the file. add() and merge() refuse
+  /// traces or sums of another model (same shape is not the same model) unless
+  /// allow_different_models() was set, which the file then states.
   const std::string& model_id() const { return model_id_; }
-  void set_model_id(const std::string& id) { model_id_ = id; }
+  const std::string& model_name() const { return model_name_; }
+  bool allow_different_models() const { return mixed_; }
+  void set_allow_different_models(bool allow) { mixed_ = allow; }
   const DatasetParts& parts() const { return parts_; }
 
   // ---- results (fp32, on the device of the sums)
@@ -119,11 +123,18 @@ class DatasetStats {
   /// Position axes (trailing) of state tensor `name`; resize() pads them.
   static int position_dims(const std::string& name);
   void init(const Trace& t, const torch::Device& device);
+  /// Every sum's shape for these parts, L layers, H heads, T positions (learned_sink_sum and
+  /// learned_sink_count, [L, H], appear only for models with learned sinks).
+  static std::map<std::string, std::vector<int64_t>> state_shapes(const DatasetParts& parts, int64_t L, int64_t H,
+                                                                  int64_t T);
+  void check_loaded(const std::string& path, int64_t version) const;
   const torch::Tensor& need(const std::string& name, const char* part) const;
 
   DatasetParts parts_;
   double epsilon_;
-  std::string model_id_;
+  std::string model_id_, model_name_;
+  bool mixed_ = false;  // allow_different_models: sums of several models, on purpose
+  void check_model(const std::string& id, const std::string& name, const char* who);
   int64_t n_layers_ = -1, n_heads_ = -1, length_ = 0;
   std::map<std::string, torch::Tensor> state_;
 };

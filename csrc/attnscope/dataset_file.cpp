@@ -3,7 +3,9 @@
 #include <attnscope/dataset.h>
 
 #include <algorithm>
+#include <cmath>
 
+#include <attnscope/json.h>
 #include <attnscope/safetensors.h>
 
 #include <sstream>
@@ -12,7 +14,7 @@ namespace attnscope {
 
 namespace {
 constexpr const char* kFormat = "attnscope-dataset";
-constexpr int64_t kVersion = 1;
+constexpr int64_t kVersion = 2;  // 2: model_id is the model's identity (Model::model_id), checked
 
 std::string exact(double x) {
   std::ostringstream o;
@@ -90,7 +92,10 @@ void DatasetStats::save(const std::string& path) const {
                 {"n_layers", std::to_string(n_layers_)},
                 {"n_heads", std::to_string(n_heads_)},
                 {"length", std::to_string(length_)},
-                {"model", model_id_}};
+                {"model_id", model_id_},
+                {"model_name", model_name_},
+                {"allow_different_models", mixed_ ? "1" : "0"}};
+  check_loaded(path, kVersion);  // what load would refuse is never written
   write_safetensors(path, f);
 }
 
@@ -103,24 +108,57 @@ DatasetStats DatasetStats::load(const std::string& path) {
   };
   TORCH_CHECK(meta("format") == kFormat, path, ": format is '", meta("format"), "', expected '",
               kFormat, "' (a single-run trace loads with Trace.load)");
+  const int64_t version = meta_int(f, "version", path, 1, INT64_MAX);
+  TORCH_CHECK_VALUE(version <= kVersion, "dataset '", path, "' has format version ", version,
+                    "; this attnscope reads up to ", kVersion);
   DatasetStats d(DatasetParts::parse(meta("parts")), meta_double(f, "epsilon", path));
   d.n_layers_ = meta_int(f, "n_layers", path, 1, 100000);
   d.n_heads_ = meta_int(f, "n_heads", path, 1, 65536);
   d.length_ = meta_int(f, "length", path, 0, int64_t(1) << 40);
-  // The sizes come from the file's metadata: each must agree with the tensors it holds (a
-  // dataset of 2.5 KB saying length=1e8 would otherwise be padded to gigabytes on merge).
-  for (const auto& kv : f.tensors) {
-    const int dims = position_dims(kv.first);
-    const auto& t = kv.second;
-    TORCH_CHECK_VALUE(t.dim() >= dims, "'", path, "': '", kv.first, "' has shape ", t.sizes(), ", expected ",
-                      dims, " position axes");
-    for (int k = 1; k <= dims; ++k)
-      TORCH_CHECK_VALUE(t.size(-k) == d.length_, "'", path, "': '", kv.first, "' has shape ", t.sizes(),
-                        ": its position axes must be the file's length ", d.length_);
-  }
   d.state_ = f.tensors;
-  if (auto it = f.metadata.find("model"); it != f.metadata.end()) d.model_id_ = it->second;
+  auto opt = [&](const char* k) {
+    auto it = f.metadata.find(k);
+    return it == f.metadata.end() ? std::string() : it->second;
+  };
+  // Version 1 kept a description ("family LxH source") in "model": not an identity, so unknown.
+  d.model_id_ = version >= 2 ? opt("model_id") : "";
+  d.model_name_ = json::valid_utf8(version >= 2 ? opt("model_name") : opt("model"));
+  d.mixed_ = opt("allow_different_models") == "1";
+  d.check_loaded(path, version);
   return d;
+}
+
+void DatasetStats::check_loaded(const std::string& path, int64_t version) const {
+  const std::string at = "'" + path + "': ";
+  TORCH_CHECK_VALUE(n_layers_ >= 1 && n_heads_ >= 1, at, "the dataset is empty (", n_layers_, " layers x ", n_heads_,
+                    " heads): add at least one sequence");
+  TORCH_CHECK_VALUE((version < 2 && model_id_.empty()) || is_model_id(model_id_) || (mixed_ && model_id_ == "mixed"),
+                    at, "model_id '", model_id_.substr(0, 40), "' is not an attnscope model id",
+                    model_id_.empty() ? " (it is empty: which model made these sums is unknown)" : "");
+  // Every sum the parts need, in the shape the metadata says, and nothing else: the sizes
+  // come from the metadata, so each must agree with the tensors (a 2.5 KB file saying
+  // length=1e8 would otherwise be padded to gigabytes on merge).
+  auto shapes = state_shapes(parts_, n_layers_, n_heads_, length_);
+  if (state_.count("learned_sink_sum") || state_.count("learned_sink_count"))
+    shapes["learned_sink_sum"] = shapes["learned_sink_count"] = {n_layers_, n_heads_};
+  for (const auto& [name, shape] : shapes) {
+    auto it = state_.find(name);
+    TORCH_CHECK_VALUE(it != state_.end(), at, "'", name, "' is missing (parts ", parts_.to_string(), ")");
+    const auto& x = it->second;
+    TORCH_CHECK_VALUE(x.sizes() == c10::IntArrayRef(shape) && x.scalar_type() == torch::kDouble, at, "'", name, "' is ",
+                      x.scalar_type(), " ", x.sizes(), "; n_layers ", n_layers_, ", n_heads ", n_heads_, " and length ",
+                      length_, " make it Double ", c10::IntArrayRef(shape));
+    TORCH_CHECK_VALUE(torch::isfinite(x).all().item<bool>() && (x >= 0).all().item<bool>(), at, "'", name,
+                      "' holds a negative or non-finite value");
+  }
+  for (const auto& kv : state_)
+    TORCH_CHECK_VALUE(shapes.count(kv.first), at, "'", kv.first, "' is not a sum of parts ", parts_.to_string());
+  // Counts are whole numbers no larger than the sequences they count.
+  const double n = state_.at("n_sequences").item<double>();
+  TORCH_CHECK_VALUE(n >= 1 && n == std::floor(n) && n < 9.0e15, at, "n_sequences ", n, " must be a whole number >= 1");
+  const auto& pc = state_.at("position_count");
+  TORCH_CHECK_VALUE((pc == pc.floor()).all().item<bool>() && (pc <= n).all().item<bool>(), at,
+                    "position_count must hold whole numbers of at most n_sequences (", n, ")");
 }
 
 }  // namespace attnscope

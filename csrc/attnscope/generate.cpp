@@ -157,6 +157,13 @@ Trace Model::generate(const torch::Tensor& prompt_ids, const GenerateOptions& o,
     t.attention_mask = g.mask;
     t.entropy = torch::full(g.ids.sizes(), std::numeric_limits<float>::quiet_NaN(), torch::kFloat);
     t.tokens = tokens_of(g.ids);
+    t.model_id = model_id_, t.model_name = model_name_;
+    // The model's facts, as a run would state them: the fork is a trace that saves and loads.
+    t.n_layers = info_.n_layers, t.n_heads = info_.n_heads;
+    t.n_kv_heads = info_.n_kv_heads > 0 ? info_.n_kv_heads : info_.n_heads;
+    t.attention_layers = info_.attention_layers;
+    if (t.n_heads > 0 && t.n_kv_heads > 0 && t.n_heads % t.n_kv_heads == 0)
+      t.kv_head_of = torch::arange(t.n_heads, torch::kLong).div(t.n_heads / t.n_kv_heads, "floor");
   }
   t.prompt_len = plen;
   GenerationInfo info;

@@ -49,7 +49,12 @@ Model Model::load(const std::string& path, const std::string& device) {
   TORCH_CHECK(file_exists(path), "model file not found: '", path, "'");
   torch::Device dev = resolve_device(device);
   torch::jit::ExtraFilesMap extra{{"attnscope.json", ""}, {"tokenizer.json", ""}, {"tokens.json", ""}};
-  check_archive_records(path);  // a short weight record would be read past its end
+  try {
+    check_archive_records(path);  // a short weight record would be read past its end
+  } catch (const c10::Error& e) {
+    TORCH_CHECK_VALUE(false, "'", path, "' is not a loadable TorchScript archive (expected a file written by ",
+                      "torch.jit.save): ", e.what_without_backtrace());
+  }
   torch::jit::Module m;
   try {
     m = torch::jit::load(path, dev, extra);
@@ -60,8 +65,10 @@ Model Model::load(const std::string& path, const std::string& device) {
   m.eval();
   ModelInfo info;
   if (!extra["attnscope.json"].empty()) info = ModelInfo::from_json(extra["attnscope.json"]);
-  Model model = from_module(std::move(m), dev, info, extra["attnscope.json"]);
+  Model model = wrap(std::move(m), dev, info, extra["attnscope.json"]);
   model.source_ = path;
+  model.model_id_ = archive_identity(path);  // from the zip directory: no weight is read again
+  model.model_name_ = path.substr(path.find_last_of('/') + 1);
   if (!extra["tokenizer.json"].empty()) {
     model.tokenizer_json_ = extra["tokenizer.json"];
     model.vocab_ = Vocab::from_tokenizer_json(model.tokenizer_json_);
@@ -73,6 +80,31 @@ Model Model::load(const std::string& path, const std::string& device) {
 
 Model Model::from_module(torch::jit::Module module, const torch::Device& device, ModelInfo info,
                          const std::string& metadata_json) {
+  Model model = wrap(std::move(module), device, std::move(info), metadata_json);
+  model.model_id_ = module_identity(model.module_);
+  model.model_name_ = "module " + (model.module_.type()->name() ? model.module_.type()->name()->name() : "?");
+  return model;
+}
+
+std::string Model::module_identity(const torch::jit::Module& module) {
+  // Every parameter and buffer: name, dtype, shape and the CRC-32 of its bytes (about a second
+  // per GB, once per model), so an archive of the same module agrees only by chance of format:
+  // "m:" ids and "w:" ids are never compared as equal.
+  uint64_t h = fnv1a(nullptr, 0);
+  auto take = [&](const std::string& name, const torch::Tensor& t) {
+    const auto c = t.detach().cpu().contiguous();
+    const std::string head = name + " " + c10::toString(c.scalar_type()) + " " + c10::str(c.sizes());
+    h = fnv1a(head.data(), head.size() + 1, h);
+    const uint32_t crc = crc32(static_cast<const uint8_t*>(c.data_ptr()), c.nbytes());
+    h = fnv1a(&crc, sizeof crc, h);
+  };
+  for (const auto& p : module.named_parameters(true)) take(p.name, p.value);
+  for (const auto& b : module.named_buffers(true)) take(b.name, b.value);
+  return "m:" + hex16(h);
+}
+
+Model Model::wrap(torch::jit::Module module, const torch::Device& device, ModelInfo info,
+                  const std::string& metadata_json) {
   module.to(device);
   module.eval();
   Model model(std::move(module), device);

@@ -49,6 +49,14 @@ class Model {
   static Model from_module(torch::jit::Module module, const torch::Device& device,
                            ModelInfo info = {}, const std::string& metadata_json = "");
 
+  /// Which weights this is: "w:<16 hex>" for an archive (archive_identity: its data records'
+  /// CRCs), "m:<16 hex>" for a module (module_identity: its tensors' bytes). Traces and
+  /// datasets carry it; combining two of different ids is refused unless asked for.
+  const std::string& model_id() const { return model_id_; }
+  /// A readable name for messages and titles: the archive's file name, or "module <Class>".
+  const std::string& model_name() const { return model_name_; }
+  static std::string module_identity(const torch::jit::Module& module);
+
   /// Runs forward on `input_ids (Tensor[B, T] or [T])` integer ids with optional
   /// `attention_mask (Tensor[B, T])` (1 = token, 0 = padding) and keeps what `spec` asks.
   Trace run(const torch::Tensor& input_ids, const CaptureSpec& spec = {},
@@ -130,7 +138,9 @@ class Model {
   torch::Device device_;
   ModelInfo info_;
   Vocab vocab_;
-  std::string tokenizer_json_, metadata_json_, source_;
+  std::string tokenizer_json_, metadata_json_, source_, model_id_, model_name_;
+  static Model wrap(torch::jit::Module module, const torch::Device& device, ModelInfo info,
+                    const std::string& metadata_json);
   std::vector<AttentionSite> sites_;
   std::vector<int64_t> idle_sites_;
   std::shared_ptr<std::mutex> idle_mutex_ = std::make_shared<std::mutex>();  // Model stays movable

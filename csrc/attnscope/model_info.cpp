@@ -29,8 +29,9 @@ ModelInfo ModelInfo::from_json(const std::string& text) {
   // 800 MB per run); the bounds are far above any published model.
   info.n_layers = v.get_int("num_layers", -1, 1, 100000);
   info.n_heads = v.get_int("num_heads", -1, 1, 65536);
-  info.n_kv_heads = v.get_int("num_kv_heads", info.n_heads, 1, 65536);
-  TORCH_CHECK_VALUE(info.n_heads < 0 || (info.n_kv_heads <= info.n_heads && info.n_heads % info.n_kv_heads == 0),
+  info.n_kv_heads = v.get_int("num_kv_heads", -1, 1, 65536);  // unstated: the first run's keys say
+  TORCH_CHECK_VALUE(info.n_heads < 0 || info.n_kv_heads < 0 ||
+                        (info.n_kv_heads <= info.n_heads && info.n_heads % info.n_kv_heads == 0),
                     "attnscope.json: num_kv_heads ", info.n_kv_heads, " must divide num_heads ", info.n_heads);
   info.head_dim = v.get_int("head_dim", -1, 1, 65536);
   info.v_head_dim = v.get_int("v_head_dim", -1, 1, 65536);

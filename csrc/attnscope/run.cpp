@@ -324,6 +324,7 @@ void Model::add_run_facts(Trace& t, const RecordResult& res) {
     t.layer_paths.push_back(site >= 0 && site < static_cast<int64_t>(sites_.size()) ? sites_[site].path : "");
   if (!t.layer_paths.empty()) t.layer_paths.resize(t.n_layers);
   t.tokens = tokens_of(t.input_ids);
+  t.model_id = model_id_, t.model_name = model_name_;
 }
 
 }  // namespace attnscope

@@ -64,6 +64,7 @@ void Trace::set_generation(int64_t p, const GenerationInfo& g) {
 }
 
 void Trace::save(const std::string& path) const {
+  check_trace(*this, path);  // what load would refuse is never written
   SafetensorsFile f;
   auto put = [&](const std::string& k, const torch::Tensor& t) {
     if (t.defined()) f.tensors[k] = t;
@@ -85,6 +86,8 @@ void Trace::save(const std::string& path) const {
                 {"routes", string_array(routes)},
                 {"tokens", string_array(tokens)},
                 {"prompt_len", std::to_string(prompt_len)},
+                {"model_id", model_id},
+                {"model_name", model_name},
                 {"generation", generation ? generation->to_json() : std::string()}};
   if (!attention_layers.empty()) {
     std::string a = "[";
@@ -146,6 +149,8 @@ Trace Trace::load(const std::string& path) {
   TORCH_CHECK_VALUE(static_cast<int64_t>(t.tokens.size()) == 0 || static_cast<int64_t>(t.tokens.size()) == B * T,
                     "'", path, "': ", t.tokens.size(), " token strings for ", B, " x ", T, " ids");
   t.prompt_len = meta_int(f, "prompt_len", path, -1, T, false, -1);
+  t.model_id = meta("model_id");
+  t.model_name = json::valid_utf8(meta("model_name"));
   if (const std::string g = json::valid_utf8(meta("generation")); !g.empty())
     t.generation = GenerationInfo::from_json(g, "'" + path + "': generation");
   check_trace(t, path);

@@ -47,6 +47,9 @@ struct Trace {
   /// Generated traces: columns 0..prompt_len-1 are the (left-padded) prompt, the rest the
   /// response; -1 for a trace of given text.
   int64_t prompt_len = -1;
+  /// The model that made this trace (Model::model_id, model_name); "" in files written before
+  /// it was kept (unknown: combining such a trace with another needs allow_different_models).
+  std::string model_id, model_name;
   /// Generated traces: how they were made (and where a branch forked); empty otherwise.
   std::optional<GenerationInfo> generation;
   /// Warnings raised while the run computed this trace (also passed on to the previous
@@ -76,5 +79,7 @@ struct Trace {
 /// and head counts; every capture a known name with the shape [L, B, H, ...] or [B, T, T] these
 /// give, probabilities in [0, 1]. Throws ValueError naming `where` and what is wrong.
 void check_trace(const Trace& t, const std::string& where);
+/// True for a Model::model_id ("w:" or "m:" and 16 lowercase hex digits).
+bool is_model_id(const std::string& id);
 
 }  // namespace attnscope

@@ -62,6 +62,11 @@ void check_predictions(const Trace& t, const std::string& at) {
 
 // Heads, layer facts and the spec against the stated layer and head counts.
 void check_layer_facts(const Trace& t, const std::string& at) {
+  // The ranges a trace file's metadata is read with: a trace outside them is never written.
+  TORCH_CHECK_VALUE(t.n_layers >= 1 && t.n_layers <= 100000, at, "n_layers ", t.n_layers, " out of range 1..100000");
+  TORCH_CHECK_VALUE(t.n_heads >= 1 && t.n_heads <= 65536, at, "n_heads ", t.n_heads, " out of range 1..65536");
+  TORCH_CHECK_VALUE(t.n_kv_heads >= 1 && t.n_kv_heads <= t.n_heads, at, "n_kv_heads ", t.n_kv_heads,
+                    " out of range 1..n_heads (", t.n_heads, ")");
   if (t.kv_head_of.defined()) {  // each query head's KV head
     const auto& k = t.kv_head_of;
     TORCH_CHECK_VALUE(k.dim() == 1 && k.size(0) == t.n_heads && !k.is_floating_point(), at, "kv_head_of must be [",
@@ -135,11 +140,19 @@ void check_aggregate(const Trace& t, const std::string& at, const std::string& n
 
 }  // namespace
 
+bool is_model_id(const std::string& id) {
+  return id.size() == 18 && (id[0] == 'w' || id[0] == 'm') && id[1] == ':' &&
+         id.find_first_not_of("0123456789abcdef", 2) == std::string::npos;
+}
+
 void check_trace(const Trace& t, const std::string& where) {
   const std::string at = "'" + where + "': ";
   check_ids_and_mask(t, at);
   check_predictions(t, at);
   check_layer_facts(t, at);
+  TORCH_CHECK_VALUE(t.model_id.empty() || is_model_id(t.model_id), at, "model_id '", t.model_id.substr(0, 40),
+                    "' is not an attnscope model id (w: or m: and 16 hex digits)");
+  TORCH_CHECK_VALUE(t.model_name.size() <= 4096, at, "model_name of ", t.model_name.size(), " bytes (at most 4096)");
   // Captures: aggregates [L, B, ...] over the aggregate layers, maps [B, T, T].
   int64_t n_agg = -1;
   if (t.captures.count("aggregate_layers")) {

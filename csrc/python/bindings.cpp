@@ -146,6 +146,8 @@ void bind_trace(py::module_& m) {
           "drop_capture", [](Trace& t, const std::string& name) { t.captures.erase(name); }, py::arg("name"),
           "remove a capture")
       .def_readonly("prompt_len", &Trace::prompt_len)
+      .def_readonly("model_id", &Trace::model_id, "the model that made it (Model.model_id)")
+      .def_readonly("model_name", &Trace::model_name)
       .def("set_generation", &Trace::set_generation, py::arg("prompt_len"), py::arg("generation"),
            "mark as generated: where the answer begins, how it was made")
       .def_readonly("generation", &Trace::generation)
@@ -195,7 +197,10 @@ void bind_dataset(py::module_& m) {
       .def_property_readonly("n_layers", &DatasetStats::n_layers)
       .def_property_readonly("n_heads", &DatasetStats::n_heads)
       .def_property_readonly("epsilon", &DatasetStats::epsilon)
-      .def_property("model_id", &DatasetStats::model_id, &DatasetStats::set_model_id)
+      .def_property_readonly("model_id", &DatasetStats::model_id, "the model the sums come from")
+      .def_property_readonly("model_name", &DatasetStats::model_name)
+      .def_property("allow_different_models", &DatasetStats::allow_different_models,
+                    &DatasetStats::set_allow_different_models, "pool sums of different models on purpose")
       .def_property_readonly("parts", &DatasetStats::parts)
       .def("layer_map", &DatasetStats::layer_map, py::arg("layer"), py::arg("head") = -1, "mean map [T, T]")
       .def("alpha", &DatasetStats::alpha, "mean received attention [L, H, T]")
@@ -231,44 +236,48 @@ void bind_model(py::module_& m) {
       .def_readwrite("capture", &attnscope::GenerateOptions::capture);
 
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
-      .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto",
-                  "load a TorchScript archive")
-      .def("run",
-           [](Model& self, const torch::Tensor& ids, const CaptureSpec& spec,
-              const std::optional<torch::Tensor>& mask) {
-             return self.run(ids, spec, mask.value_or(torch::Tensor()));
-           },
-           py::arg("input_ids"), py::arg("spec"), py::arg("attention_mask") = py::none(),
-           "forward with capture", py::call_guard<py::gil_scoped_release>())
-      .def_static("from_module",
-                  [](const py::object& script_module, const std::string& device, const std::string& info) {
-                    return Model::from_module(py::cast<torch::jit::Module>(script_module.attr("_c")),
-                                              attnscope::resolve_device(device),
-                                              info.empty() ? attnscope::ModelInfo() : attnscope::ModelInfo::from_json(info),
-                                              info);
-                  },
-                  py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
-                  "wrap a torch.jit ScriptModule (attnscope.json text as info)")
+      .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto", "load a TorchScript archive")
+      .def(
+          "run",
+          [](Model& self, const torch::Tensor& ids, const CaptureSpec& spec, const std::optional<torch::Tensor>& mask) {
+            return self.run(ids, spec, mask.value_or(torch::Tensor()));
+          },
+          py::arg("input_ids"), py::arg("spec"), py::arg("attention_mask") = py::none(), "forward with capture",
+          py::call_guard<py::gil_scoped_release>())
+      .def_static(
+          "from_module",
+          [](const py::object& script_module, const std::string& device, const std::string& info) {
+            return Model::from_module(
+                py::cast<torch::jit::Module>(script_module.attr("_c")), attnscope::resolve_device(device),
+                info.empty() ? attnscope::ModelInfo() : attnscope::ModelInfo::from_json(info), info);
+          },
+          py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
+          "wrap a torch.jit ScriptModule (attnscope.json text as info)")
       .def("prefill", &Model::prefill, py::arg("ids"), "KV cache (k, v) [L, B, KV, T, D] of ids [B, T]",
            py::call_guard<py::gil_scoped_release>())
-      .def("generate",
-           [](Model& self, const torch::Tensor& ids, const attnscope::GenerateOptions& o, const CaptureSpec& spec,
-              const std::optional<torch::Tensor>& mask) {
-             return self.generate(ids, o, spec, mask.value_or(torch::Tensor()));
-           },
-           py::arg("prompt_ids"), py::arg("options"), py::arg("spec"), py::arg("attention_mask") = py::none(),
-           "generate, then one capture run over prompt + response", py::call_guard<py::gil_scoped_release>())
+      .def(
+          "generate",
+          [](Model& self, const torch::Tensor& ids, const attnscope::GenerateOptions& o, const CaptureSpec& spec,
+             const std::optional<torch::Tensor>& mask) {
+            return self.generate(ids, o, spec, mask.value_or(torch::Tensor()));
+          },
+          py::arg("prompt_ids"), py::arg("options"), py::arg("spec"), py::arg("attention_mask") = py::none(),
+          "generate, then one capture run over prompt + response", py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("has_decode", &Model::has_decode)
+      .def_property_readonly("model_id", &Model::model_id, "which weights: w:<hex> (archive) or m:<hex> (module)")
+      .def_property_readonly("model_name", &Model::model_name)
       .def_property_readonly("eos_id", [](const Model& x) { return x.info().eos_id; })
       .def("describe", &Model::describe, "summary text")
       .def_property_readonly("n_layers", [](const Model& x) { return x.info().n_layers; })
-      .def_property_readonly("attention_layers", [](const Model& x) { return x.info().attention_layers; },
-                             "model-layer indices of a hybrid's attention layers ([] = every layer)")
+      .def_property_readonly(
+          "attention_layers", [](const Model& x) { return x.info().attention_layers; },
+          "model-layer indices of a hybrid's attention layers ([] = every layer)")
       .def_property_readonly("n_heads", [](const Model& x) { return x.info().n_heads; })
       .def_property_readonly("n_kv_heads", [](const Model& x) { return x.info().n_kv_heads; })
       .def_property_readonly("head_dim", [](const Model& x) { return x.info().head_dim; })
-      .def_property_readonly("v_head_dim", [](const Model& x) {
-        return x.info().v_head_dim > 0 ? x.info().v_head_dim : x.info().head_dim; })
+      .def_property_readonly(
+          "v_head_dim",
+          [](const Model& x) { return x.info().v_head_dim > 0 ? x.info().v_head_dim : x.info().head_dim; })
       .def_property_readonly("vocab_size", [](const Model& x) { return x.info().vocab_size; })
       .def_property_readonly("family", [](const Model& x) { return x.info().family; })
       .def_property_readonly("bos_id", [](const Model& x) { return x.info().bos_id; })

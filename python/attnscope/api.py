@@ -321,6 +321,8 @@ _CORE_FIELDS = {
     "causal": "True for a decoder (causal mask)", "output": "what forward returns: logits or hidden states",
     "context_length": "the context the model states (<= 0 = none)", "device": "where the model runs",
     "has_decode": "True when the archive has a KV-cache decode method",
+    "model_id": "which weights: 'w:<hex>' (an archive's weight records) or 'm:<hex>' (a module's tensors)",
+    "model_name": "the archive's file name, or 'module <Class>'",
     "instrumented": "True when the graph pass put capture operators into the archive",
     "tokenizer_json": "the archive's tokenizer.json text", "metadata_json": "the archive's attnscope.json text",
 }

@@ -16,6 +16,7 @@ score is taken over the real keys as they are (not renormalised), as transformer
 """
 import torch
 
+from .identity import model_of
 from .windows import token_range
 
 SCORES = ("self", "prev", "distance", "local", "duplicate", "induction", "sink", "entropy", "learned_sink")
@@ -38,6 +39,7 @@ class HeadAtlas:
         first = next(iter(self.scores.values()))
         self.n_heads = int(first.shape[1])
         self.source = source
+        self.model_id, self.model_name = "", ""  # the model measured (attnscope.identity)
 
     def __getitem__(self, name):
         if name not in self.scores:
@@ -89,7 +91,9 @@ def head_atlas(source, *, rows=None):
         counts[name] = n
     b, _ = source.input_ids.shape
     what = f"{b} sequence{'s' if b > 1 else ''} of {T} tokens" + (f", rows {sl.start}..{sl.stop - 1}" if rows else "")
-    return HeadAtlas(scores, counts, layers, what)
+    atlas = HeadAtlas(scores, counts, layers, what)
+    atlas.model_id, atlas.model_name = model_of(source)
+    return atlas
 
 
 def _dataset_atlas(ds):
@@ -109,7 +113,9 @@ def _dataset_atlas(ds):
     if stats.parts.attn_entropy:
         scores["entropy"] = stats.head_entropy().double().cpu()
         cnt["entropy"] = torch.full_like(scores["entropy"], float(stats.n_sequences))
-    return HeadAtlas(scores, cnt, range(stats.n_layers), f"dataset of {stats.n_sequences} sequences")
+    atlas = HeadAtlas(scores, cnt, range(stats.n_layers), f"dataset of {stats.n_sequences} sequences")
+    atlas.model_id, atlas.model_name = model_of(ds)
+    return atlas
 
 
 def top_heads(atlas, score, k=5, *, largest=True):

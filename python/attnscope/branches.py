@@ -156,9 +156,10 @@ class TurningPoints:
     COLUMNS = ("position", "entropy", "chosen", "chosen_p", "alternative", "alternative_p", "rank",
                "continuation", "answer", "original_answer", "changed")
 
-    def __init__(self, rows, branches):
+    def __init__(self, rows, branches, note=""):
         self.rows = rows
         self.branches = branches if isinstance(branches, Branches) else Branches(branches, None)
+        self.note = note  # how the positions were chosen, when not by the marks (said under the table)
 
     def __len__(self):
         return len(self.rows)
@@ -173,14 +174,15 @@ class TurningPoints:
             return s.replace("|", "\\|").replace("\n", "↵")
         lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
         lines += ["| " + " | ".join(cell(r[c]) for c in self.COLUMNS) + " |" for r in self.rows]
-        return "\n".join(lines)
+        return "\n".join(lines + ([f"\n{self.note}"] if self.note else []))
 
     def _repr_html_(self):
         import html
         head = "".join(f"<th>{c}</th>" for c in self.COLUMNS)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(f'{r[c]:.3f}' if isinstance(r[c], float) else str(r[c]))}"
                                         "</td>" for c in self.COLUMNS) + "</tr>" for r in self.rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        note = f"<p>{html.escape(self.note)}</p>" if self.note else ""
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{note}"
 
 
 def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_of=None, positions=None,
@@ -198,9 +200,11 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     for name, v in (("k", k), ("alternatives", alternatives)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} {v!r} must be an int >= 1")
-    if positions is None:
-        positions = sorted(high_entropy_positions(answer, max_marks=k).tolist(),
-                           key=lambda p: -float(answer.entropy[0, p]))
+    kept = answer.topk_ids.shape[-1] if answer.topk_ids is not None else 0
+    if alternatives > kept:
+        raise ValueError(f"alternatives {alternatives}: the answer keeps the top {kept} tokens at each position "
+                         "(capture={'top_k': ...} when generating keeps more)")
+    positions, note = _positions(answer, k, positions)
     original = final_answer(answer.response, answer_of)
     ids = answer.input_ids[0].tolist()
     rows, traces = [], []
@@ -227,4 +231,27 @@ def turning_points(answer, *, k=5, alternatives=3, max_new_tokens=None, answer_o
     finally:
         if bar is not None:
             bar.close()
-    return TurningPoints(rows, Branches(traces, answer.capture_spec))
+    return TurningPoints(rows, Branches(traces, answer.capture_spec), note)
+
+
+def _positions(answer, k, positions):
+    """(positions to branch at, most uncertain first; a note when they are not the marks)."""
+    lo, hi = _span(answer)
+    if positions is not None:
+        if isinstance(positions, (str, bytes)) or not hasattr(positions, "__iter__"):
+            raise ValueError(f"positions {positions!r}: expected a list of positions ({lo}..{hi})")
+        positions = list(positions)
+        bad = [p for p in positions if isinstance(p, bool) or not isinstance(p, int) or not lo <= p <= hi]
+        if bad:
+            raise ValueError(f"positions: {bad[0]!r} is not a position the answer chose at: expected ints in "
+                             f"{lo}..{hi} (the distribution at i chose token i+1)")
+        return positions, ""
+    marks = high_entropy_positions(answer, max_marks=k).tolist()
+    if marks or hi < lo:
+        note = "" if marks else "The answer has no token to branch at (it is empty)."
+        return sorted(marks, key=lambda p: -float(answer.entropy[0, p])), note
+    # Too short for the quantile to mark anything (a 1-token answer has one distribution): its
+    # most uncertain positions are still choices the model made.
+    span = sorted(range(lo, hi + 1), key=lambda p: -float(answer.entropy[0, p]))[:k]
+    return span, (f"No position of this {hi - lo + 1}-choice answer is above the marks' entropy quantile; "
+                  f"its {len(span)} most uncertain position(s) are used.")

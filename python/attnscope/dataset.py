@@ -197,8 +197,6 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
         bar.close()
     if world > 1:
         all_reduce(stats, group)
-    src = model.metadata.get("sha256") or model.metadata.get("source") or ""
-    stats.model_id = f"{model.family or 'unknown'} {n_layers}x{n_heads} {src}".strip()
     return DatasetTrace(stats, meta={"num": len(seqs), "length": length, "bos": bool(bos),
                                      "world_size": world,
                                      "elapsed_s": round(time.perf_counter() - start, 3)})
@@ -317,13 +315,23 @@ class DatasetTrace:
     def load(cls, path):
         return cls(_core.DatasetStats.load(str(path)))
 
-    def merge(self, *others):
+    @property
+    def model_id(self):
+        """The model the sums come from (Model.model_id; "mixed" when pooled on purpose)."""
+        return self.stats.model_id
+
+    @property
+    def model_name(self):
+        return self.stats.model_name
+
+    def merge(self, *others, allow_different_models=False):
         """A new DatasetTrace with the sums of this one and `others` (e.g. shards run apart)."""
-        return merge_datasets(self, *others)
+        return merge_datasets(self, *others, allow_different_models=allow_different_models)
 
     @classmethod
-    def from_traces(cls, traces, *, epsilon=0.3):
-        """Statistics of single-run Traces (each must hold every layer's aggregates)."""
+    def from_traces(cls, traces, *, epsilon=0.3, allow_different_models=False):
+        """Statistics of single-run Traces (each must hold every layer's aggregates) of one model;
+        allow_different_models=True pools several models on purpose (the file says "mixed")."""
         traces = list(traces)
         if not traces:
             raise ValueError("from_traces: no traces given")
@@ -333,13 +341,21 @@ class DatasetTrace:
         if not (p.layer_maps or p.received or p.attn_entropy or p.row_stats):
             raise ValueError("the trace holds neither every layer's map nor aggregates: run with capture='all'")
         stats = _core.DatasetStats(p, float(epsilon))
+        stats.allow_different_models = _flag(allow_different_models)
         for c in cores:
             stats.add(c)
         return cls(stats)
 
 
-def merge_datasets(*traces):
-    """One DatasetTrace with the summed statistics of several (same model, parts and ε)."""
+def _flag(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"allow_different_models {v!r}: expected True or False")
+    return v
+
+
+def merge_datasets(*traces, allow_different_models=False):
+    """One DatasetTrace with the summed statistics of several (same model, parts and ε;
+    allow_different_models=True pools several models on purpose)."""
     if not traces:
         raise ValueError("merge_datasets: no dataset traces given")
     for t in traces:
@@ -352,6 +368,7 @@ def merge_datasets(*traces):
                       "count only the sequences that reach them", stacklevel=2)
     first = traces[0].stats
     stats = _core.DatasetStats(first.parts, first.epsilon)
+    stats.allow_different_models = _flag(allow_different_models)
     for t in traces:
         stats.merge(t.stats)
     return DatasetTrace(stats, meta=traces[0].meta)

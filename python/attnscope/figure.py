@@ -3,12 +3,14 @@ fonts when saved, shown once in Jupyter), grids, token tick labels sized to fit,
 half-built figure when a call fails."""
 import contextlib
 import math
+import os
 
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from .files import atomic_path
 from .marks import HIGH_ENTROPY_COLOR
 
 # Journals reject Type 3 fonts: embed TrueType (Type 42) in PDF/PS, keep SVG text as text.
@@ -27,13 +29,22 @@ class PaperFigure(Figure):
     end) renders it with the notebook's figure formats and closes it in pyplot, so the backend
     does not show it a second time."""
 
-    def savefig(self, *args, **kwargs):
+    def savefig(self, fname, *args, **kwargs):
         # The saved file holds everything drawn (legends and colorbar labels may reach past a
         # narrow grid's edge), as Jupyter's inline display does; pass bbox_inches=None for the
-        # exact figure size.
+        # exact figure size. A file name is written whole or not at all (attnscope.files).
         kwargs.setdefault("bbox_inches", "tight")
         with matplotlib.rc_context(SAVE_RC):
-            return super().savefig(*args, **kwargs)
+            if not isinstance(fname, (str, os.PathLike)):
+                return super().savefig(fname, *args, **kwargs)
+            fname = os.fspath(fname)
+            ext = os.path.splitext(fname)[1].lstrip(".").lower()
+            if not ext:  # matplotlib's own rule: the default format's extension is appended
+                ext = matplotlib.rcParams["savefig.format"]
+                fname = f"{fname}.{ext}"
+            kwargs.setdefault("format", ext)
+            with atomic_path(fname) as tmp:
+                super().savefig(tmp, *args, **kwargs)
 
     @property
     def _ipython_display_(self):  # IPython looks this up; AttributeError = its usual display

@@ -26,6 +26,7 @@ class TokenProfile:
         self.layer_ids, self.heads, self.top_keys = list(layer_ids), heads, top_keys
         self.keys_seen, self.local_window = keys_seen, local_window
         self.layers = {k: v.nanmean(1) for k, v in heads.items()}
+        self.model_id, self.model_name = "", ""  # the model measured (attnscope.identity)
 
     def __repr__(self):
         lines = [f"<attnscope.TokenProfile position {self.position} {self.label!r} (row {self.batch}), "
@@ -103,4 +104,6 @@ def token_profile(trace, position, *, batch=0, top=3):
     top_keys = [[(int(p), labels[int(p)], float(x)) for x, p in zip(wr, pr) if x > 0]
                 for wr, pr in zip(weights, where)]
     layers = trace.get("aggregate_layers").tolist() if "aggregate_layers" in trace.captures else list(range(rows.shape[0]))
-    return TokenProfile(i, batch, labels[i], layers, heads, top_keys, seen, w)
+    prof = TokenProfile(i, batch, labels[i], layers, heads, top_keys, seen, w)
+    prof.model_id, prof.model_name = getattr(trace, "model_id", ""), getattr(trace, "model_name", "")
+    return prof

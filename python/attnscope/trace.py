@@ -250,6 +250,8 @@ _CORE_FIELDS = {
     "topk_probs": "Tensor[B, T, k] their probabilities",
     "warnings": "warnings raised while the run computed this trace",
     "prompt_len": "generated traces: where the answer begins (-1 for given text)",
+    "model_id": "the model that made it (Model.model_id; '' in files from before ids were kept)",
+    "model_name": "that model's name (its archive's file name)",
     "n_layers": "attention layers that ran",
     "n_heads": "query heads per layer",
     "n_kv_heads": "KV heads per layer",

@@ -19,6 +19,7 @@ import uuid
 
 import numpy as np
 
+from .files import write_atomic
 from .windows import token_window
 
 MAX_CELLS = 4_000_000  # 16-bit values in the page: ~10.7 MB of base64 at most
@@ -46,16 +47,7 @@ class AttentionView:
             raise ValueError(f"path {path!r}: expected a .html file")
         page = (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(self.title)}</title>"
                 f"</head><body>\n{self.html}\n</body></html>\n")
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.write(page)
-            os.replace(tmp, path)
-        except OSError as e:  # a full disk, no permission: one error naming the file, no temporary left
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise OSError(f"cannot write the view to {path!r}: {e.strerror or e}") from None
-        return path
+        return write_atomic(path, page)
 
 
 def _pack(a, causal):

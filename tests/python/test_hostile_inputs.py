@@ -329,12 +329,6 @@ def test_dataset_merge_and_ids_checked(toy, tmp_path):
     a = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4]], length=4, num=None)
     b = attnscope.aggregate_dataset(toy, [[5, 6, 7, 8]], length=4, num=None)
     assert a.merge(b).n_sequences == 2
-    b.stats.model_id = "llama 3x4 other-weights"
-    with pytest.raises(ValueError, match=r"the datasets come from different models \(.* vs llama 3x4 other-weights\)"):
-        a.merge(b)
-    b.save(str(tmp_path / "b.safetensors"))  # the model travels with the file
-    with pytest.raises(ValueError, match=r"different models"):
-        a.merge(attnscope.DatasetTrace.load(str(tmp_path / "b.safetensors")))
     c = attnscope.aggregate_dataset(toy, [[1, 2, 3, 4, 5, 6]], length=6, num=None)
     with pytest.warns(UserWarning, match=r"sequence lengths differ \(\[4, 6\]\)"):
         a.merge(c)
@@ -608,5 +602,6 @@ def test_archive_write_failure_is_one_error_and_leaves_nothing(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "python"), PYTHONDONTWRITEBYTECODE="1")
     r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m.pt")], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip() == f"could not write the archive {tmp_path / 'm.pt'}: [Errno 27] File too large"
+    assert r.stdout.strip() == f"cannot write {str(tmp_path / 'm.pt')!r}: File too large; its old contents (if any) " \
+                               "are kept"
     assert list(tmp_path.iterdir()) == []

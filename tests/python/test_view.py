@@ -249,7 +249,7 @@ def test_save_failure_names_the_file_and_leaves_no_temporary(model, tmp_path, mo
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(os, "replace", full_disk)
     target = tmp_path / "view.html"
-    with pytest.raises(OSError, match=r"cannot write the view to '.*view.html': No space left on device"):
+    with pytest.raises(OSError, match=r"cannot write '.*view.html': No space left on device; its old contents \(if any\) are kept"):
         view.save(target)
     monkeypatch.setattr(os, "replace", real)
     assert list(tmp_path.iterdir()) == []

@@ -2,6 +2,7 @@
 the trace and the table of its most uncertain tokens are written."""
 import os
 
+from ..files import output_folder, write_atomic
 from .common import _check_out_dir, _check_writable_file, _ints, _layer_picks, _pairs, save_figure
 
 DEMO_QUESTION = "Is 3599 a prime number? Think step by step."
@@ -42,9 +43,14 @@ def entropy_table(trace, model=None, k=10, batch=0):
 
 
 def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None, view=False):
+    """Writes the figures, trace, table (and view, response) into `out` all at once: a run that
+    fails midway leaves `out` as it was (attnscope.files.output_folder)."""
+    with output_folder(out) as stage:
+        return _write_outputs(trace, model, stage, dpi, heads, pheads, layers, opts or {}, view)
+
+
+def _write_outputs(trace, model, out, dpi, heads, pheads, layers, opts, view):
     import attnscope
-    opts = opts or {}
-    os.makedirs(out, exist_ok=True)
     figs = {
         "attention_heads.png": attnscope.visualize_attention(trace, heads, **opts),
         "attention_patterns.png": attnscope.visualize_attention_patterns(trace, pheads, "mean", **opts),
@@ -55,16 +61,15 @@ def _write_figures(trace, model, out, dpi, heads, pheads, layers, opts=None, vie
         save_figure(fig, os.path.join(out, name), dpi)
     trace.save(os.path.join(out, "trace.safetensors"))
     table = entropy_table(trace, model)
-    with open(os.path.join(out, "high_entropy_tokens.md"), "w") as f:
-        f.write(table + "\n")
+    write_atomic(os.path.join(out, "high_entropy_tokens.md"), table + "\n")
     written = sorted(figs) + ["trace.safetensors", "high_entropy_tokens.md"]
     if view:
         print("writing the interactive view (view.html) ...", flush=True)
         attnscope.show(trace).save(os.path.join(out, "view.html"))
         written.append("view.html")
     if trace.is_generated:
-        with open(os.path.join(out, "response.txt"), "w") as f:
-            f.write(trace.response if isinstance(trace.response, str) else "\n---\n".join(trace.response))
+        write_atomic(os.path.join(out, "response.txt"),
+                     trace.response if isinstance(trace.response, str) else "\n---\n".join(trace.response))
         written.append("response.txt")
     return table, written
 

@@ -2,13 +2,14 @@
 hesitations change the final answer."""
 import os
 
+from ..files import output_folder, write_atomic
 from .common import _check_out_dir, save_figure
 
 
 def branch(args):
     import attnscope
     _check_out_dir(args.out)
-    for name in ("k", "alternatives", "max_new_tokens"):
+    for name in ("k", "alternatives", "max_new_tokens", "branch_tokens"):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise ValueError(f"--{name.replace('_', '-')} {v} must be >= 1")
@@ -20,15 +21,13 @@ def branch(args):
     tp = attnscope.turning_points(answer, k=args.k, alternatives=args.alternatives,
                                   max_new_tokens=args.branch_tokens, answer_of=args.answer_regex,
                                   progress=not args.no_progress)
-    os.makedirs(args.out, exist_ok=True)
     table = str(tp)
-    with open(os.path.join(args.out, "turning_points.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(args.out, "response.txt"), "w") as f:
-        f.write(answer.response)
-    save_figure(attnscope.visualize_turning_points(tp), os.path.join(args.out, "turning_points.png"), args.dpi)
-    save_figure(attnscope.visualize_entropy(answer, show_prob=True), os.path.join(args.out, "entropy.png"), args.dpi)
-    answer.save(os.path.join(args.out, "trace.safetensors"))
+    with output_folder(args.out) as stage:  # all five files, or none: the old ones stay whole
+        write_atomic(os.path.join(stage, "turning_points.md"), table + "\n")
+        write_atomic(os.path.join(stage, "response.txt"), answer.response)
+        save_figure(attnscope.visualize_turning_points(tp), os.path.join(stage, "turning_points.png"), args.dpi)
+        save_figure(attnscope.visualize_entropy(answer, show_prob=True), os.path.join(stage, "entropy.png"), args.dpi)
+        answer.save(os.path.join(stage, "trace.safetensors"))
     changed = [r for r in tp.rows if r["changed"]]
     print(f"final answer: {tp.rows[0]['original_answer']!r}; {len(changed)} of {len(tp.rows)} branches change it")
     print(table)

@@ -17,18 +17,12 @@ def _ints(text):
 
 
 def save_figure(fig, path, dpi):
-    """Saves next to `path` and renames over it: a full disk or a kill leaves no truncated figure
-    under the final name (the error names the file)."""
+    """Saves the figure whole or not at all (attnscope.files: a full disk or a kill leaves no
+    truncated figure under the final name; the error names the file), then closes it."""
+    from ..files import atomic_path
     ext = os.path.splitext(path)[1].lower().lstrip(".")
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format=ext)
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OSError(e.errno, f"cannot write {path!r}: {e.strerror or e}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     import matplotlib.pyplot as plt
     plt.close(fig)
 

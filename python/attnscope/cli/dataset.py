@@ -2,6 +2,7 @@
 import os
 import sys
 
+from ..files import output_folder, write_atomic
 from .common import _layer_picks, save_figure
 
 
@@ -61,8 +62,6 @@ def dataset(args):
 
 
 def _dataset(args, device, rank, dist):
-    import json
-
     import attnscope
     model = attnscope.load(args.model, device=device)
     texts = attnscope.read_texts(args.input)
@@ -74,13 +73,24 @@ def _dataset(args, device, rank, dist):
         progress=not args.no_progress)
     if rank != 0:
         return
-    os.makedirs(args.out, exist_ok=True)
-    d.save(os.path.join(args.out, "dataset.safetensors"))
+    with output_folder(args.out) as stage:  # every output, or none: the old ones stay whole
+        summary, figs = _write_dataset_outputs(d, stage, args.dpi)
+    print(f"{d.n_sequences} sequences of {d.length} tokens, {d.n_layers} layers x {d.n_heads} heads"
+          + (f", {summary['world_size']} processes" if dist else ""))
+    print(f"Sink1 (eps={d.epsilon:g}): {d.sink1:.1%} of heads; per layer: "
+          + " ".join(f"{x:.0%}" for x in summary["sink1_per_layer"]))
+    print("wrote dataset.safetensors, summary.json, " + ", ".join(sorted(figs)) + " to " + args.out)
+
+
+def _write_dataset_outputs(d, out, dpi):
+    import json
+
+    import attnscope
+    d.save(os.path.join(out, "dataset.safetensors"))
     summary = d.summary()
     atlas = attnscope.head_atlas(d)
     summary["top_heads"] = {s: [list(p) for p in atlas.top(s, 5)] for s in ("induction", "prev", "duplicate", "self")}
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_atomic(os.path.join(out, "summary.json"), json.dumps(summary, indent=1))
     layers = _layer_picks(d.n_layers)
     figs = {
         "attention_layers.png": attnscope.visualize_attention_layers(d, layers),
@@ -91,9 +101,5 @@ def _dataset(args, device, rank, dist):
             d, [(l, 0) for l in layers[:4]], "mean"),
     }
     for name, fig in figs.items():
-        save_figure(fig, os.path.join(args.out, name), args.dpi)
-    print(f"{d.n_sequences} sequences of {d.length} tokens, {d.n_layers} layers x {d.n_heads} heads"
-          + (f", {summary['world_size']} processes" if dist else ""))
-    print(f"Sink1 (eps={d.epsilon:g}): {d.sink1:.1%} of heads; per layer: "
-          + " ".join(f"{x:.0%}" for x in summary["sink1_per_layer"]))
-    print("wrote dataset.safetensors, summary.json, " + ", ".join(sorted(figs)) + " to " + args.out)
+        save_figure(fig, os.path.join(out, name), dpi)
+    return summary, figs

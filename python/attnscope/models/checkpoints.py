@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from ..files import write_atomic
 from .export import FORMAT_VERSION, cache_dir, default_gguf, export, load_gguf, load_hf_folder, read_extra_file
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -65,10 +66,7 @@ def _read_memo():
 
 
 def _write_memo(memo):
-    tmp = f"{_memo_path()}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(memo, f)
-    os.replace(tmp, _memo_path())
+    write_atomic(_memo_path(), json.dumps(memo))
 
 
 def content_hash(path, *, progress=True):

@@ -7,6 +7,8 @@ import shutil
 
 import torch
 
+from ..files import atomic_path
+
 from .gguf_loader import read_gguf
 from .llama import LlamaConfig, LlamaForCausalLM
 from .tokenizer import tokenizer_from_gguf
@@ -57,37 +59,30 @@ BUFFERED_SAVE_BYTES = 2 << 30  # archives up to this size are built in memory, t
 
 
 def save_archive(traced, path, extra):
-    """torch.jit.save to a temporary beside `path`, renamed into place when complete: never a
-    half-written archive under the final name. A failed write (a full disk, a size limit,
-    permissions) removes the temporary and raises one OSError naming `path`.
+    """torch.jit.save through attnscope.files.atomic_path: never a half-written archive under the
+    final name. A failed write (a full disk, a size limit, permissions) removes the temporary and
+    raises one OSError naming `path`.
 
     torch's file writer aborts the process when a write fails (its destructor throws), so an
     archive of up to 2 GiB is built in memory and written by Python; a larger one is written by
     torch only after the disk is seen to have room for it."""
-    tmp = f"{path}.tmp{os.getpid()}"
     size = sum(t.numel() * t.element_size() for t in (*traced.parameters(), *traced.buffers())) \
         if hasattr(traced, "parameters") else 0
     try:
-        if size <= BUFFERED_SAVE_BYTES:
-            buf = io.BytesIO()
-            torch.jit.save(traced, buf, _extra_files=extra)
-            with open(tmp, "wb") as f:
-                f.write(buf.getbuffer())
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            if free < size * 1.05 + (256 << 20):
-                raise OSError(f"{size / 2**30:.1f} GiB to write, {free / 2**30:.1f} GiB free on its disk")
-            torch.jit.save(traced, tmp, _extra_files=extra)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+        with atomic_path(path) as tmp:
+            if size <= BUFFERED_SAVE_BYTES:
+                buf = io.BytesIO()
+                torch.jit.save(traced, buf, _extra_files=extra)
+                with open(tmp, "wb") as f:
+                    f.write(buf.getbuffer())
+            else:
+                free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+                if free < size * 1.05 + (256 << 20):
+                    raise OSError(f"{size / 2**30:.1f} GiB to write, {free / 2**30:.1f} GiB free on its disk")
+                torch.jit.save(traced, tmp, _extra_files=extra)
+    except RuntimeError as e:  # torch's writer; an OSError already names `path` (atomic_path)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OSError(f"could not write the archive {path}: {reason}") from None
+        raise OSError(f"cannot write {path!r}: {reason}") from None
 
 
 def cache_dir():

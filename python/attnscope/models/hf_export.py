@@ -229,8 +229,6 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
         if switch:
             model.set_attn_implementation(old_impl)
     if route == "transformers":
-        # Models of the attention interface name their KV heads (num_key_value_heads) when they differ.
-        facts.setdefault("num_kv_heads", facts["num_heads"])
         if _capture_ops(traced) == 0:
             raise ValueError("no attention call of the model went through attnscope's attention functions")
         ran = sorted(hf_attention.used.get(f"attnscope_{attention}", {attention}))

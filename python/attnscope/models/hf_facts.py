@@ -81,7 +81,7 @@ def facts_of(model):
              "output": output_kind(model)}
     if isinstance(v_dim, int) and v_dim != head_dim:
         facts["v_head_dim"] = v_dim
-    if kv:  # else the KV heads are read off the graph's SDPA sites (or equal the heads)
+    if kv and kv != heads:  # else the first run's keys say (Falcon's multi-query config states every head)
         facts["num_kv_heads"] = kv
     ctx = getattr(tc, "max_position_embeddings", None)
     if isinstance(ctx, int) and ctx > 0:

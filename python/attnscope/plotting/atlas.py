@@ -4,6 +4,7 @@ import numpy as np
 
 from ..atlas import SCORES, HeadAtlas, head_atlas, top_heads
 from ..figure import closing_on_error, grid
+from ..identity import same_model
 
 # (colormap, fixed colour limits or None = the data's range, colorbar label)
 _STYLE = {
@@ -19,24 +20,27 @@ _STYLE = {
 }
 
 
-def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None, compare=None):
+def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None, compare=None, allow_different_models=False):
     """One layers x heads grid per score of `atlas` (a HeadAtlas, or a Trace / DatasetTrace
     whose atlas is computed with attnscope.head_atlas), rows = layers, columns = heads. The
     `top` heads of each score are ringed and named in its title (distance and entropy rank
     the largest). `scores`: names to draw (default every score the atlas has, in SCORES order).
     compare: a second atlas (or trace) of the same model: each grid then shows compare − atlas
-    on a diverging scale centred at 0, the `top` largest changes ringed. Returns the Figure."""
+    on a diverging scale centred at 0, the `top` largest changes ringed. Atlases of two models
+    are refused unless allow_different_models=True (then the title says so). Returns the Figure."""
     if not isinstance(atlas, HeadAtlas):
         atlas = head_atlas(atlas)
     if compare is not None:
+        models = ""
         other = compare if isinstance(compare, HeadAtlas) else head_atlas(compare)
+        models = same_model(atlas, other, allow_different_models=allow_different_models, what="compare")
         if other.layers != atlas.layers or other.n_heads != atlas.n_heads:
             raise ValueError(f"compare: atlases of {len(atlas.layers)} layers x {atlas.n_heads} heads and "
                              f"{len(other.layers)} x {other.n_heads}: compare atlases of one model")
         keep = [s for s in atlas.scores if s in other.scores]
         diff = {s: other[s] - atlas[s] for s in keep}
         atlas = HeadAtlas(diff, {s: atlas.counts[s] for s in keep}, atlas.layers,
-                          f"difference: ({other.source}) − ({atlas.source})")
+                          f"difference: ({other.source}) − ({atlas.source})" + (f"; {models}" if models else ""))
     names = [s for s in SCORES if s in atlas.scores] if scores is None else list(scores)
     if not names:
         raise ValueError("scores=[]: name at least one score")

@@ -6,6 +6,7 @@ from matplotlib import colors as mcolors
 
 from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
                       ticks as _ticks)
+from ..identity import same_model
 from .data import _check_batch, _ensure, _layer_map, _layers, _range
 from .style import _cmap
 
@@ -29,7 +30,8 @@ def _aligned(a, b, batch_a, batch_b):
 
 
 def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, batch_b=0, cmap="RdBu_r",
-                             vmax=None, tokens=None, max_labels=None, ncols=None, panel=2.6):
+                             vmax=None, tokens=None, max_labels=None, ncols=None, panel=2.6,
+                             allow_different_models=False):
     """One panel per layer: the attention map of `b` minus that of `a` (head mean, or
     `head_idx`), query i -> key j, over positions 0..m-1 both traces hold (traces of different
     lengths are aligned on their first m positions). A diverging scale centred at 0 shared by
@@ -39,11 +41,13 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
     they differ. tokens: (start, stop) within the m shared positions to zoom in (negative
     counts from their end). Returns the Figure.
 
-    Refused with a message: traces of models with other layer/head counts, left-padded rows,
-    layers or heads out of range."""
+    Refused with a message: traces of two models (same shape is not the same model; pass
+    allow_different_models=True to compare two models on purpose, and the title says so),
+    left-padded rows, layers or heads out of range."""
     for name, t in (("a", a), ("b", b)):
         if not hasattr(t, "input_ids") or not hasattr(t, "labels"):
             raise ValueError(f"{name}: expected an attnscope.Trace, got {type(t).__name__}")
+    models = same_model(a, b, allow_different_models=allow_different_models, what="visualize_attention_diff")
     if (a.n_layers, a.n_heads) != (b.n_layers, b.n_heads):
         raise ValueError(f"the traces come from different models: a has {a.n_layers} layers x {a.n_heads} heads, "
                          f"b has {b.n_layers} x {b.n_heads}")
@@ -89,6 +93,6 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
         cb.set_label("attention b − a", fontsize=9)
         cb.ax.tick_params(labelsize=7)
         where = f"first different token at {d}" if d is not None else "same tokens"
-        t = fig.suptitle(f"{m} shared positions, {where} (green)", fontsize=9)
+        t = fig.suptitle(f"{m} shared positions, {where} (green)" + (f"\n{models}" if models else ""), fontsize=9)
         t.set_parse_math(False)
     return fig

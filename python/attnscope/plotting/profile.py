@@ -3,6 +3,7 @@ the seed's checklist asks: broad or narrow, looking back, self spikes, where it 
 import numpy as np
 
 from ..figure import closing_on_error, subplots
+from ..identity import same_model
 from ..profile import TokenProfile, token_profile
 
 _MAX_KEYS = 24  # columns of the "where it looks" panel
@@ -18,27 +19,29 @@ _LINES = {
 
 
 def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=None, compare=None,
-                            compare_position=None, compare_batch=0):
+                            compare_position=None, compare_batch=0, allow_different_models=False):
     """Two panels for query `position` of row `batch` (or a TokenProfile given as `profile`):
     left, the head-mean scores per layer (breadth, mass beyond the local window, self, previous
     token, first token; 0..1) with the mean distance in tokens on the right axis; right, where
     it looks: the `top` keys of each layer's head-mean row (dot area = weight), keys labelled
     by their tokens. compare: another Trace (a branch, a variant prompt; or a TokenProfile) whose
     profile at `compare_position` (default: the same position) is drawn dashed on the left and
-    in orange on the right, side by side with this one. Returns the Figure."""
+    in orange on the right, side by side with this one; two models' profiles are refused unless
+    allow_different_models=True (then the title says so). Returns the Figure."""
     if profile is None:
         if position is None:
             raise ValueError("position=None: give the query position to profile (or profile=)")
         profile = token_profile(trace, position, batch=batch, top=top)
     elif not isinstance(profile, TokenProfile):
         raise ValueError(f"profile: expected a TokenProfile, got {type(profile).__name__}")
-    other = None
+    other, models = None, ""
     if compare is not None:
         if isinstance(compare, TokenProfile):
             other = compare
         else:
             pos = profile.position if compare_position is None else compare_position
             other = token_profile(compare, pos, batch=compare_batch, top=top)
+        models = same_model(profile, other, allow_different_models=allow_different_models, what="compare")
         if list(other.layer_ids) != list(profile.layer_ids):
             raise ValueError(f"compare: the profiles cover different layers ({profile.layer_ids[:3]}... vs "
                              f"{other.layer_ids[:3]}...): traces of one model, captured alike, compare")
@@ -69,7 +72,8 @@ def visualize_token_profile(trace, position=None, *, batch=0, top=3, profile=Non
         fig.legend(lines[0] + more[0], lines[1] + more[1], fontsize=6, loc="outside lower left", ncols=3,
                    frameon=False)
         ax.set_title(f"Token profile: position {p.position} “{p.label}” (row {p.batch}), "
-                     f"local window ±{p.local_window}", fontsize=8).set_parse_math(False)
+                     f"local window ±{p.local_window}" + (f"\n{models}" if models else ""),
+                     fontsize=8).set_parse_math(False)
         # where it looks: one column per distinct key (in position order), a dot per (layer, key)
         weight = {}
         for keys in p.top_keys + (other.top_keys if other is not None else []):
