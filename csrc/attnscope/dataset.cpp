@@ -59,7 +59,7 @@ DatasetStats::DatasetStats(DatasetParts parts, double epsilon) : parts_(parts), 
   TORCH_CHECK(parts.layer_maps || parts.head_maps || parts.received || parts.attn_entropy || parts.row_stats,
               "DatasetStats: every part is off; enable at least one of layer_maps, head_maps, "
               "received, attn_entropy, row_stats");
-  TORCH_CHECK(epsilon >= 0 && epsilon < 1, "epsilon ", epsilon, " out of range: expected [0, 1)");
+  TORCH_CHECK_VALUE(epsilon >= 0 && epsilon < 1, "epsilon ", epsilon, " out of range: expected [0, 1)");
 }
 
 std::vector<std::string> DatasetStats::max_state_names() { return {"received_max"}; }

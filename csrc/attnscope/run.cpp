@@ -5,6 +5,7 @@
 
 #include <attnscope/block_cache.h>
 #include <attnscope/entropy.h>
+#include <attnscope/memory_budget.h>
 #include <attnscope/recorder.h>
 
 #include <algorithm>
@@ -156,10 +157,19 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec, const 
               " tokens is longer than the model's context of ", info_.context_length,
               " tokens (attnscope.json context_length): shorten the text or split it");
   spec.validate(info_.n_layers, info_.n_heads, len);
+  if (info_.n_layers > 0 && info_.n_heads > 0)
+    check_bytes(spec.kept_bytes(info_.n_layers, ids.size(0), info_.n_heads, len),
+                "capturing " + std::to_string(ids.size(0)) + " x " + std::to_string(len) + " tokens with " +
+                    std::to_string(spec.heads.size() + spec.layer_maps.size()) + " full maps" +
+                    (spec.pooled_maps > 0 ? " and pooled_maps " + std::to_string(std::min(spec.pooled_maps, len)) : ""),
+                "ask for fewer maps or layers, a smaller pooled_maps, or fewer or shorter texts per run");
   const RunOptions options = RunOptions::from_environment();
 
   CollectWarnings collect(c10::WarningUtils::get_warning_handler());
   c10::WarningUtils::WarningHandlerGuard warning_guard(&collect);
+  if (spec.pooled_maps > len)  // said, not silent: n x n tiles of a T-token map are its T x T cells
+    TORCH_WARN("pooled_maps ", spec.pooled_maps, " is more than the ", len, " tokens: each map is kept whole (", len,
+               " x ", len, ")");
   RunContext ctx;
   ctx.valid = mask.to(torch::kBool).to(device_);
   ctx.has_padding = !mask.all().item<bool>();

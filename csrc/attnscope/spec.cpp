@@ -208,6 +208,16 @@ CaptureSpec CaptureSpec::from_json(const std::string& text) {
   return s;
 }
 
+double CaptureSpec::kept_bytes(int64_t L, int64_t B, int64_t H, int64_t T) const {
+  const double t = static_cast<double>(T), b = static_cast<double>(B), h = static_cast<double>(H);
+  const double la = layers.empty() ? static_cast<double>(L) : static_cast<double>(layers.size());
+  const double n = static_cast<double>(std::min(pooled_maps, T));
+  const double maps = static_cast<double>(heads.size() + layer_maps.size()) * b * t * t;
+  const double pooled = pooled_maps > 0 ? la * b * (h + 1) * n * n : 0.0;
+  const double per_token = la * b * h * t * 16;  // every aggregate at once, generously
+  return 4.0 * (maps + pooled + per_token);
+}
+
 void CaptureSpec::validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) const {
   auto check_layer = [&](int64_t l, const char* what) {
     TORCH_CHECK(l >= 0, what, ": layer ", l, " out of range: layers are numbered from 0");

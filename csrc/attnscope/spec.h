@@ -77,6 +77,10 @@ struct CaptureSpec {
   std::string to_json() const;
   static CaptureSpec from_json(const std::string& text);
   /// Checks the spec against a model's size; n_layers/n_heads < 0 = unknown (checked after the run).
+  /// Bytes a run of `B` sequences of `T` tokens keeps for these captures on a model of `L`
+  /// layers and `H` heads: maps (B·T² each), pooled maps (n ≤ T tiles a side, per head) and the
+  /// per-token aggregates; estimated before the run allocates them (check_bytes).
+  double kept_bytes(int64_t L, int64_t B, int64_t H, int64_t T) const;
   void validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) const;
 };
 

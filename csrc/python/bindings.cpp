@@ -1,5 +1,6 @@
 // attnscope._core: binds the C++ core for the Python package. Binds, nothing else.
 #include <attnscope/dataset.h>
+#include <attnscope/memory_budget.h>
 #include <attnscope/model.h>
 
 #include <torch/extension.h>
@@ -63,6 +64,8 @@ void bind_capture_spec(py::module_& m) {
       .def_static("for_captures", &CaptureSpec::for_captures, py::arg("names"), "the spec that produces these captures")
       .def("captures_anything", &CaptureSpec::captures_anything, "True when the spec keeps any attention capture")
       .def("produces", &CaptureSpec::produces, "names of the captures a run with this spec produces")
+      .def("kept_bytes", &CaptureSpec::kept_bytes, py::arg("n_layers"), py::arg("batch"), py::arg("n_heads"),
+           py::arg("tokens"), "bytes a run keeps for these captures (estimated before it allocates)")
       .def_static(
           "fields",
           [] {
@@ -180,6 +183,7 @@ void bind_dataset(py::module_& m) {
       .def_static("part_of", &DatasetParts::part_of, py::arg("name"),
                   "the part that accumulates a capture (\"\" = none)");
 
+  m.def("memory_budget", &attnscope::memory_budget, "bytes one argument's work may allocate (ATTNSCOPE_MAX_BYTES)");
   m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
         py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");
 

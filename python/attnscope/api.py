@@ -6,11 +6,13 @@ import warnings
 import torch
 
 from . import _core
+from .budget import check_bytes
 from .labels import readable
 from .streaming import Progress, TokenStream
 from .trace import Trace
 
 MAX_NEW_TOKENS = 1 << 20  # per generate() call on a model that states no context length
+SLOW_STEPS = 512  # more steps than this without a KV cache: generate() states the cost first
 CaptureSpec = _core.CaptureSpec  # the capture vocabulary, described once in C++ (CaptureSpec.fields())
 
 
@@ -137,9 +139,9 @@ class Model:
         from .atlas import head_atlas
         if not isinstance(probe, str) or probe not in ("induction", "random"):
             return head_atlas(self.run(probe))
-        if not (isinstance(length, int) and length >= 2):
+        if isinstance(length, bool) or not (isinstance(length, int) and length >= 2):
             raise ValueError(f"length={length!r}: expected an int >= 2 (tokens per copy)")
-        if not (isinstance(batch, int) and batch >= 1):
+        if isinstance(batch, bool) or not (isinstance(batch, int) and batch >= 1):
             raise ValueError(f"batch={batch!r}: expected an int >= 1")
         if self.context_length > 0 and 2 * length > self.context_length:
             raise ValueError(f"length={length}: the probe's 2 x {length} tokens exceed the model's context "
@@ -150,6 +152,9 @@ class Model:
         allowed = torch.tensor([i for i in range(self.vocab_size) if i not in special])
         if len(allowed) < 2:
             raise ValueError(f"probe {probe!r}: the vocabulary has {len(allowed)} ordinary tokens")
+        check_bytes(capture_spec("all").kept_bytes(self.n_layers, batch, self.n_heads, 2 * length) + batch * length * 32,
+                    f"head_atlas(batch={batch}, length={length})", "a smaller batch (4 sequences of 48 tokens already "
+                    "give the probe's scores) or length")
         g = torch.Generator().manual_seed(seed)
         if probe == "induction":
             half = allowed[torch.randint(len(allowed), (batch, length), generator=g)]
@@ -234,6 +239,12 @@ class Model:
         if self.context_length <= 0 and max_new_tokens > MAX_NEW_TOKENS:
             raise ValueError(f"max_new_tokens {max_new_tokens!r}: the model states no context length, so at most "
                              f"{MAX_NEW_TOKENS:,} new tokens are generated per call")
+        if max_new_tokens > SLOW_STEPS and not (use_cache and self.has_decode):
+            steps = max_new_tokens if self.context_length <= 0 else min(max_new_tokens, self.context_length)
+            warnings.warn(f"generate: {'use_cache=False' if self.has_decode else 'this archive has no decode method'}"
+                          f", so each of up to {steps:,} steps re-runs the whole sequence: about {steps * steps / 2:.2g} "
+                          f"token positions in all, against {steps:,} with a KV cache (archives exported by "
+                          "attnscope.models have one); stop= ends it early", stacklevel=2)
         for name, v in (("temperature", temperature), ("top_p", top_p)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
                 raise ValueError(f"{name} {v!r} must be a finite number")

@@ -83,7 +83,7 @@ def _sequences(model, data, length, num, skip_short, bos):
     data = list(data)
     if not data:
         raise ValueError("the dataset is empty: give at least one text or id list")
-    if length is not None and (not isinstance(length, int) or length < 1):
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
         raise ValueError(f"length {length!r}: expected a positive int (or None: whole sequences)")
     if num is not None and (not isinstance(num, int) or num < 1):
         raise ValueError(f"num {num!r}: expected a positive int (or None: every sequence)")
@@ -170,10 +170,12 @@ def aggregate_dataset(model, texts_or_ids, *, length=16, num=256, capture="all",
         raise ValueError(f"this {model.family or 'model'} is a hybrid (attention on layers "
                          f"{', '.join(map(str, model.attention_layers))} of {model.n_layers}): dataset statistics stack "
                          "every layer and do not take hybrids yet; run its sequences one by one (Model.run) instead")
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size {batch_size!r}: expected a positive int")
     parts = _parts(capture)
-    stats = _core.DatasetStats(parts, float(epsilon))  # checks epsilon
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+        raise ValueError(f"epsilon {epsilon!r}: expected a number in [0, 1)")
+    stats = _core.DatasetStats(parts, float(epsilon))  # checks its range
     seqs = _sequences(model, texts_or_ids, length, num, skip_short, bos)
     rank, world = 0, 1
     import torch.distributed as dist
@@ -340,6 +342,8 @@ class DatasetTrace:
         p.head_maps = False  # L·H·T² sums: aggregate_dataset(capture={"head_maps": True}) asks for them
         if not (p.layer_maps or p.received or p.attn_entropy or p.row_stats):
             raise ValueError("the trace holds neither every layer's map nor aggregates: run with capture='all'")
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
+            raise ValueError(f"epsilon {epsilon!r}: expected a number in [0, 1)")
         stats = _core.DatasetStats(p, float(epsilon))
         stats.allow_different_models = _flag(allow_different_models)
         for c in cores:

@@ -12,9 +12,8 @@ __all__ = ["atomic_path", "write_atomic", "output_folder"]
 
 def _fail(path, e):
     reason = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0]
-    err = OSError(getattr(e, "errno", None), f"cannot write {path!r}: {reason or type(e).__name__}; "
-                  "its old contents (if any) are kept")
-    err.filename = path
+    err = OSError(f"cannot write {path!r}: {reason or type(e).__name__}; its old contents (if any) are kept")
+    err.errno = getattr(e, "errno", None)  # (set after: OSError's own str would repeat the errno and name)
     return err
 
 

@@ -72,7 +72,7 @@ def token_profile(trace, position, *, batch=0, top=3):
     """TokenProfile of query `position` (negative counts from the end) of row `batch` of a
     Trace: its attention row in every aggregate layer (Trace.attention_from: captured, or one
     run while the trace keeps its model), scored head by head. `top`: keys listed per layer."""
-    if not (isinstance(top, int) and top >= 1):
+    if isinstance(top, bool) or not (isinstance(top, int) and top >= 1):
         raise ValueError(f"top={top!r}: expected an int >= 1")
     rows = trace.attention_from(position, batch=batch).double()        # [L, H, T] (checks position)
     T = rows.shape[-1]

@@ -108,9 +108,9 @@ class Trace:
         aggregate layer, head by head -> Tensor[L, H, T] (the rows a "from" capture keeps). Taken
         from the trace's "from" capture when it holds that row, else computed with one run."""
         T = self.input_ids.shape[1]
-        if not isinstance(position, int) or not -T <= position < T:
+        if isinstance(position, bool) or not isinstance(position, int) or not -T <= position < T:
             raise ValueError(f"position {position!r} out of range: the trace has {T} tokens (valid: {-T}..{T - 1})")
-        if not isinstance(batch, int) or not 0 <= batch < self.input_ids.shape[0]:
+        if isinstance(batch, bool) or not isinstance(batch, int) or not 0 <= batch < self.input_ids.shape[0]:
             raise ValueError(f"batch {batch!r} out of range: the trace has {self.input_ids.shape[0]} rows")
         position %= T
         have = [p % T for p in self.spec.get("from_tokens", [])]

@@ -19,8 +19,11 @@ import uuid
 
 import numpy as np
 
+from .budget import check_bytes
 from .files import write_atomic
 from .windows import token_window
+
+VIEW_BYTES_PER_CELL = 16  # fp32 map cells, their quantised copy, the base64 text and the page string
 
 MAX_CELLS = 4_000_000  # 16-bit values in the page: ~10.7 MB of base64 at most
 THUMB_TILES = 24  # tiles across each thumbnail of the layers x heads overview
@@ -132,6 +135,10 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
         raise ValueError(f"per-head maps of {len(layers)} layers x {H} heads x {T} tokens need "
                          f"{mean_cells * (H + 1):,} cells, more than max_cells={max_cells:,}: pass fewer layers, "
                          "heads=False or a larger max_cells")
+    cells = mean_cells * (H + 1 if with_heads else 1)
+    # Each cell: a float in the trace's maps, then a quantised byte in base64 inside the page's string.
+    check_bytes(cells * VIEW_BYTES_PER_CELL, f"the view's {cells:,} cells (max_cells={max_cells:,})",
+                "pass fewer layers, heads=False or tokens=(start, stop)")
     names = [f"layer_map/L{l}" for l in layers]
     if with_heads:
         names += [f"head_map/L{l}H{h}" for l in layers for h in range(H)]

@@ -77,11 +77,13 @@ def test_captured_equals_transformers_eager(tmp_path, family, attention):
         assert maps[0][1][:, i - j >= 4].abs().max() == 0
     meta = json.loads(read_extra_file(str(path), "attnscope.json"))
     n_kv = {"llama": 2, "qwen2": 1, "mistral": 2, "gpt2": 4}[family]
-    assert (meta["num_layers"], meta["num_heads"], meta["num_kv_heads"], meta["head_dim"]) == (2, 4, n_kv, 8)
+    # num_kv_heads is stated only where the config names fewer KV heads; else the first run's keys say
+    assert (meta["num_layers"], meta["num_heads"], meta.get("num_kv_heads", 4), meta["head_dim"]) == (2, 4, n_kv, 8)
     assert (meta["vocab_size"], meta["bos_token_id"], meta["eos_token_id"]) == (V, 1, 2)
     assert meta["family"] == family and meta["attention"] == attention
     assert meta["transformers"] == transformers.__version__ and meta["torch"] == torch.__version__
     m = attnscope.load(str(path), device="cpu")
+    assert m.n_kv_heads == n_kv and m.run([[1, 2, 3]]).n_kv_heads == n_kv
     assert (m.n_layers, m.n_heads, m.n_kv_heads, m.family) == (2, 4, n_kv, family)
     assert not m.instrumented  # the archive carries its own capture operators
 

@@ -44,7 +44,7 @@ def test_a_failed_write_keeps_the_old_file_whole(tmp_path, monkeypatch, step):
                                       r"contents \(if any\) are kept") as e:
         files.write_atomic(path, "x" * 10000)
     monkeypatch.undo()
-    assert e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert e.value.errno == errno.ENOSPC
     assert path.read_text() == "old table\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["turning_points.md"]
 

@@ -124,7 +124,7 @@ def test_dataset_length_must_match_its_tensors(tmp_path, toy):
         meta = f.metadata()
     save_file(load_file(str(tmp_path / "d.safetensors")), str(tmp_path / "bad.safetensors"),
               metadata={**meta, "length": "100000000"})
-    with pytest.raises(ValueError, match=r"its position axes must be the file's length 100000000"):
+    with pytest.raises(ValueError, match=r"length 100000000 make it Double"):
         attnscope.DatasetTrace.load(str(tmp_path / "bad.safetensors"))
 
 

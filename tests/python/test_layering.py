@@ -11,14 +11,15 @@ PKG = os.path.join(ROOT, "attnscope")
 
 # module -> the attnscope modules it may import ("models.*": any module of attnscope.models).
 # Keep in step with docs/architecture.md.
-LOW = {"_lib", "_core", "labels", "marks", "files", "identity"}
+LOW = {"_lib", "_core", "labels", "marks", "files", "identity", "budget"}
 ALLOWED = {
     "_lib": {"_core"},
     "_core": set(),
     "labels": set(),
     "marks": set(),
     "files": set(),  # atomic writes: every module that writes a file uses it
-    "identity": set(),  # which model made a trace; the check wherever two are combined
+    "identity": set(),
+    "budget": set(),  # the memory budget (the C++ rule's twin)  # which model made a trace; the check wherever two are combined
     "models": {"models.*", "_lib", "_core", "files"},  # models produce archives: never api, trace or figures
     "chat": set(),
     "streaming": set(),
@@ -28,12 +29,12 @@ ALLOWED = {
     "atlas": {"windows", "identity"},
     "differential": set(),  # a differential head's maps from the trace's captures (duck-typed)
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
-    "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*"},
+    "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
     "dataset": {"_core", "api", "trace", "labels"},
     "figure": {"marks", "files"},
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
                  "plotting.*"},
-    "view": {"marks", "labels", "windows", "files"},
+    "view": {"marks", "labels", "windows", "files", "budget"},
     "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},
     "__init__": None,  # the package's face re-exports everything

@@ -33,10 +33,10 @@ def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None, compare=None,
     if compare is not None:
         models = ""
         other = compare if isinstance(compare, HeadAtlas) else head_atlas(compare)
-        models = same_model(atlas, other, allow_different_models=allow_different_models, what="compare")
         if other.layers != atlas.layers or other.n_heads != atlas.n_heads:
             raise ValueError(f"compare: atlases of {len(atlas.layers)} layers x {atlas.n_heads} heads and "
                              f"{len(other.layers)} x {other.n_heads}: compare atlases of one model")
+        models = same_model(atlas, other, allow_different_models=allow_different_models, what="compare")
         keep = [s for s in atlas.scores if s in other.scores]
         diff = {s: other[s] - atlas[s] for s in keep}
         atlas = HeadAtlas(diff, {s: atlas.counts[s] for s in keep}, atlas.layers,

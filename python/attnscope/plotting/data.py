@@ -6,7 +6,7 @@ from ..windows import token_range, token_window
 
 
 def _check_layer(trace, layer):
-    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.n_layers:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < trace.n_layers:
         raise ValueError(f"layer {layer!r} out of range: the trace has {trace.n_layers} layers "
                          f"(0..{trace.n_layers - 1})")
     attention = trace.attention_layers
@@ -16,7 +16,7 @@ def _check_layer(trace, layer):
 
 
 def _check_head(trace, head):
-    if not isinstance(head, (int, np.integer)) or not 0 <= head < trace.n_heads:
+    if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 0 <= head < trace.n_heads:
         raise ValueError(f"head {head!r} out of range: the trace has {trace.n_heads} heads "
                          f"(0..{trace.n_heads - 1})")
 

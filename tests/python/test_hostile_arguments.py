@@ -1,0 +1,101 @@
+"""Every public function with a number or a choice among its arguments, against every hostile
+class of value: negative, zero where a count is needed, NaN, infinity, a float where an int is
+needed, a bool, a string, None where a value is needed, and an absurdly large one. Each must be a
+ValueError that names the argument (never a TypeError, IndexError or RuntimeError from inside,
+a crash, a hang or an allocation of gigabytes)."""
+import math
+import os
+
+import matplotlib
+import pytest
+from conftest import BUILD
+
+import attnscope
+
+matplotlib.use("Agg")
+FIX = os.path.join(BUILD, "fixtures")
+HOSTILE = {"negative": -3, "nan": math.nan, "inf": math.inf, "float": 1.5, "bool": True, "str": "2",
+           "huge": 10 ** 12}
+
+
+@pytest.fixture(scope="module")
+def toy():
+    path = os.path.join(FIX, "toy_hf_eager.pt")
+    if not os.path.exists(path):
+        pytest.skip("fixtures not built (ctest runs make_fixtures first)")
+    return attnscope.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def answer(toy):
+    return toy.generate("the cat sat", max_new_tokens=6, progress=False, stop=[])
+
+
+@pytest.fixture(scope="module")
+def trace(toy):
+    return toy.run("the cat sat on the mat and the dog sat too")
+
+
+# (function name, argument, call(model, trace, answer, value)); None where any value is fine for a class.
+CALLS = [
+    ("generate", "max_new_tokens", lambda m, t, a, v: m.generate([5, 6], max_new_tokens=v, progress=False)),
+    ("generate", "temperature", lambda m, t, a, v: m.generate([5, 6], max_new_tokens=1, temperature=v, progress=False)),
+    ("generate", "top_k", lambda m, t, a, v: m.generate([5, 6], max_new_tokens=1, top_k=v, progress=False)),
+    ("generate", "top_p", lambda m, t, a, v: m.generate([5, 6], max_new_tokens=1, top_p=v, progress=False)),
+    ("generate", "seed", lambda m, t, a, v: m.generate([5, 6], max_new_tokens=1, seed=v, progress=False)),
+    ("head_atlas", "length", lambda m, t, a, v: m.head_atlas(length=v)),
+    ("head_atlas", "batch", lambda m, t, a, v: m.head_atlas(batch=v)),
+    ("turning_points", "k", lambda m, t, a, v: attnscope.turning_points(a, k=v, progress=False)),
+    ("turning_points", "alternatives", lambda m, t, a, v: attnscope.turning_points(a, alternatives=v, progress=False)),
+    ("turning_points", "max_new_tokens", lambda m, t, a, v: attnscope.turning_points(a, k=1, alternatives=1,
+                                                                                     max_new_tokens=v, progress=False)),
+    ("turning_points", "positions", lambda m, t, a, v: attnscope.turning_points(a, positions=[v], progress=False)),
+    ("branch", "position", lambda m, t, a, v: a.branch(v, rank=2)),
+    ("branch", "rank", lambda m, t, a, v: a.branch(a.prompt_len, rank=v)),
+    ("branch", "token", lambda m, t, a, v: a.branch(a.prompt_len, token=v)),
+    ("branch", "max_new_tokens", lambda m, t, a, v: a.branch(a.prompt_len, rank=2, max_new_tokens=v)),
+    ("token_profile", "position", lambda m, t, a, v: attnscope.token_profile(t, v)),
+    ("token_profile", "batch", lambda m, t, a, v: attnscope.token_profile(t, 2, batch=v)),
+    ("token_profile", "top", lambda m, t, a, v: attnscope.token_profile(t, 2, top=v)),
+    ("attention_from", "position", lambda m, t, a, v: t.attention_from(v)),
+    ("show", "max_cells", lambda m, t, a, v: attnscope.show(t, max_cells=v)),
+    ("show", "batch", lambda m, t, a, v: attnscope.show(t, batch=v)),
+    ("visualize_attention", "layers_heads", lambda m, t, a, v: attnscope.visualize_attention(t, [(v, 0)])),
+    ("visualize_attention_patterns", "token_idx", lambda m, t, a, v: attnscope.visualize_attention_patterns(
+        t, [(0, 0)], "specific_token", token_idx=v)),
+    ("visualize_attention_layers", "head_idx", lambda m, t, a, v: attnscope.visualize_attention_layers(
+        t, [0], head_idx=v)),
+    ("high_entropy_positions", "max_marks", lambda m, t, a, v: attnscope.high_entropy_positions(t, max_marks=v)),
+    ("high_entropy_positions", "entropy_quantile",
+     lambda m, t, a, v: attnscope.high_entropy_positions(t, entropy_quantile=v)),
+    ("aggregate_dataset", "length", lambda m, t, a, v: attnscope.aggregate_dataset(m, [[1, 2, 3, 4]], length=v,
+                                                                                   num=None, progress=False)),
+    ("aggregate_dataset", "batch_size", lambda m, t, a, v: attnscope.aggregate_dataset(
+        m, [[1, 2, 3, 4]], length=4, num=None, batch_size=v, progress=False)),
+    ("aggregate_dataset", "epsilon", lambda m, t, a, v: attnscope.aggregate_dataset(
+        m, [[1, 2, 3, 4]], length=4, num=None, epsilon=v, progress=False)),
+]
+# Values a function takes on purpose: a negative position counts from the end, a float
+# temperature/top_p/epsilon is its type, a top_k of 10**12 means "no limit" in effect, …
+FINE = {("generate", "temperature", "float"), ("generate", "top_p", "huge"), ("generate", "top_k", "huge"),
+        ("generate", "seed", "huge"), ("token_profile", "position", "negative"), ("attention_from", "position", "negative"),
+        ("show", "max_cells", "huge"), ("aggregate_dataset", "epsilon", "negative"),
+        ("visualize_attention_patterns", "token_idx", "negative"), ("branch", "token", "str"),
+        ("token_profile", "top", "huge"), ("generate", "temperature", "huge"), ("turning_points", "k", "huge"),
+        ("high_entropy_positions", "max_marks", "huge"), ("aggregate_dataset", "batch_size", "huge")}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+@pytest.mark.parametrize("fn,arg,call", CALLS, ids=[f"{f}-{a}" for f, a, _ in CALLS])
+def test_a_hostile_argument_is_a_value_error_naming_it(toy, trace, answer, fn, arg, call, kind):
+    import matplotlib.pyplot as plt
+    if (fn, arg, kind) in FINE:
+        pytest.skip("a value this argument takes on purpose")
+    try:
+        call(toy, trace, answer, HOSTILE[kind])
+    except ValueError as e:
+        assert arg.split("_")[0] in str(e) or arg in str(e), f"{fn}({arg}={HOSTILE[kind]!r}): {e}"
+    else:
+        pytest.fail(f"{fn}({arg}={HOSTILE[kind]!r}) was accepted")
+    finally:
+        plt.close("all")
