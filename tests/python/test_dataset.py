@@ -169,7 +169,7 @@ def test_bad_inputs(toy, tmp_path):
         attnscope.aggregate_dataset(toy, [[1, 2]], length=0, progress=False)
     with pytest.raises(ValueError, match="bos=True but the model archive names no BOS token"):
         attnscope.aggregate_dataset(toy, [[1, 2]], length=2, num=1, bos=True, progress=False)
-    with pytest.raises(RuntimeError, match=r"epsilon 1.5 out of range"):
+    with pytest.raises(ValueError, match=r"epsilon 1.5 out of range"):
         attnscope.aggregate_dataset(toy, [[1, 2]], length=2, num=1, epsilon=1.5, progress=False)
     d = attnscope.aggregate_dataset(toy, [[1, 2, 3]], length=3, num=1, capture={"received": True},
                                     progress=False)
