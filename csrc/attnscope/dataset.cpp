@@ -238,7 +238,6 @@ void DatasetStats::add_maps(const Trace& t, const torch::Tensor& valid) {
 
 void DatasetStats::merge(const DatasetStats& other) {
   if (other.n_layers_ < 0) return;
-  mixed_ = mixed_ || other.mixed_;
   if (!(mixed_ && model_id_ == "mixed")) check_model(other.model_id_, other.model_name_, "DatasetStats.merge");
   TORCH_CHECK(parts_.to_string() == other.parts_.to_string(), "DatasetStats.merge: parts differ (",
               parts_.to_string(), " vs ", other.parts_.to_string(), ")");

@@ -94,7 +94,7 @@ void DatasetStats::save(const std::string& path) const {
                 {"length", std::to_string(length_)},
                 {"model_id", model_id_},
                 {"model_name", model_name_},
-                {"allow_different_models", mixed_ ? "1" : "0"}};
+                {"allow_different_models", mixed_ || model_id_ == "mixed" ? "1" : "0"}};
   check_loaded(path, kVersion);  // what load would refuse is never written
   write_safetensors(path, f);
 }
@@ -132,8 +132,8 @@ void DatasetStats::check_loaded(const std::string& path, int64_t version) const 
   const std::string at = "'" + path + "': ";
   TORCH_CHECK_VALUE(n_layers_ >= 1 && n_heads_ >= 1, at, "the dataset is empty (", n_layers_, " layers x ", n_heads_,
                     " heads): add at least one sequence");
-  TORCH_CHECK_VALUE((version < 2 && model_id_.empty()) || is_model_id(model_id_) || (mixed_ && model_id_ == "mixed"),
-                    at, "model_id '", model_id_.substr(0, 40), "' is not an attnscope model id",
+  TORCH_CHECK_VALUE((version < 2 && model_id_.empty()) || is_model_id(model_id_) || model_id_ == "mixed", at,
+                    "model_id '", model_id_.substr(0, 40), "' is not an attnscope model id",
                     model_id_.empty() ? " (it is empty: which model made these sums is unknown)" : "");
   // Every sum the parts need, in the shape the metadata says, and nothing else: the sizes
   // come from the metadata, so each must agree with the tensors (a 2.5 KB file saying

@@ -3,24 +3,18 @@ allocated and refused past the memory budget (ATTNSCOPE_MAX_BYTES, else half the
 memory) with a ValueError naming the argument; long generation without a KV cache states its
 cost before it starts. Before: pooled_maps=65536 allocated [L, B, H, T, T] (5.8 GB at 2048
 tokens), head_atlas(batch=10**6) and show(max_cells=10**12) reached the allocator's refusal."""
-import os
 
 import pytest
 import torch
-from conftest import BUILD
 
 import attnscope
 from attnscope import _core, budget
 
-FIX = os.path.join(BUILD, "fixtures")
 
 
 @pytest.fixture(scope="module")
-def toy():
-    path = os.path.join(FIX, "toy_hf_eager.pt")  # 3 layers, 4 heads
-    if not os.path.exists(path):
-        pytest.skip("fixtures not built (ctest runs make_fixtures first)")
-    return attnscope.load(path, device="cpu")
+def toy(toy_model):
+    return toy_model  # conftest: the toy archive (3 layers, 4 heads, word-level tokenizer)
 
 
 def test_python_and_cpp_share_one_budget(monkeypatch):

@@ -4,26 +4,20 @@ needed, a bool, a string, None where a value is needed, and an absurdly large on
 ValueError that names the argument (never a TypeError, IndexError or RuntimeError from inside,
 a crash, a hang or an allocation of gigabytes)."""
 import math
-import os
 
 import matplotlib
 import pytest
-from conftest import BUILD
 
 import attnscope
 
 matplotlib.use("Agg")
-FIX = os.path.join(BUILD, "fixtures")
 HOSTILE = {"negative": -3, "nan": math.nan, "inf": math.inf, "float": 1.5, "bool": True, "str": "2",
            "huge": 10 ** 12}
 
 
 @pytest.fixture(scope="module")
-def toy():
-    path = os.path.join(FIX, "toy_hf_eager.pt")
-    if not os.path.exists(path):
-        pytest.skip("fixtures not built (ctest runs make_fixtures first)")
-    return attnscope.load(path, device="cpu")
+def toy(toy_model):
+    return toy_model  # conftest: the toy archive (3 layers, 4 heads, word-level tokenizer)
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,11 @@ def test_datasets_of_two_models_are_refused_by_name(models, tmp_path):
         da.merge(back)
     assert da.merge(back, allow_different_models=True).model_id == "mixed"
     mixed.save(tmp_path / "m.safetensors")
-    assert attnscope.DatasetTrace.load(tmp_path / "m.safetensors").model_id == "mixed"
+    pooled = attnscope.DatasetTrace.load(tmp_path / "m.safetensors")
+    assert pooled.model_id == "mixed"
+    with pytest.raises(ValueError, match=r"these sums come from 'toy_hf_eager.pt' \(mixed\), the other dataset from "
+                                         r"'toy_hf_eager.pt' \(w:"):  # pooled once is not a licence to pool again
+        pooled.merge(da)
 
 
 def test_figures_refuse_two_models_unless_asked(models):
