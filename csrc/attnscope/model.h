@@ -3,6 +3,7 @@
 #pragma once
 #include <attnscope/generate_options.h>
 #include <attnscope/instrument.h>
+#include <attnscope/knockout.h>
 #include <attnscope/model_info.h>
 #include <attnscope/spec.h>
 #include <attnscope/trace.h>
@@ -61,6 +62,13 @@ class Model {
   /// `attention_mask (Tensor[B, T])` (1 = token, 0 = padding) and keeps what `spec` asks.
   Trace run(const torch::Tensor& input_ids, const CaptureSpec& spec = {},
             const torch::Tensor& attention_mask = {});
+
+  /// The forward's logits `[B, T, V]` (fp32, CPU) for `input_ids (Tensor[B, T])`, with the
+  /// attention `knockout` applied in its layers and heads when given (nothing is captured).
+  /// Refused for a model whose forward returns hidden states, and when a layer to knock out
+  /// is one attnscope only observes.
+  torch::Tensor logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
+                       const Knockout* knockout = nullptr);
 
   /// Generates from `prompt_ids (Tensor[B, P] or [P])` (left-padded when B > 1, with
   /// `attention_mask`), then runs ONE capture over prompt + response with `spec`: the Trace

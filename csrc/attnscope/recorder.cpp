@@ -21,6 +21,40 @@ RecorderScope::~RecorderScope() { g_active = prev_; }
 Recorder::Recorder(const CaptureSpec& spec, RunContext ctx, bool layer_from_order)
     : spec_(spec), ctx_(std::move(ctx)), layer_from_order_(layer_from_order) {}
 
+int64_t Recorder::next_layer(int64_t op_layer) const {
+  const std::vector<int64_t>& ids = ctx_.attention_layers;
+  if (!layer_from_order_) return op_layer;
+  if (ids.empty()) return sites_run_;
+  return sites_run_ < static_cast<int64_t>(ids.size()) ? ids[sites_run_] : -1;
+}
+
+torch::Tensor Recorder::knocked_probs(const torch::Tensor& probs, int64_t op_layer) {
+  const int64_t layer = next_layer(op_layer);
+  if (!knockout_ || !knockout_->applies(layer)) return probs;
+  const int64_t batch = ctx_.valid.size(0);
+  TORCH_CHECK(probs.dim() == 4 || (probs.dim() == 3 && probs.size(0) % batch == 0), "knockout: attention of shape ",
+              probs.sizes(), " at layer ", layer, " does not split into batch ", batch, " x heads");
+  auto p4 = probs.dim() == 4 ? probs : probs.view({batch, probs.size(0) / batch, probs.size(1), probs.size(2)});
+  knocked_.insert(layer);
+  return knockout_->on_probs(p4, layer).view(probs.sizes());
+}
+
+torch::Tensor Recorder::knocked_mask(const torch::Tensor& q, const torch::Tensor& k,
+                                     const std::optional<torch::Tensor>& mask, bool is_causal, int64_t op_layer) {
+  const int64_t layer = next_layer(op_layer);
+  if (!knockout_ || !knockout_->applies(layer) || q.dim() != 4 || k.dim() != 4) return {};
+  knocked_.insert(layer);
+  return knockout_->on_mask(mask, is_causal, q, k, layer);
+}
+
+void Recorder::refuse_knockout(int64_t op_layer) const {
+  const int64_t layer = next_layer(op_layer);
+  TORCH_CHECK_VALUE(!knockout_ || !knockout_->applies(layer), "knockout: layer ", layer,
+                    "'s attention is an SDPA "
+                    "call attnscope only observes (an archive written before attnscope::sdpa): re-export the model to "
+                    "intervene in it");
+}
+
 int64_t Recorder::resolve_layer(int64_t op_layer) {
   const std::vector<int64_t>& ids = ctx_.attention_layers;
   int64_t layer;

@@ -2,6 +2,7 @@
 // forward, and keeps only what the CaptureSpec asks for. One recorder is active per thread.
 #pragma once
 #include <attnscope/aggregates.h>
+#include <attnscope/knockout.h>
 #include <attnscope/mask_facts.h>
 #include <attnscope/spec.h>
 
@@ -10,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -58,6 +60,18 @@ class Recorder {
   /// Stacks per-layer results; checks that every requested layer ran.
   RecordResult finish();
 
+  /// Interventions of this run (Model::logits): the operators ask before they record.
+  void set_knockout(const Knockout* k) { knockout_ = k; }
+  /// `probs` with the knockout applied when it covers the layer this op call is (else probs).
+  torch::Tensor knocked_probs(const torch::Tensor& probs, int64_t op_layer);
+  /// The additive mask an SDPA op call must use instead of its own (undefined: no knockout here).
+  torch::Tensor knocked_mask(const torch::Tensor& q, const torch::Tensor& k, const std::optional<torch::Tensor>& mask,
+                             bool is_causal, int64_t op_layer);
+  /// An observe-only SDPA site (capture_sdpa): a knockout there cannot change the model's output.
+  void refuse_knockout(int64_t op_layer) const;
+  /// Layers where the knockout was applied in this forward.
+  const std::set<int64_t>& knocked_layers() const { return knocked_; }
+
  private:
   /// The heads an SDPA block computes, with q and k (fp32) laid out for them.
   struct SdpaHeads {
@@ -73,6 +87,8 @@ class Recorder {
                             bool is_causal, double scale, const torch::Tensor& v, double dropout_p,
                             const torch::Tensor& q);
   int64_t resolve_layer(int64_t op_layer);
+  /// The layer resolve_layer will give this op call, without counting the site.
+  int64_t next_layer(int64_t op_layer) const;
   LayerAccumulator* accumulator(int64_t layer, int64_t heads, int64_t tq, int64_t tk,
                                 const torch::Device& device, bool whole_rows = false);
   /// Query rows per attention block of [B, heads, rows, Tk] elements on `device`.
@@ -87,6 +103,8 @@ class Recorder {
   int64_t device_block_ = -1;  // elements per block on a GPU, from its free memory (once per run)
   Workspace ws_;  // slots 0-3: per-block temporaries (CUDA, softmax sites); 4: fused row buffers
   MaskFacts masks_;  // per-run facts of the mask every layer shares
+  const Knockout* knockout_ = nullptr;
+  std::set<int64_t> knocked_;
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.

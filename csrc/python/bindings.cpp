@@ -15,6 +15,7 @@ using namespace pybind11::literals;
 using attnscope::CaptureSpec;
 using attnscope::DatasetParts;
 using attnscope::DatasetStats;
+using attnscope::Knockout;
 using attnscope::Model;
 using attnscope::Trace;
 
@@ -183,6 +184,11 @@ void bind_dataset(py::module_& m) {
       .def_static("part_of", &DatasetParts::part_of, py::arg("name"),
                   "the part that accumulates a capture (\"\" = none)");
 
+  py::class_<Knockout>(m, "Knockout", "attention edges removed before the softmax (knockout.h)")
+      .def(py::init<>())
+      .def_readwrite("layers", &Knockout::layers, "model layers (empty = every attention layer)")
+      .def_readwrite("heads", &Knockout::heads, "query heads (empty = every head)")
+      .def_readwrite("edges", &Knockout::edges, "[B, T, T] bool: true = edge (query i, key j) removed");
   m.def("memory_budget", &attnscope::memory_budget, "bytes one argument's work may allocate (ATTNSCOPE_MAX_BYTES)");
   m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
         py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");
@@ -241,6 +247,15 @@ void bind_model(py::module_& m) {
 
   py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
       .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto", "load a TorchScript archive")
+      .def(
+          "logits",
+          [](Model& self, const torch::Tensor& ids, const std::optional<torch::Tensor>& mask,
+             const std::optional<Knockout>& knockout) {
+            return self.logits(ids, mask.value_or(torch::Tensor()), knockout ? &*knockout : nullptr);
+          },
+          py::arg("input_ids"), py::arg("attention_mask") = py::none(), py::arg("knockout") = py::none(),
+          "the forward's logits [B, T, V] (fp32), with an attention knockout applied when given",
+          py::call_guard<py::gil_scoped_release>())
       .def(
           "run",
           [](Model& self, const torch::Tensor& ids, const CaptureSpec& spec, const std::optional<torch::Tensor>& mask) {

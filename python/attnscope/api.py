@@ -16,6 +16,20 @@ SLOW_STEPS = 512  # more steps than this without a KV cache: generate() states t
 CaptureSpec = _core.CaptureSpec  # the capture vocabulary, described once in C++ (CaptureSpec.fields())
 
 
+def _index_list(v, name):
+    """None -> [] (all), an int -> [it], a list of ints -> itself; else ValueError naming `name`."""
+    if v is None:
+        return []
+    items = [v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
+        raise ValueError(f"{name} {v!r}: expected an int, a list of ints or None (all)")
+    items = list(items)
+    bad = [x for x in items if isinstance(x, bool) or not isinstance(x, int) or x < 0]
+    if bad:
+        raise ValueError(f"{name}: {bad[0]!r} is not an index >= 0")
+    return items
+
+
 def capture_spec(capture):
     """CaptureSpec of `capture`: "all" (CaptureSpec.all_aggregates()), None (the defaults), a
     dict of CaptureSpec fields (CaptureSpec.fields() lists them) or a CaptureSpec (a copy)."""
@@ -168,6 +182,27 @@ class Model:
         if not self.has_decode:
             raise ValueError("prefill: this archive has no decode method (KV cache); export it again with attnscope")
         return self._core.prefill(torch.as_tensor(ids))
+
+    def logits(self, ids, attention_mask=None, *, remove=None, layers=None, heads=None):
+        """The forward's logits Tensor[B, T, V] (fp32) for ids [B, T] (or [T]). remove
+        (Tensor[B, T, T] bool): attention edges (query i, key j) of each row taken out before the
+        softmax (knockout; attnscope.knockout measures its effect), in `layers` (model layers;
+        None = every attention layer) and `heads` (None = every head)."""
+        ids = torch.as_tensor(ids)
+        knock = None
+        if remove is not None:
+            shape = (*ids.shape[-2:-1], ids.shape[-1], ids.shape[-1]) if ids.dim() == 2 else (1, len(ids), len(ids))
+            if not isinstance(remove, torch.Tensor) or remove.dtype != torch.bool or tuple(remove.shape) != shape:
+                got = f"{tuple(remove.shape)} {remove.dtype}" if isinstance(remove, torch.Tensor) else repr(remove)
+                raise ValueError(f"remove: expected a bool Tensor{list(shape)} (row, query, key), got {got}")
+            knock = _core.Knockout()
+            knock.edges = remove
+            knock.layers = _index_list(layers, "layers")
+            knock.heads = _index_list(heads, "heads")
+        elif layers is not None or heads is not None:
+            raise ValueError("layers=/heads= choose where `remove` applies: give remove= too")
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask)
+        return self._core.logits(ids, mask, knock)
 
     # ------------------------------------------------------------------ chat + generation
     @property

@@ -62,6 +62,13 @@ CALLS = [
     ("high_entropy_positions", "max_marks", lambda m, t, a, v: attnscope.high_entropy_positions(t, max_marks=v)),
     ("high_entropy_positions", "entropy_quantile",
      lambda m, t, a, v: attnscope.high_entropy_positions(t, entropy_quantile=v)),
+    ("knockout", "position", lambda m, t, a, v: attnscope.knockout(t, v, keys=[0])),
+    ("knockout", "keys", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[v])),
+    ("knockout", "layers", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[0], layers=[v])),
+    ("knockout", "heads", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[0], heads=v)),
+    ("knockout", "target", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[0], target=v)),
+    ("knockout", "batch", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[0], batch=v)),
+    ("logits", "remove", lambda m, t, a, v: m.logits(t.input_ids, remove=v)),
     ("aggregate_dataset", "length", lambda m, t, a, v: attnscope.aggregate_dataset(m, [[1, 2, 3, 4]], length=v,
                                                                                    num=None, progress=False)),
     ("aggregate_dataset", "batch_size", lambda m, t, a, v: attnscope.aggregate_dataset(
@@ -76,7 +83,8 @@ FINE = {("generate", "temperature", "float"), ("generate", "top_p", "huge"), ("g
         ("show", "max_cells", "huge"), ("aggregate_dataset", "epsilon", "negative"),
         ("visualize_attention_patterns", "token_idx", "negative"), ("branch", "token", "str"),
         ("token_profile", "top", "huge"), ("generate", "temperature", "huge"), ("turning_points", "k", "huge"),
-        ("high_entropy_positions", "max_marks", "huge"), ("aggregate_dataset", "batch_size", "huge")}
+        ("high_entropy_positions", "max_marks", "huge"), ("aggregate_dataset", "batch_size", "huge"),
+        ("knockout", "position", "negative"), ("knockout", "keys", "negative"), ("knockout", "target", "str")}
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))

@@ -28,6 +28,7 @@ ALLOWED = {
     "windows": set(),  # token ranges: shared by plotting, view and atlas
     "atlas": {"windows", "identity"},
     "differential": set(),  # a differential head's maps from the trace's captures (duck-typed)
+    "knockout": set(),  # knockout effects from Model.logits (duck-typed on a trace that keeps its model)
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
     "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
     "dataset": {"_core", "api", "trace", "labels"},
@@ -35,7 +36,7 @@ ALLOWED = {
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
                  "plotting.*"},
     "view": {"marks", "labels", "windows", "files", "budget"},
-    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
+    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "knockout", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},
     "__init__": None,  # the package's face re-exports everything
 }
