@@ -20,12 +20,7 @@ torch::Tensor Model::logits(const torch::Tensor& input_ids, const torch::Tensor&
   CaptureSpec nothing;
   nothing.top_k = 0;
   nothing.predictive_entropy = false;
-  RunContext ctx;
-  ctx.valid = mask.to(torch::kBool).to(device_);
-  ctx.has_padding = !mask.all().item<bool>();
-  ctx.causal = info_.causal;
-  ctx.ids = ids;
-  ctx.attention_layers = info_.attention_layers;
+  const RunContext ctx = run_context(ids, mask);
   Recorder rec(nothing, ctx, /*layer_from_order=*/instrumented_);
   rec.set_knockout(knockout);
   const auto out = recorded_forward(ids, mask, ctx.has_padding, /*block_cache=*/false, rec);

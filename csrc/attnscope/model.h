@@ -23,6 +23,7 @@ namespace attnscope {
 /// ATTNSCOPE_BLOCK_CACHE = 1 | 0 (CPU runs reuse freed blocks, block_cache.h); other values
 /// are refused by name.
 class Recorder;
+struct RunContext;
 struct RecordResult;
 
 /// ids [T] or [B, T] of any integer dtype -> [B, T] int64 on the CPU; refuses ids outside
@@ -135,6 +136,8 @@ class Model {
   std::vector<std::string> tokens_of(const torch::Tensor& ids) const;
   torch::Tensor output_tensor_of(const c10::IValue& out, int64_t batch, int64_t len) const;
   // Model::run's steps (run.cpp).
+  /// The facts every site of one run shares (valid tokens, padding, causality, the ids).
+  RunContext run_context(const torch::Tensor& ids, const torch::Tensor& mask) const;
   torch::Tensor recorded_forward(const torch::Tensor& ids, const torch::Tensor& mask, bool has_padding,
                                  bool block_cache, Recorder& rec);
   std::string output_kind(const torch::Tensor& logits);

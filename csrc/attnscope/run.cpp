@@ -170,12 +170,7 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec, const 
   if (spec.pooled_maps > len)  // said, not silent: n x n tiles of a T-token map are its T x T cells
     TORCH_WARN("pooled_maps ", spec.pooled_maps, " is more than the ", len, " tokens: each map is kept whole (", len,
                " x ", len, ")");
-  RunContext ctx;
-  ctx.valid = mask.to(torch::kBool).to(device_);
-  ctx.has_padding = !mask.all().item<bool>();
-  ctx.causal = info_.causal;
-  ctx.ids = ids;
-  ctx.attention_layers = info_.attention_layers;
+  RunContext ctx = run_context(ids, mask);
   ctx.sdpa_route = options.sdpa_route;
   Recorder rec(spec, ctx, /*layer_from_order=*/instrumented_);
   const auto logits = recorded_forward(ids, mask, ctx.has_padding, options.block_cache, rec);
@@ -205,6 +200,16 @@ Trace Model::run(const torch::Tensor& input_ids, const CaptureSpec& spec, const 
     for (auto& kv : t.captures) kv.second = kv.second.cpu();
   }
   return t;
+}
+
+RunContext Model::run_context(const torch::Tensor& ids, const torch::Tensor& mask) const {
+  RunContext ctx;
+  ctx.valid = mask.to(torch::kBool).to(device_);
+  ctx.has_padding = !mask.all().item<bool>();
+  ctx.causal = info_.causal;
+  ctx.ids = ids;
+  ctx.attention_layers = info_.attention_layers;
+  return ctx;
 }
 
 torch::Tensor Model::recorded_forward(const torch::Tensor& ids, const torch::Tensor& mask, bool has_padding,
