@@ -215,7 +215,6 @@ void verify_archive(const std::string& path) {
   for (const auto& e : z.members)
     TORCH_CHECK_VALUE(e.method != 0 || crc(z.m.p + e.data, e.csize) == e.crc, z.bad, "member '", e.name,
                       "' fails its CRC-32");
-  check_archive_records(path);
 }
 
 namespace {
@@ -248,9 +247,8 @@ std::string hex16(uint64_t h) {
   return s;
 }
 
-std::string archive_identity(const std::string& path) {
-  const Zip z(path);
-  const std::string root = root_of(z);
+namespace {
+std::string identity_of(const Zip& z, const std::string& root) {
   std::vector<const Member*> records;
   for (const auto& e : z.members)
     if (e.name.rfind(root + "data/", 0) == 0) records.push_back(&e);  // the module's parameters and buffers
@@ -264,13 +262,15 @@ std::string archive_identity(const std::string& path) {
   }
   return "w:" + hex16(h);
 }
+}  // namespace
 
-void check_archive_records(const std::string& path) {
+std::string check_archive_records(const std::string& path) {
   const Zip z(path);
   const std::string root = root_of(z);
-  if (root.empty()) return;  // not a TorchScript module archive: torch::jit::load names it
+  if (root.empty()) return "";  // not a TorchScript module archive: torch::jit::load names it
   check_pickle(z, root, "data");
   check_pickle(z, root, "constants");
+  return identity_of(z, root);  // the directory is read once for both
 }
 
 }  // namespace attnscope

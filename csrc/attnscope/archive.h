@@ -10,20 +10,18 @@ namespace attnscope {
 
 /// Checks every member of the archive at `path` — local headers against the central directory,
 /// and each member's bytes against its CRC-32 — and throws ValueError naming the file when one
-/// fails; then check_archive_records. Reads the whole archive once (about a second per GB).
+/// fails (Model::load then runs check_archive_records). Reads the whole archive once (about a
+/// second per GB).
 void verify_archive(const std::string& path);
 
 /// Checks that every storage data.pkl and constants.pkl declare has a record of at least its
 /// bytes, and that every tensor on it (offset, sizes, strides) stays inside it; throws ValueError
 /// naming the file, the record and both sizes. Reads the zip directory and the two pickles only,
-/// so Model::load runs it on every archive.
-void check_archive_records(const std::string& path);
-
-/// The identity of the weights in the archive at `path`: "w:" + 16 hex digits of a 64-bit
-/// FNV-1a hash over each data/ record's (parameters and buffers) name, size and CRC-32 as the zip
-/// directory states them (no weight byte is read). Two saves of the same weights agree; a
-/// changed weight changes its record's CRC and so the identity.
-std::string archive_identity(const std::string& path);
+/// so Model::load runs it on every archive. Returns the identity of the weights (from the same
+/// directory, no weight read): "w:" + 16 hex digits of a 64-bit FNV-1a hash over each data/
+/// record's (parameters and buffers) name, size and CRC-32; two saves of the same weights agree,
+/// a changed weight changes its record's CRC and so the identity ("" for a zip that is no module).
+std::string check_archive_records(const std::string& path);
 
 /// CRC-32 (as zip uses) of `n` bytes, continuing from `crc` (0 to start).
 uint32_t crc32(const uint8_t* p, size_t n, uint32_t crc = 0);

@@ -49,8 +49,9 @@ Model Model::load(const std::string& path, const std::string& device) {
   TORCH_CHECK(file_exists(path), "model file not found: '", path, "'");
   torch::Device dev = resolve_device(device);
   torch::jit::ExtraFilesMap extra{{"attnscope.json", ""}, {"tokenizer.json", ""}, {"tokens.json", ""}};
+  std::string identity;
   try {
-    check_archive_records(path);  // a short weight record would be read past its end
+    identity = check_archive_records(path);  // a short weight record would be read past its end
   } catch (const c10::Error& e) {
     TORCH_CHECK_VALUE(false, "'", path, "' is not a loadable TorchScript archive (expected a file written by ",
                       "torch.jit.save): ", e.what_without_backtrace());
@@ -67,7 +68,7 @@ Model Model::load(const std::string& path, const std::string& device) {
   if (!extra["attnscope.json"].empty()) info = ModelInfo::from_json(extra["attnscope.json"]);
   Model model = wrap(std::move(m), dev, info, extra["attnscope.json"]);
   model.source_ = path;
-  model.model_id_ = archive_identity(path);  // from the zip directory: no weight is read again
+  model.model_id_ = identity;  // from the zip directory: no weight is read again
   model.model_name_ = path.substr(path.find_last_of('/') + 1);
   if (!extra["tokenizer.json"].empty()) {
     model.tokenizer_json_ = extra["tokenizer.json"];

@@ -51,7 +51,7 @@ class Model {
   static Model from_module(torch::jit::Module module, const torch::Device& device,
                            ModelInfo info = {}, const std::string& metadata_json = "");
 
-  /// Which weights this is: "w:<16 hex>" for an archive (archive_identity: its data records'
+  /// Which weights this is: "w:<16 hex>" for an archive (check_archive_records: its data records'
   /// CRCs), "m:<16 hex>" for a module (module_identity: its tensors' bytes). Traces and
   /// datasets carry it; combining two of different ids is refused unless asked for.
   const std::string& model_id() const { return model_id_; }

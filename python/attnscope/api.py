@@ -183,6 +183,22 @@ class Model:
             raise ValueError("prefill: this archive has no decode method (KV cache); export it again with attnscope")
         return self._core.prefill(torch.as_tensor(ids))
 
+    def token_id(self, token, *, name="token"):
+        """The id of one token given as an id (checked against the vocabulary) or as a str that the
+        tokenizer makes one token (e.g. " yes" with its leading space); ValueError naming `name`."""
+        if isinstance(token, int) and not isinstance(token, bool):
+            V = self.vocab_size
+            if not 0 <= token < (V if V > 0 else float("inf")):
+                raise ValueError(f"{name} {token} is not a token id of this model (0..{V - 1})")
+            return token
+        if not isinstance(token, str) or self.tokenizer is None:
+            raise ValueError(f"{name} {token!r}: expected a str (with the model's tokenizer) or a token id")
+        enc = self.tokenizer.encode(token, add_special_tokens=False).ids
+        if len(enc) != 1:
+            raise ValueError(f"{name} {token!r} is {len(enc)} tokens for this model's tokenizer: give one token "
+                             "(e.g. ' yes' with its leading space) or its id")
+        return enc[0]
+
     def logits(self, ids, attention_mask=None, *, remove=None, layers=None, heads=None):
         """The forward's logits Tensor[B, T, V] (fp32) for ids [B, T] (or [T]). remove
         (Tensor[B, T, T] bool): attention edges (query i, key j) of each row taken out before the

@@ -82,7 +82,7 @@ def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temp
                              f"position (1..{len(k_ids)}; capture top_k for more)")
         forced = k_ids[rank - 1]
     else:
-        forced = _token_id(answer, token)
+        forced = answer.model.token_id(token, name="token")
     if forced == chosen:
         raise ValueError(f"the answer already chose {answer.token_label(forced)!r} at position {position}: "
                          "pick another rank or token")
@@ -104,21 +104,6 @@ def branch(answer, position, *, rank=None, token=None, max_new_tokens=None, temp
             "forced_p": p_of.get(forced), "rank": k_ids.index(forced) + 1 if forced in k_ids else None}
     t.set_generation(answer.prompt_len, {**t.generation, "fork": fork})
     return t
-
-
-def _token_id(answer, token):
-    if isinstance(token, int) and not isinstance(token, bool):
-        V = answer.model.vocab_size
-        if not 0 <= token < (V if V > 0 else float("inf")):
-            raise ValueError(f"token {token} is not a token id of this model (0..{V - 1})")
-        return token
-    if not isinstance(token, str) or answer.model.tokenizer is None:
-        raise ValueError(f"token {token!r}: expected a str (with the model's tokenizer) or a token id")
-    enc = answer.model.tokenizer.encode(token, add_special_tokens=False).ids
-    if len(enc) != 1:
-        raise ValueError(f"token {token!r} is {len(enc)} tokens for this model's tokenizer: give one token "
-                         "(e.g. ' yes' with its leading space) or its id")
-    return enc[0]
 
 
 class Branches(Sequence):

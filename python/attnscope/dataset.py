@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import _core
+from .identity import allow_flag
 from .trace import core_of
 
 PARTS = ("layer_maps", "head_maps", "received", "attn_entropy", "row_stats")
@@ -345,16 +346,10 @@ class DatasetTrace:
         if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)):
             raise ValueError(f"epsilon {epsilon!r}: expected a number in [0, 1)")
         stats = _core.DatasetStats(p, float(epsilon))
-        stats.allow_different_models = _flag(allow_different_models)
+        stats.allow_different_models = allow_flag(allow_different_models)
         for c in cores:
             stats.add(c)
         return cls(stats)
-
-
-def _flag(v):
-    if not isinstance(v, bool):
-        raise ValueError(f"allow_different_models {v!r}: expected True or False")
-    return v
 
 
 def merge_datasets(*traces, allow_different_models=False):
@@ -372,7 +367,7 @@ def merge_datasets(*traces, allow_different_models=False):
                       "count only the sequences that reach them", stacklevel=2)
     first = traces[0].stats
     stats = _core.DatasetStats(first.parts, first.epsilon)
-    stats.allow_different_models = _flag(allow_different_models)
+    stats.allow_different_models = allow_flag(allow_different_models)
     for t in traces:
         stats.merge(t.stats)
     return DatasetTrace(stats, meta=traces[0].meta)

@@ -3,7 +3,7 @@ combined: same shape is not the same model. Duck-typed on `.model_id` / `.model_
 (Model.model_id: "w:<hex>" from an archive's weight records, "m:<hex>" from a module's
 tensors; "" = unknown, a file written before ids were kept)."""
 
-__all__ = ["same_model", "model_of"]
+__all__ = ["same_model", "model_of", "allow_flag"]
 
 
 def model_of(x):
@@ -15,12 +15,18 @@ def _said(mid, name):
     return f"{name!r} ({mid})" if mid else "an unknown model (a file written before model ids were kept)"
 
 
+def allow_flag(v):
+    """`allow_different_models` checked: True or False, else ValueError."""
+    if not isinstance(v, bool):
+        raise ValueError(f"allow_different_models {v!r}: expected True or False")
+    return v
+
+
 def same_model(a, b, *, allow_different_models=False, what="compare"):
     """"" when `a` and `b` come from one model. Otherwise a ValueError naming both models, or,
     with allow_different_models=True (a deliberate comparison of two models), the words for a
     figure's title: "different models: 'x.pt' vs 'y.pt'"."""
-    if not isinstance(allow_different_models, bool):
-        raise ValueError(f"allow_different_models {allow_different_models!r}: expected True or False")
+    allow_flag(allow_different_models)
     (ia, na), (ib, nb) = model_of(a), model_of(b)
     if ia and ia == ib:
         return ""

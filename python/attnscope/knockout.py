@@ -53,21 +53,9 @@ def _targets(trace, model, target, position, batch, base):
         nxt = position + 1
         tid = int(ids[nxt]) if nxt < ids.shape[0] and bool(mask[nxt]) else int(base.argmax())
         return [(tid, trace.token_label(tid))]
-    out = []
     items = list(target) if isinstance(target, (list, tuple, range)) else [target]
-    for t in items:
-        if isinstance(t, int) and not isinstance(t, bool):
-            if not 0 <= t < base.shape[0]:
-                raise ValueError(f"target {t} is not a token id of this model (0..{base.shape[0] - 1})")
-            out.append((t, trace.token_label(t)))
-        elif isinstance(t, str) and model.tokenizer is not None:
-            enc = model.tokenizer.encode(t, add_special_tokens=False).ids
-            if len(enc) != 1:
-                raise ValueError(f"target {t!r} is {len(enc)} tokens for this model's tokenizer: give one token")
-            out.append((enc[0], trace.token_label(enc[0])))
-        else:
-            raise ValueError(f"target {t!r}: expected a token id, a one-token str (with a tokenizer) or a list of them")
-    return out
+    ids = [model.token_id(t, name="target") for t in items]
+    return [(t, trace.token_label(t)) for t in ids]
 
 
 def knockout(trace, position, *, keys, layers=None, heads=None, target=None, batch=0):

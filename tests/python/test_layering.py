@@ -31,7 +31,7 @@ ALLOWED = {
     "knockout": set(),  # knockout effects from Model.logits (duck-typed on a trace that keeps its model)
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
     "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
-    "dataset": {"_core", "api", "trace", "labels"},
+    "dataset": {"_core", "api", "trace", "labels", "identity"},
     "figure": {"marks", "files"},
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
                  "plotting.*"},
