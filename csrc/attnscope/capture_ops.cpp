@@ -38,20 +38,10 @@ torch::Tensor capture_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   return q;
 }
 
-torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                   const std::optional<torch::Tensor>& mask, double dropout_p, bool is_causal,
-                   std::optional<double> scale, bool enable_gqa, int64_t layer) {
-  std::optional<torch::Tensor> m = mask;
-  if (Recorder* r = Recorder::active()) {
-    if (torch::Tensor knocked = r->knocked_mask(q, k, mask, is_causal, layer); knocked.defined()) {
-      m = knocked;  // the removed edges at −∞; the causal part is in it now
-      is_causal = false;
-    }
-    // Without enable_gqa, unequal head counts are SDPA's error to raise: no output from us.
-    const bool heads_ok = enable_gqa || (q.dim() == 4 && k.dim() == 4 && q.size(1) == k.size(1));
-    torch::Tensor out = r->on_sdpa(q, k, m, is_causal, scale, layer, heads_ok ? v : torch::Tensor(), dropout_p);
-    if (out.defined()) return out;
-  }
+namespace {
+torch::Tensor run_sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                       const std::optional<torch::Tensor>& m, double dropout_p, bool is_causal,
+                       std::optional<double> scale, bool enable_gqa) {
   if (enable_gqa && !q.is_cpu() && q.dim() == 4 && k.dim() == 4 && v.dim() == 4 && k.size(1) > 0 &&
       q.size(1) != k.size(1) && q.size(1) % k.size(1) == 0) {
     // On CUDA the memory-efficient kernel (fp32) takes no grouped K/V: repeat them, as
@@ -61,6 +51,25 @@ torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::
                                             is_causal, scale, false);
   }
   return at::scaled_dot_product_attention(q, k, v, m, dropout_p, is_causal, scale, enable_gqa);
+}
+}  // namespace
+
+torch::Tensor sdpa(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                   const std::optional<torch::Tensor>& mask, double dropout_p, bool is_causal,
+                   std::optional<double> scale, bool enable_gqa, int64_t layer) {
+  Recorder* r = Recorder::active();
+  if (!r) return run_sdpa(q, k, v, mask, dropout_p, is_causal, scale, enable_gqa);
+  const int64_t model_layer = r->model_layer(layer);  // before on_sdpa counts this site
+  std::optional<torch::Tensor> m = mask;
+  if (torch::Tensor knocked = r->knocked_mask(q, k, mask, is_causal, layer); knocked.defined()) {
+    m = knocked;  // the removed edges at −∞; the causal part is in it now
+    is_causal = false;
+  }
+  // Without enable_gqa, unequal head counts are SDPA's error to raise: no output from us.
+  const bool heads_ok = enable_gqa || (q.dim() == 4 && k.dim() == 4 && q.size(1) == k.size(1));
+  torch::Tensor out = r->on_sdpa(q, k, m, is_causal, scale, layer, heads_ok ? v : torch::Tensor(), dropout_p);
+  if (!out.defined()) out = run_sdpa(q, k, v, m, dropout_p, is_causal, scale, enable_gqa);
+  return r->ablated_output(out, model_layer);
 }
 
 }  // namespace attnscope

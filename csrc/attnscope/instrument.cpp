@@ -200,8 +200,9 @@ std::shared_ptr<torch::jit::Graph> forward_graph(const torch::jit::Module& m) {
 
 }  // namespace
 
-int64_t count_capture_ops(const torch::jit::Module& module) {
-  auto g = forward_graph(module)->copy();
+int64_t count_capture_ops(const torch::jit::Module& module, const std::string& method) {
+  if (method != "forward" && !module.find_method(method)) return 0;
+  auto g = (method == "forward" ? forward_graph(module) : module.get_method(method).graph())->copy();
   torch::jit::Inline(*g);
   int64_t n = 0;
   static const std::set<Symbol> ops = {sym(kCaptureOp), sym(kCaptureSdpaOp), sym(kCaptureDimOp),
@@ -239,6 +240,57 @@ int64_t embedding_rows(const torch::jit::Module& module) {
   return -1;
 }
 
+namespace {
+// Inserts the capture operators at the sites `found` of `graph` (site ids in order); appends
+// what was found to `sites` when given.
+void insert_ops(torch::jit::Graph& graph, const std::vector<Found>& found, const TypeNames& names,
+                std::vector<AttentionSite>* sites) {
+  const Symbol cap = sym(kCaptureOp), sdpa_op = sym(kSdpaOp), cap_dim = sym(kCaptureDimOp),
+               cap_sink = sym(kCaptureSinkOp);
+  for (size_t i = 0; i < found.size(); ++i) {
+    Node* n = found[i].node;
+    const int64_t id = static_cast<int64_t>(i);
+    if (sites)
+      sites->push_back({id,
+                        found[i].sdpa   ? "sdpa"
+                        : found[i].sink ? "softmax with sink"
+                                        : "softmax",
+                        module_path(n, names), found[i].in_block, found[i].runtime_dim >= 0 && !found[i].sink});
+    torch::jit::WithCurrentScope scope(graph, n->scope());
+    if (found[i].sdpa) {
+      // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)
+      TORCH_CHECK(n->inputs().size() >= 6, "unexpected scaled_dot_product_attention schema with ",
+                  n->inputs().size(), " inputs");
+      // Replaced by attnscope::sdpa, which is SDPA itself when nothing is captured and gives
+      // the output from the recorder's own probabilities when it computes them all.
+      torch::jit::WithInsertPoint guard(n);
+      Value* scale = n->inputs().size() > 6 ? n->input(6) : graph.insertConstant(c10::IValue());
+      Value* gqa = n->inputs().size() > 7 ? n->input(7) : graph.insertConstant(false);
+      Value* out = graph.insert(
+          sdpa_op, {n->input(0), n->input(1), n->input(2), n->input(3), n->input(4), n->input(5), scale, gqa, id});
+      n->output()->replaceAllUsesWith(out);
+      n->destroy();
+    } else {
+      torch::jit::WithInsertPoint guard(n->next());
+      // A sink site captures the sliced probabilities (the real keys); its op checks the dim.
+      Value* p = found[i].sink               ? graph.insert(cap_sink, {n->output(), found[i].runtime_dim, id})
+                 : found[i].runtime_dim >= 0 ? graph.insert(cap_dim, {n->output(), found[i].runtime_dim, id})
+                                             : graph.insert(cap, {n->output(), id});
+      n->output()->replaceAllUsesAfterNodeWith(p->node(), p);
+    }
+  }
+}
+
+// The same kinds of site in the same order: what lets the recorder number decode's sites as
+// forward's layers.
+bool same_sites(const std::vector<Found>& a, const std::vector<Found>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].sdpa != b[i].sdpa || a[i].sink != b[i].sink || a[i].in_block != b[i].in_block) return false;
+  return true;
+}
+}  // namespace
+
 Instrumented instrument(const torch::jit::Module& module) {
   forward_graph(module);  // clear error before cloning
   Instrumented r{module.clone(/*inplace=*/true), {}};
@@ -247,43 +299,23 @@ Instrumented instrument(const torch::jit::Module& module) {
 
   std::vector<Found> found;
   collect(graph->block(), false, found);
-  TORCH_CHECK_VALUE(!found.empty(), "no attention site found in forward: searched for "
-              "aten::softmax/aten::_softmax over the last dim fed by a q·kᵀ product "
-              "(matmul/bmm/baddbmm/einsum, through scaling, masks, clamps, casts and views) and feeding "
-              "a product with V, and for aten::scaled_dot_product_attention");
-
-  const Symbol cap = sym(kCaptureOp), sdpa_op = sym(kSdpaOp), cap_dim = sym(kCaptureDimOp),
-               cap_sink = sym(kCaptureSinkOp);
+  TORCH_CHECK_VALUE(!found.empty(),
+                    "no attention site found in forward: searched for "
+                    "aten::softmax/aten::_softmax over the last dim fed by a q·kᵀ product "
+                    "(matmul/bmm/baddbmm/einsum, through scaling, masks, clamps, casts and views) and feeding "
+                    "a product with V, and for aten::scaled_dot_product_attention");
   const TypeNames names = unique_type_names(r.module);
-  for (size_t i = 0; i < found.size(); ++i) {
-    Node* n = found[i].node;
-    const int64_t id = static_cast<int64_t>(i);
-    r.sites.push_back({id, found[i].sdpa ? "sdpa" : found[i].sink ? "softmax with sink" : "softmax",
-                       module_path(n, names), found[i].in_block, found[i].runtime_dim >= 0 && !found[i].sink});
-    torch::jit::WithCurrentScope scope(*graph, n->scope());
-    if (found[i].sdpa) {
-      // SDPA(query, key, value, attn_mask, dropout_p, is_causal, scale?, enable_gqa?)
-      TORCH_CHECK(n->inputs().size() >= 6, "unexpected scaled_dot_product_attention schema with ",
-                  n->inputs().size(), " inputs");
-      // Replaced by attnscope::sdpa, which is SDPA itself when nothing is captured and gives
-      // the output from the recorder's own probabilities when it computes them all.
-      torch::jit::WithInsertPoint guard(n);
-      Value* scale = n->inputs().size() > 6 ? n->input(6) : graph->insertConstant(c10::IValue());
-      Value* gqa = n->inputs().size() > 7 ? n->input(7) : graph->insertConstant(false);
-      Value* out = graph->insert(sdpa_op, {n->input(0), n->input(1), n->input(2), n->input(3),
-                                           n->input(4), n->input(5), scale, gqa, id});
-      n->output()->replaceAllUsesWith(out);
-      n->destroy();
-    } else {
-      torch::jit::WithInsertPoint guard(n->next());
-      // A sink site captures the sliced probabilities (the real keys); its op checks the dim.
-      Value* p = found[i].sink ? graph->insert(cap_sink, {n->output(), found[i].runtime_dim, id})
-                 : found[i].runtime_dim >= 0
-                     ? graph->insert(cap_dim, {n->output(), found[i].runtime_dim, id})
-                     : graph->insert(cap, {n->output(), id});
-      n->output()->replaceAllUsesAfterNodeWith(p->node(), p);
-    }
+  // The KV-cache decode method gets the operators too (interventions over a cached prefix),
+  // when its sites are forward's, one for one.
+  if (r.module.find_method("decode")) {
+    auto dgraph = r.module.get_method("decode").graph();
+    torch::jit::Inline(*dgraph);
+    std::vector<Found> dfound;
+    collect(dgraph->block(), false, dfound);
+    r.decode_instrumented = same_sites(found, dfound);
+    if (r.decode_instrumented) insert_ops(*dgraph, dfound, names, nullptr);
   }
+  insert_ops(*graph, found, names, &r.sites);
   return r;
 }
 

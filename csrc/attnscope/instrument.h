@@ -31,12 +31,16 @@ struct AttentionSite {
 struct Instrumented {
   torch::jit::Module module;
   std::vector<AttentionSite> sites;
+  /// True when the module's KV-cache `decode` method got the operators too (its sites are
+  /// forward's, kind for kind and in order).
+  bool decode_instrumented = false;
 };
 
 /// Clones `module` with clone(true) (parameters shared, types and methods copied), inlines
 /// forward, inserts attnscope::capture after each attention softmax (last dim, fed by a q·kᵀ
 /// product, feeding a product with V) and replaces each aten::scaled_dot_product_attention with
-/// attnscope::sdpa. Throws when no site is found. `module` is unchanged.
+/// attnscope::sdpa; the same in `decode` when its sites match forward's. Throws when no site is
+/// found. `module` is unchanged.
 Instrumented instrument(const torch::jit::Module& module);
 
 /// Rows of the embedding table indexed directly by forward's first input (the vocabulary
@@ -50,7 +54,8 @@ int64_t embedding_rows(const torch::jit::Module& module);
 int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device,
                                   bool dry_run = false);
 
-/// Capture operators already in `module.forward` (counted on an inlined copy of the graph).
-int64_t count_capture_ops(const torch::jit::Module& module);
+/// Capture operators already in `module.<method>` (counted on an inlined copy of the graph; 0
+/// when there is no such method other than forward).
+int64_t count_capture_ops(const torch::jit::Module& module, const std::string& method = "forward");
 
 }  // namespace attnscope

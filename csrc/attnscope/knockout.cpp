@@ -5,12 +5,35 @@
 
 namespace attnscope {
 
-bool Knockout::applies(int64_t layer) const {
+bool Knockout::removes(int64_t layer) const {
   return edges.defined() && (layers.empty() || std::find(layers.begin(), layers.end(), layer) != layers.end());
 }
 
-void Knockout::validate(int64_t batch, int64_t tokens, int64_t n_heads,
+bool Knockout::ablates(int64_t layer) const {
+  return ablate.defined() && layer >= 0 && layer < ablate.size(1) && ablate.select(1, layer).any().item<bool>();
+}
+
+void Knockout::validate(int64_t batch, int64_t tokens, int64_t n_layers, int64_t n_heads,
                         const std::vector<int64_t>& attention_layers) const {
+  if (ablate.defined()) {
+    TORCH_CHECK_VALUE(ablate.dim() == 3 && ablate.scalar_type() == torch::kBool && ablate.size(0) == batch &&
+                          (n_layers < 0 || ablate.size(1) == n_layers) && (n_heads < 0 || ablate.size(2) == n_heads),
+                      "ablate: expected a bool [", batch, ", ", n_layers, ", ", n_heads,
+                      "] tensor (batch, layer, head), got ", ablate.sizes(), " ", c10::toString(ablate.scalar_type()));
+    TORCH_CHECK_VALUE(ablate_mode == "zero" || ablate_mode == "mean", "ablate mode '", ablate_mode,
+                      "': expected 'zero' or 'mean'");
+    const auto any = ablate.any(2).any(0);  // [L]
+    for (int64_t l = 0; l < any.size(0); ++l)
+      TORCH_CHECK_VALUE(!any[l].item<bool>() ||
+                            std::find(attention_layers.begin(), attention_layers.end(), l) != attention_layers.end(),
+                        "ablate: layer ", l, " is not an attention layer of this model");
+  }
+  if (!edges.defined() && ablate.defined()) {
+    TORCH_CHECK_VALUE(layers.empty() && heads.empty(),
+                      "knockout layers/heads choose where edges are removed: "
+                      "give edges too");
+    return;
+  }
   TORCH_CHECK_VALUE(edges.defined() && edges.dim() == 3 && edges.scalar_type() == torch::kBool &&
                         edges.size(0) == batch && edges.size(1) == tokens && edges.size(2) == tokens,
                     "knockout edges: expected a bool [", batch, ", ", tokens, ", ", tokens, "] tensor (batch, query, key), got ",
@@ -47,6 +70,19 @@ torch::Tensor Knockout::on_probs(const torch::Tensor& probs, int64_t layer) cons
   TORCH_CHECK_VALUE(!(kept.sum(-1, true) <= 0).logical_and(had).any().item<bool>(), "knockout: at layer ", layer,
                     " a query row would attend to nothing (every key it sees is removed): keep at least one");
   return (kept.to(torch::kFloat) / left).to(probs.scalar_type());
+}
+
+torch::Tensor Knockout::on_heads(const torch::Tensor& x, int64_t layer, const torch::Tensor& valid) const {
+  if (!ablates(layer)) return x;
+  const auto sel = ablate.select(1, layer).narrow(1, 0, x.size(1)).to(x.device()).view({x.size(0), x.size(1), 1, 1});
+  if (ablate_mode == "zero") return x.masked_fill(sel, 0);
+  // The mean over real query rows, in fp32; rows of padding get it too (they predict nothing).
+  const auto rows = valid.narrow(1, valid.size(1) - x.size(2), x.size(2))
+                        .to(x.device())
+                        .to(torch::kFloat)
+                        .view({x.size(0), 1, x.size(2), 1});
+  const auto mean = (x.to(torch::kFloat) * rows).sum(2, true) / rows.sum(2, true).clamp_min(1);
+  return torch::where(sel, mean.to(x.scalar_type()).expand_as(x), x);
 }
 
 torch::Tensor Knockout::on_mask(const std::optional<torch::Tensor>& mask, bool is_causal, const torch::Tensor& q,

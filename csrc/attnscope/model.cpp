@@ -140,10 +140,13 @@ void Model::prepare() {
     module_ = module_.clone(true);
     retargeted_ = retarget_device_constants(module_, device_);
   }
-  if (count_capture_ops(module_) == 0) {
+  const int64_t own_ops = count_capture_ops(module_);
+  decode_intervenes_ = own_ops > 0 && count_capture_ops(module_, "decode") == own_ops;
+  if (own_ops == 0) {
     Instrumented ins = instrument(module_);
     module_ = std::move(ins.module);
     sites_ = std::move(ins.sites);
+    decode_intervenes_ = ins.decode_instrumented;
     instrumented_ = true;
     bool branches = false;
     for (const auto& s : sites_) branches |= s.in_block || s.runtime_check;

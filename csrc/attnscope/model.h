@@ -70,6 +70,16 @@ class Model {
   /// is one attnscope only observes.
   torch::Tensor logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask = {},
                        const Knockout* knockout = nullptr);
+  /// The logits `[B, t, V]` (fp32, CPU) of one step of the archive's KV-cache decode method: new
+  /// `input_ids (Tensor[B, t])` after the cached `past_k`, `past_v (Tensor[L, B, KV, P, D])`,
+  /// `attention_mask (Tensor[B, P + t])`; the knockout's edges are [B, P + t, P + t] (only the
+  /// last t query rows are computed) and a head ablation is "zero" only.
+  torch::Tensor decode_logits(const torch::Tensor& input_ids, const torch::Tensor& attention_mask,
+                              const torch::Tensor& past_k, const torch::Tensor& past_v,
+                              const Knockout* knockout = nullptr);
+  /// True when a knockout can run over a KV cache (decode_logits): the decode method's attention
+  /// passes through attnscope operators, site for site as forward's.
+  bool decode_intervenes() const { return decode_intervenes_ && has_decode(); }
 
   /// Generates from `prompt_ids (Tensor[B, P] or [P])` (left-padded when B > 1, with
   /// `attention_mask`), then runs ONE capture over prompt + response with `spec`: the Trace
@@ -135,6 +145,8 @@ class Model {
                    const std::vector<int64_t>& stop, bool cached, int64_t from);
   std::vector<std::string> tokens_of(const torch::Tensor& ids) const;
   torch::Tensor output_tensor_of(const c10::IValue& out, int64_t batch, int64_t len) const;
+  /// ModelInfo::attention_layers, or every layer when it names none.
+  std::vector<int64_t> attention_layer_list() const;
   // Model::run's steps (run.cpp).
   /// The facts every site of one run shares (valid tokens, padding, causality, the ids).
   RunContext run_context(const torch::Tensor& ids, const torch::Tensor& mask) const;
@@ -156,6 +168,7 @@ class Model {
   std::vector<int64_t> idle_sites_;
   std::shared_ptr<std::mutex> idle_mutex_ = std::make_shared<std::mutex>();  // Model stays movable
   bool instrumented_ = false;
+  bool decode_intervenes_ = false;
   bool takes_mask_ = false;
   /// True only while the dry run at load runs: the one run allowed to fill the model's facts.
   bool loading_ = false;

@@ -30,21 +30,38 @@ int64_t Recorder::next_layer(int64_t op_layer) const {
 
 torch::Tensor Recorder::knocked_probs(const torch::Tensor& probs, int64_t op_layer) {
   const int64_t layer = next_layer(op_layer);
-  if (!knockout_ || !knockout_->applies(layer)) return probs;
+  if (!knockout_) return probs;
+  const bool remove = knockout_->removes(layer), ablate = knockout_->ablates(layer);
+  if (!remove && !ablate) return probs;
   const int64_t batch = ctx_.valid.size(0);
   TORCH_CHECK(probs.dim() == 4 || (probs.dim() == 3 && probs.size(0) % batch == 0), "knockout: attention of shape ",
               probs.sizes(), " at layer ", layer, " does not split into batch ", batch, " x heads");
   auto p4 = probs.dim() == 4 ? probs : probs.view({batch, probs.size(0) / batch, probs.size(1), probs.size(2)});
-  knocked_.insert(layer);
-  return knockout_->on_probs(p4, layer).view(probs.sizes());
+  if (remove) {
+    knocked_.insert(layer);
+    p4 = knockout_->on_probs(p4, layer);
+  }
+  if (ablate) {  // the head's output Σ_j p_ij v_j is linear in its row: zero or mean rows give it
+    ablated_.insert(layer);
+    p4 = knockout_->on_heads(p4, layer, ctx_.valid);
+  }
+  return p4.reshape(probs.sizes());
 }
 
 torch::Tensor Recorder::knocked_mask(const torch::Tensor& q, const torch::Tensor& k,
                                      const std::optional<torch::Tensor>& mask, bool is_causal, int64_t op_layer) {
   const int64_t layer = next_layer(op_layer);
-  if (!knockout_ || !knockout_->applies(layer) || q.dim() != 4 || k.dim() != 4) return {};
+  if (!knockout_ || !knockout_->removes(layer) || q.dim() != 4 || k.dim() != 4) return {};
   knocked_.insert(layer);
   return knockout_->on_mask(mask, is_causal, q, k, layer);
+}
+
+torch::Tensor Recorder::ablated_output(const torch::Tensor& out, int64_t layer) {
+  if (!knockout_ || !knockout_->ablates(layer)) return out;
+  TORCH_CHECK(out.dim() == 4, "ablate: attention output of shape ", out.sizes(), " at layer ", layer,
+              ": expected [B, H, T, D]");
+  ablated_.insert(layer);
+  return knockout_->on_heads(out, layer, ctx_.valid);
 }
 
 void Recorder::refuse_knockout(int64_t op_layer) const {

@@ -69,8 +69,14 @@ class Recorder {
                              bool is_causal, int64_t op_layer);
   /// An observe-only SDPA site (capture_sdpa): a knockout there cannot change the model's output.
   void refuse_knockout(int64_t op_layer) const;
-  /// Layers where the knockout was applied in this forward.
+  /// `out (Tensor[B, H, Tq, Dv])` of the SDPA site at model layer `layer` with the knockout's
+  /// ablated heads replaced (out itself when none).
+  torch::Tensor ablated_output(const torch::Tensor& out, int64_t layer);
+  /// The model layer the next operator call numbered `op_layer` records as.
+  int64_t model_layer(int64_t op_layer) const { return next_layer(op_layer); }
+  /// Layers where the knockout removed edges / ablated heads in this forward.
   const std::set<int64_t>& knocked_layers() const { return knocked_; }
+  const std::set<int64_t>& ablated_layers() const { return ablated_; }
 
  private:
   /// The heads an SDPA block computes, with q and k (fp32) laid out for them.
@@ -104,7 +110,7 @@ class Recorder {
   Workspace ws_;  // slots 0-3: per-block temporaries (CUDA, softmax sites); 4: fused row buffers
   MaskFacts masks_;  // per-run facts of the mask every layer shares
   const Knockout* knockout_ = nullptr;
-  std::set<int64_t> knocked_;
+  std::set<int64_t> knocked_, ablated_;
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.

@@ -188,7 +188,9 @@ void bind_dataset(py::module_& m) {
       .def(py::init<>())
       .def_readwrite("layers", &Knockout::layers, "model layers (empty = every attention layer)")
       .def_readwrite("heads", &Knockout::heads, "query heads (empty = every head)")
-      .def_readwrite("edges", &Knockout::edges, "[B, T, T] bool: true = edge (query i, key j) removed");
+      .def_readwrite("edges", &Knockout::edges, "[B, T, T] bool: true = edge (query i, key j) removed")
+      .def_readwrite("ablate", &Knockout::ablate, "[B, L, H] bool: true = head h of layer l ablated in row b")
+      .def_readwrite("ablate_mode", &Knockout::ablate_mode, "'zero' or 'mean' (over the row's real positions)");
   m.def("memory_budget", &attnscope::memory_budget, "bytes one argument's work may allocate (ATTNSCOPE_MAX_BYTES)");
   m.def("dataset_capture_spec", &attnscope::dataset_capture_spec, py::arg("parts"),
         py::arg("n_layers"), py::arg("n_heads"), "the CaptureSpec a dataset run needs");
@@ -272,6 +274,17 @@ void bind_model(py::module_& m) {
           },
           py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
           "wrap a torch.jit ScriptModule (attnscope.json text as info)")
+      .def(
+          "decode_logits",
+          [](Model& self, const torch::Tensor& ids, const torch::Tensor& mask, const torch::Tensor& past_k,
+             const torch::Tensor& past_v, const std::optional<Knockout>& knockout) {
+            return self.decode_logits(ids, mask, past_k, past_v, knockout ? &*knockout : nullptr);
+          },
+          py::arg("input_ids"), py::arg("attention_mask"), py::arg("past_k"), py::arg("past_v"),
+          py::arg("knockout") = py::none(), "logits [B, t, V] of one decode step over a KV cache, with a knockout",
+          py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("decode_intervenes", &Model::decode_intervenes,
+                             "a knockout can run over the KV cache (decode_logits)")
       .def("prefill", &Model::prefill, py::arg("ids"), "KV cache (k, v) [L, B, KV, T, D] of ids [B, T]",
            py::call_guard<py::gil_scoped_release>())
       .def(

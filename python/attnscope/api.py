@@ -126,6 +126,12 @@ class Model:
         ids, mask = self._batch(text_or_ids, "right")
         if attention_mask is None:
             attention_mask = mask
+        elif not isinstance(attention_mask, torch.Tensor):  # a list of rows, as the ids may be
+            try:
+                attention_mask = torch.as_tensor(attention_mask)
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"attention_mask: expected a [B, T] tensor or list of 0/1 rows, got "
+                                 f"{type(attention_mask).__name__}") from e
         self._warn_padding(attention_mask)
         trace = self._core.run(ids, capture_spec(capture), attention_mask)
         for w in trace.warnings:  # raised in C++ while the GIL was released
@@ -199,26 +205,53 @@ class Model:
                              "(e.g. ' yes' with its leading space) or its id")
         return enc[0]
 
-    def logits(self, ids, attention_mask=None, *, remove=None, layers=None, heads=None):
-        """The forward's logits Tensor[B, T, V] (fp32) for ids [B, T] (or [T]). remove
-        (Tensor[B, T, T] bool): attention edges (query i, key j) of each row taken out before the
-        softmax (knockout; attnscope.knockout measures its effect), in `layers` (model layers;
-        None = every attention layer) and `heads` (None = every head)."""
+    def logits(self, ids, attention_mask=None, *, remove=None, layers=None, heads=None, ablate=None,
+               ablate_mode="zero", past=None):
+        """The forward's logits Tensor[B, T, V] (fp32) for ids [B, T] (or [T]), with interventions
+        (attnscope.knockout and attnscope.head_effects measure their effects):
+        remove (Tensor[B, K, K] bool, K the key positions): attention edges (query i, key j) of
+        each row taken out before the softmax, in `layers` (model layers; None = every attention
+        layer) and `heads` (None = every head). ablate (Tensor[B, L, H] bool): heads whose output
+        is replaced by zeros (ablate_mode "zero") or by its mean over the row's real positions
+        ("mean"). past=(k, v) (Model.prefill, Tensor[L, B, KV, P, D] each): ids are the t new
+        tokens after the P cached ones, attention_mask is [B, P + t], K = P + t, and the logits
+        [B, t, V] are those of the new tokens (one step of the archive's decode method)."""
         ids = torch.as_tensor(ids)
-        knock = None
+        ids2 = ids if ids.dim() == 2 else ids[None]
+        if past is not None and (not isinstance(past, (tuple, list)) or len(past) != 2
+                                 or not all(isinstance(x, torch.Tensor) and x.dim() == 5 for x in past)):
+            raise ValueError("past: expected (k, v), each Tensor[L, B, KV, P, D], as Model.prefill returns")
+        K = ids2.shape[-1] + (past[0].shape[3] if past is not None else 0)
+        knock = self._knockout((ids2.shape[0], K), remove, layers, heads, ablate, ablate_mode)
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask)
+        if past is None:
+            return self._core.logits(ids, mask, knock)
+        if mask is None:
+            mask = torch.ones(ids2.shape[0], K, dtype=torch.long)
+        return self._core.decode_logits(ids2, mask, past[0], past[1], knock)
+
+    def _knockout(self, shape, remove, layers, heads, ablate, ablate_mode):
+        """The core Knockout of Model.logits' arguments (None when nothing is asked)."""
+        (B, K), L, H = shape, self.n_layers, self.n_heads
+        for arg, name, want in ((remove, "remove", (B, K, K)), (ablate, "ablate", (B, L, H))):
+            if arg is not None and (not isinstance(arg, torch.Tensor) or arg.dtype != torch.bool
+                                    or tuple(arg.shape) != want):
+                got = f"{tuple(arg.shape)} {arg.dtype}" if isinstance(arg, torch.Tensor) else repr(arg)
+                raise ValueError(f"{name}: expected a bool Tensor{list(want)}, got {got}")
+        if remove is None and (layers is not None or heads is not None):
+            raise ValueError("layers=/heads= choose where `remove` applies: give remove= too")
+        if ablate_mode not in ("zero", "mean"):
+            raise ValueError(f"ablate_mode {ablate_mode!r}: expected 'zero' or 'mean'")
+        if remove is None and ablate is None:
+            return None
+        knock = _core.Knockout()
         if remove is not None:
-            shape = (*ids.shape[-2:-1], ids.shape[-1], ids.shape[-1]) if ids.dim() == 2 else (1, len(ids), len(ids))
-            if not isinstance(remove, torch.Tensor) or remove.dtype != torch.bool or tuple(remove.shape) != shape:
-                got = f"{tuple(remove.shape)} {remove.dtype}" if isinstance(remove, torch.Tensor) else repr(remove)
-                raise ValueError(f"remove: expected a bool Tensor{list(shape)} (row, query, key), got {got}")
-            knock = _core.Knockout()
             knock.edges = remove
             knock.layers = _index_list(layers, "layers")
             knock.heads = _index_list(heads, "heads")
-        elif layers is not None or heads is not None:
-            raise ValueError("layers=/heads= choose where `remove` applies: give remove= too")
-        mask = None if attention_mask is None else torch.as_tensor(attention_mask)
-        return self._core.logits(ids, mask, knock)
+        if ablate is not None:
+            knock.ablate, knock.ablate_mode = ablate, ablate_mode
+        return knock
 
     # ------------------------------------------------------------------ chat + generation
     @property
@@ -383,6 +416,8 @@ _CORE_FIELDS = {
     "causal": "True for a decoder (causal mask)", "output": "what forward returns: logits or hidden states",
     "context_length": "the context the model states (<= 0 = none)", "device": "where the model runs",
     "has_decode": "True when the archive has a KV-cache decode method",
+    "decode_intervenes": "True when interventions run over a KV cache (logits(past=...)): a knockout sweep is then "
+                         "one batched decode step, not a forward per key",
     "model_id": "which weights: 'w:<hex>' (an archive's weight records) or 'm:<hex>' (a module's tensors)",
     "model_name": "the archive's file name, or 'module <Class>'",
     "instrumented": "True when the graph pass put capture operators into the archive",

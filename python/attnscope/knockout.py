@@ -1,11 +1,16 @@
-"""Does the attention matter? Attention knockout (Geva et al. 2023): remove the edges from a
-query position to chosen keys before the softmax, in chosen layers and heads, and measure what
-the prediction at that position loses. Duck-typed on a Trace that keeps its model."""
+"""Does the attention matter? Attention knockout (Geva et al. 2023, "Dissecting Recall of Factual
+Associations"): remove the edges from a query position to chosen keys before the softmax, in
+chosen layers and heads, and measure what the prediction at that position loses. `knockout` is
+one intervention; `knockout_sweep` removes each earlier key in turn (per layer band), as one
+batched decode step over the cached prefix. Duck-typed on a Trace that keeps its model."""
 import math
 
 import torch
 
-__all__ = ["knockout", "KnockoutEffect"]
+from .budget import memory_budget
+from .streaming import Progress
+
+__all__ = ["knockout", "knockout_sweep", "KnockoutEffect", "KeySweep"]
 
 
 class KnockoutEffect:
@@ -30,6 +35,42 @@ class KnockoutEffect:
             lines.append(f"  log p({lab!r}) {b:.4f} → {a:.4f} (Δ {a - b:+.4f}; p {math.exp(b):.3f} → {math.exp(a):.3f})")
         lines.append(f"  entropy {self.entropy_before:.4f} → {self.entropy_after:.4f} nats; top-1 "
                      f"{self.top1_before[1]!r} → {self.top1_after[1]!r}{' (changed)' if self.changed else ''}")
+        return "\n".join(lines)
+
+
+class KeySweep:
+    """`knockout_sweep`'s result: the prediction at `position` with the edge position → key
+    removed, for every key of `keys`, in the layers of each band of `bands` [(name, layers)].
+    logp_before (Tensor[n_targets]) and logp_after (Tensor[n_bands, n_keys, n_targets]) of the
+    `targets` [(id, label)]; entropy_before (float) and entropy_after (Tensor[n_bands, n_keys]),
+    nats; top1_before (id, label) and top1_after (Tensor[n_bands, n_keys] ids). `method` says how
+    it ran. Δ log p = delta_logp (Tensor[n_bands, n_keys, n_targets])."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    @property
+    def delta_logp(self):
+        return self.logp_after - self.logp_before
+
+    @property
+    def changed(self):
+        """Tensor[n_bands, n_keys] bool: the top-1 token changed."""
+        return self.top1_after != self.top1_before[0]
+
+    def top(self, n=5, *, band=0, target=0):
+        """The `n` keys whose removal lowers log p of `target` most in `band`: [(key, Δ log p)]."""
+        d = self.delta_logp[band, :, target]
+        order = torch.argsort(d)[:n]
+        return [(self.keys[int(i)], float(d[i])) for i in order]
+
+    def __repr__(self):
+        lab = self.targets[0][1]
+        lines = [f"<attnscope.KeySweep position {self.position}: {len(self.keys)} keys removed one at a time "
+                 f"({self.method})>", f"  log p({lab!r}) before {float(self.logp_before[0]):.4f}"]
+        for b, (name, _) in enumerate(self.bands):
+            top = ", ".join(f"{k} {self.labels[k]!r} {d:+.3f}" for k, d in self.top(3, band=b))
+            lines.append(f"  {name}: most used keys (Δ log p) {top}")
         return "\n".join(lines)
 
 
@@ -58,13 +99,8 @@ def _targets(trace, model, target, position, batch, base):
     return [(t, trace.token_label(t)) for t in ids]
 
 
-def knockout(trace, position, *, keys, layers=None, heads=None, target=None, batch=0):
-    """KnockoutEffect on the prediction at `position` of row `batch` when the attention from
-    `position` to `keys` (a position or a list; negative counts from the end) is removed before
-    the softmax in `layers` (model layers, None = every attention layer) and `heads` (None =
-    every head). `target`: the token(s) whose log p is reported (default the token that follows
-    in the trace, or the model's top-1 at the last position; an id, a one-token str, or a list
-    for contrast). One forward of the row twice (as it is, and knocked out)."""
+def _query(trace, position, batch):
+    """(model, T, the row's mask, position in 0..T-1) after checking the arguments."""
     model = getattr(trace, "model", None)
     if model is None:
         raise ValueError("knockout needs a trace that keeps its model (Model.run / generate; not one read from a file "
@@ -78,12 +114,28 @@ def knockout(trace, position, *, keys, layers=None, heads=None, target=None, bat
     mask = trace.attention_mask[batch]
     if not bool(mask[position]):
         raise ValueError(f"position {position} of row {batch} is padding: it predicts nothing")
+    return model, T, mask, position
+
+
+def _checked_keys(keys, model, T, mask, position, batch):
     keys = _positions(keys, "keys", T)
     for j in keys:
         if not bool(mask[j]):
             raise ValueError(f"keys: position {j} of row {batch} is padding: no query attends to it")
         if model.causal and j > position:
             raise ValueError(f"keys: position {j} is after the query {position}: a causal model's query never sees it")
+    return keys
+
+
+def knockout(trace, position, *, keys, layers=None, heads=None, target=None, batch=0):
+    """KnockoutEffect on the prediction at `position` of row `batch` when the attention from
+    `position` to `keys` (a position or a list; negative counts from the end) is removed before
+    the softmax in `layers` (model layers, None = every attention layer) and `heads` (None =
+    every head). `target`: the token(s) whose log p is reported (default the token that follows
+    in the trace, or the model's top-1 at the last position; an id, a one-token str, or a list
+    for contrast). One forward of the row twice (as it is, and knocked out)."""
+    model, T, mask, position = _query(trace, position, batch)
+    keys = _checked_keys(keys, model, T, mask, position, batch)
     seen = [j for j in range(T) if bool(mask[j]) and (j <= position or not model.causal)]
     if set(seen) <= set(keys):
         raise ValueError(f"keys: removing every key position {position} sees ({seen[0]}..{seen[-1]}) leaves its "
@@ -103,3 +155,113 @@ def knockout(trace, position, *, keys, layers=None, heads=None, target=None, bat
                           entropy_before=ent[0], entropy_after=ent[1],
                           top1_before=(top[0], trace.token_label(top[0])), top1_after=(top[1], trace.token_label(top[1])),
                           changed=top[0] != top[1])
+
+
+
+def _bands(model, layers, bands):
+    """[(name, layers or None)]: one band over `layers`, or `bands` contiguous bands of the
+    attention layers (an int: early / middle / late for 3), or {name: layers}."""
+    if bands is None:
+        return [("all layers" if layers is None else f"layers {list(layers)}", layers)]
+    if layers is not None:
+        raise ValueError("give layers= or bands=, not both: bands choose the layers of each sweep")
+    attn = list(model.attention_layers)
+    if isinstance(bands, dict):
+        if not bands:
+            raise ValueError("bands is empty: give at least one {name: layers}")
+        return [(str(k), v) for k, v in bands.items()]
+    if isinstance(bands, bool) or not isinstance(bands, int) or not 1 <= bands <= len(attn):
+        raise ValueError(f"bands {bands!r}: expected a number of bands 1..{len(attn)} or a {{name: layers}} dict")
+    names = {3: ["early", "middle", "late"], 2: ["early", "late"]}.get(bands)
+    out = []
+    for b in range(bands):
+        part = attn[b * len(attn) // bands:(b + 1) * len(attn) // bands]
+        out.append((f"{names[b] + ' ' if names else ''}layers {part[0]}–{part[-1]}", part))
+    return out
+
+
+def _chunk_rows(model, prefix_len, n):
+    """Interventions per decode call: the rows' grown caches (written out about 3 times: the
+    cat, the stacked copy, the next layer's input) and logits within a quarter of the budget."""
+    L, KV = model.n_layers, max(1, model.n_kv_heads)
+    per_row = 3 * L * KV * (prefix_len + 1) * (model.head_dim + max(model.v_head_dim, model.head_dim)) * 4 \
+        + 8 * max(1, model.vocab_size)
+    return max(1, min(n, 128, memory_budget() // 4 // per_row))
+
+
+def _sweep_logits(model, ids, keys, pos, band, heads, bar):
+    """Logits [1 + n_keys, V] at `pos` of the real tokens `ids` [T']: as they are, then with the
+    edge pos → key removed for each key, in the band's layers and `heads`."""
+    n = len(keys)
+    if model.decode_intervenes:
+        past = model.prefill(ids[None, :pos])
+        rows, out = 1 + n, []
+        chunk = _chunk_rows(model, pos, rows)
+        for s in range(0, rows, chunk):
+            c = min(chunk, rows - s)
+            remove = torch.zeros(c, pos + 1, pos + 1, dtype=torch.bool)
+            for r in range(c):
+                if s + r > 0:
+                    remove[r, pos, keys[s + r - 1]] = True
+            kv = tuple(x.expand(-1, c, -1, -1, -1) for x in past)
+            out.append(model.logits(ids[pos:pos + 1][None].expand(c, 1), remove=remove, layers=band, heads=heads,
+                                    past=kv)[:, -1])
+            bar.advance(c)
+        return torch.cat(out)
+    row = ids[:pos + 1][None]                     # a causal prediction at pos sees tokens 0..pos only
+    out = [model.logits(row)[:, pos]]
+    chunk = max(1, min(n, 16))
+    for s in range(0, n, chunk):
+        c = min(chunk, n - s)
+        remove = torch.zeros(c, pos + 1, pos + 1, dtype=torch.bool)
+        for r in range(c):
+            remove[r, pos, keys[s + r]] = True
+        out.append(model.logits(row.expand(c, -1), remove=remove, layers=band, heads=heads)[:, pos])
+        bar.advance(c)
+    return torch.cat(out)
+
+
+def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads=None, target=None, batch=0,
+                   progress=False):
+    """KeySweep: which earlier tokens did the prediction at `position` use? For each key j of
+    `keys` (default every real position the query sees, itself included), the prediction with the
+    one edge position → j removed before the softmax, in `layers` (None = every attention layer)
+    and `heads` (None = all), or in each band of `bands` (an int: that many contiguous bands of
+    the attention layers, 3 = early / middle / late; or {name: layers}). `target` as in
+    `knockout`. Removing edges from `position` changes only that row's computation, so on an
+    archive whose decode method intervenes (Model.decode_intervenes) the prefix is cached once
+    and every intervention is one row of one batched decode step; otherwise each is a forward of
+    the first position+1 tokens. Causal models only."""
+    model, T, mask, position = _query(trace, position, batch)
+    if not model.causal:
+        raise ValueError("knockout_sweep: an encoder's rows all see each other, so removing one edge changes every "
+                         "row after the first layer: use knockout() for each key")
+    real = [j for j in range(T) if bool(mask[j])]
+    seen = [j for j in real if j <= position]
+    keys = seen if keys is None else _checked_keys(keys, model, T, mask, position, batch)
+    if len(seen) < 2:
+        raise ValueError(f"position {position} sees only itself: removing its one key leaves nothing to attend to")
+    band_list = _bands(model, layers, bands)
+    ids = trace.input_ids[batch, real]
+    pos = real.index(position)
+    rk = [real.index(j) for j in keys]
+    bar = Progress(len(band_list) * (1 + len(keys)), desc="knockout sweep", unit="row", show=bool(progress))
+    logps, base = [], None
+    try:
+        for _, band in band_list:
+            lg = torch.log_softmax(_sweep_logits(model, ids, rk, pos, band, heads, bar).double(), -1)  # [1 + n, V]
+            base = lg[0] if base is None else base
+            logps.append(lg[1:])
+    finally:
+        bar.close()
+    logp = torch.stack(logps)                                           # [n_bands, n_keys, V]
+    targets = _targets(trace, model, target, position, batch, base)
+    tid = torch.tensor([t for t, _ in targets])
+    top0 = int(base.argmax())
+    return KeySweep(position=position, keys=keys, bands=band_list, heads=heads, targets=targets,
+                    labels={j: trace.token_label(int(trace.input_ids[batch, j])) for j in keys},
+                    logp_before=base[tid], logp_after=logp[..., tid],
+                    entropy_before=float(-(base.exp() * base).sum()), entropy_after=-(logp.exp() * logp).sum(-1),
+                    top1_before=(top0, trace.token_label(top0)), top1_after=logp.argmax(-1),
+                    method="one batched decode step over the cached prefix" if model.decode_intervenes
+                    else "a forward of the prefix per key (this archive's decode does not intervene)")

@@ -9,7 +9,10 @@ class Progress:
     """A tqdm bar (the notebook widget under Jupyter) counting generated tokens, with tokens/s;
     a no-op where tqdm is missing. Call it as the per-step callback; close() when done."""
 
-    def __init__(self, total, desc="generating", unit="tok"):
+    def __init__(self, total, desc="generating", unit="tok", *, show=True):
+        if not show:
+            self.bar = None
+            return
         try:
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover - tqdm is a dependency
@@ -18,9 +21,12 @@ class Progress:
         self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
 
     def __call__(self, step=None, next_ids=None):
-        if self.bar is not None:
-            self.bar.update(1)
+        self.advance(1)
         return True
+
+    def advance(self, n):
+        if self.bar is not None:
+            self.bar.update(n)
 
     def close(self):
         if self.bar is not None:

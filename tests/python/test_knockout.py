@@ -119,3 +119,83 @@ def test_knockout_effects_and_errors(toy_model):
             attnscope.knockout(t, **kw)
     with pytest.raises(ValueError, match="knockout needs a trace that keeps its model"):
         attnscope.knockout(t.release() or t, 3, keys=[1])
+
+
+def exported(tmp_path, family, attention):
+    if family == "gpt_oss":
+        from hf_families import FAMILIES
+        torch.manual_seed(0)
+        model = FAMILIES["gpt_oss"]().eval()
+    else:
+        model = make(family)
+    path = tmp_path / f"{family}-{attention}.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        attnscope.export_hf(model, None, path, attention=attention, fallback=family == "gpt_oss")
+    return model, attnscope.load(str(path), device="cpu")
+
+
+@pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
+                                              ("gpt2", "eager"), ("gpt_oss", "eager")])
+def test_key_sweep_equals_eager_interventions(tmp_path, family, attention):
+    """Every row of the batched decode step is the eager intervention of its one key, per band."""
+    model, m = exported(tmp_path, family, attention)
+    assert m.decode_intervenes  # the graph pass put the operators into the traced decode too
+    ids = torch.randint(3, 64, (1, 12), generator=torch.Generator().manual_seed(5))
+    trace = m.run(ids)
+    position = 10
+    sweep = attnscope.knockout_sweep(trace, position, bands={"first": [0], "second": [1]}, target=list(range(64)))
+    assert sweep.method.startswith("one batched decode step")
+    window = 4 if family in ("mistral", "gpt_oss") else None
+    seen = list(range(position + 1)) if window is None else list(range(position - window + 1, position + 1))
+    plain = reference_logp(model, ids, position, [], None, [])
+    assert (sweep.logp_before - plain).abs().max() < 1e-5
+    moved = 0
+    for b, (_, layers) in enumerate(sweep.bands):
+        for i, key in enumerate(sweep.keys):
+            if key not in seen or len(seen) == 1:
+                continue  # outside the window: removing it changes nothing, as the sweep also says
+            want = reference_logp(model, ids, position, layers, None, [key])
+            assert (sweep.logp_after[b, i] - want).abs().max() < 1e-5, (family, layers, key)
+            moved = max(moved, float((want - plain).abs().max()))
+    assert moved > 1e-4  # some removal changes the prediction: the test can fail
+    assert sweep.delta_logp.shape == (2, position + 1, 64) and sweep.changed.shape == (2, position + 1)
+
+
+def test_key_sweep_padding_chunks_and_forward_route(tmp_path, monkeypatch):
+    """A left-padded row sweeps as it does alone; chunked decode calls (a small memory budget)
+    and the forward-per-key route (archives whose decode does not intervene) agree with it."""
+    _, m = exported(tmp_path, "llama", "sdpa")
+    alone = m.run([[7, 3, 9, 12, 5, 8, 2, 11]])
+    padded = m.run([[1, 1, 7, 3, 9, 12, 5, 8, 2, 11], [4, 6, 9, 7, 3, 9, 12, 5, 8, 2]],
+                   attention_mask=[[0, 0] + [1] * 8, [1] * 10])
+    want = attnscope.knockout_sweep(alone, 6, bands=2, target=[3, 5])
+    got = attnscope.knockout_sweep(padded, 8, bands=2, target=[3, 5])
+    assert got.keys == [k + 2 for k in want.keys] and [n for n, _ in got.bands] == [n for n, _ in want.bands]
+    assert (got.logp_after - want.logp_after).abs().max() < 1e-5
+    monkeypatch.setenv("ATTNSCOPE_MAX_BYTES", "40000")  # one or two rows per decode call
+    assert (attnscope.knockout_sweep(alone, 6, bands=2, target=[3, 5]).logp_after - want.logp_after).abs().max() < 1e-5
+    monkeypatch.delenv("ATTNSCOPE_MAX_BYTES")
+    monkeypatch.setattr(type(m), "decode_intervenes", property(lambda self: False))
+    fwd = attnscope.knockout_sweep(alone, 6, bands=2, target=[3, 5])
+    assert fwd.method.startswith("a forward of the prefix per key")
+    assert (fwd.logp_after - want.logp_after).abs().max() < 1e-5
+    single = attnscope.knockout(alone, 6, keys=[2], layers=want.bands[1][1], target=[3, 5])
+    assert (want.logp_after[1, 2] - torch.tensor(single.logp_after, dtype=torch.float64)).abs().max() < 1e-5
+
+
+def test_key_sweep_errors(toy_model):
+    t = toy_model.run([[5, 9, 14, 5, 9, 21, 30, 5]])
+    for kw, msg in [
+        (dict(position=0), r"position 0 sees only itself: removing its one key leaves nothing"),
+        (dict(position=5, layers=[0], bands=2), r"give layers= or bands=, not both"),
+        (dict(position=5, bands=0), r"bands 0: expected a number of bands 1..3 or a \{name: layers\} dict"),
+        (dict(position=5, bands={}), r"bands is empty"),
+        (dict(position=5, bands={"x": [9]}), r"knockout layers: layer 9 is not an attention layer"),
+        (dict(position=5, keys=[6]), r"keys: position 6 is after the query 5"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            attnscope.knockout_sweep(t, **kw)
+    sweep = attnscope.knockout_sweep(t, 5, bands=2)
+    assert sweep.keys == list(range(6)) and sweep.targets[0][0] == 30 and "most used keys" in repr(sweep)
+    assert sweep.top(2)[0][1] == float(sweep.delta_logp[0, :, 0].min())
