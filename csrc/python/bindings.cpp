@@ -231,6 +231,32 @@ void bind_dataset(py::module_& m) {
       .def_static("load", &DatasetStats::load, py::arg("path"), "read a dataset file");
 }
 
+// Model's forward and decode step with a knockout (knockout.h): what attnscope.knockout,
+// knockout_sweep and head_effects compare.
+void bind_interventions(py::class_<Model>& model) {
+  model
+      .def(
+          "logits",
+          [](Model& self, const torch::Tensor& ids, const std::optional<torch::Tensor>& mask,
+             const std::optional<Knockout>& knockout) {
+            return self.logits(ids, mask.value_or(torch::Tensor()), knockout ? &*knockout : nullptr);
+          },
+          py::arg("input_ids"), py::arg("attention_mask") = py::none(), py::arg("knockout") = py::none(),
+          "the forward's logits [B, T, V] (fp32), with an attention knockout applied when given",
+          py::call_guard<py::gil_scoped_release>())
+      .def(
+          "decode_logits",
+          [](Model& self, const torch::Tensor& ids, const torch::Tensor& mask, const torch::Tensor& past_k,
+             const torch::Tensor& past_v, const std::optional<Knockout>& knockout) {
+            return self.decode_logits(ids, mask, past_k, past_v, knockout ? &*knockout : nullptr);
+          },
+          py::arg("input_ids"), py::arg("attention_mask"), py::arg("past_k"), py::arg("past_v"),
+          py::arg("knockout") = py::none(), "logits [B, t, V] of one decode step over a KV cache, with a knockout",
+          py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("decode_intervenes", &Model::decode_intervenes,
+                             "a knockout can run over the KV cache (decode_logits)");
+}
+
 void bind_model(py::module_& m) {
   py::class_<attnscope::GenerateOptions>(m, "GenerateOptions", "how Model.generate picks tokens (model.h)")
       .def(py::init<>())
@@ -247,17 +273,9 @@ void bind_model(py::module_& m) {
       .def_readwrite("past_v", &attnscope::GenerateOptions::past_v)
       .def_readwrite("capture", &attnscope::GenerateOptions::capture);
 
-  py::class_<Model>(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)")
-      .def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto", "load a TorchScript archive")
-      .def(
-          "logits",
-          [](Model& self, const torch::Tensor& ids, const std::optional<torch::Tensor>& mask,
-             const std::optional<Knockout>& knockout) {
-            return self.logits(ids, mask.value_or(torch::Tensor()), knockout ? &*knockout : nullptr);
-          },
-          py::arg("input_ids"), py::arg("attention_mask") = py::none(), py::arg("knockout") = py::none(),
-          "the forward's logits [B, T, V] (fp32), with an attention knockout applied when given",
-          py::call_guard<py::gil_scoped_release>())
+  py::class_<Model> model(m, "Model", "A TorchScript LM loaded for capture (see csrc/attnscope/model.h)");
+  bind_interventions(model);
+  model.def_static("load", &Model::load, py::arg("path"), py::arg("device") = "auto", "load a TorchScript archive")
       .def(
           "run",
           [](Model& self, const torch::Tensor& ids, const CaptureSpec& spec, const std::optional<torch::Tensor>& mask) {
@@ -274,17 +292,6 @@ void bind_model(py::module_& m) {
           },
           py::arg("script_module"), py::arg("device") = "auto", py::arg("info") = "",
           "wrap a torch.jit ScriptModule (attnscope.json text as info)")
-      .def(
-          "decode_logits",
-          [](Model& self, const torch::Tensor& ids, const torch::Tensor& mask, const torch::Tensor& past_k,
-             const torch::Tensor& past_v, const std::optional<Knockout>& knockout) {
-            return self.decode_logits(ids, mask, past_k, past_v, knockout ? &*knockout : nullptr);
-          },
-          py::arg("input_ids"), py::arg("attention_mask"), py::arg("past_k"), py::arg("past_v"),
-          py::arg("knockout") = py::none(), "logits [B, t, V] of one decode step over a KV cache, with a knockout",
-          py::call_guard<py::gil_scoped_release>())
-      .def_property_readonly("decode_intervenes", &Model::decode_intervenes,
-                             "a knockout can run over the KV cache (decode_logits)")
       .def("prefill", &Model::prefill, py::arg("ids"), "KV cache (k, v) [L, B, KV, T, D] of ids [B, T]",
            py::call_guard<py::gil_scoped_release>())
       .def(
