@@ -21,7 +21,8 @@ from .differential import differential_heads, differential_map, differential_rec
 _PLOTTING = ("high_entropy_positions", "visualize_attention", "visualize_attention_layers",
              "visualize_attention_patterns", "visualize_entropy", "visualize_attention_diff",
              "visualize_turning_points", "visualize_head_summary", "visualize_head_atlas",
-             "visualize_token_profile", "visualize_differential_attention")
+             "visualize_token_profile", "visualize_differential_attention", "visualize_knockout",
+             "visualize_head_effects")
 
 
 def __getattr__(name):

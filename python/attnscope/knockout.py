@@ -44,7 +44,9 @@ class KeySweep:
     logp_before (Tensor[n_targets]) and logp_after (Tensor[n_bands, n_keys, n_targets]) of the
     `targets` [(id, label)]; entropy_before (float) and entropy_after (Tensor[n_bands, n_keys]),
     nats; top1_before (id, label) and top1_after (Tensor[n_bands, n_keys] ids). `method` says how
-    it ran. Δ log p = delta_logp (Tensor[n_bands, n_keys, n_targets])."""
+    it ran. Δ log p = delta_logp (Tensor[n_bands, n_keys, n_targets]). `attention`
+    (Tensor[L', H, n_keys], L' = `attention_layers`): the model's own attention from `position`
+    to each key, what attention_from(band) averages: "looked at" beside "used"."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -57,6 +59,14 @@ class KeySweep:
     def changed(self):
         """Tensor[n_bands, n_keys] bool: the top-1 token changed."""
         return self.top1_after != self.top1_before[0]
+
+    def attention_from(self, band=0):
+        """Tensor[n_keys]: the attention from `position` to each key, mean over the heads (the
+        sweep's `heads`, or all) and the band's layers."""
+        layers = self.bands[band][1]
+        rows = [i for i, l in enumerate(self.attention_layers) if layers is None or l in layers]
+        a = self.attention[rows]
+        return (a if self.heads is None else a[:, list(self.heads)]).mean((0, 1))
 
     def top(self, n=5, *, band=0, target=0):
         """The `n` keys whose removal lowers log p of `target` most in `band`: [(key, Δ log p)]."""
@@ -255,12 +265,17 @@ def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads
     finally:
         bar.close()
     logp = torch.stack(logps)                                           # [n_bands, n_keys, V]
+    seen_by = model.run(ids[None, :pos + 1], capture={"from_tokens": [pos]})  # what the query looked at
+    att = seen_by.captures["from"][:, 0, :, 0].double()                # [L', H, pos + 1]
     targets = _targets(trace, model, target, position, batch, base)
     tid = torch.tensor([t for t, _ in targets])
     top0 = int(base.argmax())
     return KeySweep(position=position, keys=keys, bands=band_list, heads=heads, targets=targets,
                     labels={j: trace.token_label(int(trace.input_ids[batch, j])) for j in keys},
-                    logp_before=base[tid], logp_after=logp[..., tid],
+                    query_label=trace.token_label(int(trace.input_ids[batch, position])),
+                    logp_before=base[tid], logp_after=logp[..., tid], attention=att[..., rk],
+                    attention_layers=seen_by.captures["aggregate_layers"].tolist(),
+                    model_id=trace.model_id, model_name=trace.model_name,
                     entropy_before=float(-(base.exp() * base).sum()), entropy_after=-(logp.exp() * logp).sum(-1),
                     top1_before=(top0, trace.token_label(top0)), top1_after=logp.argmax(-1),
                     method="one batched decode step over the cached prefix" if model.decode_intervenes
