@@ -3,6 +3,7 @@
 #include <attnscope/capture_ops.h>
 
 #include <torch/csrc/jit/ir/ir.h>
+#include <torch/csrc/jit/passes/dead_code_elimination.h>
 #include <torch/csrc/jit/passes/inliner.h>
 
 #include <functional>
@@ -317,6 +318,20 @@ Instrumented instrument(const torch::jit::Module& module) {
   }
   insert_ops(*graph, found, names, &r.sites);
   return r;
+}
+
+std::shared_ptr<torch::jit::Graph> first_output_graph(const torch::jit::Module& module, const std::string& method) {
+  if (!module.find_method(method)) return nullptr;
+  auto g = module.get_method(method).graph()->copy();
+  torch::jit::Inline(*g);
+  if (g->outputs().size() != 1) return nullptr;
+  Node* tuple = g->outputs()[0]->node();
+  if (tuple->kind() != c10::prim::TupleConstruct || tuple->inputs().empty()) return nullptr;
+  Value* first = tuple->input(0);
+  g->eraseOutput(0);
+  g->registerOutput(first);
+  torch::jit::EliminateDeadCode(g);  // what only the other outputs needed (a stacked cache) goes
+  return g;
 }
 
 namespace {

@@ -54,6 +54,11 @@ int64_t embedding_rows(const torch::jit::Module& module);
 int64_t retarget_device_constants(torch::jit::Module& module, const torch::Device& device,
                                   bool dry_run = false);
 
+/// `method`'s graph (inlined copy) returning only the first element of its tuple output, with
+/// the code only the other elements needed removed (decode's stacked caches, when only its
+/// logits are wanted); nullptr when there is no such method or its output is not a tuple.
+std::shared_ptr<torch::jit::Graph> first_output_graph(const torch::jit::Module& module, const std::string& method);
+
 /// Capture operators already in `module.<method>` (counted on an inlined copy of the graph; 0
 /// when there is no such method other than forward).
 int64_t count_capture_ops(const torch::jit::Module& module, const std::string& method = "forward");

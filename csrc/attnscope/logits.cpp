@@ -96,14 +96,25 @@ torch::Tensor Model::decode_logits(const torch::Tensor& input_ids, const torch::
   const CaptureSpec nothing = capture_nothing();
   Recorder rec(nothing, ctx, /*layer_from_order=*/instrumented_);
   rec.set_knockout(knockout);
-  Decoded d;
+  torch::Tensor logits;
   {
     torch::NoGradGuard no_grad;
     RecorderScope scope(&rec);
-    d = decode(ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_));
+    if (decode_logits_fn_) {  // decode without the caches it would stack and return
+      const c10::IValue out = (*decode_logits_fn_)(
+          {module_._ivalue(), ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)});
+      TORCH_CHECK_VALUE(out.isTensor(), "the archive's decode method returned ", out.tagKind(),
+                        " first; expected logits [B, t, V]");
+      logits = out.toTensor();
+    } else {
+      logits = decode(ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)).logits;
+    }
   }
+  TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == ids.size(1),
+                    "the archive's decode method returned logits of shape ", logits.sizes(), "; expected [", batch,
+                    ", ", ids.size(1), ", V]");
   check_intervened(knockout, rec, attention);
-  return d.logits.to(torch::kFloat).cpu();
+  return logits.to(torch::kFloat).cpu();
 }
 
 }  // namespace attnscope

@@ -165,6 +165,9 @@ void Model::prepare() {
                         site_count_mechanism(n_sites, stated_sites));
     }
   }
+  if (decode_intervenes_ && has_decode())
+    if (auto g = first_output_graph(module_, "decode"))
+      decode_logits_fn_ = std::make_shared<torch::jit::GraphFunction>("decode_logits", g, nullptr);
   if (info_.n_heads < 0 || info_.n_kv_heads < 0 || info_.n_layers < 0 || !info_.causal_stated) dry_run();
 }
 

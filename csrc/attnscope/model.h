@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 
+#include <torch/csrc/jit/api/function_impl.h>
 #include <torch/script.h>
 
 #include <string>
@@ -169,6 +170,8 @@ class Model {
   std::shared_ptr<std::mutex> idle_mutex_ = std::make_shared<std::mutex>();  // Model stays movable
   bool instrumented_ = false;
   bool decode_intervenes_ = false;
+  /// decode's logits alone (first_output_graph): decode_logits does not build caches it drops.
+  std::shared_ptr<torch::jit::GraphFunction> decode_logits_fn_;
   bool takes_mask_ = false;
   /// True only while the dry run at load runs: the one run allowed to fill the model's facts.
   bool loading_ = false;

@@ -23,6 +23,14 @@ def _rank_corr(a, b):
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
+def _bars(ax, x, v, color):
+    """Bars up to a few hundred keys; beyond, lines (a bar narrower than a pixel vanishes)."""
+    if len(x) <= 400:
+        ax.bar(x, v, color=color, width=0.8)
+    else:
+        ax.vlines(x, 0, v, colors=color, linewidth=0.8)
+
+
 def visualize_knockout(sweep, *, target=0, top_k=3, max_labels=80, panel=None):
     """Per band of `sweep` (a KeySweep), two rows over the keys: above, the attention from the
     query to each key (mean over the heads and the band's layers: "looked at"); below, Δ log p of
@@ -51,10 +59,8 @@ def visualize_knockout(sweep, *, target=0, top_k=3, max_labels=80, panel=None):
             d = sweep.delta_logp[b, :, target].numpy()
             top = [int(i) for i in np.argsort(d, kind="stable")[:top_k] if d[i] < 0]
             up, down = axes[2 * b], axes[2 * b + 1]
-            bars = up.bar(x, att, color="#4c72b0", width=0.8)
-            for i in top:
-                bars[i].set_edgecolor("#e31a1c")
-                bars[i].set_linewidth(1.5)
+            _bars(up, x, att, "#4c72b0")
+            up.scatter(x[top], att[top], s=14, color="#e31a1c", zorder=3)  # visible at any length
             rank_labels(up, top, att, n)
             up.set_xlim(-0.6, n - 0.4)
             up.set_ylim(0, max(float(att.max()), 1e-9) * 1.3)
@@ -64,7 +70,8 @@ def visualize_knockout(sweep, *, target=0, top_k=3, max_labels=80, panel=None):
             up.set_title(f"{name}: from {sweep.position} {sweep.query_label}, predicting {tlab} "
                          f"(log p {float(sweep.logp_before[target]):.3f}); rank corr(attention, −Δ log p) "
                          f"{rho:.2f}", fontsize=8).set_parse_math(False)
-            down.bar(x, d, color=np.where(d < 0, "#d6604d", "#4393c3"), width=0.8)
+            _bars(down, x, d, np.where(d < 0, "#d6604d", "#4393c3"))
+            down.scatter(x[top], d[top], s=14, color="#e31a1c", zorder=3)
             down.axhline(0, color="0.3", lw=0.6)
             lo, hi = min(float(d.min()), 0.0), max(float(d.max()), 0.0)
             pad = 0.12 * max(hi - lo, 1e-9)
