@@ -3,7 +3,10 @@
 // attention matter?" compares.
 #include <attnscope/model.h>
 
+#include <attnscope/block_cache.h>
 #include <attnscope/recorder.h>
+
+#include <optional>
 
 namespace attnscope {
 
@@ -100,6 +103,9 @@ torch::Tensor Model::decode_logits(const torch::Tensor& input_ids, const torch::
   {
     torch::NoGradGuard no_grad;
     RecorderScope scope(&rec);
+    // Each layer's grown cache reuses the block the previous layer freed, not fresh pages.
+    std::optional<BlockCacheScope> blocks;
+    if (device_.is_cpu()) blocks.emplace();
     if (decode_logits_fn_) {  // decode without the caches it would stack and return
       const c10::IValue out = (*decode_logits_fn_)(
           {module_._ivalue(), ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)});

@@ -191,8 +191,8 @@ def _bands(model, layers, bands):
 
 
 def _chunk_rows(model, prefix_len, n):
-    """Interventions per decode call: the rows' grown caches (written out about 3 times: the
-    cat, the stacked copy, the next layer's input) and logits within a quarter of the budget."""
+    """Interventions per decode call: the rows' grown caches (each layer's cat, with room for
+    an archive whose decode still stacks them) and logits within a quarter of the budget."""
     L, KV = model.n_layers, max(1, model.n_kv_heads)
     per_row = 3 * L * KV * (prefix_len + 1) * (model.head_dim + max(model.v_head_dim, model.head_dim)) * 4 \
         + 8 * max(1, model.vocab_size)
@@ -265,7 +265,8 @@ def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads
     finally:
         bar.close()
     logp = torch.stack(logps)                                           # [n_bands, n_keys, V]
-    seen_by = model.run(ids[None, :pos + 1], capture={"from_tokens": [pos]})  # what the query looked at
+    seen_by = model.run(ids[None, :pos + 1], capture={"from_tokens": [pos], "top_k": 0,  # what the query looked at
+                                                      "predictive_entropy": False})
     att = seen_by.captures["from"][:, 0, :, 0].double()                # [L', H, pos + 1]
     targets = _targets(trace, model, target, position, batch, base)
     tid = torch.tensor([t for t, _ in targets])

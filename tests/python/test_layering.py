@@ -18,8 +18,8 @@ ALLOWED = {
     "labels": set(),
     "marks": set(),
     "files": set(),  # atomic writes: every module that writes a file uses it
-    "identity": set(),
-    "budget": set(),  # the memory budget (the C++ rule's twin)  # which model made a trace; the check wherever two are combined
+    "identity": set(),  # which model made a trace; the check wherever two are combined
+    "budget": set(),  # the memory budget (the C++ rule's twin)
     "models": {"models.*", "_lib", "_core", "files"},  # models produce archives: never api, trace or figures
     "chat": set(),
     "streaming": set(),
@@ -28,15 +28,17 @@ ALLOWED = {
     "windows": set(),  # token ranges: shared by plotting, view and atlas
     "atlas": {"windows", "identity"},
     "differential": set(),  # a differential head's maps from the trace's captures (duck-typed)
-    "knockout": set(),  # knockout effects from Model.logits (duck-typed on a trace that keeps its model)
-    "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)  # scores from a trace's captures (duck-typed): below api, dataset and plotting
+    # interventions through Model.logits, duck-typed on a trace that keeps its model
+    "knockout": {"budget", "streaming"},
+    "ablation": {"knockout", "budget", "streaming"},
+    "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)
     "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
     "dataset": {"_core", "api", "trace", "labels", "identity"},
     "figure": {"marks", "files"},
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
-                 "plotting.*"},
+                 "knockout", "ablation", "plotting.*"},
     "view": {"marks", "labels", "windows", "files", "budget"},
-    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "knockout", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
+    "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "knockout", "ablation", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},
     "__init__": None,  # the package's face re-exports everything
 }
