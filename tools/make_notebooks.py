@@ -179,6 +179,68 @@ NOTEBOOKS = {
                  "print(b.fork)\nprint(b.response)\n"
                  "fig = attnscope.visualize_attention_diff(answer, b, [2, 14, 29], tokens=(max(p - 20, 0), p + 30))"),
     ],
+    "07_does_attention_matter.ipynb": [
+        ("md", "# Does the attention matter? The verdict on 3599\nThe default model is asked whether 3599 is prime "
+               "(it is not: 3599 = 59 × 61). Maps show where its tokens look; here every claim is an intervention: "
+               "an attention edge or a head is removed and log p of the model's own choice is measured again "
+               "(knockout: Geva et al. 2023; head ablation). Which earlier tokens and which heads does the verdict "
+               "depend on, and do the tokens it attends to most matter?"),
+        ("code", "import attnscope\nmodel = attnscope.load()\n"
+                 "answer = model.generate(\"Is 3599 a prime number? Answer yes or no.\", chat=True, max_new_tokens=30,\n"
+                 "                        progress=False)\nprint(answer.response)\n"
+                 "labels = answer.labels[0]\n"
+                 "p = answer.prompt_len - 1  # the distribution that chose the verdict's first token\n"
+                 "print(\"verdict:\", labels[p + 1], \" alternatives:\", [(answer.token_label(int(i)), round(float(q), 3))\n"
+                 "       for i, q in zip(answer.topk_ids[0, p, :4], answer.topk_probs[0, p, :4])])"),
+        ("md", "## Which prompt tokens does the verdict use?\nFor every earlier token j, the edge from the verdict's "
+               "position to j is removed alone, in the early, middle and late third of the layers, and log p of "
+               "\"No\" is measured again: one batched decode step over the cached prompt. Above: the attention from "
+               "the verdict's position to each token (mean over heads and the band's layers, \"looked at\"); below: "
+               "Δ log p (\"used\"; red lowers it)."),
+        ("code", "verdict = attnscope.knockout_sweep(answer, p, bands=3, target=[\"No\", \"Yes\"])\n"
+                 "for b, (name, _) in enumerate(verdict.bands):\n"
+                 "    att = verdict.attention_from(b)\n"
+                 "    looked = [labels[verdict.keys[int(i)]] for i in att.argsort(descending=True)[:3]]\n"
+                 "    used = [(labels[k], round(d, 2)) for k, d in verdict.top(3, band=b)]\n"
+                 "    print(f\"{name}: most attended {looked}; most used {used}\")\n"
+                 "fig = attnscope.visualize_knockout(verdict)"),
+        ("md", "## Is the verdict about the number?\nTwo single interventions in every layer: the verdict's position "
+               "cannot see the four tokens of 3599, or cannot see \" no\", the last option of the instruction."),
+        ("code", "number = next([i, i + 1, i + 2, i + 3] for i in range(p) if labels[i:i + 4] == [\"3\", \"5\", \"9\", \"9\"])\n"
+                 "option = max(i for i in range(p) if labels[i] == \"␣no\")\n"
+                 "print(attnscope.knockout(answer, p, keys=number, target=[\"No\", \"Yes\"]))\n"
+                 "print(attnscope.knockout(answer, p, keys=[option], target=[\"No\", \"Yes\"]))"),
+        ("md", "## Which heads does the verdict need?\nEach of the 270 heads' output zeroed in turn (several heads per "
+               "forward); Δ log p of \"No\" beside what the head atlas says each head does."),
+        ("code", "heads = attnscope.head_effects(answer, position=p, target=\"No\", progress=False)\n"
+                 "print(heads)\n"
+                 "fig = attnscope.visualize_head_effects(heads, atlas=answer)"),
+        ("md", "## Why is the factorization wrong?\nThe answer calls 3599 \"a composite number with a prime "
+               "factorization of 3 * 3 *\": 3 does not divide 3599. Where does its first \"3\" come from? The same "
+               "sweep at the position that chose it, \"3\" against \"5\" (59 begins with it)."),
+        ("code", "f = next(i for i in range(answer.prompt_len, answer.input_ids.shape[1]) if labels[i - 1] == \"␣of\") + 1\n"
+                 "factor = attnscope.knockout_sweep(answer, f - 1, bands=3, target=[\"3\", \"5\"])\n"
+                 "print(factor)\n"
+                 "print(\"removing the 3 of 3599:\", [round(float(d), 3) for d in factor.delta_logp[:, factor.keys.index(number[0]), 0]])\n"
+                 "fig = attnscope.visualize_knockout(factor)"),
+        ("md", "## Do the most attended tokens matter?\nFor both decisions, the three tokens each band attends to "
+               "most, and what removing each costs; Spearman's rank correlation between attention and −Δ log p over "
+               "all keys."),
+        ("code", "for what, sw in ((\"verdict\", verdict), (\"first factor\", factor)):\n"
+                 "    for b, (name, _) in enumerate(sw.bands):\n"
+                 "        att, d = sw.attention_from(b), sw.delta_logp[b, :, 0]\n"
+                 "        top = att.argsort(descending=True)[:3]\n"
+                 "        cost = \", \".join(f\"{labels[sw.keys[int(i)]]} {float(att[i]):.2f} → Δ {float(d[i]):+.3f}\" for i in top)\n"
+                 "        print(f\"{what}, {name}: rank corr {sw.rank_correlation(b):+.2f}; most attended: {cost}\")"),
+        ("md", "## Reading the results\nOn this model (greedy, fp32 on the CPU) the outputs above say: the verdict "
+               "\"No\" is right for a reason that is not the number — hiding 3599 from the verdict's position "
+               "*raises* p(No), while hiding the instruction's last option \" no\" cuts it by two thirds and changes "
+               "the top-1 token: the model copies the option. The first factor \"3\" does not come from the 3 of "
+               "3599 either (removing it costs almost nothing); its largest single dependence is the first token, "
+               "through the middle layers. The tokens attended to most are the first token and newlines, whose "
+               "removal sometimes helps the prediction: attention and use rank together only weakly (rank "
+               "correlations between −0.1 and 0.45), which is why attnscope measures both."),
+    ],
 }
 
 

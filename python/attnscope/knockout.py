@@ -68,6 +68,16 @@ class KeySweep:
         a = self.attention[rows]
         return (a if self.heads is None else a[:, list(self.heads)]).mean((0, 1))
 
+    def rank_correlation(self, band=0, target=0):
+        """Spearman's rank correlation between the attention to each key (attention_from) and
+        −Δ log p of removing it: near 1 when what the query looks at most is what it uses most
+        (NaN for fewer than 3 keys or constant values; ties ranked in key order)."""
+        a, u = self.attention_from(band), -self.delta_logp[band, :, target]
+        if len(a) < 3 or bool((a == a[0]).all()) or bool((u == u[0]).all()):
+            return float("nan")
+        ra, ru = (x.argsort(stable=True).argsort().double() for x in (a, u))
+        return float(torch.corrcoef(torch.stack([ra, ru]))[0, 1])
+
     def top(self, n=5, *, band=0, target=0):
         """The `n` keys whose removal lowers log p of `target` most in `band`: [(key, Δ log p)]."""
         d = self.delta_logp[band, :, target]

@@ -20,7 +20,8 @@ _spec.loader.exec_module(make_notebooks)
 def test_notebooks_exist():
     assert [os.path.basename(n) for n in NOTEBOOKS] == sorted(make_notebooks.NOTEBOOKS) == [
         "01_quickstart.ipynb", "02_workflow.ipynb", "03_high_entropy_tokens.ipynb",
-        "04_attention_sinks.ipynb", "05_reasoning.ipynb", "06_turning_points.ipynb"]
+        "04_attention_sinks.ipynb", "05_reasoning.ipynb", "06_turning_points.ipynb",
+        "07_does_attention_matter.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

@@ -15,14 +15,6 @@ from ..knockout import KeySweep
 from .atlas import _STYLE
 
 
-def _rank_corr(a, b):
-    """Spearman's rank correlation of two 1-D arrays (NaN for fewer than 3 values or a constant)."""
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return float("nan")
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def _bars(ax, x, v, color):
     """Bars up to a few hundred keys; beyond, lines (a bar narrower than a pixel vanishes)."""
     if len(x) <= 400:
@@ -66,7 +58,7 @@ def visualize_knockout(sweep, *, target=0, top_k=3, max_labels=80, panel=None):
             up.set_ylim(0, max(float(att.max()), 1e-9) * 1.3)
             up.set_ylabel("attention\n(looked at)", fontsize=7)
             up.set_xticks([])
-            rho = _rank_corr(att, -d)
+            rho = sweep.rank_correlation(b, target)
             up.set_title(f"{name}: from {sweep.position} {sweep.query_label}, predicting {tlab} "
                          f"(log p {float(sweep.logp_before[target]):.3f}); rank corr(attention, −Δ log p) "
                          f"{rho:.2f}", fontsize=8).set_parse_math(False)
