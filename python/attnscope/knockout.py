@@ -281,7 +281,7 @@ def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads
     targets = _targets(trace, model, target, position, batch, base)
     tid = torch.tensor([t for t, _ in targets])
     top0 = int(base.argmax())
-    return KeySweep(position=position, keys=keys, bands=band_list, heads=heads, targets=targets,
+    return KeySweep(position=position, batch=batch, keys=keys, bands=band_list, heads=heads, targets=targets,
                     labels={j: trace.token_label(int(trace.input_ids[batch, j])) for j in keys},
                     query_label=trace.token_label(int(trace.input_ids[batch, position])),
                     logp_before=base[tid], logp_after=logp[..., tid], attention=att[..., rk],

@@ -21,6 +21,7 @@ import numpy as np
 
 from .budget import check_bytes
 from .files import write_atomic
+from .identity import same_model
 from .windows import token_window
 
 VIEW_BYTES_PER_CELL = 16  # fp32 map cells, their quantised copy, the base64 text and the page string
@@ -96,14 +97,45 @@ def _int_list(name, values, n, what):
     return out
 
 
-def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, title=None, tokens=None):
+def _knockout_data(sweeps, trace, batch, lo, hi):
+    """The sweeps (attnscope.knockout_sweep) as the page takes them: {query (window position):
+    {bands, target, logp, delta [n_bands][window keys] (None where not swept)}}, and band names."""
+    sweeps = [sweeps] if hasattr(sweeps, "delta_logp") else list(sweeps)
+    out, names = {}, None
+    for sw in sweeps:
+        if not all(hasattr(sw, a) for a in ("delta_logp", "keys", "bands", "position", "batch")):
+            raise ValueError(f"knockout: expected KeySweeps (attnscope.knockout_sweep), got {type(sw).__name__}")
+        same_model(trace, sw, what="knockout")
+        if sw.batch != batch:
+            raise ValueError(f"knockout: the sweep at {sw.position} is of row {sw.batch}, the view shows row {batch}")
+        if not lo <= sw.position < hi:
+            raise ValueError(f"knockout: the sweep's query {sw.position} is outside the positions shown ({lo}..{hi - 1})")
+        band_names = [n for n, _ in sw.bands]
+        if names is not None and band_names != names:
+            raise ValueError(f"knockout: sweeps over different bands ({names} and {band_names}): sweep with the same bands")
+        names = band_names
+        delta = [[None] * (hi - lo) for _ in band_names]
+        for b in range(len(band_names)):
+            for i, k in enumerate(sw.keys):
+                if lo <= k < hi:
+                    delta[b][k - lo] = round(float(sw.delta_logp[b, i, 0]), 5)
+        out[str(sw.position - lo)] = {"bands": band_names, "target": sw.targets[0][1],
+                                      "logp": float(sw.logp_before[0]), "delta": delta}
+    return out, names
+
+
+def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, title=None, tokens=None,
+         knockout=None):
     """Interactive view of `trace` -> AttentionView (displayed by Jupyter; `.save("x.html")`).
 
     layers: layer indices offered (default all). heads: True (per-head maps and the head mean),
     False (head mean only) or "auto" (per-head maps when they fit in `max_cells`). batch: the
     row of a batched trace; its padding is left out. tokens: (start, stop) zooms in on those
     positions (queries and keys; negative counts from the end, None = the edge) or "response"
-    (a generated trace's answer); the page keeps absolute positions. Maps the trace lacks are computed in one
+    (a generated trace's answer); the page keeps absolute positions. knockout: a KeySweep or a
+    list of them (attnscope.knockout_sweep on this trace and row, same bands): a swept token,
+    underlined in dots, lists under its attention the keys whose removal costs most per band,
+    and "colour" can show Δ log p instead of attention. Maps the trace lacks are computed in one
     run when it keeps its model, and dropped again afterwards."""
     if not hasattr(trace, "input_ids") or not hasattr(trace, "labels"):
         raise ValueError(f"trace: expected an attnscope.Trace, got {type(trace).__name__}")
@@ -123,6 +155,7 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
         raise ValueError(f"tokens {tokens!r} selects no real tokens of row {batch} (they are {lo}..{hi - 1})")
     lo, hi = max(s, lo), min(e, hi)
     T = hi - lo
+    knock, knock_bands = _knockout_data(knockout, trace, batch, lo, hi) if knockout is not None else (None, None)
     # Budget: assume causal (lower triangle) for the size check; the packing below uses what the
     # maps show (nothing above the diagonal -> triangle, else full).
     per_map = T * (T + 1) // 2
@@ -223,11 +256,13 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
             "Yellow underline: high predictive entropy (top 20 % of the sequence, at most 8; the entropy "
             "at i is that of the prediction of token i+1). "
             + (f"Zoomed in on positions {lo}..{hi - 1}: keys outside are not shown. " if tokens is not None else "")
-            + left_out)
+            + left_out
+            + ("Dotted red underline: tokens with a knockout sweep; click one for the keys whose edge, removed "
+               "alone, costs its prediction most; colour \"Δ log p\" shades the keys by that cost. " if knock else ""))
     data = {"tokens": list(trace.labels[batch][lo:hi]), "layers": layers, "n_heads": H, "heads": with_heads,
             "causal": causal, "maps": maps, "offset": lo, "prompt_len": prompt_len,
             "pooled": pooled, "thumbs": thumbs, "profile": profile,
-            "learned_sinks": "sink_share" in trace.captures,
+            "learned_sinks": "sink_share" in trace.captures, "knockout": knock, "knockout_bands": knock_bands,
             "local_window": int((getattr(trace, "spec", None) or {}).get("local_window", 8)),
             "entropy": [None if not np.isfinite(e) else round(float(e), 4) for e in ent], "high": high, "note": note}
     view_id = "attnscope-" + uuid.uuid4().hex[:12]

@@ -37,6 +37,9 @@ HARNESS = """<script>
             cur: Array.prototype.map.call(root.querySelectorAll('.as-overview canvas.as-cur'), function (c) { return [+c.dataset.l, +c.dataset.h]; }),
             profile: root.querySelector('.as-profile').dataset.values ? JSON.parse(root.querySelector('.as-profile').dataset.values) : null,
             pooled: (root.querySelector('.as-pooled') || {}).textContent || "",
+            knock: Array.prototype.map.call(root.querySelectorAll('.as-knock'), function (e) { return e.textContent; }),
+            bg: Array.prototype.map.call(toks, function (s) { return s.style.background; }),
+            swept: Array.prototype.map.call(root.querySelectorAll('.as-tok.as-swept'), function (s) { return +s.dataset.i; }),
             strip: Array.prototype.map.call(root.querySelectorAll('.as-strip span'), function (b) { return [b.dataset.e === "" ? null : +b.dataset.e, b.className]; })};
   }
   function set(cls, v) { var el = root.querySelector(cls); el.value = v; el.dispatchEvent(new Event('change')); }
@@ -46,6 +49,7 @@ HARNESS = """<script>
   steps.forEach(function (s, k) {
     if (s.layer !== undefined) set('.as-layer', String(s.layer));
     if (s.head !== undefined) set('.as-head', String(s.head));
+    if (s.colour !== undefined) set('.as-colour', String(s.colour));
     if (s.dir) { var r = root.querySelector('input[value="' + s.dir + '"]'); r.checked = true; r.dispatchEvent(new Event('change')); }
     if (s.thumb) root.querySelector('.as-overview canvas[data-l="' + s.thumb[0] + '"][data-h="' + s.thumb[1] + '"]')
       .dispatchEvent(new MouseEvent('click', {bubbles: true}));
@@ -253,3 +257,39 @@ def test_save_failure_names_the_file_and_leaves_no_temporary(model, tmp_path, mo
         view.save(target)
     monkeypatch.setattr(os, "replace", real)
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_browser
+def test_knockout_sweep_of_a_clicked_token(answer, tmp_path):
+    """A swept token lists, per band, the keys whose removal costs most (the sweep's numbers),
+    and colour "Δ log p" shades the keys by that cost instead of attention."""
+    p = answer.input_ids.shape[1] - 2
+    sweep = attnscope.knockout_sweep(answer, p, bands=2)
+    view = attnscope.show(answer, knockout=sweep)
+    s = drive(view, tmp_path, [{"click": p}, {"colour": 1}, {"colour": "attention"}, {"hover": 3}])
+    assert s[0]["swept"] == [p]
+    assert len(s[0]["knock"]) == 2
+    for b, (name, _) in enumerate(sweep.bands):
+        line = s[0]["knock"][b]
+        assert line.startswith(f"Knockout, {name}: removing the edge to each key alone, log p(")
+        key, d = sweep.top(1, band=b)[0]
+        assert f"({key}) {d:+.3f}" in line
+    shade = [1.0 if x.startswith("rgb(") else float(x.split(",")[-1].rstrip(")")) if x else 0.0
+             for x in s[1]["bg"]]  # a browser writes alpha 1 as rgb(...)
+    d = sweep.delta_logp[1, :, 0].numpy()
+    want = np.clip(-d / max(-d.min(), 1e-12), 0, 1)
+    assert all(x.split("(")[1].startswith("214, 96, 77") for x in s[1]["bg"][:p + 1])
+    assert np.abs(np.array(shade[:p + 1]) - want).max() < 2e-3
+    assert s[2]["bg"][0].split("(")[1].startswith("31, 119, 180") and s[2]["knock"]  # back to attention, lines kept
+    assert s[3]["knock"] == [] or s[3]["sel"] == [p]  # the pin stays on the swept token
+
+
+def test_knockout_arguments_of_the_view(answer):
+    sweep = attnscope.knockout_sweep(answer, 3)
+    sweep.model_id = "w:0000000000000000"  # as a sweep of other weights says
+    for kw, msg in [(dict(knockout=[object()]), r"knockout: expected KeySweeps"),
+                    (dict(knockout=sweep), r"knockout: the first comes from"),
+                    (dict(knockout=attnscope.knockout_sweep(answer, 5), tokens=(8, 20)),
+                     r"knockout: the sweep's query 5 is outside the positions shown \(8..19\)")]:
+        with pytest.raises(ValueError, match=msg):
+            attnscope.show(answer, **kw)
