@@ -49,8 +49,8 @@ LayerAccumulator::LayerAccumulator(const CaptureSpec& spec, int64_t layer, int64
       if (std::find(map_heads_.begin(), map_heads_.end(), lh.second) == map_heads_.end())
         map_heads_.push_back(lh.second);
     }
-  layer_map_ = std::find(spec.layer_maps.begin(), spec.layer_maps.end(), layer) !=
-               spec.layer_maps.end();
+  keep_layer_map_ = std::find(spec.layer_maps.begin(), spec.layer_maps.end(), layer) != spec.layer_maps.end();
+  layer_map_ = keep_layer_map_ || spec.rollout;  // the rollout folds every layer's head mean
   if (layer_map_ && spec.layer_map_head >= 0)
     TORCH_CHECK(spec.layer_map_head < heads, "layer_map_head ", spec.layer_map_head,
                 " out of range: layer ", layer, " has ", heads, " heads (0..", heads - 1, ")");

@@ -110,6 +110,13 @@ class LayerAccumulator {
   /// [0, 1] against rounding), becomes "sink_share". Only when the layer's aggregates are asked.
   void add_sink_share(const torch::Tensor& probs);
 
+  /// The head-mean map [B, Tq, Tk] (undefined unless layer maps or the rollout are asked).
+  const torch::Tensor& layer_map() const { return layer_map_t_; }
+  /// Frees the head-mean map once the rollout has folded it, unless the spec keeps it.
+  void release_layer_map() {
+    if (!keep_layer_map_) layer_map_t_ = torch::Tensor(), layer_map_ = false;
+  }
+
   /// Final tensors of this layer, keyed by capture name without the layer dimension
   /// ("received_mean" [B, H, Tk], "head_map/L3H1" [B, Tq, Tk], ...).
   std::map<std::string, torch::Tensor> finish(const RunContext& ctx);
@@ -117,7 +124,7 @@ class LayerAccumulator {
  private:
   const CaptureSpec& spec_;
   int64_t layer_, batch_, heads_, tq_, tk_;
-  bool aggregates_ = false, layer_map_ = false, idle_ = true;
+  bool aggregates_ = false, layer_map_ = false, keep_layer_map_ = false, idle_ = true;
   /// The maps start as zeros (fresh pages, or zero-filled): the fused route then leaves a row's
   /// columns after its last key unwritten.
   bool maps_zeroed_ = true;

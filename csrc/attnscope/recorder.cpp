@@ -186,6 +186,22 @@ void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool si
     acc->add_block(block, r0, ctx_, ws_);
   }
   if (sink) acc->add_sink_share(probs);
+  fold_rollout(*acc);
+}
+
+void Recorder::fold_rollout(LayerAccumulator& acc) {
+  if (!spec_.rollout) return;
+  torch::NoGradGuard no_grad;
+  const torch::Tensor& a = acc.layer_map();  // [B, T, T] head mean
+  TORCH_CHECK_VALUE(a.defined() && a.size(1) == a.size(2), "rollout: a layer's attention of ", a.size(1),
+                    " queries over ", a.size(2), " keys: the rollout needs every query of the sequence");
+  // Ã = 0.5·A + 0.5·I over the real tokens, rows renormalised (a padded row: the identity).
+  const auto v = ctx_.valid.to(torch::kFloat);  // [B, T]
+  auto m = torch::nan_to_num(a, 0.0) * v.unsqueeze(2) * v.unsqueeze(1);
+  m.mul_(0.5).diagonal(0, 1, 2).add_(0.5);
+  m.div_(m.sum(-1, true));
+  rollout_ = rollout_.defined() ? torch::bmm(m, rollout_) : m;  // R_l = Ã_l R_(l-1)
+  acc.release_layer_map();
 }
 
 namespace {
@@ -277,7 +293,9 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   const double hidden_below = hidden_below_of(m);
   if (fused) {
     result_.routes[layer] = "fused";
-    return fused_route(*acc, h, m, hidden_below, is_causal, s, v, dropout_p, q);
+    torch::Tensor out = fused_route(*acc, h, m, hidden_below, is_causal, s, v, dropout_p, q);
+    fold_rollout(*acc);
+    return out;
   }
   // Elsewhere (CUDA, other devices, or the CPU when asked): ATen ops block by block
   // (sdpa_blocks.cpp), with the site's output and each row's log-sum-exp from the device's
@@ -297,6 +315,7 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   result_.routes[layer] = site.lse.defined() ? "blocks" : "softmax";
   const int64_t step = chunk_rows(q.size(0), static_cast<int64_t>(h.heads.size()), k.size(2), q.device());
   add_sdpa_blocks(*acc, site, step, ctx_, ws_);
+  fold_rollout(*acc);
   return fa.out;  // undefined: the site runs SDPA itself
 }
 
@@ -386,6 +405,13 @@ RecordResult Recorder::finish() {
   }
   if (!agg_layers.empty())
     result_.captures["aggregate_layers"] = torch::tensor(agg_layers, torch::kLong);
+  if (spec_.rollout) {
+    TORCH_CHECK_VALUE(rollout_.defined(), "rollout: no attention layer ran in this forward");
+    out["rollout"] = ctx_.has_padding ? torch::where(ctx_.valid.unsqueeze(2), rollout_,
+                                                     std::numeric_limits<float>::quiet_NaN())
+                                      : rollout_;  // rows of padded queries are undefined, as in maps
+    rollout_ = torch::Tensor();
+  }
   acc_.clear();
   return result_;
 }

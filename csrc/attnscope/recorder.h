@@ -111,6 +111,9 @@ class Recorder {
   MaskFacts masks_;  // per-run facts of the mask every layer shares
   const Knockout* knockout_ = nullptr;
   std::set<int64_t> knocked_, ablated_;
+  /// Attention rollout so far [B, T, T] (CaptureSpec::rollout).
+  torch::Tensor rollout_;
+  void fold_rollout(LayerAccumulator& acc);
 };
 
 /// Makes `r` the active recorder of this thread for the scope's lifetime.

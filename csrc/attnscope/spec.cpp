@@ -71,6 +71,8 @@ const std::vector<SpecField>& spec_fields() {
       {"layer_maps", &CaptureSpec::layer_maps, 0, kMaxIndex, "layers whose head-mean map is kept"},
       {"layer_map_head", &CaptureSpec::layer_map_head, -1, kMaxIndex,
        "head shown in layer_maps instead of the mean; -1 = mean"},
+      {"rollout", &CaptureSpec::rollout, 0, 1,
+       "attention rollout of the head-mean maps (0.5 A + 0.5 I), folded layer by layer"},
       {"layers", &CaptureSpec::layers, 0, kMaxIndex, "layers of the aggregates (order kept); empty = every layer"},
       {"received", &CaptureSpec::received, 0, 1,
        "attention each key position receives: mean and max over the queries that see it"},
@@ -99,6 +101,8 @@ const std::vector<CaptureName>& capture_names() {
       {"head_map/L{l}H{h}", "heads", 1, "[B, T, T]", true,
        "attention of head h in layer l: row = query i, column = key j"},
       {"layer_map/L{l}", "layer_maps", 1, "[B, T, T]", true, "mean over heads (or head layer_map_head)"},
+      {"rollout", "rollout", 1, "[B, T, T]", true,
+       "attention rollout: row i = how much each input token j flows into token i's last layer"},
       {"received_mean", "received", 1, "[L, B, H, T]", true,
        "attention key j receives, averaged over the real queries that see it"},
       {"received_count", "received", 1, "[L, B, H, T]", false, "the real queries that see key j"},
@@ -212,7 +216,7 @@ double CaptureSpec::kept_bytes(int64_t L, int64_t B, int64_t H, int64_t T) const
   const double t = static_cast<double>(T), b = static_cast<double>(B), h = static_cast<double>(H);
   const double la = layers.empty() ? static_cast<double>(L) : static_cast<double>(layers.size());
   const double n = static_cast<double>(std::min(pooled_maps, T));
-  const double maps = static_cast<double>(heads.size() + layer_maps.size()) * b * t * t;
+  const double maps = static_cast<double>(heads.size() + layer_maps.size() + (rollout ? 3 : 0)) * b * t * t;
   const double pooled = pooled_maps > 0 ? la * b * (h + 1) * n * n : 0.0;
   const double per_token = la * b * h * t * 16;  // every aggregate at once, generously
   return 4.0 * (maps + pooled + per_token);
@@ -237,6 +241,8 @@ void CaptureSpec::validate(int64_t n_layers, int64_t n_heads, int64_t seq_len) c
   }
   for (int64_t l : layer_maps) check_layer(l, "layer_maps");
   if (layer_map_head != -1) check_head(layer_map_head, "layer_map_head");
+  TORCH_CHECK_VALUE(!rollout || layer_map_head == -1, "rollout folds the head-mean maps, but layer_map_head is ",
+                    layer_map_head, ": run the rollout with layer_map_head -1");
   for (int64_t l : layers) check_layer(l, "layers");
   for (const auto& f : spec_fields())  // the table's bounds (Python may set fields directly)
     std::visit(Overload{[&](int64_t CaptureSpec::*m) {

@@ -16,6 +16,10 @@ struct CaptureSpec {
   std::vector<int64_t> layer_maps;
   /// Head shown in layer_maps instead of the mean over heads; -1 = mean.
   int64_t layer_map_head = -1;
+  /// "rollout" [B, T, T]: attention rollout (Abnar & Zuidema 2020) of the head-mean maps,
+  /// R = Ã_L ··· Ã_1 with Ã = 0.5·A + 0.5·I (rows renormalised), folded layer by layer during
+  /// the run (one T x T state, no map per layer kept).
+  bool rollout = false;
 
   /// Layers for the per-position aggregates below (order kept); empty = every layer.
   std::vector<int64_t> layers;
@@ -69,7 +73,7 @@ struct CaptureSpec {
   /// without the model-dependent ones, e.g. sink_share).
   std::vector<std::string> produces() const;
   /// True when a run with this spec keeps any attention capture (maps or aggregates).
-  bool captures_anything() const { return !heads.empty() || !layer_maps.empty() || wants_aggregates(); }
+  bool captures_anything() const { return !heads.empty() || !layer_maps.empty() || rollout || wants_aggregates(); }
   /// True when `layer` is among the aggregate layers.
   bool aggregates_layer(int64_t layer) const;
   bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || row_stats || pooled_maps > 0 || !from_tokens.empty(); }

@@ -22,7 +22,7 @@ _PLOTTING = ("high_entropy_positions", "visualize_attention", "visualize_attenti
              "visualize_attention_patterns", "visualize_entropy", "visualize_attention_diff",
              "visualize_turning_points", "visualize_head_summary", "visualize_head_atlas",
              "visualize_token_profile", "visualize_differential_attention", "visualize_knockout",
-             "visualize_head_effects")
+             "visualize_head_effects", "visualize_rollout")
 
 
 def __getattr__(name):
