@@ -73,8 +73,8 @@ def head_effects(trace, *, position=None, target=None, mode="zero", layers=None,
     else:
         positions = [position % T]
     at = torch.tensor([real.index(j) for j in positions])
-    if model.causal:
-        ids = ids[:, :int(at.max()) + 1]  # a causal prediction at p depends on tokens 0..p only
+    if model.causal and mode == "zero":  # a causal prediction at p depends on tokens 0..p only (a
+        ids = ids[:, :int(at.max()) + 1]  # mean over positions takes every position: not cut)
     todo = _chosen_heads(model, layers, heads)
     L, H = model.n_layers, model.n_heads
     bytes_row = len(real) * (8 * max(1, model.vocab_size) + 64 * H * len(real))

@@ -3,7 +3,7 @@ configs, fp32) with a forward pre-hook on the attention's output projection that
 head's slice of its input (the head's output Σ_j p_ij v_j) by zeros or by its mean over the
 positions, to 1e-5 in log p. SDPA sites (the output is changed) and softmax sites (the
 probabilities are: the output is linear in them) are both checked, on GQA, a window, GPT-2 and
-learned sinks."""
+learned sinks and softcapping (Gemma 2)."""
 
 import pytest
 import torch
@@ -41,7 +41,8 @@ def reference_logp(model, ids, layer, head, mode):
 
 
 @pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
-                                              ("gpt2", "eager"), ("gpt2", "sdpa"), ("gpt_oss", "eager")])
+                                              ("gpt2", "eager"), ("gpt2", "sdpa"), ("gpt_oss", "eager"),
+                                              ("gemma2", "eager")])
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_head_ablation_equals_a_hooked_forward(tmp_path, family, attention, mode):
     model, m = exported(tmp_path, family, attention)

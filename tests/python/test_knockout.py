@@ -3,8 +3,8 @@ configs) run with an attention function written here — eager softmax(q·kᵀ·
 mask) with −∞ at the removed edges in the chosen layers and heads — fp32, to 1e-5 in log p.
 Both the SDPA export (attnscope::sdpa sites: −∞ in the mask) and the eager one (softmax sites:
 renormalised probabilities) are checked, on GQA (Llama, 4 query heads over 2 KV heads), a
-sliding window (Mistral), GPT-2's own attention and learned sinks with alternating windows
-(GPT-OSS: the sinks stay in the softmax's denominator)."""
+sliding window (Mistral), GPT-2's own attention, learned sinks with alternating windows
+(GPT-OSS: the sinks stay in the softmax's denominator) and logit softcapping (Gemma 2)."""
 import warnings
 
 import pytest
@@ -25,6 +25,9 @@ def knocked_attention(module, query, key, value, attention_mask, scaling=None, d
     key, value = key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     s = (query @ key.transpose(-1, -2)).float() * scaling
+    cap = kwargs.get("softcap") or getattr(module, "attn_logit_softcapping", None)  # Gemma 2
+    if cap:
+        s = torch.tanh(s / cap) * cap
     T = s.shape[-1]
     hide = torch.ones(T, T, dtype=torch.bool).triu(1)
     window = getattr(module, "sliding_window", "unset")  # GPT-OSS: per layer; Mistral: the config's
@@ -65,26 +68,16 @@ def reference_logp(model, ids, position, layers, heads, keys):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", ["llama", "mistral", "gpt2", "gpt_oss"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "gpt2", "gpt_oss", "gemma2"])
 def test_knockout_equals_an_eager_intervention(tmp_path, family, attention):
-    if family == "gpt_oss":
-        from hf_families import FAMILIES
-        torch.manual_seed(0)
-        model = FAMILIES["gpt_oss"]().eval()
-    else:
-        model = make(family)
     if family == "gpt_oss" and attention == "sdpa":
         pytest.skip("GPT-OSS has no SDPA attention (its sinks): its eager export goes through the graph route")
-    path = tmp_path / f"{family}.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        attnscope.export_hf(model, None, path, attention=attention, fallback=family == "gpt_oss")
-    m = attnscope.load(str(path), device="cpu")
+    model, m = exported(tmp_path, family, attention)
     g = torch.Generator().manual_seed(3)
     ids = torch.randint(3, 64, (1, 12), generator=g)
     trace = m.run(ids)
     cases = [(10, [2, 5, 9], None, None), (7, [0], [1], None), (11, [3, 4, 6, 10], [0], [1, 3])]
-    if family in ("mistral", "gpt_oss"):  # window 4 (GPT-OSS: layer 0): query i sees keys i-3..i only
+    if family in ("mistral", "gpt_oss", "gemma2"):  # window 4 (GPT-OSS, Gemma 2: layer 0): keys i-3..i only
         cases = [(10, [8, 9], None, None), (7, [5], [1], None), (11, [9, 10], [0], [1, 3])]
     for position, keys, layers, heads in cases:
         eff = attnscope.knockout(trace, position, keys=keys, layers=layers, heads=heads, target=list(range(64)))
@@ -122,21 +115,24 @@ def test_knockout_effects_and_errors(toy_model):
 
 
 def exported(tmp_path, family, attention):
-    if family == "gpt_oss":
-        from hf_families import FAMILIES
-        torch.manual_seed(0)
-        model = FAMILIES["gpt_oss"]().eval()
-    else:
+    """(transformers model, attnscope Model of its export): test_export_hf's small configs, or
+    the family matrix's (hf_families) for the others."""
+    from hf_families import FAMILIES
+    from test_export_hf import FAMILIES as SMALL
+    if family in SMALL:
         model = make(family)
+    else:
+        torch.manual_seed(0)
+        model = FAMILIES[family]().eval()
     path = tmp_path / f"{family}-{attention}.pt"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        attnscope.export_hf(model, None, path, attention=attention, fallback=family == "gpt_oss")
+        attnscope.export_hf(model, None, path, attention=attention, fallback=family in ("gpt_oss", "gemma2"))
     return model, attnscope.load(str(path), device="cpu")
 
 
 @pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
-                                              ("gpt2", "eager"), ("gpt_oss", "eager")])
+                                              ("gpt2", "eager"), ("gpt_oss", "eager"), ("gemma2", "eager")])
 def test_key_sweep_equals_eager_interventions(tmp_path, family, attention):
     """Every row of the batched decode step is the eager intervention of its one key, per band."""
     model, m = exported(tmp_path, family, attention)
@@ -146,7 +142,7 @@ def test_key_sweep_equals_eager_interventions(tmp_path, family, attention):
     position = 10
     sweep = attnscope.knockout_sweep(trace, position, bands={"first": [0], "second": [1]}, target=list(range(64)))
     assert sweep.method.startswith("one batched decode step")
-    window = 4 if family in ("mistral", "gpt_oss") else None
+    window = 4 if family in ("mistral", "gpt_oss", "gemma2") else None
     seen = list(range(position + 1)) if window is None else list(range(position - window + 1, position + 1))
     plain = reference_logp(model, ids, position, [], None, [])
     assert (sweep.logp_before - plain).abs().max() < 1e-5

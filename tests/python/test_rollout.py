@@ -27,7 +27,8 @@ def reference(model, ids):
 
 
 @pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
-                                              ("gpt2", "eager"), ("gpt_oss", "eager")])
+                                              ("gpt2", "eager"), ("gpt_oss", "eager"),
+                                              ("gemma2", "eager"), ("bert", "sdpa")])
 def test_rollout_equals_the_product_of_eager_maps(tmp_path, family, attention):
     model, m = exported(tmp_path, family, attention)
     ids = torch.randint(3, 64, (1, 13), generator=torch.Generator().manual_seed(2))
