@@ -69,6 +69,29 @@ CALLS = [
     ("knockout", "target", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[0], target=v)),
     ("knockout", "batch", lambda m, t, a, v: attnscope.knockout(t, 8, keys=[0], batch=v)),
     ("logits", "remove", lambda m, t, a, v: m.logits(t.input_ids, remove=v)),
+    ("logits", "ablate", lambda m, t, a, v: m.logits(t.input_ids, ablate=v)),
+    ("logits", "ablate_mode", lambda m, t, a, v: m.logits(t.input_ids, ablate_mode=v)),
+    ("logits", "past", lambda m, t, a, v: m.logits(t.input_ids, past=v)),
+    ("knockout_sweep", "position", lambda m, t, a, v: attnscope.knockout_sweep(t, v)),
+    ("knockout_sweep", "keys", lambda m, t, a, v: attnscope.knockout_sweep(t, 8, keys=[v])),
+    ("knockout_sweep", "bands", lambda m, t, a, v: attnscope.knockout_sweep(t, 8, bands=v)),
+    ("knockout_sweep", "layers", lambda m, t, a, v: attnscope.knockout_sweep(t, 8, layers=[v])),
+    ("knockout_sweep", "heads", lambda m, t, a, v: attnscope.knockout_sweep(t, 8, heads=[v])),
+    ("knockout_sweep", "batch", lambda m, t, a, v: attnscope.knockout_sweep(t, 8, batch=v)),
+    ("head_effects", "position", lambda m, t, a, v: attnscope.head_effects(t, position=v, progress=False)),
+    ("head_effects", "mode", lambda m, t, a, v: attnscope.head_effects(t, mode=v, progress=False)),
+    ("head_effects", "layers", lambda m, t, a, v: attnscope.head_effects(t, layers=[v], progress=False)),
+    ("head_effects", "heads", lambda m, t, a, v: attnscope.head_effects(t, heads=[v], progress=False)),
+    ("head_effects", "batch", lambda m, t, a, v: attnscope.head_effects(t, batch=v, progress=False)),
+    ("visualize_knockout", "target", lambda m, t, a, v: attnscope.visualize_knockout(
+        attnscope.knockout_sweep(t, 4), target=v)),
+    ("visualize_knockout", "top_k", lambda m, t, a, v: attnscope.visualize_knockout(
+        attnscope.knockout_sweep(t, 4), top_k=v)),
+    ("visualize_head_effects", "top", lambda m, t, a, v: attnscope.visualize_head_effects(
+        attnscope.head_effects(t, layers=[0], heads=[0], progress=False), top=v)),
+    ("visualize_rollout", "token_idx", lambda m, t, a, v: attnscope.visualize_rollout(t, v)),
+    ("visualize_rollout", "top_k", lambda m, t, a, v: attnscope.visualize_rollout(t, top_k=v)),
+    ("visualize_rollout", "batch", lambda m, t, a, v: attnscope.visualize_rollout(t, batch=v)),
     ("aggregate_dataset", "length", lambda m, t, a, v: attnscope.aggregate_dataset(m, [[1, 2, 3, 4]], length=v,
                                                                                    num=None, progress=False)),
     ("aggregate_dataset", "batch_size", lambda m, t, a, v: attnscope.aggregate_dataset(
@@ -84,7 +107,11 @@ FINE = {("generate", "temperature", "float"), ("generate", "top_p", "huge"), ("g
         ("visualize_attention_patterns", "token_idx", "negative"), ("branch", "token", "str"),
         ("token_profile", "top", "huge"), ("generate", "temperature", "huge"), ("turning_points", "k", "huge"),
         ("high_entropy_positions", "max_marks", "huge"), ("aggregate_dataset", "batch_size", "huge"),
-        ("knockout", "position", "negative"), ("knockout", "keys", "negative"), ("knockout", "target", "str")}
+        ("knockout", "position", "negative"), ("knockout", "keys", "negative"), ("knockout", "target", "str"),
+        ("knockout_sweep", "position", "negative"), ("knockout_sweep", "keys", "negative"),
+        ("head_effects", "position", "negative"), ("visualize_rollout", "token_idx", "negative"),
+        ("visualize_knockout", "top_k", "huge"), ("visualize_head_effects", "top", "huge"),
+        ("visualize_rollout", "top_k", "huge")}
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
