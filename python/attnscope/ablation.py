@@ -5,7 +5,7 @@ heads per forward (one per batch row). Duck-typed on a Trace that keeps its mode
 import torch
 
 from .budget import memory_budget
-from .knockout import _query, _targets
+from .knockout import checked_query, target_tokens, predicted_position
 from .streaming import Progress
 
 __all__ = ["head_effects", "HeadEffects"]
@@ -36,9 +36,12 @@ class HeadEffects:
                 f"{what}: Σ log p before {self.logp_before:.4f}; most needed heads (Δ log p) {top}>")
 
 
-def _answer_positions(trace, batch, mask):
-    """Positions whose next token is a real token: the answer's when the trace was generated."""
+def _answer_positions(trace, model, batch, mask):
+    """Positions whose predicted token is a real token: the answer's when the trace was
+    generated; every real position of an encoder (each predicts its own token)."""
     real = [j for j in range(mask.shape[0]) if bool(mask[j])]
+    if not model.causal:
+        return real
     start = trace.prompt_len - 1 if trace.is_generated else real[0]
     return [j for j in real[:-1] if j >= start]
 
@@ -58,17 +61,18 @@ def head_effects(trace, *, position=None, target=None, mode="zero", layers=None,
     replaced by zeros (`mode` "zero") or by its mean over the row's real positions ("mean"). The
     effect is measured at `position` on `target` (as in `knockout`), or, with position=None, on
     the whole answer: Σ log p of every real next token after the prompt (of a generated trace;
-    of the whole text otherwise). One forward per head, batched; a progress bar counts heads."""
-    model, T, mask, _ = _query(trace, -1 if position is None else position, batch)
+    of the whole text otherwise; an encoder with a language-model head: of every token at its
+    own position). One forward per head, batched; a progress bar counts heads."""
+    model, T, mask, _ = checked_query(trace, -1 if position is None else position, batch)
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode {mode!r}: expected 'zero' or 'mean'")
     real = [j for j in range(T) if bool(mask[j])]
     ids = trace.input_ids[batch, real][None]                              # [1, T'] the real tokens
     if position is None:
-        positions = _answer_positions(trace, batch, mask)
+        positions = _answer_positions(trace, model, batch, mask)
         if not positions:
             raise ValueError("head_effects: the row has no next token to predict (one real token): give position=")
-        tgt = [int(trace.input_ids[batch, j + 1]) for j in positions]
+        tgt = [int(trace.input_ids[batch, predicted_position(model, j)]) for j in positions]
         targets = [(t, trace.token_label(t)) for t in tgt]
     else:
         positions = [position % T]
@@ -81,7 +85,7 @@ def head_effects(trace, *, position=None, target=None, mode="zero", layers=None,
     chunk = max(1, min(len(todo), 32, memory_budget() // 4 // max(1, bytes_row)))
     base = torch.log_softmax(model.logits(ids)[0, at].double(), -1)      # [n_pos, V]
     if position is not None:
-        targets = _targets(trace, model, target, positions[0], batch, base[0])
+        targets = target_tokens(trace, model, target, positions[0], batch, base[0])
         tgt = [t for t, _ in targets]
     pick = (lambda lp: lp[:, torch.arange(len(at)), tgt]) if position is None else (lambda lp: lp[:, 0, tgt])
     ent0 = -(base.exp() * base).sum(-1)                                   # [n_pos]

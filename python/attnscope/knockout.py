@@ -15,7 +15,8 @@ __all__ = ["knockout", "knockout_sweep", "KnockoutEffect", "KeySweep"]
 
 class KnockoutEffect:
     """The effect of one knockout on the prediction at `position` (the distribution choosing
-    token position+1): for each target token, log p before and after and Δ log p (after −
+    token position+1; in an encoder with a language-model head, the token at `position`): for
+    each target token, log p before and after and Δ log p (after −
     before); predictive entropy before and after (nats); the top-1 token before and after and
     whether it `changed`. `keys`, `layers` (None = all attention layers), `heads` (None = all)
     say what was removed."""
@@ -107,11 +108,17 @@ def _positions(v, name, T):
     return sorted({x % T for x in items})
 
 
-def _targets(trace, model, target, position, batch, base):
+def predicted_position(model, position):
+    """The position whose token the distribution at `position` predicts: the next one in a
+    causal LM, the same one in an encoder with a language-model head (masked LM)."""
+    return position + 1 if model.causal else position
+
+
+def target_tokens(trace, model, target, position, batch, base):
     """[(id, label)] of the tokens whose log p is reported."""
     if target is None:
         ids, mask = trace.input_ids[batch], trace.attention_mask[batch]
-        nxt = position + 1
+        nxt = predicted_position(model, position)
         tid = int(ids[nxt]) if nxt < ids.shape[0] and bool(mask[nxt]) else int(base.argmax())
         return [(tid, trace.token_label(tid))]
     items = list(target) if isinstance(target, (list, tuple, range)) else [target]
@@ -119,7 +126,7 @@ def _targets(trace, model, target, position, batch, base):
     return [(t, trace.token_label(t)) for t in ids]
 
 
-def _query(trace, position, batch):
+def checked_query(trace, position, batch):
     """(model, T, the row's mask, position in 0..T-1) after checking the arguments."""
     model = getattr(trace, "model", None)
     if model is None:
@@ -152,9 +159,10 @@ def knockout(trace, position, *, keys, layers=None, heads=None, target=None, bat
     `position` to `keys` (a position or a list; negative counts from the end) is removed before
     the softmax in `layers` (model layers, None = every attention layer) and `heads` (None =
     every head). `target`: the token(s) whose log p is reported (default the token that follows
-    in the trace, or the model's top-1 at the last position; an id, a one-token str, or a list
-    for contrast). One forward of the row twice (as it is, and knocked out)."""
-    model, T, mask, position = _query(trace, position, batch)
+    in the trace, or the model's top-1 at the last position; in an encoder with a language-model
+    head, the token at `position` itself; an id, a one-token str, or a list for contrast). One
+    forward of the row twice (as it is, and knocked out)."""
+    model, T, mask, position = checked_query(trace, position, batch)
     keys = _checked_keys(keys, model, T, mask, position, batch)
     seen = [j for j in range(T) if bool(mask[j]) and (j <= position or not model.causal)]
     if set(seen) <= set(keys):
@@ -166,7 +174,7 @@ def knockout(trace, position, *, keys, layers=None, heads=None, target=None, bat
     logits = model.logits(row, trace.attention_mask[batch:batch + 1].repeat(2, 1), remove=remove, layers=layers,
                           heads=heads)[:, position].double()
     logp = torch.log_softmax(logits, -1)                                  # [2, V]
-    targets = _targets(trace, model, target, position, batch, logp[0])
+    targets = target_tokens(trace, model, target, position, batch, logp[0])
     ent = [float(-(p.exp() * p).sum()) for p in logp]
     top = [int(p.argmax()) for p in logp]
     return KnockoutEffect(position=position, keys=keys, layers=layers, heads=heads, targets=targets,
@@ -252,7 +260,7 @@ def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads
     archive whose decode method intervenes (Model.decode_intervenes) the prefix is cached once
     and every intervention is one row of one batched decode step; otherwise each is a forward of
     the first position+1 tokens. Causal models only."""
-    model, T, mask, position = _query(trace, position, batch)
+    model, T, mask, position = checked_query(trace, position, batch)
     if not model.causal:
         raise ValueError("knockout_sweep: an encoder's rows all see each other, so removing one edge changes every "
                          "row after the first layer: use knockout() for each key")
@@ -278,7 +286,7 @@ def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads
     seen_by = model.run(ids[None, :pos + 1], capture={"from_tokens": [pos], "top_k": 0,  # what the query looked at
                                                       "predictive_entropy": False})
     att = seen_by.captures["from"][:, 0, :, 0].double()                # [L', H, pos + 1]
-    targets = _targets(trace, model, target, position, batch, base)
+    targets = target_tokens(trace, model, target, position, batch, base)
     tid = torch.tensor([t for t, _ in targets])
     top0 = int(base.argmax())
     return KeySweep(position=position, batch=batch, keys=keys, bands=band_list, heads=heads, targets=targets,

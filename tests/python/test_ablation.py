@@ -3,7 +3,8 @@ configs, fp32) with a forward pre-hook on the attention's output projection that
 head's slice of its input (the head's output Σ_j p_ij v_j) by zeros or by its mean over the
 positions, to 1e-5 in log p. SDPA sites (the output is changed) and softmax sites (the
 probabilities are: the output is linear in them) are both checked, on GQA, a window, GPT-2 and
-learned sinks and softcapping (Gemma 2)."""
+learned sinks, softcapping (Gemma 2) and an encoder with an
+LM head (BERT: every position predicts its own token)."""
 
 import pytest
 import torch
@@ -17,6 +18,8 @@ from test_knockout import exported  # noqa: E402
 def out_proj(model, layer):
     if hasattr(model, "transformer"):  # GPT-2
         return model.transformer.h[layer].attn.c_proj
+    if hasattr(model, "bert"):
+        return model.bert.encoder.layer[layer].attention.output.dense
     return model.model.layers[layer].self_attn.o_proj
 
 
@@ -42,7 +45,7 @@ def reference_logp(model, ids, layer, head, mode):
 
 @pytest.mark.parametrize("family,attention", [("llama", "sdpa"), ("llama", "eager"), ("mistral", "sdpa"),
                                               ("gpt2", "eager"), ("gpt2", "sdpa"), ("gpt_oss", "eager"),
-                                              ("gemma2", "eager")])
+                                              ("gemma2", "eager"), ("bert_mlm", "sdpa")])
 @pytest.mark.parametrize("mode", ["zero", "mean"])
 def test_head_ablation_equals_a_hooked_forward(tmp_path, family, attention, mode):
     model, m = exported(tmp_path, family, attention)
@@ -50,8 +53,10 @@ def test_head_ablation_equals_a_hooked_forward(tmp_path, family, attention, mode
     trace = m.run(ids)
     eff = attnscope.head_effects(trace, mode=mode, progress=False)     # the whole text: Σ log p of tokens 1..10
     plain = reference_logp(model, ids, None, None, mode)
-    nxt = ids[0, 1:]
-    base = plain[torch.arange(10), nxt].sum()
+    at, nxt = torch.arange(10), ids[0, 1:]
+    if not m.causal:  # a masked LM: every position predicts its own token
+        at, nxt = torch.arange(11), ids[0]
+    base = plain[at, nxt].sum()
     assert abs(eff.logp_before - float(base)) < 1e-5
     moved = 0
     for layer in range(m.n_layers):
@@ -59,7 +64,7 @@ def test_head_ablation_equals_a_hooked_forward(tmp_path, family, attention, mode
             want = reference_logp(model, ids, layer, head, mode)
             got = torch.log_softmax(m.logits(ids, ablate=_one(m, layer, head), ablate_mode=mode)[0].double(), -1)
             assert (got - want).abs().max() < 1e-5, (family, attention, mode, layer, head)
-            d = float(want[torch.arange(10), nxt].sum() - base)
+            d = float(want[at, nxt].sum() - base)
             assert abs(float(eff.delta_logp[layer, head]) - d) < 1e-5
             moved = max(moved, abs(d))
     assert moved > 1e-3  # ablating some head changes the prediction: the test can fail

@@ -29,7 +29,8 @@ def knocked_attention(module, query, key, value, attention_mask, scaling=None, d
     if cap:
         s = torch.tanh(s / cap) * cap
     T = s.shape[-1]
-    hide = torch.ones(T, T, dtype=torch.bool).triu(1)
+    hide = torch.ones(T, T, dtype=torch.bool).triu(1) if getattr(module, "is_causal", True) else \
+        torch.zeros(T, T, dtype=torch.bool)  # BERT: every key
     window = getattr(module, "sliding_window", "unset")  # GPT-OSS: per layer; Mistral: the config's
     window = getattr(module.config, "sliding_window", None) if window == "unset" else window
     if window:
@@ -68,7 +69,7 @@ def reference_logp(model, ids, position, layers, heads, keys):
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("family", ["llama", "mistral", "gpt2", "gpt_oss", "gemma2"])
+@pytest.mark.parametrize("family", ["llama", "mistral", "gpt2", "gpt_oss", "gemma2", "bert_mlm"])
 def test_knockout_equals_an_eager_intervention(tmp_path, family, attention):
     if family == "gpt_oss" and attention == "sdpa":
         pytest.skip("GPT-OSS has no SDPA attention (its sinks): its eager export goes through the graph route")
@@ -79,6 +80,8 @@ def test_knockout_equals_an_eager_intervention(tmp_path, family, attention):
     cases = [(10, [2, 5, 9], None, None), (7, [0], [1], None), (11, [3, 4, 6, 10], [0], [1, 3])]
     if family in ("mistral", "gpt_oss", "gemma2"):  # window 4 (GPT-OSS, Gemma 2: layer 0): keys i-3..i only
         cases = [(10, [8, 9], None, None), (7, [5], [1], None), (11, [9, 10], [0], [1, 3])]
+    if family == "bert_mlm":  # keys after the query too
+        cases = [(4, [7, 9], None, None), (6, [0, 11], [1], None), (2, [3], [0], [1, 3])]
     for position, keys, layers, heads in cases:
         eff = attnscope.knockout(trace, position, keys=keys, layers=layers, heads=heads, target=list(range(64)))
         plain = reference_logp(model, ids, position, [], None, keys)                 # nothing removed
@@ -119,7 +122,12 @@ def exported(tmp_path, family, attention):
     the family matrix's (hf_families) for the others."""
     from hf_families import FAMILIES
     from test_export_hf import FAMILIES as SMALL
-    if family in SMALL:
+    if family == "bert_mlm":  # an encoder with a language-model head: each position predicts its own token
+        torch.manual_seed(0)
+        model = transformers.BertForMaskedLM(transformers.BertConfig(
+            vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=64, initializer_range=0.25)).eval()  # peaked attention: heads differ by position
+    elif family in SMALL:
         model = make(family)
     else:
         torch.manual_seed(0)
