@@ -159,6 +159,31 @@ def step_smollm2(rep, dev):
     free()
 
 
+def step_interventions(rep, dev, quick):
+    """Knockout sweep, head ablation and rollout on the device against the same on the CPU."""
+    import copy
+
+    import attnscope
+    from attnscope.models.hf_export import trace_hf
+    model = hf_model("qwen2-gqa", torch.float32, "cpu", quick)
+    ids, _ = inputs(1024, 64, "cpu")
+    got = {}
+    for where, m in (("cpu", model), (dev, copy.deepcopy(model))):
+        traced, facts = trace_hf(m, attention="sdpa")
+        am = attnscope.from_module(traced, device=where, info=facts)
+        t = am.run(ids.to(where), capture={"rollout": True})
+        t0 = time.time()
+        sweep = attnscope.knockout_sweep(t, 63, bands=2)
+        heads = attnscope.head_effects(t, position=63, progress=False)
+        got[where] = (sweep.logp_after, heads.delta_logp, t.captures["rollout"].double(), time.time() - t0)
+    d = [float((a - b).abs().nan_to_num().max()) for a, b in zip(got["cpu"][:3], got[dev][:3])]
+    rep.add("\n## Interventions on the device vs the CPU (Qwen2 GQA, 4 layers x 8 heads, 64 tokens, fp32)\n\n"
+            "| key sweep log p | head ablation Δ log p | rollout | time cpu / device |\n|---|---|---|---|\n"
+            f"| {d[0]:.1e} | {d[1]:.1e} | {d[2]:.1e} | {got['cpu'][3]:.2f} s / {got[dev][3]:.2f} s |",
+            "interventions", d)
+    free()
+
+
 def timed(fn, reps):
     best, out = float("inf"), None
     for _ in range(reps):
@@ -305,6 +330,7 @@ def main():
     for name, fn in [("captured vs eager", lambda: step_small(rep, dev, args.quick)),
                      ("Qwen2.5-7B shape", lambda: step_7b(rep, dev, args.quick, lengths)),
                      ("SmolLM2", lambda: step_smollm2(rep, dev)),
+                     ("interventions", lambda: step_interventions(rep, dev, args.quick)),
                      ("tests", lambda: step_tests(rep, args))]:
         if rep.left() < 20:
             rep.add(f"\n{name}: not run (time budget spent)")

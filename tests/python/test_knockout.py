@@ -203,3 +203,22 @@ def test_key_sweep_errors(toy_model):
     sweep = attnscope.knockout_sweep(t, 5, bands=2)
     assert sweep.keys == list(range(6)) and sweep.targets[0][0] == 30 and "most used keys" in repr(sweep)
     assert sweep.top(2)[0][1] == float(sweep.delta_logp[0, :, 0].min())
+
+
+def test_logits_over_a_cache_refuses_what_does_not_fit(tmp_path, toy_model):
+    _, m = exported(tmp_path, "llama", "sdpa")
+    ids = torch.tensor([[7, 3, 9, 12, 5, 8]])
+    k, v = m.prefill(ids[:, :5])
+    want = m.logits(ids)[0, 5]
+    assert (m.logits(ids[:, 5:], past=(k, v))[0, -1] - want).abs().max() < 1e-4  # one decode step = the forward
+    for kw, msg in [
+        (dict(past=(k,)), r"past: expected \(k, v\), each Tensor\[L, B, KV, P, D\]"),
+        (dict(past=(k, v[:, :, :, :3])), r"past: expected the caches k, v \[L, 1, KV, P, D\] of the 1 rows"),
+        (dict(past=(k, v), attention_mask=torch.ones(1, 4, dtype=torch.long)),
+         r"attention_mask over a KV cache: expected \[1, 6\] \(cached \+ new positions\)"),
+        (dict(past=(k, v), remove=torch.zeros(1, 1, 1, dtype=torch.bool)), r"remove: expected a bool Tensor\[1, 6, 6\]"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            m.logits(ids[:, 5:], **kw)
+    with pytest.raises(ValueError, match="logits over a KV cache: this archive has no decode method"):
+        toy_model.logits(ids[:, 5:], past=(k, v))
