@@ -42,7 +42,7 @@ def main():
         trace = model.run(row, capture={})
         model.logits(row)  # warm
         fwd, _ = timed(lambda: model.logits(row))
-        sweep_s, sweep = timed(lambda: attnscope.knockout_sweep(trace, T - 1))
+        sweep_s, sweep = timed(lambda: attnscope.knockout_sweep(trace, T - 1, progress=False))
         print(f"key sweep at position {T - 1} ({len(sweep.keys)} keys): {sweep_s:.2f} s; plain forward of {T} "
               f"tokens {fwd:.2f} s; ratio {sweep_s / fwd:.1f}x ({sweep.method})")
         agg, _ = timed(lambda: model.run(row, capture="all"))

@@ -197,7 +197,7 @@ NOTEBOOKS = {
                "\"No\" is measured again: one batched decode step over the cached prompt. Above: the attention from "
                "the verdict's position to each token (mean over heads and the band's layers, \"looked at\"); below: "
                "Δ log p (\"used\"; red lowers it)."),
-        ("code", "verdict = attnscope.knockout_sweep(answer, p, bands=3, target=[\"No\", \"Yes\"])\n"
+        ("code", "verdict = attnscope.knockout_sweep(answer, p, bands=3, target=[\"No\", \"Yes\"], progress=False)\n"
                  "for b, (name, _) in enumerate(verdict.bands):\n"
                  "    att = verdict.attention_from(b)\n"
                  "    looked = [labels[verdict.keys[int(i)]] for i in att.argsort(descending=True)[:3]]\n"
@@ -219,7 +219,7 @@ NOTEBOOKS = {
                "factorization of 3 * 3 *\": 3 does not divide 3599. Where does its first \"3\" come from? The same "
                "sweep at the position that chose it, \"3\" against \"5\" (59 begins with it)."),
         ("code", "f = next(i for i in range(answer.prompt_len, answer.input_ids.shape[1]) if labels[i - 1] == \"␣of\") + 1\n"
-                 "factor = attnscope.knockout_sweep(answer, f - 1, bands=3, target=[\"3\", \"5\"])\n"
+                 "factor = attnscope.knockout_sweep(answer, f - 1, bands=3, target=[\"3\", \"5\"], progress=False)\n"
                  "print(factor)\n"
                  "print(\"removing the 3 of 3599:\", [round(float(d), 3) for d in factor.delta_logp[:, factor.keys.index(number[0]), 0]])\n"
                  "fig = attnscope.visualize_knockout(factor)"),

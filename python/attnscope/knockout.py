@@ -250,7 +250,7 @@ def _sweep_logits(model, ids, keys, pos, band, heads, bar):
 
 
 def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads=None, target=None, batch=0,
-                   progress=False):
+                   progress=True):
     """KeySweep: which earlier tokens did the prediction at `position` use? For each key j of
     `keys` (default every real position the query sees, itself included), the prediction with the
     one edge position → j removed before the softmax, in `layers` (None = every attention layer)
@@ -259,7 +259,8 @@ def knockout_sweep(trace, position, *, keys=None, layers=None, bands=None, heads
     `knockout`. Removing edges from `position` changes only that row's computation, so on an
     archive whose decode method intervenes (Model.decode_intervenes) the prefix is cached once
     and every intervention is one row of one batched decode step; otherwise each is a forward of
-    the first position+1 tokens. Causal models only."""
+    the first position+1 tokens. Causal models only. A progress bar counts the rows (progress=False:
+    none)."""
     model, T, mask, position = checked_query(trace, position, batch)
     if not model.causal:
         raise ValueError("knockout_sweep: an encoder's rows all see each other, so removing one edge changes every "
