@@ -22,6 +22,19 @@ class HeadEffects:
     def __init__(self, **kw):
         self.__dict__.update(kw)
 
+    def to_pandas(self):
+        """DataFrame, one row per swept (layer, head): Δ log p, Δ entropy, top-1 changes (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # an optional dependency
+            raise ImportError("HeadEffects.to_pandas needs pandas: pip install pandas") from e
+        L, H = self.delta_logp.shape
+        done = [(l, h) for l in range(L) for h in range(H) if bool(torch.isfinite(self.delta_logp[l, h]))]
+        return pd.DataFrame({"layer": [l for l, _ in done], "head": [h for _, h in done],
+                             "delta_logp": [float(self.delta_logp[l, h]) for l, h in done],
+                             "delta_entropy": [float(self.delta_entropy[l, h]) for l, h in done],
+                             "top1_changes": [int(self.changed[l, h]) for l, h in done]})
+
     def top(self, n=5):
         """The `n` heads whose ablation lowers log p most: [((layer, head), Δ log p)]."""
         d = torch.nan_to_num(self.delta_logp, nan=float("inf")).flatten()

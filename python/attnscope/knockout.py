@@ -79,6 +79,25 @@ class KeySweep:
         ra, ru = (x.argsort(stable=True).argsort().double() for x in (a, u))
         return float(torch.corrcoef(torch.stack([ra, ru]))[0, 1])
 
+    def to_pandas(self):
+        """DataFrame, one row per (band, key): the key's token, the attention to it (band mean),
+        Δ log p of each target, the entropy after and whether the top-1 changed (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # an optional dependency
+            raise ImportError("KeySweep.to_pandas needs pandas: pip install pandas") from e
+        rows = []
+        for b, (name, _) in enumerate(self.bands):
+            att = self.attention_from(b)
+            for i, k in enumerate(self.keys):
+                row = {"band": name, "key": k, "token": self.labels[k], "attention": float(att[i])}
+                for t, (_, lab) in enumerate(self.targets):
+                    row[f"delta_logp {lab}"] = float(self.delta_logp[b, i, t])
+                row["entropy_after"] = float(self.entropy_after[b, i])
+                row["top1_changed"] = bool(self.changed[b, i])
+                rows.append(row)
+        return pd.DataFrame(rows)
+
     def top(self, n=5, *, band=0, target=0):
         """The `n` keys whose removal lowers log p of `target` most in `band`: [(key, Δ log p)]."""
         d = self.delta_logp[band, :, target]

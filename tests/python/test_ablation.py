@@ -99,6 +99,9 @@ def test_head_effects_at_a_position_and_on_an_answer(toy_model):
     one = attnscope.head_effects(t, position=6, target=[5, 9], layers=[1, 2], heads=[0, 3], progress=False)
     assert torch.isnan(one.delta_logp[0]).all() and torch.isnan(one.delta_logp[1, 1])
     assert torch.isfinite(one.delta_logp[1, 0]) and one.positions == [6] and [x for x, _ in one.targets] == [5, 9]
+    if __import__("importlib").util.find_spec("pandas"):
+        df = one.to_pandas()
+        assert len(df) == 4 and df["delta_logp"].tolist() == [float(one.delta_logp[l, h]) for l in (1, 2) for h in (0, 3)]
     assert "ablation of 4 heads" in repr(one) and one.top(1)[0][1] == float(torch.nan_to_num(
         one.delta_logp, nan=1e9).min())
     gen = t.model.generate([5, 9, 14], max_new_tokens=4, progress=False)

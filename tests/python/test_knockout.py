@@ -203,6 +203,10 @@ def test_key_sweep_errors(toy_model):
     sweep = attnscope.knockout_sweep(t, 5, bands=2)
     assert sweep.keys == list(range(6)) and sweep.targets[0][0] == 30 and "most used keys" in repr(sweep)
     assert sweep.top(2)[0][1] == float(sweep.delta_logp[0, :, 0].min())
+    pd = pytest.importorskip("pandas")
+    df = sweep.to_pandas()
+    assert isinstance(df, pd.DataFrame) and len(df) == 2 * 6 and list(df["key"][:6]) == list(range(6))
+    assert df[f"delta_logp {sweep.targets[0][1]}"].tolist()[6:] == sweep.delta_logp[1, :, 0].tolist()
 
 
 def test_logits_over_a_cache_refuses_what_does_not_fit(tmp_path, toy_model):
