@@ -1,7 +1,7 @@
 """Does-the-attention-matter benchmark on the default model (CPU): the key sweep at the last
 position (every earlier key removed alone, one batched decode step over the cached prefix)
-against a plain forward of the same T tokens; the rollout capture against every aggregate
-alone; the head sweep (all L x H heads zero-ablated, batched forwards) against the same number
+against a plain forward of the same T tokens; the rollout and value-weighted captures against
+every aggregate alone; the head sweep (all L x H heads zero-ablated, batched forwards) against the same number
 of plain one-row forwards. Prints times measured in this run and their ratios; asserts nothing.
 
 usage: python bench/bench_knockout.py [--lengths 512 2048] [--head-tokens 150] [--threads 2]
@@ -50,6 +50,10 @@ def main():
                                                        "sink_tokens": 1, "rollout": True}))
         print(f"  rollout with every aggregate at {T} tokens: {roll:.2f} s; every aggregate alone {agg:.2f} s; "
               f"ratio {roll / agg:.2f}x")
+        vw, _ = timed(lambda: model.run(row, capture={**{f: True for f in ("received", "attn_entropy", "row_stats")},
+                                                     "sink_tokens": 1, "value_weighted": True}))
+        print(f"  value-weighted aggregates with every aggregate at {T} tokens: {vw:.2f} s; every aggregate alone "
+              f"{agg:.2f} s; ratio {vw / agg:.2f}x")
     row = ids[None, :a.head_tokens]
     trace = model.run(row, capture={})
     n = model.n_layers * model.n_heads

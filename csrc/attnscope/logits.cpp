@@ -106,14 +106,19 @@ torch::Tensor Model::decode_logits(const torch::Tensor& input_ids, const torch::
     // Each layer's grown cache reuses the block the previous layer freed, not fresh pages.
     std::optional<BlockCacheScope> blocks;
     if (device_.is_cpu()) blocks.emplace();
-    if (decode_logits_fn_) {  // decode without the caches it would stack and return
-      const c10::IValue out = (*decode_logits_fn_)(
-          {module_._ivalue(), ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)});
-      TORCH_CHECK_VALUE(out.isTensor(), "the archive's decode method returned ", out.tagKind(),
-                        " first; expected logits [B, t, V]");
-      logits = out.toTensor();
-    } else {
-      logits = decode(ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)).logits;
+    try {
+      if (decode_logits_fn_) {  // decode without the caches it would stack and return
+        const c10::IValue out = (*decode_logits_fn_)(
+            {module_._ivalue(), ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)});
+        TORCH_CHECK_VALUE(out.isTensor(), "the archive's decode method returned ", out.tagKind(),
+                          " first; expected logits [B, t, V]");
+        logits = out.toTensor();
+      } else {
+        logits = decode(ids.to(device_), mask.to(device_), past_k.to(device_), past_v.to(device_)).logits;
+      }
+    } catch (const std::exception&) {
+      TORCH_CHECK_VALUE(rec.refusal().empty(), rec.refusal());  // an operator's refusal, as it was raised
+      throw;
     }
   }
   TORCH_CHECK_VALUE(logits.dim() == 3 && logits.size(0) == batch && logits.size(1) == ids.size(1),

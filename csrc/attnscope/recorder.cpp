@@ -19,7 +19,13 @@ RecorderScope::RecorderScope(Recorder* r) : prev_(g_active) { g_active = r; }
 RecorderScope::~RecorderScope() { g_active = prev_; }
 
 Recorder::Recorder(const CaptureSpec& spec, RunContext ctx, bool layer_from_order)
-    : spec_(spec), ctx_(std::move(ctx)), layer_from_order_(layer_from_order) {}
+    : spec_(spec), ctx_(std::move(ctx)), layer_from_order_(layer_from_order) {
+  if (spec_.value_weighted) {  // the aggregates the weighted rows feed, over the same layers
+    vw_spec_.received = vw_spec_.attn_entropy = true;
+    vw_spec_.layers = spec_.layers;
+    vw_spec_.chunk_elements = spec_.chunk_elements;
+  }
+}
 
 int64_t Recorder::next_layer(int64_t op_layer) const {
   const std::vector<int64_t>& ids = ctx_.attention_layers;
@@ -39,7 +45,7 @@ torch::Tensor Recorder::knocked_probs(const torch::Tensor& probs, int64_t op_lay
   auto p4 = probs.dim() == 4 ? probs : probs.view({batch, probs.size(0) / batch, probs.size(1), probs.size(2)});
   if (remove) {
     knocked_.insert(layer);
-    p4 = knockout_->on_probs(p4, layer);
+    p4 = remembering([&] { return knockout_->on_probs(p4, layer); });
   }
   if (ablate) {  // the head's output Σ_j p_ij v_j is linear in its row: zero or mean rows give it
     ablated_.insert(layer);
@@ -53,7 +59,7 @@ torch::Tensor Recorder::knocked_mask(const torch::Tensor& q, const torch::Tensor
   const int64_t layer = next_layer(op_layer);
   if (!knockout_ || !knockout_->removes(layer) || q.dim() != 4 || k.dim() != 4) return {};
   knocked_.insert(layer);
-  return knockout_->on_mask(mask, is_causal, q, k, layer);
+  return remembering([&] { return knockout_->on_mask(mask, is_causal, q, k, layer); });
 }
 
 torch::Tensor Recorder::ablated_output(const torch::Tensor& out, int64_t layer) {
@@ -64,12 +70,14 @@ torch::Tensor Recorder::ablated_output(const torch::Tensor& out, int64_t layer) 
   return knockout_->on_heads(out, layer, ctx_.valid);
 }
 
-void Recorder::refuse_knockout(int64_t op_layer) const {
+void Recorder::refuse_knockout(int64_t op_layer) {
   const int64_t layer = next_layer(op_layer);
-  TORCH_CHECK_VALUE(!knockout_ || !knockout_->applies(layer), "knockout: layer ", layer,
-                    "'s attention is an SDPA "
-                    "call attnscope only observes (an archive written before attnscope::sdpa): re-export the model to "
-                    "intervene in it");
+  if (!knockout_ || !knockout_->applies(layer)) return;
+  remembering([&] {
+    TORCH_CHECK_VALUE(false, "knockout: layer ", layer,
+                      "'s attention is an SDPA call attnscope only observes (an archive written before "
+                      "attnscope::sdpa): re-export the model to intervene in it");
+  });
 }
 
 int64_t Recorder::resolve_layer(int64_t op_layer) {
@@ -130,6 +138,13 @@ int64_t Recorder::chunk_rows(int64_t batch, int64_t heads, int64_t tk, const tor
 
 void Recorder::on_probs(const torch::Tensor& probs_in, int64_t op_layer, bool sink) {
   const int64_t layer = resolve_layer(op_layer);
+  if (spec_.value_weighted && spec_.aggregates_layer(layer))
+    remembering([&] {
+      TORCH_CHECK_VALUE(false, "value_weighted: layer ", layer,
+                        "'s attention is a softmax site (eager attention), "
+                        "whose value vectors attnscope does not see; value-weighted attention needs SDPA sites "
+                        "(export with attention='sdpa')");
+    });
   result_.routes[layer] = "probabilities";
   const int64_t batch = ctx_.valid.size(0);
   torch::Tensor probs = probs_in;
@@ -291,6 +306,8 @@ torch::Tensor Recorder::on_sdpa(const torch::Tensor& q, const torch::Tensor& k,
   const torch::Tensor m_all = m;  // every head's mask, for the device's kernel
   if (m.defined() && m.size(1) > 1 && !h.all) m = m.index_select(1, h.index);
   const double hidden_below = hidden_below_of(m);
+  if (spec_.value_weighted && spec_.aggregates_layer(layer))
+    remembering([&] { value_weighted_pass(layer, q, k, v, m_all, is_causal, s); });
   if (fused) {
     result_.routes[layer] = "fused";
     torch::Tensor out = fused_route(*acc, h, m, hidden_below, is_causal, s, v, dropout_p, q);
@@ -350,6 +367,41 @@ torch::Tensor Recorder::fused_route(LayerAccumulator& acc, const SdpaHeads& h, c
   return out;
 }
 
+void Recorder::value_weighted_pass(int64_t layer, const torch::Tensor& q, const torch::Tensor& k,
+                                   const torch::Tensor& v, const torch::Tensor& mask, bool is_causal, double scale) {
+  TORCH_CHECK_VALUE(v.defined() && v.dim() == 4 && v.size(2) == k.size(2), "value_weighted: layer ", layer,
+                    "'s SDPA call is one attnscope only observes (an archive from before attnscope::sdpa): its "
+                    "value vectors are not shown to the operators; re-export the model");
+  const int64_t hq = q.size(1), group = hq / k.size(1);
+  auto acc =
+      std::make_unique<LayerAccumulator>(vw_spec_, layer, ctx_.valid.size(0), hq, q.size(2), k.size(2), q.device());
+  SdpaBlocks site;  // a pass of its own over every head: softmax per block, then the weights
+  site.q = q.to(torch::kFloat);
+  site.k = (group == 1 ? k : k.repeat_interleave(group, 1)).to(torch::kFloat);
+  site.mask = mask;
+  site.hidden_below = hidden_below_of(mask);
+  site.is_causal = is_causal;
+  site.scale = scale;
+  const auto norms = v.to(torch::kFloat).norm(2, -1);  // [B, Hkv, Tk]: ‖v_j‖ of each KV head
+  site.key_weight = group == 1 ? norms : norms.repeat_interleave(group, 1);
+  add_sdpa_blocks(*acc, site, chunk_rows(q.size(0), hq, k.size(2), q.device()), ctx_, ws_);
+  vw_acc_[layer] = std::move(acc);
+  vw_norms_[layer] = site.key_weight;
+}
+
+torch::Tensor Recorder::stacked_value_norms(const std::vector<int64_t>& agg_layers) {
+  // The weights themselves: a head's value-weighted map is its map · ‖v‖, renormalised.
+  const auto& first = vw_norms_.begin()->second;
+  auto norms = torch::full({static_cast<int64_t>(agg_layers.size()), first.size(0), first.size(1), first.size(2)},
+                           std::numeric_limits<float>::quiet_NaN(), first.options());
+  for (size_t i = 0; i < agg_layers.size(); ++i)
+    if (auto it = vw_norms_.find(agg_layers[i]); it != vw_norms_.end() && it->second.sizes() == first.sizes())
+      norms.select(0, static_cast<int64_t>(i)).copy_(it->second);
+  vw_norms_.clear();
+  const auto key_ok = ctx_.valid.unsqueeze(1).unsqueeze(0);  // [1, B, 1, Tk]: padding keys have no value
+  return torch::where(key_ok, norms, std::numeric_limits<float>::quiet_NaN());
+}
+
 RecordResult Recorder::finish() {
   const int64_t n = result_.layers_run;
   std::vector<int64_t> ran;  // layers whose attention ran (every layer but a hybrid's others)
@@ -376,33 +428,40 @@ RecordResult Recorder::finish() {
   // accumulators are freed before the next, so the run's peak (the logits are alive here) holds
   // one copy of the aggregates, not three (accumulators, finished layers, stack).
   std::map<std::string, torch::Tensor>& out = result_.captures;
-  for (auto& kv : acc_) {
-    const int64_t l = kv.first;
-    auto done = kv.second->finish(ctx_);
-    kv.second.reset();
-    for (auto& nt : done) {
-      if (nt.first.find('/') != std::string::npos) {  // maps keep their own names
-        out[nt.first] = std::move(nt.second);
-        continue;
-      }
-      for (size_t i = 0; i < agg_layers.size(); ++i) {  // a layer may be listed twice
-        if (agg_layers[i] != l) continue;
-        auto it = out.find(nt.first);
-        if (it == out.end()) {
-          std::vector<int64_t> sizes{static_cast<int64_t>(agg_layers.size())};
-          for (int64_t d : nt.second.sizes()) sizes.push_back(d);
-          // NaN for layers that do not give this name (sink_share: layers without sinks)
-          it = out.emplace(nt.first, torch::full(sizes, std::numeric_limits<float>::quiet_NaN(),
-                                                 nt.second.options())).first;
+  auto stack = [&](std::map<int64_t, std::unique_ptr<LayerAccumulator>>& accs, const std::string& prefix) {
+    for (auto& kv : accs) {
+      const int64_t l = kv.first;
+      auto done = kv.second->finish(ctx_);
+      kv.second.reset();
+      for (auto& nt : done) {
+        const std::string name = prefix + nt.first;
+        if (nt.first.find('/') != std::string::npos) {  // maps keep their own names
+          out[name] = std::move(nt.second);
+          continue;
         }
-        // Layers differ in head count only in exotic models: refused by name, not broadcast.
-        TORCH_CHECK(it->second.sizes().slice(1) == nt.second.sizes(), nt.first, ": layer ", l, " gives ",
-                    nt.second.sizes(), " but an earlier layer gave ", it->second.sizes().slice(1),
-                    " (layers with different head counts cannot be stacked)");
-        it->second.select(0, static_cast<int64_t>(i)).copy_(nt.second);
+        if (!prefix.empty() && nt.first == "received_count") continue;  // the plain one's divisor, the same
+        for (size_t i = 0; i < agg_layers.size(); ++i) {                // a layer may be listed twice
+          if (agg_layers[i] != l) continue;
+          auto it = out.find(name);
+          if (it == out.end()) {
+            std::vector<int64_t> sizes{static_cast<int64_t>(agg_layers.size())};
+            for (int64_t d : nt.second.sizes()) sizes.push_back(d);
+            // NaN for layers that do not give this name (sink_share: layers without sinks)
+            it = out.emplace(name, torch::full(sizes, std::numeric_limits<float>::quiet_NaN(), nt.second.options()))
+                     .first;
+          }
+          // Layers differ in head count only in exotic models: refused by name, not broadcast.
+          TORCH_CHECK(it->second.sizes().slice(1) == nt.second.sizes(), name, ": layer ", l, " gives ",
+                      nt.second.sizes(), " but an earlier layer gave ", it->second.sizes().slice(1),
+                      " (layers with different head counts cannot be stacked)");
+          it->second.select(0, static_cast<int64_t>(i)).copy_(nt.second);
+        }
       }
     }
-  }
+  };
+  stack(acc_, "");
+  stack(vw_acc_, "vw_");
+  if (!vw_norms_.empty()) out["vw_value_norm"] = stacked_value_norms(agg_layers);
   if (!agg_layers.empty())
     result_.captures["aggregate_layers"] = torch::tensor(agg_layers, torch::kLong);
   if (spec_.rollout) {

@@ -68,12 +68,15 @@ class Recorder {
   torch::Tensor knocked_mask(const torch::Tensor& q, const torch::Tensor& k, const std::optional<torch::Tensor>& mask,
                              bool is_causal, int64_t op_layer);
   /// An observe-only SDPA site (capture_sdpa): a knockout there cannot change the model's output.
-  void refuse_knockout(int64_t op_layer) const;
+  void refuse_knockout(int64_t op_layer);
   /// `out (Tensor[B, H, Tq, Dv])` of the SDPA site at model layer `layer` with the knockout's
   /// ablated heads replaced (out itself when none).
   torch::Tensor ablated_output(const torch::Tensor& out, int64_t layer);
   /// The model layer the next operator call numbered `op_layer` records as.
   int64_t model_layer(int64_t op_layer) const { return next_layer(op_layer); }
+  /// The ValueError an operator raised inside this forward ("" when none): the interpreter
+  /// rethrows it as a RuntimeError with its traceback, and the caller restores it.
+  const std::string& refusal() const { return refusal_; }
   /// Layers where the knockout removed edges / ablated heads in this forward.
   const std::set<int64_t>& knocked_layers() const { return knocked_; }
   const std::set<int64_t>& ablated_layers() const { return ablated_; }
@@ -111,8 +114,28 @@ class Recorder {
   MaskFacts masks_;  // per-run facts of the mask every layer shares
   const Knockout* knockout_ = nullptr;
   std::set<int64_t> knocked_, ablated_;
+  std::string refusal_;
+  /// Runs `f`, remembering the message of a ValueError it throws (see refusal()).
+  template <class F>
+  auto remembering(F&& f) -> decltype(f()) {
+    try {
+      return f();
+    } catch (const c10::ValueError& e) {
+      refusal_ = e.what_without_backtrace();
+      throw;
+    }
+  }
   /// Attention rollout so far [B, T, T] (CaptureSpec::rollout).
   torch::Tensor rollout_;
+  /// Value-weighted attention (CaptureSpec::value_weighted): received and entropy of the rows
+  /// α_ij‖v_j‖ renormalised, in accumulators of their own, stacked as "vw_*".
+  CaptureSpec vw_spec_;
+  std::map<int64_t, std::unique_ptr<LayerAccumulator>> vw_acc_;
+  std::map<int64_t, torch::Tensor> vw_norms_;  // [B, H, Tk]: ‖v_j‖ of each query head's KV head
+  /// vw_norms_ stacked over `agg_layers` [L, B, H, Tk] (NaN at padding keys); clears them.
+  torch::Tensor stacked_value_norms(const std::vector<int64_t>& agg_layers);
+  void value_weighted_pass(int64_t layer, const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                           const torch::Tensor& mask, bool is_causal, double scale);
   void fold_rollout(LayerAccumulator& acc);
 };
 

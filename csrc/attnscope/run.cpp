@@ -229,6 +229,7 @@ torch::Tensor Model::recorded_forward(const torch::Tensor& ids, const torch::Ten
     if (use_blocks) blocks.emplace();
     out = module_.forward(inputs);
   } catch (const std::exception& e) {
+    TORCH_CHECK_VALUE(rec.refusal().empty(), rec.refusal());  // an operator's refusal, as it was raised
     forward_failed(e, ids.size(1), info_.context_length);
   }
   return output_tensor_of(out, ids.size(0), ids.size(1));

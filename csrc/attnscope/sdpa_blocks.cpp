@@ -109,6 +109,15 @@ int64_t device_block_elements(const torch::Device& device, int64_t cap) {
   return cap;
 }
 
+namespace {
+// Value-weighted rows: α_ij w_j / Σ_j α_ij w_j in place (a row with no weight stays 0).
+void weigh_rows(torch::Tensor& probs, const torch::Tensor& weight, bool with_lse) {
+  TORCH_CHECK(!with_lse, "value-weighted blocks take no log-sum-exp");
+  probs.mul_(weight.unsqueeze(2));
+  probs.div_(probs.sum(-1, true).clamp_min_(std::numeric_limits<float>::min()));
+}
+}  // namespace
+
 void add_sdpa_blocks(LayerAccumulator& acc, const SdpaBlocks& s, int64_t step, const RunContext& ctx,
                      Workspace& ws) {
   const int64_t batch = s.q.size(0), hb = s.q.size(1), tq = s.q.size(2), tk = s.k.size(2);
@@ -183,6 +192,7 @@ void add_sdpa_blocks(LayerAccumulator& acc, const SdpaBlocks& s, int64_t step, c
       // is_causal alone row i always sees keys 0..i, so the extra pass is skipped.
       if (s.mask.defined()) probs.nan_to_num_(0.0);
     }
+    if (s.key_weight.defined()) weigh_rows(probs, s.key_weight.narrow(2, 0, keys), with_lse);
     acc.add_block(probs, r0, ctx, ws, visible, ent);
   }
 }

@@ -52,6 +52,9 @@ struct SdpaBlocks {
   double scale = 1.0;
   /// [B, Hb, Tq] fp32 from attention_with_lse, or undefined: softmax per block.
   torch::Tensor lse;
+  /// [B, Hb, Tk] fp32 or undefined: each row's probabilities times these key weights,
+  /// renormalised (value-weighted attention: the weights are ‖v_j‖; needs lse undefined).
+  torch::Tensor key_weight;
 };
 
 /// Adds the site's probabilities to `acc`, `rows` query rows at a time (Workspace slots 0-3).

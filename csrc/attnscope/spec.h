@@ -30,6 +30,12 @@ struct CaptureSpec {
   std::vector<int64_t> from_tokens;
   /// "attn_entropy" [L, B, H, Tq]: entropy (nats) of each attention row.
   bool attn_entropy = false;
+  /// Value-weighted attention (Kobayashi et al. 2020) with the value vectors alone: each row
+  /// α_ij‖v_j‖ renormalised (v_j the value vector of the head's KV head), as
+  /// "vw_received_mean" / "vw_received_max" [L, B, H, Tk] and "vw_attn_entropy" [L, B, H, Tq];
+  /// "vw_value_norm" [L, B, H, Tk] holds the weights ‖v_j‖.
+  /// SDPA sites only (a softmax site does not show its V to the operators).
+  bool value_weighted = false;
   /// k > 0 keeps "sink_mass_rows" [L, B, H, Tq] (attention to the first k keys per query)
   /// and "sink_mass" [L, B, H] (its mean over valid queries).
   int64_t sink_tokens = 0;
@@ -76,7 +82,10 @@ struct CaptureSpec {
   bool captures_anything() const { return !heads.empty() || !layer_maps.empty() || rollout || wants_aggregates(); }
   /// True when `layer` is among the aggregate layers.
   bool aggregates_layer(int64_t layer) const;
-  bool wants_aggregates() const { return received || attn_entropy || sink_tokens > 0 || row_stats || pooled_maps > 0 || !from_tokens.empty(); }
+  bool wants_aggregates() const {
+    return received || attn_entropy || value_weighted || sink_tokens > 0 || row_stats || pooled_maps > 0 ||
+           !from_tokens.empty();
+  }
 
   std::string to_json() const;
   static CaptureSpec from_json(const std::string& text);

@@ -124,9 +124,10 @@ def test_the_capture_vocabulary_is_what_runs_produce(toy):
     names = attnscope.CaptureSpec.capture_names()
     derivable = [c["name"] for c in names if c["value"] > 0 and c["field"] and "{" not in c["name"]]
     assert {"received_mean", "attn_entropy", "sink_mass", "row_induction"} <= set(derivable)
+    sdpa = attnscope.load(os.path.join(FIX, "toy_sdpa_causal.pt"), device="cpu")  # value-weighted: SDPA sites
     for name in derivable + ["head_map/L2H3", "layer_map/L1"]:
         spec = attnscope.CaptureSpec.for_captures([name])
-        got = set(toy.run(ids, capture=spec).captures)
+        got = set((sdpa if name.startswith("vw_") else toy).run(ids, capture=spec).captures)
         want = set(spec.produces())
         assert name in want
         assert got == want, f"{name}: a run kept {sorted(got)}, the vocabulary says {sorted(want)}"

@@ -31,6 +31,7 @@ ALLOWED = {
     # interventions through Model.logits, duck-typed on a trace that keeps its model
     "knockout": {"budget", "streaming"},
     "ablation": {"knockout", "budget", "streaming"},
+    "value_weighted": set(),  # a head's value-weighted map from the trace's captures (duck-typed)
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)
     "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
     "dataset": {"_core", "api", "trace", "labels", "identity"},
