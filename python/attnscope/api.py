@@ -7,6 +7,7 @@ import torch
 
 from . import _core
 from .budget import check_bytes
+from .interventions import core_knockout
 from .labels import readable
 from .streaming import Progress, TokenStream
 from .trace import Trace
@@ -14,20 +15,6 @@ from .trace import Trace
 MAX_NEW_TOKENS = 1 << 20  # per generate() call on a model that states no context length
 SLOW_STEPS = 512  # more steps than this without a KV cache: generate() states the cost first
 CaptureSpec = _core.CaptureSpec  # the capture vocabulary, described once in C++ (CaptureSpec.fields())
-
-
-def _index_list(v, name):
-    """None -> [] (all), an int -> [it], a list of ints -> itself; else ValueError naming `name`."""
-    if v is None:
-        return []
-    items = [v] if isinstance(v, int) and not isinstance(v, bool) else v
-    if isinstance(items, (str, bytes)) or not hasattr(items, "__iter__"):
-        raise ValueError(f"{name} {v!r}: expected an int, a list of ints or None (all)")
-    items = list(items)
-    bad = [x for x in items if isinstance(x, bool) or not isinstance(x, int) or x < 0]
-    if bad:
-        raise ValueError(f"{name}: {bad[0]!r} is not an index >= 0")
-    return items
 
 
 def capture_spec(capture):
@@ -222,36 +209,14 @@ class Model:
                                  or not all(isinstance(x, torch.Tensor) and x.dim() == 5 for x in past)):
             raise ValueError("past: expected (k, v), each Tensor[L, B, KV, P, D], as Model.prefill returns")
         K = ids2.shape[-1] + (past[0].shape[3] if past is not None else 0)
-        knock = self._knockout((ids2.shape[0], K), remove, layers, heads, ablate, ablate_mode)
+        knock = core_knockout((ids2.shape[0], K, self.n_layers, self.n_heads), remove=remove, layers=layers,
+                              heads=heads, ablate=ablate, ablate_mode=ablate_mode)
         mask = None if attention_mask is None else torch.as_tensor(attention_mask)
         if past is None:
             return self._core.logits(ids, mask, knock)
         if mask is None:
             mask = torch.ones(ids2.shape[0], K, dtype=torch.long)
         return self._core.decode_logits(ids2, mask, past[0], past[1], knock)
-
-    def _knockout(self, shape, remove, layers, heads, ablate, ablate_mode):
-        """The core Knockout of Model.logits' arguments (None when nothing is asked)."""
-        (B, K), L, H = shape, self.n_layers, self.n_heads
-        for arg, name, want in ((remove, "remove", (B, K, K)), (ablate, "ablate", (B, L, H))):
-            if arg is not None and (not isinstance(arg, torch.Tensor) or arg.dtype != torch.bool
-                                    or tuple(arg.shape) != want):
-                got = f"{tuple(arg.shape)} {arg.dtype}" if isinstance(arg, torch.Tensor) else repr(arg)
-                raise ValueError(f"{name}: expected a bool Tensor{list(want)}, got {got}")
-        if remove is None and (layers is not None or heads is not None):
-            raise ValueError("layers=/heads= choose where `remove` applies: give remove= too")
-        if ablate_mode not in ("zero", "mean"):
-            raise ValueError(f"ablate_mode {ablate_mode!r}: expected 'zero' or 'mean'")
-        if remove is None and ablate is None:
-            return None
-        knock = _core.Knockout()
-        if remove is not None:
-            knock.edges = remove
-            knock.layers = _index_list(layers, "layers")
-            knock.heads = _index_list(heads, "heads")
-        if ablate is not None:
-            knock.ablate, knock.ablate_mode = ablate, ablate_mode
-        return knock
 
     # ------------------------------------------------------------------ chat + generation
     @property

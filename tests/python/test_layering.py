@@ -33,7 +33,8 @@ ALLOWED = {
     "ablation": {"knockout", "budget", "streaming"},
     "value_weighted": set(),  # a head's value-weighted map from the trace's captures (duck-typed)
     "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)
-    "api": {"_core", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
+    "interventions": {"_core"},  # Model.logits' intervention arguments -> the core's Knockout
+    "api": {"_core", "interventions", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
     "dataset": {"_core", "api", "trace", "labels", "identity"},
     "figure": {"marks", "files"},
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
