@@ -134,18 +134,18 @@ torch::Tensor checked_mask(const torch::Tensor& attention_mask, const torch::Ten
   TORCH_CHECK_VALUE(!bad.any().item<bool>(), "attention_mask must hold only 0 (padding) and 1 (token); got ",
                     mask.masked_select(bad)[0].item<int64_t>(), " in row ",
                     bad.any(1).to(torch::kLong).argmax().item<int64_t>());
-  TORCH_CHECK((mask.sum(1) > 0).all().item<bool>(),
-              "attention_mask has a row with no tokens: every sequence needs at least one");
+  TORCH_CHECK_VALUE((mask.sum(1) > 0).all().item<bool>(),
+                    "attention_mask has a row with no tokens: every sequence needs at least one");
   // Positions are taken from the mask (left padding) or run past the tokens (right padding); a
   // gap inside a row is neither.
   auto first = mask.argmax(1), count = mask.sum(1);
   auto pos = torch::arange(ids.size(1), torch::kLong).unsqueeze(0);
   auto contiguous = (pos >= first.unsqueeze(1)).logical_and(pos < (first + count).unsqueeze(1));
-  TORCH_CHECK(mask.to(torch::kBool).equal(contiguous),
-              "attention_mask: each row's tokens must be "
-              "one contiguous run (left or right padding); row ",
-              (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
-              " has padding between tokens");
+  TORCH_CHECK_VALUE(mask.to(torch::kBool).equal(contiguous),
+                    "attention_mask: each row's tokens must be "
+                    "one contiguous run (left or right padding); row ",
+                    (mask.to(torch::kBool) != contiguous).any(1).to(torch::kLong).argmax().item<int64_t>(),
+                    " has padding between tokens");
   return mask;
 }
 

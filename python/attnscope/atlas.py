@@ -17,7 +17,7 @@ score is taken over the real keys as they are (not renormalised), as transformer
 import torch
 
 from .identity import model_of
-from .windows import token_range
+from .windows import shared_span, token_range
 
 SCORES = ("self", "prev", "distance", "local", "duplicate", "induction", "sink", "entropy", "learned_sink")
 _CAPTURE = {"self": "row_self", "prev": "row_prev", "distance": "row_distance", "local": "row_local",
@@ -30,15 +30,17 @@ _ROW_ORDER = ("self", "prev", "distance", "local", "duplicate", "induction")
 class HeadAtlas:
     """Scores per head: `scores` {name: Tensor[L, H]} (float64, NaN where no row defines the
     score), `counts` {name: Tensor[L, H]} (rows averaged), `layers` (the model layer of each
-    row), `n_heads`, `source` (what was measured). `atlas["induction"]` is one score;
-    `to_pandas()` gives the long table (layer, head, one column per score)."""
+    row), `n_heads`, `source` (what was measured), `span` (the query rows measured: per
+    sequence, (first, stop) counted from its first real token; None for a dataset's).
+    `atlas["induction"]` is one score; `to_pandas()` gives the long table (layer, head, one
+    column per score)."""
 
-    def __init__(self, scores, counts, layers, source=""):
+    def __init__(self, scores, counts, layers, source="", span=None):
         self.scores, self.counts = dict(scores), dict(counts)
         self.layers = [int(x) for x in layers]
         first = next(iter(self.scores.values()))
         self.n_heads = int(first.shape[1])
-        self.source = source
+        self.source, self.span = source, span
         self.model_id, self.model_name = "", ""  # the model measured (attnscope.identity)
 
     def __getitem__(self, name):
@@ -91,9 +93,54 @@ def head_atlas(source, *, rows=None):
         counts[name] = n
     b, _ = source.input_ids.shape
     what = f"{b} sequence{'s' if b > 1 else ''} of {T} tokens" + (f", rows {sl.start}..{sl.stop - 1}" if rows else "")
-    atlas = HeadAtlas(scores, counts, layers, what)
+    atlas = HeadAtlas(scores, counts, layers, what, _span(source.attention_mask, sl))
     atlas.model_id, atlas.model_name = model_of(source)
     return atlas
+
+
+def _span(mask, sl):
+    """Per row, the real query positions in `sl` as (first, stop) from the row's first real token."""
+    out = []
+    for row in mask.bool():
+        real = row.nonzero().flatten()
+        lo = int(real[0]) if len(real) else 0
+        inside = real[(real >= sl.start) & (real < sl.stop)]
+        out.append((int(inside[0]) - lo, int(inside[-1]) + 1 - lo) if len(inside) else (0, 0))
+    return tuple(out)
+
+
+def compared_atlases(atlas, other):
+    """(a, b, note): the atlases of `atlas` and `other` (HeadAtlas or Trace each) over the same
+    query rows, so that b − a measures the heads and not the lengths: mean distance grows with
+    the keys a row can see. Two traces of one row each are measured on rows 0..m−1 from their
+    first tokens (the shared prefix up to the fork, then an equal window of each); atlases
+    of other spans are refused by name. `note` says which rows were compared."""
+    note = ""
+    if not isinstance(atlas, HeadAtlas) and not isinstance(other, HeadAtlas) and not any(
+            getattr(x, "is_dataset", False) for x in (atlas, other)):
+        if atlas.input_ids.shape[0] == other.input_ids.shape[0] == 1:
+            sh = shared_span(atlas, other)
+            m = sh.length
+            a, b = head_atlas(atlas, rows=(sh.start_a, sh.start_a + m)), head_atlas(other, rows=(sh.start_b, sh.start_b + m))
+            if int(atlas.attention_mask.sum()) != m or int(other.attention_mask.sum()) != m:
+                note = (f"rows 0..{m - 1} of each: the same tokens" if sh.fork is None else
+                        f"rows 0..{m - 1} of each: the shared prefix to the fork at {sh.fork}, then {m - sh.fork} "
+                        "tokens of each")
+            return a, b, note
+    a = atlas if isinstance(atlas, HeadAtlas) else head_atlas(atlas)
+    b = other if isinstance(other, HeadAtlas) else head_atlas(other)
+    if a.layers != b.layers or a.n_heads != b.n_heads:
+        raise ValueError(f"compare: atlases of {len(a.layers)} layers x {a.n_heads} heads and "
+                         f"{len(b.layers)} x {b.n_heads}: compare atlases of one model")
+    if a.span != b.span:
+        def said(x):
+            return "no rows (a dataset's, or made by hand)" if x.span is None else "rows " + ", ".join(f"{s}..{e - 1}" for s, e in x.span)
+        raise ValueError(f"compare: the atlases measure different query rows ({said(a)} vs {said(b)}, from each "
+                         "sequence's first token): mean distance and the positional scores grow with the keys a row "
+                         "sees, so the difference would measure the lengths; pass two traces of one sequence each "
+                         "(aligned on the shared prefix and an equal window after the fork) or atlases of equal "
+                         "rows (head_atlas(trace, rows=(start, stop)))")
+    return a, b, note
 
 
 def _dataset_atlas(ds):

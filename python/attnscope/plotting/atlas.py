@@ -2,7 +2,7 @@
 with the top heads of each score named."""
 import numpy as np
 
-from ..atlas import SCORES, HeadAtlas, head_atlas, top_heads
+from ..atlas import SCORES, HeadAtlas, compared_atlases, head_atlas, top_heads
 from ..figure import closing_on_error, grid
 from ..identity import same_model
 
@@ -26,21 +26,21 @@ def visualize_head_atlas(atlas, scores=None, *, top=3, ncols=None, compare=None,
     `top` heads of each score are ringed and named in its title (distance and entropy rank
     the largest). `scores`: names to draw (default every score the atlas has, in SCORES order).
     compare: a second atlas (or trace) of the same model: each grid then shows compare − atlas
-    on a diverging scale centred at 0, the `top` largest changes ringed. Atlases of two models
-    are refused unless allow_different_models=True (then the title says so). Returns the Figure."""
-    if not isinstance(atlas, HeadAtlas):
-        atlas = head_atlas(atlas)
+    on a diverging scale centred at 0, the `top` largest changes ringed. Both are measured on
+    the same query rows (attnscope.atlas.compared_atlases): two traces of unequal length on the
+    shared prefix plus an equal window after the fork (the title says which rows); atlases of
+    unequal rows are refused. Atlases of two models are refused unless
+    allow_different_models=True (then the title says so). Returns the Figure."""
     if compare is not None:
-        models = ""
-        other = compare if isinstance(compare, HeadAtlas) else head_atlas(compare)
-        if other.layers != atlas.layers or other.n_heads != atlas.n_heads:
-            raise ValueError(f"compare: atlases of {len(atlas.layers)} layers x {atlas.n_heads} heads and "
-                             f"{len(other.layers)} x {other.n_heads}: compare atlases of one model")
+        atlas, other, rows = compared_atlases(atlas, compare)
         models = same_model(atlas, other, allow_different_models=allow_different_models, what="compare")
         keep = [s for s in atlas.scores if s in other.scores]
         diff = {s: other[s] - atlas[s] for s in keep}
+        said = "; ".join(x for x in (rows, models) if x)
         atlas = HeadAtlas(diff, {s: atlas.counts[s] for s in keep}, atlas.layers,
-                          f"difference: ({other.source}) − ({atlas.source})" + (f"; {models}" if models else ""))
+                          f"difference: ({other.source}) − ({atlas.source})" + (f"; {said}" if said else ""))
+    elif not isinstance(atlas, HeadAtlas):
+        atlas = head_atlas(atlas)
     names = [s for s in SCORES if s in atlas.scores] if scores is None else list(scores)
     if not names:
         raise ValueError("scores=[]: name at least one score")
