@@ -6,7 +6,7 @@ Trace. `attnscope.models` holds the Llama-family module, the loaders and the exp
 from ._lib import library_path, load_library
 from .api import CaptureSpec, Model, capture_spec, from_module, load, readable
 from .atlas import HeadAtlas, head_atlas, top_heads
-from .profile import TokenProfile, token_profile
+from .profile import ProfileTable, TokenProfile, profile_table, token_profile
 from .ablation import HeadEffects, head_effects
 from .value_weighted import value_weighted_map
 from .knockout import KeySweep, KnockoutEffect, knockout, knockout_sweep
@@ -46,6 +46,6 @@ def export_hf(model, tokenizer, path, **kwargs):
 __all__ = ["Model", "CaptureSpec", "capture_spec", "Trace", "GenerationInfo", "Fork", "TokenStream", "turning_points", "TurningPoints", "final_answer", "load", "from_module", "readable", "visualize_attention",
            "visualize_attention_patterns", "visualize_attention_layers", "visualize_entropy", "visualize_attention_diff", "visualize_turning_points", "high_entropy_positions",
            "visualize_head_summary", "visualize_head_atlas", "HeadAtlas", "head_atlas", "top_heads",
-           "visualize_token_profile", "TokenProfile", "token_profile", "knockout", "KnockoutEffect", "knockout_sweep", "KeySweep", "head_effects", "HeadEffects", "value_weighted_map", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
+           "visualize_token_profile", "TokenProfile", "token_profile", "ProfileTable", "profile_table", "knockout", "KnockoutEffect", "knockout_sweep", "KeySweep", "head_effects", "HeadEffects", "value_weighted_map", "aggregate_dataset", "DatasetTrace", "merge_datasets", "read_texts",
            "differential_heads", "differential_map", "differential_received", "visualize_differential_attention",
            "export_hf", "show", "AttentionView", "library_path", "load_library", "__version__"]

@@ -142,8 +142,9 @@ def test_figures(toy_model):
         attnscope.visualize_head_atlas(atlas, ["nope"])
     t = toy_model.run([5, 6, 7, 8, 5, 6, 7, 8])
     fig = attnscope.visualize_token_profile(t, 6)
-    ax, where = fig.axes[0], fig.axes[1]
-    assert ax.get_title().startswith(f"Token profile: position 6 “{t.labels[0][6]}” (row 0)") and ax.get_xlabel() == "layer"
+    ax, where = fig.axes[0], fig.axes[2]
+    assert ax.get_title().startswith(f"Token profile: position 6 “{t.labels[0][6]}” (row 0)")
+    assert ax.get_xlabel().startswith("layer\nstrongest heads: self L")
     prof = attnscope.token_profile(t, 6)
     keys = sorted({p for k in prof.top_keys for p, _, _ in k})
     assert [x.get_text() for x in where.get_xticklabels()] == [f"{p} {t.labels[0][p]}" for p in keys]
@@ -179,7 +180,7 @@ def test_compare_profiles_and_atlases(toy_model):
     assert len(solid) == len(dashed) == 5
     assert np.allclose(solid[0].get_ydata(), pa.layers["breadth"].numpy())
     assert np.allclose(dashed[0].get_ydata(), pb.layers["breadth"].numpy())
-    assert len(fig.axes[1].collections) == 2                              # this one's keys, the compared one's
+    assert len(fig.axes[2].collections) == 2                              # this one's keys, the compared one's
     plt.close(fig)
     fig = attnscope.visualize_head_atlas(attnscope.head_atlas(a), ["prev", "self"], compare=b)
     im = fig.axes[0].images[0]

@@ -51,6 +51,10 @@ CALLS = [
     ("token_profile", "position", lambda m, t, a, v: attnscope.token_profile(t, v)),
     ("token_profile", "batch", lambda m, t, a, v: attnscope.token_profile(t, 2, batch=v)),
     ("token_profile", "top", lambda m, t, a, v: attnscope.token_profile(t, 2, top=v)),
+    ("token_profile", "baseline", lambda m, t, a, v: attnscope.token_profile(t, 2, baseline=v)),
+    ("profile_table", "position", lambda m, t, a, v: attnscope.profile_table(t, [v])),
+    ("profile_table", "batch", lambda m, t, a, v: attnscope.profile_table(t, [2], batch=v)),
+    ("profile_table", "baseline", lambda m, t, a, v: attnscope.profile_table(t, [2], baseline=v)),
     ("attention_from", "position", lambda m, t, a, v: t.attention_from(v)),
     ("show", "max_cells", lambda m, t, a, v: attnscope.show(t, max_cells=v)),
     ("show", "batch", lambda m, t, a, v: attnscope.show(t, batch=v)),
@@ -102,7 +106,7 @@ CALLS = [
 # Values a function takes on purpose: a negative position counts from the end, a float
 # temperature/top_p/epsilon is its type, a top_k of 10**12 means "no limit" in effect, …
 FINE = {("generate", "temperature", "float"), ("generate", "top_p", "huge"), ("generate", "top_k", "huge"),
-        ("generate", "seed", "huge"), ("token_profile", "position", "negative"), ("attention_from", "position", "negative"),
+        ("generate", "seed", "huge"), ("token_profile", "position", "negative"), ("profile_table", "position", "negative"), ("attention_from", "position", "negative"),
         ("show", "max_cells", "huge"), ("aggregate_dataset", "epsilon", "negative"),
         ("visualize_attention_patterns", "token_idx", "negative"), ("branch", "token", "str"),
         ("token_profile", "top", "huge"), ("generate", "temperature", "huge"), ("turning_points", "k", "huge"),

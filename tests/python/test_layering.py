@@ -32,7 +32,7 @@ ALLOWED = {
     "knockout": {"budget", "streaming"},
     "ablation": {"knockout", "budget", "streaming"},
     "value_weighted": set(),  # a head's value-weighted map from the trace's captures (duck-typed)
-    "profile": set(),  # a token's profile from the trace's attention rows (duck-typed)
+    "profile": {"marks", "windows"},  # a token's profile from the trace's attention rows (duck-typed)
     "interventions": {"_core"},  # Model.logits' intervention arguments -> the core's Knockout
     "api": {"_core", "interventions", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
     "dataset": {"_core", "api", "trace", "labels", "identity"},
