@@ -158,7 +158,13 @@ def test_default_uniform_scale_hatched_mask_and_even_ticks(trace):
     ax, cax = fig.axes[0], fig.axes[1]
     norm = ax.get_images()[0].norm
     assert isinstance(norm, PowerNorm) and norm.gamma == 0.5 and norm.vmin == 0
-    assert cax.get_ylabel() == "attention (√ scale)"
+    a = trace.get("head_map/L1H2")[0].numpy()
+    real = np.nonzero(trace.attention_mask[0].numpy())[0]
+    rest = np.delete(a[np.ix_(real, real)], 0, axis=1)
+    assert norm.vmax == pytest.approx(float(rest.max()))        # the first key's column left out of the range
+    assert cax.get_ylabel().startswith("attention (√ scale)")
+    if a[:, real[0]].max() > rest.max():
+        assert "top: the largest cell but the first key's (it saturates)" in cax.get_ylabel()
     ticks = np.array(cax.get_yticks())
     pos = norm(ticks)
     assert len(ticks) >= 4 and np.all(np.diff(pos) > 0.1)  # spread over the bar, not bunched at the top
@@ -167,6 +173,8 @@ def test_default_uniform_scale_hatched_mask_and_even_ticks(trace):
     path = hatched[0].get_path().vertices
     assert path[:, 0].min() == pytest.approx(0.5) and path[:, 1].min() == pytest.approx(-0.5)
     fig = visualize_attention(trace, [(1, 2)], scale="linear")
+    assert fig.axes[1].get_ylabel().startswith("attention")
+    fig = visualize_attention(trace, [(1, 2)], scale="linear", mask_first=True)
     assert fig.axes[1].get_ylabel() == "attention"
     fig = visualize_attention_layers(trace, [0, 1], tokens=(2, 7))
     hatched = [p for p in fig.axes[0].patches if p.get_hatch() == "////"]

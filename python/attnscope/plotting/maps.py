@@ -46,6 +46,7 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
     if n_pool:
         tiles = {(l, h): pooled(trace, n_pool, l, h, batch, scale) for l, h in pairs}
         labels = _pooled_labels(_labels(trace, batch), next(iter(tiles.values()))[1], s, e, hi)
+    skip = None if mask_first else _first_column(trace, batch, s, e, n_pool)
     if panel is None:
         panel = panel_for_labels(min(len(labels), max_labels or 1), 4.0)
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
@@ -58,8 +59,9 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
                     a[:, 0] = np.nan
             else:
                 a = _prepare(_head_map(trace, l, h, batch), mask_first, scale)[s:e, s:e]
-            lo = _default_vmin(a, scale) if vmin is None else vmin
-            up = _default_vmax(a, scale) if vmax is None else vmax
+            lo = _default_vmin(a, scale, skip) if vmin is None else vmin
+            up = _default_vmax(a, scale, skip) if vmax is None else vmax
+            skipped = vmax is None and scale != "uniform" and up < float(np.nanmax(a))
             if n_pool:
                 im = draw_pooled(ax_, a, bounds, s, e, _cmap(cmap), _norm(scale, lo, up, gamma))
             else:
@@ -75,8 +77,9 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
             ax_.set_ylabel("query")
             _ticks(ax_, labels, "both", max_labels, hi, start=s)
             cb = fig.colorbar(im, ax=ax_, fraction=0.046, pad=0.04 if sink is None else 0.12,
-                              extend="both" if scale == "uniform" else "neither")
-            cb.set_label(_scale_label(scale, gamma) + (_pool_note(bounds) if n_pool else ""), fontsize=8)
+                              extend="both" if scale == "uniform" else "max" if skipped else "neither")
+            cb.set_label(_scale_label(scale, gamma, lo if vmin is None else None, up, skipped)
+                         + (_pool_note(bounds) if n_pool else ""), fontsize=8)
             _colorbar_ticks(cb, im.norm, scale)
         if ax is not None:
             return _axes_legend(axes[0], hi, hi_label)
@@ -111,8 +114,10 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
     else:
         _ensure(trace, [f"layer_map/L{l}" if head_idx is None else f"head_map/L{l}H{head_idx}" for l in layers])
         maps = [_prepare(_layer_map(trace, l, head_idx, batch), mask_first, scale)[s:e, s:e] for l in layers]
-    lo = min(_default_vmin(m, scale) for m in maps) if vmin is None else vmin
-    up = max(_default_vmax(m, scale) for m in maps) if vmax is None else vmax
+    skip = None if mask_first else _first_column(trace, batch, s, e, n_pool)
+    lo = min(_default_vmin(m, scale, skip) for m in maps) if vmin is None else vmin
+    up = max(_default_vmax(m, scale, skip) for m in maps) if vmax is None else vmax
+    skipped = vmax is None and scale != "uniform" and up < max(float(np.nanmax(m)) for m in maps)
     norm = _norm(scale, lo, up, gamma)
     labels = _labels(trace, batch)[s:e]
     if max_labels is None:  # what one panel's map holds (~62 % of the panel after titles, labels and
@@ -144,8 +149,10 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
             _ticks(ax, labels, "both", max_labels, hi, fontsize=fs, start=s)
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
             ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
-        cb = fig.colorbar(im, ax=axes, shrink=0.8, extend="both" if scale == "uniform" else "neither")
-        cb.set_label(_scale_label(scale, gamma) + (_pool_note(bounds) if n_pool else ""), fontsize=title_fs)
+        cb = fig.colorbar(im, ax=axes, shrink=0.8,
+                          extend="both" if scale == "uniform" else "max" if skipped else "neither")
+        cb.set_label(_scale_label(scale, gamma, lo if vmin is None else None, up, skipped)
+                     + (_pool_note(bounds) if n_pool else ""), fontsize=title_fs)
         _colorbar_ticks(cb, norm, scale)
         if paper:
             cb.ax.tick_params(labelsize=7)
@@ -153,6 +160,16 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
         if getattr(trace, "is_dataset", False):
             fig.suptitle(f"mean over {trace.n_sequences} sequences of {trace.length} tokens")
     return fig
+
+
+def _first_column(trace, batch, s, e, pooled):
+    """Column of the drawn window that holds the first real key (its tile when pooled), or None:
+    the column a default colour range leaves out."""
+    real = np.nonzero(trace.attention_mask[batch].numpy())[0]
+    first = int(real[0]) if len(real) else 0
+    if not s <= first < e:
+        return None
+    return 0 if pooled else first - s
 
 
 def _sink_title(share, sep):

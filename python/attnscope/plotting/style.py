@@ -12,6 +12,8 @@ UNIFORM_RANGE = 16.0  # scale="uniform" spans 1/16 .. 16 times the uniform share
 
 def _norm(scale, vmin, vmax, gamma):
     if scale == "uniform":
+        if vmin > 0 and vmax > 1 > vmin and abs(np.log2(vmin) + np.log2(vmax)) > 1e-9:
+            return _centred_log(vmin, vmax)
         return mcolors.LogNorm(vmin=vmin, vmax=vmax, clip=False)
     if scale == "linear":
         return mcolors.Normalize(vmin=vmin, vmax=vmax)
@@ -24,11 +26,35 @@ def _norm(scale, vmin, vmax, gamma):
     raise ValueError(f"scale {scale!r}: expected 'uniform', 'sqrt', 'linear', 'log' or 'power'")
 
 
-def _scale_label(scale, gamma):
-    """What the colorbar says about its scale."""
-    return {"uniform": "attention ÷ uniform (1 / keys seen), log scale",
+def _centred_log(lo, hi):
+    """Log scale with 1 (an even share) in the middle of the colours whatever the range: lo..1
+    spans the lower half and 1..hi the upper, each in log2, so white stays "uniform" on RdBu_r
+    when the bottom reaches lower than the top reaches up."""
+    a, b = -np.log2(lo), np.log2(hi)
+
+    def forward(x):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.log2(np.maximum(np.asarray(x, dtype=float), 1e-300))
+        return np.where(y < 0, y / a, y / b)
+
+    def inverse(y):
+        y = np.asarray(y, dtype=float)
+        return np.where(y < 0, 2.0 ** (y * a), 2.0 ** (y * b))
+    return mcolors.FuncNorm((forward, inverse), vmin=lo, vmax=hi, clip=False)
+
+
+def _scale_label(scale, gamma, lo=None, up=None, skipped=False):
+    """What the colorbar says about its scale, and how its default range was chosen: the
+    bottom of "uniform" at the cells' BOTTOM_QUANTILE when that is below 1/16, the top of a raw
+    scale without the first key's column (`skipped`: it saturates)."""
+    text = {"uniform": "attention ÷ uniform (1 / keys seen), log scale",
             "sqrt": "attention (√ scale)", "log": "attention (log scale)", "linear": "attention",
             "power": f"attention (power scale, γ = {gamma:g})"}[scale]
+    if scale == "uniform" and lo is not None and lo < 1.0 / UNIFORM_RANGE:
+        text += f"\nbottom: {BOTTOM_QUANTILE:.0%} of the cells lie below (first key left out)"
+    elif skipped:
+        text += "\ntop: the largest cell but the first key's (it saturates)"
+    return text
 
 
 def _colorbar_ticks(cb, norm, scale):
@@ -50,8 +76,12 @@ def _colorbar_ticks(cb, norm, scale):
         return
     vals = []
     for u in np.linspace(0, 1, 6):
-        v = lo + (hi - lo) * u ** (1 / norm.gamma)
-        v = float(f"{v:.1g}") if 0 < u < 1 else v  # one significant digit inside, the ends exact
+        exact = lo + (hi - lo) * u ** (1 / norm.gamma)
+        v = exact
+        for digits in (1, 2):  # one significant digit inside (two where one lands off its place), the ends exact
+            v = float(f"{exact:.{digits}g}") if 0 < u < 1 else exact
+            if abs(float(norm(v)) - u) < 0.05:
+                break
         if lo <= v <= hi and (not vals or v > vals[-1]):
             vals.append(v)
     cb.set_ticks(vals)
@@ -94,17 +124,39 @@ def _prepare(m, mask_first, scale=None):
     return a
 
 
-def _default_vmin(a, scale):
+BOTTOM_QUANTILE = 0.05  # "uniform": at most this share of the cells sits below the scale
+BOTTOM_LIMIT = 2.0 ** -20
+
+
+def _others(a, skip):
+    """The cells of `a` but column `skip` (the first real key: a sink would set any range)."""
+    if skip is None or not 0 <= skip < a.shape[1] or a.shape[1] < 2:
+        return a
+    return np.delete(a, skip, axis=1)
+
+
+def _default_vmin(a, scale, skip=None):
     """0 for attention on a linear/power scale (masked cells no longer hold the zeros that set
-    it); the smallest value for a log scale; 1/UNIFORM_RANGE for "uniform"."""
+    it); the smallest value for a log scale. "uniform": 1/UNIFORM_RANGE, or lower, to the power
+    of 2 below the cells' BOTTOM_QUANTILE (the first key's column left out) when more of them
+    than that lie below 1/16 — at 2000 tokens most cells of a real model's map get far less than
+    an even share, and a fixed bottom would paint them all in its darkest colour."""
     if scale == "uniform":
-        return 1.0 / UNIFORM_RANGE
+        cells = _others(a, skip)
+        cells = cells[np.isfinite(cells) & (cells > 0)]
+        q = float(np.quantile(cells, BOTTOM_QUANTILE)) if cells.size else 1.0
+        return max(BOTTOM_LIMIT, min(1.0 / UNIFORM_RANGE, 2.0 ** np.floor(np.log2(q))))
     return float(np.nanmin(a)) if scale == "log" else min(0.0, float(np.nanmin(a)))
 
 
-def _default_vmax(a, scale):
-    """The largest value; UNIFORM_RANGE for "uniform" (white = uniform sits in the middle)."""
-    return UNIFORM_RANGE if scale == "uniform" else float(np.nanmax(a))
+def _default_vmax(a, scale, skip=None):
+    """UNIFORM_RANGE for "uniform" (white = uniform sits in the middle); else the largest value
+    but the first key's column (`skip`), whose sink would leave every other cell dark."""
+    if scale == "uniform":
+        return UNIFORM_RANGE
+    rest = _others(a, skip)
+    top = float(np.nanmax(rest)) if np.isfinite(rest).any() else float("nan")
+    return top if top > 0 else float(np.nanmax(a))
 
 
 def _cmap(name):
