@@ -118,6 +118,24 @@ def grid(n, ncols, panel, ax=None):
     return fig, list(axes.flat[:n]), True
 
 
+MAX_HEIGHT = 12.0  # inches: a default grid wraps into more columns (smaller panels) to stay within it
+MIN_PANEL = 3.0
+
+
+def fit_height(n, ncols, panel):
+    """Panel side (inches) of a grid of n panels at most `panel`, shrunk (not below MIN_PANEL)
+    until the grid, wrapping into up to 4 columns, is at most MAX_HEIGHT tall."""
+    p = float(panel)
+    while p > MIN_PANEL and math.ceil(n / columns(n, ncols, p)) * p > MAX_HEIGHT:
+        p = max(MIN_PANEL, p - 0.25)
+    return p
+
+
+def labels_for_panel(panel):
+    """Token labels one map of a `panel`-inch panel holds at 5.5 pt with 25 % spacing."""
+    return max(4, int((panel - 1.8) * 72 / (5.5 * 1.25)))
+
+
 def label_fontsize(n):
     """Tick label size for n token labels: 7 pt up to 48, then smaller down to 5.5 pt."""
     return 7.0 if n <= 48 else 6.0 if n <= 64 else 5.5
@@ -147,9 +165,17 @@ def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None, start=0):
         for i in range(0, n, step):
             if all(abs(i - q) >= step for q in named):
                 named.append(i)
+    moved = []
+    if max_labels and any(p not in named for p in marked):
+        # every mark named: those a crowd pushed off their place on leader lines (leader_labels)
+        slots = spread(marked, step, 0, n - 1)
+        moved = [(p, q) for p, q in zip(marked, slots) if abs(p - q) > 1e-9]
+        away = {p for p, _ in moved}
+        named = [i for i in named if i not in away and all(abs(i - q) >= step for _, q in moved)]
+        named += [p for p in marked if p not in away and p not in named]
     idx = sorted(set(named) | set(marked)) if max_labels else []
     text = {i: labels[i] for i in named}
-    fs = fontsize or label_fontsize(len(named))
+    fs = fontsize or label_fontsize(len(named) + len(moved))
     at = [start + i for i in idx]
     if axis in ("x", "both"):
         ax.set_xticks(at)
@@ -167,6 +193,55 @@ def ticks(ax, labels, axis, max_labels, marked=(), fontsize=None, start=0):
             if i in mark:
                 t.set_fontweight("bold")
                 t.set_bbox(dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8))
+    if moved:
+        for a in ("x", "y") if axis == "both" else (axis,):
+            leader_labels(ax, [start + p for p, _ in moved], [labels[p] for p, _ in moved],
+                          [start + q for _, q in moved], a, fs)
+
+
+def outer_labels(ax, left, bottom):
+    """A grid's panel names tokens only on its outer sides: tick labels (and marks' leader
+    labels) on the left when `left`, at the bottom when `bottom`."""
+    ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
+    for t in list(ax.texts):
+        if (t.get_gid() == "leader-x" and not bottom) or (t.get_gid() == "leader-y" and not left):
+            t.remove()
+
+
+def spread(positions, gap, lo, hi):
+    """Label slots for sorted `positions`: at least `gap` apart, within lo..hi, each as near its
+    position as its neighbours allow (a crowd at the end of an axis fans out backwards)."""
+    xs = [float(p) for p in positions]
+    for i in range(1, len(xs)):
+        xs[i] = max(xs[i], xs[i - 1] + gap)
+    if xs and xs[-1] > hi:
+        xs[-1] = hi
+        for i in range(len(xs) - 2, -1, -1):
+            xs[i] = min(xs[i], xs[i + 1] - gap)
+    return [max(lo, x) for x in xs]
+
+
+def leader_labels(ax, positions, texts, slots, axis, fontsize):
+    """Marked tokens named at `slots` in the tick-label band, each on a thin line to its own
+    tick at `positions` (bold on yellow, as the marks' tick labels)."""
+    for p, text, q in zip(positions, texts, slots):
+        if axis == "x":
+            kw = dict(xy=(p, 0), xycoords=("data", "axes fraction"), xytext=(q, -4),
+                      textcoords=("data", "offset points"), rotation=90, ha="center", va="top")
+        else:
+            kw = dict(xy=(0, p), xycoords=("axes fraction", "data"), xytext=(-4, q),
+                      textcoords=("offset points", "data"), ha="right", va="center")
+        t = ax.annotate(text, fontsize=fontsize, fontweight="bold", annotation_clip=False,
+                        bbox=dict(facecolor=HIGH_ENTROPY_COLOR, edgecolor="none", pad=0.5, alpha=0.8),
+                        arrowprops=dict(arrowstyle="-", lw=0.5, color="0.35", shrinkA=0, shrinkB=0), **kw)
+        t.set_parse_math(False)
+        t.set_gid(f"leader-{axis}")  # a grid that hides an inner panel's tick labels hides these too
+    # the axis label clears these texts as it clears tick labels (the layout does not see them)
+    ticks_len = max((len(x.get_text()) for x in (ax.get_xticklabels() if axis == "x" else ax.get_yticklabels())),
+                    default=0)
+    extra = (max((len(x) for x in texts), default=0) - ticks_len) * fontsize * 0.62 + 6
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    target.labelpad = max(target.labelpad, extra)
 
 
 def check_options(*, vmin=None, vmax=None, scale="uniform", gamma=0.5, max_labels=1, ncols=None, panel=None,
@@ -194,10 +269,11 @@ def check_options(*, vmin=None, vmax=None, scale="uniform", gamma=0.5, max_label
         raise ValueError(f"yscale {yscale!r}: expected 'linear' or 'log'")
 
 
-def rank_labels(ax, top, v, T, start=0):
+def rank_labels(ax, top, v, T, start=0, per_bar=1):
     """Rank numbers above the top bars; a number within ~2 bars of one already placed goes one
-    line higher, so none overlap. `top` and `v` are indexed by absolute position; the T bars
-    drawn are those of positions start..start+T-1. Returns the number of extra lines used."""
+    line higher, so none overlap. `top` and `v` are indexed by absolute position (`v`: the
+    height of the bar each position is drawn in); the bars drawn cover positions
+    start..start+T-1, `per_bar` positions each. Returns the number of extra lines used."""
     placed, most = [], 0
     axes_pt = ax.get_position().width * ax.figure.get_figwidth() * 72 * 0.85  # after the layout, about
     width = max(1.0, 7.0 / max(axes_pt / T, 1e-9))  # bars one 7-pt label spans
@@ -211,8 +287,8 @@ def rank_labels(ax, top, v, T, start=0):
         most = max(most, level)
         ax.annotate(str(r + 1), (p, y), xytext=(0, 2 + 8 * level), textcoords="offset points",
                     ha="center", va="bottom", fontsize=7, color="#c44e52", fontweight="bold")
-    for c in ax.containers[-1:]:
+    for c in ax.containers[:1] if per_bar > 1 else ax.containers[-1:]:
         for p in top:
-            c[p - start].set_edgecolor("#c44e52")
-            c[p - start].set_linewidth(2)
+            c[(p - start) // per_bar].set_edgecolor("#c44e52")
+            c[(p - start) // per_bar].set_linewidth(2)
     return most

@@ -192,11 +192,15 @@ def test_huge_tokens_are_cut_for_display(trace):
 
 
 def test_wide_grids_wrap_into_rows(model):
-    from attnscope.figure import MAX_WIDTH
+    from attnscope.figure import MAX_HEIGHT, MAX_WIDTH
     t = model.run(torch.tensor([list(range(1, 61))]))  # 60 labelled tokens: ~6.5 in panels
     fig = visualize_attention(t, [(0, 0), (1, 1), (2, 2), (0, 3)])
     w, h = fig.get_size_inches()
-    assert w <= MAX_WIDTH and h > 2 * 6  # wrapped into rows instead of one 26-inch row
+    assert w <= MAX_WIDTH and 2 * 5 < h <= MAX_HEIGHT + 0.2  # 2 x 2, not one 26-inch row, and not too tall
+    fig = visualize_attention(t, [(l % 3, l % 4) for l in range(12)])
+    w, h = fig.get_size_inches()
+    assert w <= MAX_WIDTH and h <= MAX_HEIGHT + 0.2 and len([a for a in fig.axes if a.get_title()]) == 12
+    fig = visualize_attention(t, [(0, 0), (1, 1), (2, 2), (0, 3)])
     assert len([a for a in fig.axes if a.get_title()]) == 4
     fig = visualize_attention(t, [(0, 0), (1, 1), (2, 2), (0, 3)], ncols=4)  # asked for: kept
     assert fig.get_size_inches()[0] > MAX_WIDTH

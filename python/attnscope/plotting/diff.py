@@ -5,7 +5,7 @@ import numpy as np
 from matplotlib import colors as mcolors
 
 from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
-                      ticks as _ticks)
+                      outer_labels, ticks as _ticks)
 from ..identity import same_model
 from ..windows import shared_span
 from .data import _check_batch, _ensure, _layer_map, _layers, _range
@@ -89,7 +89,7 @@ def visualize_attention_diff(a, b, layer_indices, *, head_idx=None, batch_a=0, b
                 ax.axhline(d - 0.5, color=DIVERGE_COLOR, lw=1.0)
             ax.set_title(f"L{l} {'Avg' if head_idx is None else f'H{head_idx}'}: b − a", fontsize=9)
             _ticks(ax, labels, "both", max_labels, [d] if d is not None else [], fontsize=5.5, start=s)
-            ax.tick_params(labelleft=k % ncol == 0, labelbottom=k + ncol >= len(layers), length=2)
+            outer_labels(ax, k % ncol == 0, k + ncol >= len(layers))
         cb = fig.colorbar(im, ax=axes, shrink=0.8)
         cb.set_label("attention b − a", fontsize=9)
         cb.ax.tick_params(labelsize=7)

@@ -2,8 +2,8 @@
 visualize_attention_layers (the paper-style grid, one map per layer, one shared colorbar)."""
 import numpy as np
 
-from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, grid as _grid,
-                      panel_for_labels, ticks as _ticks)
+from ..figure import (check_options as _check_options, closing_on_error, columns as _columns, fit_height,
+                      grid as _grid, labels_for_panel, outer_labels, panel_for_labels, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, MAX_MARKS, _crosshairs, _entropy_label, _prompt_divider, _upper_empty,
                      high_entropy_positions)
 from .data import _check_batch, _ensure, _head_map, _labels, _layer_map, _layers, _pairs, _sink_rows, _window
@@ -47,8 +47,10 @@ def visualize_attention(trace, layers_heads, *, batch=0, cmap="viridis", vmin=No
         tiles = {(l, h): pooled(trace, n_pool, l, h, batch, scale) for l, h in pairs}
         labels = _pooled_labels(_labels(trace, batch), next(iter(tiles.values()))[1], s, e, hi)
     skip = None if mask_first else _first_column(trace, batch, s, e, n_pool)
-    if panel is None:
-        panel = panel_for_labels(min(len(labels), max_labels or 1), 4.0)
+    if panel is None:  # room for the labels, wrapped into a grid at most MAX_HEIGHT tall
+        panel = fit_height(len(pairs), ncols, panel_for_labels(min(len(labels), max_labels or 1), 4.0))
+        if max_labels:
+            max_labels = min(max_labels, labels_for_panel(panel))
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
     with closing_on_error(fig, own):
         for ax_, (l, h) in zip(axes, pairs):
@@ -148,7 +150,7 @@ def visualize_attention_layers(trace, layer_indices, head_idx=None, *, batch=0, 
             _sink_strip(ax, sink, s, e)
             _ticks(ax, labels, "both", max_labels, hi, fontsize=fs, start=s)
             left, bottom = k % ncol == 0, k + ncol >= len(layers)
-            ax.tick_params(labelleft=left, labelbottom=bottom, length=2)
+            outer_labels(ax, left, bottom)
         cb = fig.colorbar(im, ax=axes, shrink=0.8,
                           extend="both" if scale == "uniform" else "max" if skipped else "neither")
         cb.set_label(_scale_label(scale, gamma, lo if vmin is None else None, up, skipped)

@@ -2,8 +2,8 @@
 max over the queries that see it) or that one token sends."""
 import numpy as np
 
-from ..figure import (check_options as _check_options, closing_on_error, grid as _grid, panel_for_labels,
-                      rank_labels as _rank_labels, ticks as _ticks)
+from ..figure import (check_options as _check_options, closing_on_error, grid as _grid, leader_labels, panel_for_labels,
+                      rank_labels as _rank_labels, spread, ticks as _ticks)
 from ..marks import (ENTROPY_QUANTILE, _marks_line, HIGH_ENTROPY_COLOR, MAX_MARKS, _entropy_label, _prompt_divider,
                      high_entropy_positions)
 from .data import _aggregate, _check_batch, _ensure, _has_from, _labels, _pairs, _window
@@ -55,8 +55,9 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
     named = _marks_line(hi, _labels(trace, batch), (s, e))
     real = np.nonzero(trace.attention_mask[batch].numpy())[0]
     first = int(real[0]) if len(real) else 0
+    width = 1 if e - s <= MAX_BARS else -(-(e - s) // BINS)        # tokens per bar
     if panel is None:
-        panel = (panel_for_labels(min(e - s, max_labels or 1), 4.0), 4.0)
+        panel = (panel_for_labels(min(e - s, max_labels or 1) if width == 1 else 60, 4.0), 4.0)
     fig, axes, own = _grid(len(pairs), ncols, panel, ax)
     with closing_on_error(fig, own):
         for ax_, (l, h) in zip(axes, pairs):
@@ -64,29 +65,33 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
             v = np.nan_to_num(values, nan=0.0)
             if mask_first:
                 v[first] = 0.0
-            bars = ax_.bar(np.arange(s, e), v[s:e], color="#4c72b0", width=0.8)
-            if mask_first and s <= first < e:
-                bars[first - s].set(height=0, hatch="///")
-                ax_.axvspan(first - 0.5, first + 0.5, color="0.9", hatch="///", ec="0.6", lw=0, zorder=0)
-            for p in hi:
-                if s <= p < e:
-                    bars[p - s].set_edgecolor(HIGH_ENTROPY_COLOR)
-                    bars[p - s].set_linewidth(2)
             trivial = pattern_type == "max" and not mask_first and _first_query_sees_only_itself(trace, l, h, batch, first)
             rank = v.copy()
             rank[:s], rank[e:] = -np.inf, -np.inf
             if trivial:
                 rank[first] = -np.inf  # 1 by construction: ranking it says nothing about the head
             top = [int(p) for p in np.argsort(-rank, kind="stable")[:top_k] if rank[p] > 0]
-            levels = _rank_labels(ax_, top, v, e - s, start=s)
+            if width == 1:
+                bars = ax_.bar(np.arange(s, e), v[s:e], color="#4c72b0", width=0.8)
+                height = v
+            else:
+                bars, height = _binned(ax_, v, s, e, width, pattern_type, first if trivial else None)
+            if mask_first and s <= first < e and width == 1:
+                bars[first - s].set(height=0, hatch="///")
+                ax_.axvspan(first - 0.5, first + 0.5, color="0.9", hatch="///", ec="0.6", lw=0, zorder=0)
+            for p in hi:
+                if s <= p < e:
+                    bars[(p - s) // width].set_edgecolor(HIGH_ENTROPY_COLOR)
+                    bars[(p - s) // width].set_linewidth(2)
+            levels = _rank_labels(ax_, top, height, e - s, start=s, per_bar=width)
             ax_.set_xlim(s - 0.6, e - 0.4)
             if yscale == "log":
                 pos = v[v > 0]
                 ax_.set_yscale("log")
                 ax_.set_ylim(max(float(pos.min()) * 0.5, 1e-6) if len(pos) else 1e-6,
-                             max(float(v[s:e].max()), 1e-6) * 10 ** (0.25 + 0.12 * levels))
+                             max(float(height[s:e].max()), 1e-6) * 10 ** (0.25 + 0.12 * levels))
             else:
-                ax_.set_ylim(0, max(float(v[s:e].max()), 1e-9) * (1.15 + 0.08 * levels))  # room for the ranks
+                ax_.set_ylim(0, max(float(height[s:e].max()), 1e-9) * (1.15 + 0.08 * levels))  # room for the ranks
             _prompt_divider(ax_, trace, "x", color="0.35", window=(s, e))
             name = {"mean": "Mean", "max": "Max"}.get(pattern_type) or f"From {token_idx} {labels[token_idx]}"
             ax_.set_title(f"L{l}H{h} {name}").set_parse_math(False)
@@ -95,13 +100,64 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
                 xlabel += "\ntop: " + "   ".join(f"{r + 1} {labels[p]} ({p}) {v[p]:.3f}" for r, p in enumerate(top))
             if trivial and s <= first < e:
                 xlabel += f"\nposition {first} is 1 by construction (its query sees only itself): not ranked"
+            if width > 1:
+                xlabel += "\n" + _BIN_WORDS[pattern_type].format(w=width)
             ax_.set_xlabel(xlabel, fontsize=7).set_parse_math(False)
-            ax_.set_ylabel("attention")
-            _ticks(ax_, labels[s:e], "x", max_labels, hi, start=s)
+            ax_.set_ylabel("attention" if width == 1 or pattern_type != "specific_token" else "attention to the range")
+            if width == 1:
+                _ticks(ax_, labels[s:e], "x", max_labels, hi, start=s)
+            else:  # positions on the axis; the marks named under it
+                _position_ticks(ax_, labels, s, e, hi)
         if ax is not None:
             return _axes_legend(axes[0], hi, hi_label)
         _legend(fig, hi, f"{hi_label}\n{named}" if named else hi_label)
     return fig
+
+
+MAX_BARS, BINS = 200, 120  # above MAX_BARS positions the bars are ranges: about BINS of them
+_BIN_WORDS = {"mean": "bars of {w} tokens: dark = mean over the range, light = its largest key",
+              "max": "bars of {w} tokens: dark = mean over the range, light = its largest key",
+              "specific_token": "bars of {w} tokens: the attention to the whole range (its sum)"}
+
+
+def _binned(ax, v, s, e, w, pattern_type, skip):
+    """Bars of w positions each over s..e: the sum of each range for the attention FROM a
+    token (its share of the row), else the range's largest key (light) and mean (dark), so a
+    spike stays visible. `skip`: a position left out of its range (1 by construction).
+    Returns (the bars indexed by range, the bar height at each position)."""
+    edges = list(range(s, e, w)) + [e]
+    x = np.array(edges[:-1], dtype=float)
+    widths = np.diff(edges).astype(float)
+    vals = v.astype(float).copy()
+    if skip is not None:
+        vals[skip] = np.nan
+    parts = [vals[a:b] for a, b in zip(edges[:-1], edges[1:])]
+    height = np.zeros_like(v, dtype=float)
+    if pattern_type == "specific_token":
+        tops = np.array([np.nansum(p) for p in parts])
+        bars = ax.bar(x, tops, width=widths * 0.9, align="edge", color="#4c72b0")
+    else:
+        tops = np.array([np.nanmax(p) if np.isfinite(p).any() else 0.0 for p in parts])
+        means = np.array([np.nanmean(p) if np.isfinite(p).any() else 0.0 for p in parts])
+        bars = ax.bar(x, tops, width=widths * 0.9, align="edge", color="#a6bddb")
+        ax.bar(x, means, width=widths * 0.9, align="edge", color="#4c72b0")
+    for (a, b), t in zip(zip(edges[:-1], edges[1:]), tops):
+        height[a:b] = t
+    return bars, height
+
+
+def _position_ticks(ax, labels, s, e, marked):
+    """A binned axis: positions at round numbers, and each mark's token under its tick (spread
+    on leader lines where marks crowd)."""
+    from matplotlib.ticker import MaxNLocator
+    marks = sorted(int(p) for p in marked if s <= int(p) < e)
+    axes_pt = ax.get_position().width * ax.figure.get_figwidth() * 72 * 0.85
+    gap = 9.0 * (e - s) / max(axes_pt, 1.0)                                 # one 6-pt label, in positions
+    slots = spread(marks, gap, s, e - 1)
+    at = [int(t) for t in MaxNLocator(nbins=8, integer=True).tick_values(s, e - 1)
+          if s <= t < e and all(abs(t - q) >= 3 * gap for q in slots)]
+    ax.set_xticks(at + marks, [str(t) for t in at] + [""] * len(marks), fontsize=6)
+    leader_labels(ax, marks, [f"{labels[p]} {p}" for p in marks], slots, "x", 6)
 
 
 def _first_query_sees_only_itself(trace, l, h, batch, first):
