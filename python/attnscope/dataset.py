@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import _core
+from .streaming import Progress
 from .identity import allow_flag
 from .trace import core_of
 
@@ -132,13 +133,7 @@ def _batches(seqs, batch_size):
 
 
 def _progress(total, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="seq", desc="attnscope dataset")
+    return Progress(total, desc="attnscope dataset", unit="seq") if enabled else None
 
 
 def all_reduce(stats, group=None):

@@ -2,23 +2,37 @@
 it is generated. Both ride on the C++ generation loop's per-step callback
 (GenerateOptions.on_step, called with the step and each row's new token id)."""
 import queue
+import sys
 import threading
+import time
+
+
+def in_kernel():
+    """True inside a Jupyter kernel (a notebook cell, where a display can be updated in place)."""
+    ip = sys.modules.get("IPython")
+    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 class Progress:
-    """A tqdm bar (the notebook widget under Jupyter) counting generated tokens, with tokens/s;
-    a no-op where tqdm is missing. Call it as the per-step callback; close() when done."""
+    """A progress bar counting `unit`s, with their rate: in a Jupyter cell one output line
+    updated in place (no stream of stderr chunks, no widget needed), in a terminal a tqdm bar;
+    a no-op where tqdm is missing or show=False. Call it as a per-step callback (one step) or
+    advance(n); close() when done: a bar that stopped short (an answer that ended before its
+    limit) ends at its end, saying so."""
 
-    def __init__(self, total, desc="generating", unit="tok", *, show=True):
+    def __init__(self, total, desc="generating", unit="tok", *, show=True, unit_scale=False):
+        self.bar = None
         if not show:
-            self.bar = None
             return
         try:
-            from tqdm.auto import tqdm
+            from tqdm import tqdm
         except ImportError:  # pragma: no cover - tqdm is a dependency
-            self.bar = None
             return
-        self.bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        if in_kernel():
+            self.bar = _CellBar(total, desc, unit, unit_scale, tqdm.format_meter)
+        else:
+            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=unit_scale, dynamic_ncols=True)
 
     def __call__(self, step=None, next_ids=None):
         self.advance(1)
@@ -28,9 +42,45 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
 
+    update = advance  # tqdm's name
+
     def close(self):
-        if self.bar is not None:
-            self.bar.close()
+        bar, self.bar = self.bar, None
+        if bar is None:
+            return
+        if bar.total and bar.n < bar.total:  # stopped early: the bar ends where the work did
+            short = bar.total
+            bar.total = bar.n
+            bar.set_postfix_str(f"stopped before {short}", refresh=False)
+        bar.close()
+
+
+class _CellBar:
+    """tqdm's text in one notebook output, redrawn in place (IPython display_id) at most every
+    0.2 s and once at the end."""
+
+    def __init__(self, total, desc, unit, unit_scale, fmt):
+        from IPython.display import Pretty, display
+        self.total, self.n, self.desc, self.unit, self.scale, self.fmt = total, 0, desc, unit, unit_scale, fmt
+        self.postfix, self.start, self.shown, self._pretty = None, time.monotonic(), 0.0, Pretty
+        self.handle = display(Pretty(self._text()), display_id=True)
+
+    def _text(self):
+        return self.fmt(self.n, self.total, time.monotonic() - self.start, prefix=self.desc, unit=self.unit,
+                        unit_scale=self.scale, postfix=self.postfix, ncols=100)
+
+    def update(self, n=1):
+        self.n += n
+        now = time.monotonic()
+        if now - self.shown >= 0.2:
+            self.shown = now
+            self.handle.update(self._pretty(self._text()))
+
+    def set_postfix_str(self, s, refresh=True):
+        self.postfix = s
+
+    def close(self):
+        self.handle.update(self._pretty(self._text()))
 
 
 class TokenStream:

@@ -22,6 +22,7 @@ import numpy as np
 from .budget import check_bytes
 from .files import write_atomic
 from .identity import same_model
+from .streaming import in_kernel
 from .windows import token_window
 
 VIEW_BYTES_PER_CELL = 16  # fp32 map cells, their quantised copy, the base64 text and the page string
@@ -171,7 +172,7 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
         raise ValueError(f"per-head maps of {len(layers)} layers x {H} heads x {T} tokens need "
                          f"{mean_cells * (H + 1):,} cells, more than max_cells={max_cells:,}: pass fewer layers, "
                          "heads=False or a larger max_cells")
-    if live is True or (live == "auto" and heads == "auto" and not exact_heads and _in_kernel()):
+    if live is True or (live == "auto" and heads == "auto" and not exact_heads and in_kernel()):
         from .live import LiveView, live_available
         if live is True or (live_available() and getattr(trace, "can_compute", False)):
             data, title = _page_data(trace, layers, batch, lo, hi, tokens, knock, title, with_heads=True,
@@ -201,13 +202,6 @@ def show(trace, layers=None, *, heads="auto", batch=0, max_cells=MAX_CELLS, titl
                              note=left_out)
     data.update(causal=causal, maps=maps, pooled=pooled)
     return AttentionView(_fill(data, title), title)
-
-
-def _in_kernel():
-    """True inside a Jupyter kernel (where a widget can talk back to Python)."""
-    ip = sys.modules.get("IPython")
-    shell = ip.get_ipython() if ip is not None and hasattr(ip, "get_ipython") else None
-    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def _tiles_for(trace, layers, H, T, T_all, max_cells, mean_cells):

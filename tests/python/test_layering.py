@@ -20,7 +20,7 @@ ALLOWED = {
     "files": set(),  # atomic writes: every module that writes a file uses it
     "identity": set(),  # which model made a trace; the check wherever two are combined
     "budget": set(),  # the memory budget (the C++ rule's twin)
-    "models": {"models.*", "_lib", "_core", "files"},  # models produce archives: never api, trace or figures
+    "models": {"models.*", "_lib", "_core", "files", "streaming"},  # models produce archives: never api, trace or figures
     "chat": set(),
     "streaming": set(),
     "branches": {"marks", "streaming"},
@@ -35,11 +35,11 @@ ALLOWED = {
     "profile": {"marks", "windows"},  # a token's profile from the trace's attention rows (duck-typed)
     "interventions": {"_core"},  # Model.logits' intervention arguments -> the core's Knockout
     "api": {"_core", "interventions", "labels", "trace", "atlas", "chat", "streaming", "models", "models.*", "budget"},
-    "dataset": {"_core", "api", "trace", "labels", "identity"},
+    "dataset": {"_core", "api", "trace", "labels", "identity", "streaming"},
     "figure": {"marks", "files"},
     "plotting": {"figure", "marks", "dataset", "atlas", "profile", "differential", "windows", "identity",
                  "knockout", "ablation", "plotting.*"},
-    "view": {"marks", "labels", "windows", "files", "budget", "identity", "live"},
+    "view": {"marks", "labels", "windows", "files", "budget", "identity", "live", "streaming"},
     "live": {"budget"},  # the view as a Jupyter widget (anywidget, optional): rows asked of the kernel
     "cli": LOW | {"__init__", "api", "trace", "atlas", "profile", "knockout", "ablation", "windows", "dataset", "plotting", "plotting.*", "view", "models", "models.*", "cli.*"},
     "__main__": {"cli"},

@@ -19,6 +19,9 @@ CELLS = [
     "attnscope.visualize_attention(t, [(99, 0)])",                             # fails: no figure
     "attnscope.show(t, layers=[0])",
     "import matplotlib.pyplot as plt\nlen(plt.get_fignums())",
+    "a = m.generate('t2 t3', max_new_tokens=40, progress=True, stop=[])",        # progress: one line
+    "from attnscope.streaming import Progress\np = Progress(10, desc='work', unit='tok')\n"
+    "for _ in range(4):\n    p()\np.close()",                                    # stopped early: ends at its end
 ]
 
 
@@ -44,3 +47,8 @@ def test_figures_display_once_and_errors_leave_nothing(tmp_path, monkeypatch):
     html = [o for o in cells[6].outputs if "text/html" in o.get("data", {})]
     assert len(html) == 1 and "attnscope-view" in html[0]["data"]["text/html"]
     assert cells[7].outputs[0]["data"]["text/plain"] == "0"  # every figure was shown and closed; none left open
+    for c in cells[8:10]:  # progress is one output updated in place: no stream of stderr chunks
+        assert [o.output_type for o in c.outputs] == ["display_data"], c.outputs
+    assert "40/40" in cells[8].outputs[0]["data"]["text/plain"]
+    done = cells[9].outputs[0]["data"]["text/plain"]
+    assert "work: 100%" in done and "4/4" in done and "stopped before 10" in done

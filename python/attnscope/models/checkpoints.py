@@ -82,12 +82,9 @@ def content_hash(path, *, progress=True):
             todo.append((f, key, st))
     bar = None
     if progress and todo:
-        try:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=sum(st.st_size for _, _, st in todo), unit="B", unit_scale=True,
+        from ..streaming import Progress
+        bar = Progress(sum(st.st_size for _, _, st in todo), unit="B", unit_scale=True,
                        desc=f"hashing {os.path.basename(os.path.normpath(path))}")
-        except ImportError:
-            pass
     for f, key, st in todo:
         h = hashlib.sha256()
         with open(f, "rb") as fh:

@@ -145,11 +145,8 @@ def load_gguf(path, attention="sdpa", progress=False):
     steps = ["read + dequantize", "build module", "load weights"]
     bar = None
     if progress:
-        try:
-            from tqdm import tqdm
-            bar = tqdm(total=len(steps), desc=f"converting {os.path.basename(path)}")
-        except ImportError:
-            pass
+        from ..streaming import Progress
+        bar = Progress(len(steps), desc=f"converting {os.path.basename(path)}", unit="step")
     config, sd, tok_meta = read_gguf(path)
     bar and bar.update(1)
     model = LlamaForCausalLM(LlamaConfig.from_hf(config), attention=attention)
