@@ -68,16 +68,15 @@ NOTEBOOKS = {
                  "for p in hi:\n"
                  "    print(p, repr(answer.labels[0][p]), \"->\", repr(answer.labels[0][p + 1]),\n"
                  "          f\"H = {float(answer.entropy[0, p]):.2f} nats\")"),
-        ("md", "## The marked tokens, early → late layers\nFor each marked position: breadth (entropy over its "
-               "uniform maximum: 0 = one key, 1 = uniform), mean distance looked back (tokens), the share beyond "
-               "the local window (±8 tokens), the weight on itself and on the first token, per third of the layers."),
-        ("code", "for p in hi:\n"
-                 "    prof = attnscope.token_profile(answer, int(p))\n"
-                 "    print(f\"{int(p)} {prof.label!r}\")\n"
-                 "    for stage, v in prof.stages().items():\n"
-                 "        print(f\"  {stage:>6}: breadth {v['breadth']:.2f}  distance {v['distance']:5.1f}  \"\n"
-                 "              f\"beyond local {v['beyond_local']:.2f}  self {v['self']:.2f}  first {v['sink']:.2f}\")\n"
-                 "    print(\"   last layer looks at:\", \", \".join(f\"{lab} {w:.2f}\" for _, lab, w in prof.top_keys[-1]))"),
+        ("md", "## The marked tokens against the answer's other tokens\nIs a marked token's attention unusual, or "
+               "what every token of the answer does? One table from the run's row statistics (no run per token): "
+               "per mark, each score's mean over layers and heads with its percentile among the answer's other "
+               "tokens (0.5 = ordinary), and the strongest single head with its percentile (a spike lives in "
+               "single heads, which the mean hides)."),
+        ("code", "table = attnscope.profile_table(answer)\n"
+                 "cols = [\"position\", \"label\", \"next_entropy\", \"entropy_pct\", \"distance_pct\", \"self\", \"self_pct\",\n"
+                 "        \"self_top\", \"self_head\", \"self_top_pct\", \"sink_pct\"]\n"
+                 "table.to_pandas()[cols].round(2)"),
         ("md", "## The most uncertain position, layer by layer"),
         ("code", "p = int(max(hi, key=lambda p: float(answer.entropy[0, p])))\n"
                  "fig = attnscope.visualize_token_profile(answer, p)"),
@@ -178,6 +177,12 @@ NOTEBOOKS = {
                  "p = b.fork['position']\n"
                  "print(b.fork)\nprint(b.response)\n"
                  "fig = attnscope.visualize_attention_diff(answer, b, [2, 14, 29], tokens=(max(p - 20, 0), p + 30))"),
+        ("md", "## The token that differs, in both answers\nAt the fork position itself the two rows are the same "
+               "(a causal row sees only what precedes it), so the profile is taken at the first token that "
+               "differs, in both; the atlas measures both answers on the same rows (the shared prefix and an "
+               "equal window after the fork), so a shorter branch does not read as shorter attention."),
+        ("code", "fig = attnscope.visualize_token_profile(answer, p, compare=b)"),
+        ("code", "fig = attnscope.visualize_head_atlas(answer, [\"distance\", \"self\", \"sink\"], compare=b)"),
     ],
     "07_does_attention_matter.ipynb": [
         ("md", "# Does the attention matter? The verdict on 3599\nThe default model is asked whether 3599 is prime "
@@ -276,6 +281,10 @@ def execute(nb, workdir, timeout=900):
                 del o["data"]["text/html"]  # the interactive view runs in Jupyter, not on a repository page
                 o["data"]["text/plain"] = ("(interactive view: run the notebook in Jupyter to see it; "
                                            f"{len(html) / 1e6:.1f} MB of HTML)")
+            if "application/vnd.jupyter.widget-view+json" in o.get("data", {}):  # the live view: no state kept
+                del o["data"]["application/vnd.jupyter.widget-view+json"]
+                o["data"]["text/plain"] = ("(live interactive view: run the notebook in Jupyter to see it; it asks "
+                                           "the kernel for each row it shows)")
     return nb
 
 

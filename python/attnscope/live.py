@@ -155,6 +155,9 @@ if anywidget is not None:
             self.rows = RowServer(trace, batch, lo, lo + len(data["tokens"]), data["layers"])
             self.on_msg(self._reply)
 
+        def __repr__(self):
+            return f"<attnscope.LiveView {self.title!r}: rows asked of the kernel>"
+
         def _reply(self, _, content, buffers):
             reply, out = self.rows.handle(content)
             self.send(reply, out)

@@ -114,7 +114,7 @@ def visualize_attention_patterns(trace, layers_heads, pattern_type="mean", token
     return fig
 
 
-MAX_BARS, BINS = 200, 120  # above MAX_BARS positions the bars are ranges: about BINS of them
+MAX_BARS, BINS = 256, 120  # above MAX_BARS positions the bars are ranges: about BINS of them
 _BIN_WORDS = {"mean": "bars of {w} tokens: dark = mean over the range, light = its largest key",
               "max": "bars of {w} tokens: dark = mean over the range, light = its largest key",
               "specific_token": "bars of {w} tokens: the attention to the whole range (its sum)"}
