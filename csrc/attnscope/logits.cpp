@@ -91,11 +91,8 @@ torch::Tensor Model::decode_logits(const torch::Tensor& input_ids, const torch::
                       "' over a KV cache: a mean over positions needs every position's output; "
                       "run the whole sequence without past");
   }
-  RunContext ctx;
-  ctx.valid = mask.to(torch::kBool).to(device_);
-  ctx.has_padding = !mask.all().item<bool>();
-  ctx.causal = info_.causal;
-  ctx.attention_layers = info_.attention_layers;
+  // ids: the step's new tokens only; nothing this run captures reads them (no row statistics)
+  const RunContext ctx = run_context(ids, mask);
   const CaptureSpec nothing = capture_nothing();
   Recorder rec(nothing, ctx, /*layer_from_order=*/instrumented_);
   rec.set_knockout(knockout);
