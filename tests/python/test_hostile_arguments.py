@@ -59,6 +59,7 @@ CALLS = [
     ("show", "max_cells", lambda m, t, a, v: attnscope.show(t, max_cells=v)),
     ("show", "batch", lambda m, t, a, v: attnscope.show(t, batch=v)),
     ("show", "live", lambda m, t, a, v: attnscope.show(t, live=v)),
+    ("load", "dtype", lambda m, t, a, v: attnscope.load(dtype=v, progress=False)),
     ("visualize_attention", "layers_heads", lambda m, t, a, v: attnscope.visualize_attention(t, [(v, 0)])),
     ("visualize_attention_patterns", "token_idx", lambda m, t, a, v: attnscope.visualize_attention_patterns(
         t, [(0, 0)], "specific_token", token_idx=v)),

@@ -105,13 +105,27 @@ def content_hash(path, *, progress=True):
     return total.hexdigest()
 
 
-def cached_archive_name(path, digest, attention):
-    """<checkpoint name>-<16 hex of a key over the content hash, format, attention, torch>-<attention>.pt"""
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def dtype_of(dtype):
+    """None, or the torch dtype named by `dtype` ("float32", "bfloat16", "float16" or a torch dtype)."""
+    if dtype is None:
+        return None
+    for name, d in DTYPES.items():
+        if dtype == d or dtype == name:
+            return d
+    raise ValueError(f"dtype {dtype!r}: expected None (the checkpoint's own), {', '.join(map(repr, DTYPES))}")
+
+
+def cached_archive_name(path, digest, attention, dtype=None):
+    """<checkpoint name>-<16 hex of a key over the content hash, format, attention, torch[, dtype]>-<attention>.pt"""
     # Folders: "decode" since their Llama-family exports carry the KV-cache method (older cache
     # entries of the same folder, without it, are not reused).
     kind = " folder=decode" if os.path.isdir(path) else ""
+    as_ = f" dtype={str(dtype).replace('torch.', '')}" if dtype is not None else ""  # None: the checkpoint's own
     key = hashlib.sha256(f"{digest} format={FORMAT_VERSION} attention={attention} "
-                         f"torch={torch.__version__}{kind}".encode()).hexdigest()[:16]
+                         f"torch={torch.__version__}{kind}{as_}".encode()).hexdigest()[:16]
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", os.path.basename(os.path.normpath(path)))
     stem = re.sub(r"\.gguf$", "", stem, flags=re.I)[:60] or "model"
     return f"{stem}-{key}-{attention}.pt"
@@ -146,26 +160,48 @@ def remove_stale_temporaries(folder):
     return removed
 
 
-def archive_for(path, *, attention="sdpa", progress=True, rebuild=False):
+def archive_for(path, *, attention="sdpa", progress=True, rebuild=False, dtype=None):
     """Path of a TorchScript archive for `path`: the path itself for an archive, else the cached
-    export of the GGUF file / checkpoint folder (made now if missing or `rebuild`)."""
+    export of the GGUF file / checkpoint folder (made now if missing or `rebuild`). dtype (None,
+    "float32", "bfloat16", "float16"): a folder's weights are loaded, exported and checked in it
+    (one cache entry per dtype); a GGUF file is dequantised to float32; an archive runs in the
+    dtype it was exported in, so another is refused by name."""
     if attention not in ("sdpa", "eager"):
         raise ValueError(f"attention {attention!r}: expected 'sdpa' or 'eager'")
+    dtype = dtype_of(dtype)
     path = os.fspath(path)
     kind = kind_of(path)
     if kind == "archive":
         verify_archive(path)
+        _same_dtype(path, dtype)
         return path
+    if kind == "gguf" and dtype not in (None, torch.float32):
+        raise ValueError(f"dtype {str(dtype).replace('torch.', '')!r}: a GGUF file is dequantised to float32 "
+                         "(dtype=None or 'float32')")
     remove_stale_temporaries(cache_dir())
     digest = content_hash(path, progress=progress)
-    out = os.path.join(cache_dir(), cached_archive_name(path, digest, attention))
+    out = os.path.join(cache_dir(), cached_archive_name(path, digest, attention, dtype if kind == "hf" else None))
     if os.path.isfile(out) and not rebuild and _intact(out):
         return out
     with _exclusive(out + ".lock"):  # two processes asking at once: one exports, the other waits
         if not rebuild and os.path.isfile(out) and _intact(out):
             return out
-        _export_into_cache(path, kind, digest, out, attention, progress)
+        _export_into_cache(path, kind, digest, out, attention, progress, dtype)
     return out
+
+
+def _same_dtype(path, dtype):
+    """ValueError when an archive was exported in another dtype than the one asked for."""
+    if dtype is None:
+        return
+    try:
+        have = json.loads(read_extra_file(path, "attnscope.json")).get("dtype")
+    except (ValueError, OSError):
+        have = None
+    want = str(dtype).replace("torch.", "")
+    if have is not None and have != want:
+        raise ValueError(f"dtype {want!r}: {path} was exported in {have}, and an archive runs in the dtype it was "
+                         "traced in: load its checkpoint with dtype= instead, or pass dtype=None")
 
 
 class _exclusive:
@@ -188,7 +224,7 @@ class _exclusive:
             self.f.close()  # closing releases the lock
 
 
-def _export_into_cache(path, kind, digest, out, attention, progress):
+def _export_into_cache(path, kind, digest, out, attention, progress, dtype=None):
     if progress:
         print(f"attnscope: exporting {path} ({'GGUF' if kind == 'gguf' else 'Hugging Face folder'}, {attention}) "
               f"once into {out}; later loads reuse it", file=sys.stderr, flush=True)
@@ -198,7 +234,7 @@ def _export_into_cache(path, kind, digest, out, attention, progress):
             model, tok = load_gguf(path, attention=attention, progress=progress)
             export(model, partial, tokenizer=tok, source=os.path.basename(path), checksum=digest)
         else:
-            _export_folder(path, partial, attention)
+            _export_folder(path, partial, attention, dtype)
         os.replace(partial, out)  # only a complete, checked export gets the cache name
     finally:
         if os.path.exists(partial):
@@ -242,7 +278,7 @@ def _intact(path):
         return False
 
 
-def _export_folder(path, out, attention):
+def _export_folder(path, out, attention, dtype=None):
     """A Hugging Face folder -> archive: export_hf (any family, checked against transformers'
     eager attentions) when transformers is installed, else attnscope's Llama-family module."""
     try:
@@ -253,11 +289,14 @@ def _export_folder(path, out, attention):
         if mt not in _LLAMA_TYPES:
             raise ValueError(f"{path}: model_type {mt!r} needs transformers to export (pip install "
                              f"'attnscope[transformers]'); without it attnscope builds {', '.join(_LLAMA_TYPES)}") from None
+        if dtype not in (None, torch.float32):
+            raise ValueError(f"dtype {str(dtype).replace('torch.', '')!r} needs transformers to export "
+                             "(pip install 'attnscope[transformers]')") from None
         model, tok = load_hf_folder(path, attention=attention)
         export(model, out, tokenizer=tok, source=os.path.basename(os.path.normpath(path)))
         return
     from .hf_export import export_hf
-    export_hf(path, None, out, attention=attention, verify=True, prefer_cache=True)
+    export_hf(path, None, out, attention=attention, verify=True, prefer_cache=True, dtype=dtype)
 
 
 def default_model_path(attention="sdpa", rebuild=False):

@@ -241,7 +241,7 @@ def trace_hf(model, *, attention="sdpa", example_length=16, route="transformers"
 
 
 def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback=True,
-              example_length=16, tol=None, prefer_cache=False):
+              example_length=16, tol=None, prefer_cache=False, dtype=None):
     """Exports a transformers model (a PreTrainedModel, or a checkpoint folder) to a TorchScript
     archive at `path` that attnscope.load captures exactly.
 
@@ -261,7 +261,8 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
     generation costs a token per step; checked the same way. Returns a dict: path, route,
     attention (what runs), positions, max_abs_diff, checked (the inputs), reason (why earlier
     routes failed, or None). A refusal's ValueError gives the gist; its __cause__ every route's
-    whole error."""
+    whole error. dtype: for a checkpoint folder, the torch dtype its weights are loaded and
+    exported in (None: the checkpoint's own); a model object is exported as it is."""
     import transformers
     if attention not in ATTENTIONS:
         raise ValueError(f"attention {attention!r}: expected one of {ATTENTIONS}")
@@ -270,8 +271,10 @@ def export_hf(model, tokenizer, path, *, attention="sdpa", verify=True, fallback
         if not os.path.isdir(src):
             raise ValueError(f"model: {src!r} is not a checkpoint folder (config.json + weights); attnscope "
                              "never downloads from a model hub")
-        model, tok = load_folder(src)
+        model, tok = load_folder(src, dtype=dtype)
         tokenizer = tokenizer if tokenizer is not None else tok
+    elif dtype is not None:
+        raise ValueError("dtype= applies to a checkpoint folder; convert a model object yourself (model.to(dtype))")
     if not isinstance(model, transformers.PreTrainedModel):
         raise ValueError(f"model: expected a transformers PreTrainedModel or a checkpoint folder, got {type(model).__name__}")
     tc, facts = facts_of(model)
@@ -379,6 +382,12 @@ def _refuse(job, routes, failures, details, last):
             "The graph route is what tracing the model yourself (torch.jit.trace with eager attention) would give, "
             "so that is no workaround: attnscope does not support this attention yet (docs/export.md lists the "
             "families not supported).")
+    low = next(model.parameters()).dtype in (torch.bfloat16, torch.float16)
+    if low and isinstance(last, hf_verify.VerifyError):  # the mechanism named may be the dtype's own rounding
+        hint = (f"In {str(next(model.parameters()).dtype).replace('torch.', '')} attention weights round by about the "
+                f"check's tolerance ({job['tol']:g}), so the difference may be that rounding rather than the mechanism "
+                "named: export in float32 (attnscope.load(path, dtype='float32'), or export_hf(model.float(), ...)), "
+                "checked to 1e-5. " + hint)
     raise ValueError(f"cannot export this {job['facts']['family']} model ({type(model).__name__}, transformers "
                      f"{transformers.__version__}, attention={job['attention']!r}): " + "; ".join(failures) + ". "
                      + hint) from ExportFailure("\n".join(details))

@@ -8,9 +8,10 @@ import json
 import os
 import re
 
-def load_folder(src):
+def load_folder(src, dtype=None):
     """(model, tokenizer) from a checkpoint folder: a causal LM class when config.architectures
-    names one, else the base model (encoders such as BERT / MiniLM)."""
+    names one, else the base model (encoders such as BERT / MiniLM). dtype: a torch dtype to
+    load the weights in (None: the checkpoint's own)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
     try:
         cfg = AutoConfig.from_pretrained(src)
@@ -22,7 +23,7 @@ def load_folder(src):
     causal_lm = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs) or not archs
     # ignore_mismatched_sizes: transformers then lists the mismatches, and _check_loading refuses them by name
     model, info = (AutoModelForCausalLM if causal_lm else AutoModel).from_pretrained(
-        src, output_loading_info=True, ignore_mismatched_sizes=True)
+        src, output_loading_info=True, ignore_mismatched_sizes=True, **({"dtype": dtype} if dtype is not None else {}))
     _check_loading(src, info, causal_lm)
     tok = AutoTokenizer.from_pretrained(src) if os.path.isfile(os.path.join(src, "tokenizer.json")) else None
     return model, tok
