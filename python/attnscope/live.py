@@ -60,10 +60,10 @@ class RowServer:
         if key in self.maps:
             self.maps.move_to_end(key)
             return self.maps[key]
-        T, H = self.trace.input_ids.shape[1], self.trace.n_heads
-        each = self.trace.input_ids.shape[0] * T * T * 4
-        names = [self._name(layer, h) for h in range(-1, H)] if (H + 1) * each <= LAYER_AT_ONCE else [key]
-        check_bytes(len(names) * each, f"{len(names)} attention maps of {T} tokens for the view",
+        B, T = self.trace.input_ids.shape
+        H, kept = self.trace.n_heads, T * T * 4                 # bytes of one map of one row, what is kept
+        names = [self._name(layer, h) for h in range(-1, H)] if (H + 1) * B * kept <= LAYER_AT_ONCE else [key]
+        check_bytes(len(names) * B * kept, f"{len(names)} attention maps of {T} tokens for the view",
                     "show a window (tokens=(start, stop))")
         before = set(self.trace.captures)
         try:
@@ -75,15 +75,15 @@ class RowServer:
             for n in names:
                 if n in caps and n not in self.maps:
                     self.maps[n] = caps[n][self.batch]
-                    self.bytes += each // self.trace.input_ids.shape[0]
+                    self.bytes += kept
         finally:  # the trace does not keep what the view computed
             for n in names:
                 if n not in before and n in self.trace.captures:
                     self.trace.drop(n)
         self.maps.move_to_end(key)
         while self.bytes > CACHE_BYTES and len(self.maps) > 1:
-            old, _ = self.maps.popitem(last=False)
-            self.bytes -= T * T * 4
+            self.maps.popitem(last=False)
+            self.bytes -= kept
         return self.maps[key]
 
     def handle(self, content):
@@ -98,12 +98,18 @@ class RowServer:
             return {"kind": "error", "req": req, "message": str(e)}, []
 
 
-def _esm():
+def view_sources():
+    """(the page's HTML template, the script both the page and the widget run)."""
     here = os.path.dirname(__file__)
-    with open(os.path.join(here, "view_core.js"), encoding="utf-8") as f:
-        core = f.read()
     with open(os.path.join(here, "view_template.html"), encoding="utf-8") as f:
-        markup = f.read().split("<script>", 1)[0] + "</div>"
+        template = f.read()
+    with open(os.path.join(here, "view_core.js"), encoding="utf-8") as f:
+        return template, f.read()
+
+
+def _esm():
+    template, core = view_sources()
+    markup = template.split("<script>", 1)[0] + "</div>"
     return core + "\nconst MARKUP = " + json.dumps(markup) + ";\n" + _GLUE
 
 

@@ -182,11 +182,11 @@ def row_scores(trace, *, batch=0):
         return None  # sink_tokens > 1 made "sink" the mass of several first tokens
     get = {k: trace.get(c)[:, batch].double() for k, c in _ROWS.items()}      # [L, H, T]
     share = trace.get("sink_share")[:, batch].double() if "sink_share" in trace.captures else None
-    real = get["self"].new_zeros(()) if share is None else share.nan_to_num(0)
+    sinks = 0.0 if share is None else share.nan_to_num(0)      # what the real keys did not get
     out = {k: get[k] for k in ("entropy", "distance", "self", "prev", "sink")}
-    out["beyond_local"] = (1 - real - get["local"]).clamp_min(0)
+    out["beyond_local"] = (1 - sinks - get["local"]).clamp_min(0)
     if share is not None:  # models with learned sinks only
-        out["learned_sink"] = real.expand_as(get["self"]).clone()
+        out["learned_sink"] = sinks.clone()
     pad = ~trace.attention_mask[batch].bool()
     return {k: v.masked_fill(pad, float("nan")) for k, v in out.items()}
 

@@ -349,11 +349,8 @@ def _thumbs_and_profile(trace, layers, batch, lo, hi):
 
 def _fill(data, title):
     """The page's HTML: the template with the data, the shared script and a fresh id."""
-    here = os.path.dirname(__file__)
-    with open(os.path.join(here, "view_template.html"), encoding="utf-8") as f:
-        template = f.read()
-    with open(os.path.join(here, "view_core.js"), encoding="utf-8") as f:
-        core = f.read()
+    from .live import view_sources  # live imports anywidget (when there) on first use only
+    template, core = view_sources()
     # JSON inside <script>: every "<" is written \u003c, so no text ("</script>", "<!--<script>")
     # can end the element or switch the parser into its escaped states.
     payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
